@@ -1,0 +1,4 @@
+"""``python -m slimify`` runs the CLI."""
+from slimify.cli import main
+
+main()
