@@ -1,0 +1,55 @@
+"""Small helpers the loop, calibration and evaluation share: device choice and width iteration
+that also accepts plain (unconverted) models as a single full-width switch."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+import slimify
+from slimify.errors import SlimifyError
+
+__all__ = ["resolve_device", "model_widths", "at_width", "unwrap"]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` picks CUDA when present, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise SlimifyError(f"unknown device {device!r}: {e}") from None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside a DistributedDataParallel / DataParallel wrapper."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def model_widths(model: nn.Module, widths: tuple[float, ...] | list[float] | None = None) -> tuple[float, ...]:
+    """The switches to visit, widest first; a plain model has the single width 1.0."""
+    model = unwrap(model)
+    if not slimify.is_slimmable(model):
+        if widths is not None and any(abs(w - 1.0) > 1e-9 for w in widths):
+            raise SlimifyError(f"{type(model).__name__} is not slimmable: only width 1.0 exists")
+        return (1.0,)
+    available = slimify.switches(model)
+    chosen = available if widths is None else tuple(float(w) for w in widths)
+    state = slimify.state.get_state(model)
+    for w in chosen:
+        state.index_of(w)  # raises SlimifyError for a width that is not a switch
+    return tuple(sorted(chosen, reverse=True))
+
+
+@contextlib.contextmanager
+def at_width(model: nn.Module, w: float) -> Iterator[nn.Module]:
+    """``slimify.width`` for slimmable models, a no-op for plain ones."""
+    inner = unwrap(model)
+    if slimify.is_slimmable(inner):
+        with slimify.width(inner, w):
+            yield model
+    else:
+        yield model

@@ -1,0 +1,124 @@
+"""Data sets: the embedded digits set (no download, for the demo and tests) and ImageFolder trees
+preprocessed the way the model itself expects.
+
+    >>> train, val = digits("train"), digits("val")
+    >>> len(train), len(val), tuple(train[0][0].shape)
+    (1437, 360, (3, 32, 32))
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from slimify.errors import SlimifyError
+
+__all__ = ["DigitsDataset", "digits", "image_folder", "model_transform", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DIGITS_VAL_FRACTION = 0.2  # of each class, held out for validation (stratified, fixed seed)
+
+
+@lru_cache(maxsize=4)
+def _digits_tensors(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All 1797 digits as (N, 1, size, size) floats in [-1, 1], labels, and the validation mask."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    images = (images - 0.5) / 0.5
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    _, val_idx = train_test_split(range(len(labels)), test_size=DIGITS_VAL_FRACTION,
+                                  stratify=bunch.target, random_state=0)
+    val_mask = torch.zeros(len(labels), dtype=torch.bool)
+    val_mask[torch.tensor(sorted(val_idx))] = True
+    return images, labels, val_mask
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's 8x8 digits (shipped inside scikit-learn), upscaled to 3 x size x size.
+
+    The split is fixed (stratified, 80/20, seed 0). Training images get a random shift of up to
+    ``shift`` pixels; the randomness comes from torch's global RNG, so a seeded loader makes it
+    reproducible.
+    """
+
+    classes = list(range(10))
+
+    def __init__(self, split: str = "train", size: int = 32, augment: bool | None = None, shift: int = 2):
+        if split not in ("train", "val", "all"):
+            raise SlimifyError(f"digits split must be 'train', 'val' or 'all', got {split!r}")
+        images, labels, val_mask = _digits_tensors(size)
+        keep = {"train": ~val_mask, "val": val_mask, "all": torch.ones_like(val_mask)}[split]
+        self.images, self.labels = images[keep], labels[keep]
+        self.split = split
+        self.augment = split == "train" if augment is None else augment
+        self.shift = shift
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.augment and self.shift > 0:
+            s = self.shift
+            dx, dy = (int(v) for v in torch.randint(-s, s + 1, (2,)))
+            image = F.pad(image, (s, s, s, s), value=-1.0)[:, s + dy: s + dy + image.shape[1],
+                                                           s + dx: s + dx + image.shape[2]]
+        return image.expand(3, -1, -1).contiguous(), int(self.labels[index])
+
+
+def digits(split: str = "train", size: int = 32, augment: bool | None = None) -> DigitsDataset:
+    """The embedded digits data set: ``split`` is "train" (1437 images), "val" (360) or "all"."""
+    return DigitsDataset(split, size=size, augment=augment)
+
+
+def _timm_transform(model: nn.Module, train: bool) -> Callable[[Any], torch.Tensor] | None:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if not cfg:
+        return None
+    from timm.data import create_transform, resolve_data_config
+
+    data_cfg = resolve_data_config({}, model=model)
+    return create_transform(**data_cfg, is_training=train)
+
+
+def model_transform(model: nn.Module, train: bool, weights: str | None = None,
+                    input_size: int = 224) -> Callable[[Any], torch.Tensor]:
+    """The preprocessing ``model`` expects: timm's data config for timm models, the torchvision
+    weights' transforms when ``weights`` names them (e.g. ``"ResNet18_Weights.IMAGENET1K_V1"``),
+    else ImageNet defaults (random-resized crop + flip for training, resize + center crop else)."""
+    from torchvision import transforms as T
+
+    timm_tf = _timm_transform(model, train)
+    if timm_tf is not None:
+        return timm_tf
+    if weights is not None and not train:
+        from torchvision.models import get_weight
+
+        return get_weight(weights).transforms()
+    normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if train:
+        return T.Compose([T.RandomResizedCrop(input_size), T.RandomHorizontalFlip(), *normalize])
+    return T.Compose([T.Resize(int(round(input_size / 0.875))), T.CenterCrop(input_size), *normalize])
+
+
+def image_folder(root: str | Path, model: nn.Module, train: bool, weights: str | None = None) -> Dataset:
+    """A torchvision ImageFolder at ``root`` (one sub-folder per class) with the model's transform."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise SlimifyError(f"data directory {str(root)!r} does not exist")
+    try:
+        return ImageFolder(str(root), transform=model_transform(model, train, weights))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise SlimifyError(f"{root}: not an image folder (one sub-folder of images per class): {e}") from e

@@ -1,0 +1,117 @@
+"""Accuracy per switch: top-1 / top-5 / loss for each width, as data and as a printable table."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from slimify.errors import SlimifyError
+from slimify.train.common import at_width, model_widths, resolve_device
+from slimify.train.distributed import all_reduce_sum
+from slimify.train.loader import Batch, as_batches
+
+__all__ = ["evaluate", "EvalResult", "SwitchMetrics"]
+
+
+@dataclass(frozen=True)
+class SwitchMetrics:
+    """Validation metrics of one switch."""
+
+    width: float  # the switch
+    top1: float  # accuracy in percent
+    top5: float  # top-5 accuracy in percent (top-k with k = min(5, classes))
+    loss: float  # mean cross-entropy
+    images: int  # images evaluated
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics of every evaluated switch, widest first; ``str(result)`` is a table.
+
+        >>> print(slimify.evaluate(model, digits("val")))
+        width   top-1   top-5    loss  images
+         1.00   97.22   99.72  0.1032     360
+         ...
+    """
+
+    rows: list[SwitchMetrics] = field(default_factory=list)
+
+    def __getitem__(self, width: float) -> SwitchMetrics:
+        for row in self.rows:
+            if abs(row.width - width) < 1e-9:
+                return row
+        raise KeyError(width)
+
+    def top1(self) -> dict[float, float]:
+        return {r.width: r.top1 for r in self.rows}
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [asdict(r) for r in self.rows]
+
+    def table(self, markdown: bool = False) -> str:
+        head = ("width", "top-1", "top-5", "loss", "images")
+        cells = [(f"{r.width:.2f}", f"{r.top1:.2f}", f"{r.top5:.2f}", f"{r.loss:.4f}", str(r.images))
+                 for r in self.rows]
+        if markdown:
+            lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+            return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+        return "\n".join(" ".join(f"{v:>7}" for v in row) for row in [head, *cells])
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+@torch.no_grad()
+def _evaluate_one(model: nn.Module, batches: Iterable[Batch], device: torch.device,
+                  max_batches: int | None) -> torch.Tensor:
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, count
+    for i, (images, labels) in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images).float()
+        k = min(5, logits.shape[-1])
+        topk = logits.topk(k, dim=-1).indices
+        hits = topk.eq(labels.unsqueeze(-1))
+        totals += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(),
+                               F.cross_entropy(logits, labels, reduction="sum"),
+                               torch.tensor(labels.numel(), device=device)]).double()
+    return totals
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset | Iterable[Batch],
+    *,
+    widths: tuple[float, ...] | list[float] | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    max_batches: int | None = None,
+) -> EvalResult:
+    """Top-1, top-5 and loss of each switch (all by default, widest first) in eval mode.
+
+    A plain model is evaluated as one width-1.0 row. Under ``torchrun`` pass each process its
+    shard; the counts are summed over processes.
+    """
+    param = next(model.parameters(), None)
+    dev = resolve_device(device) if device is not None else (param.device if param is not None else
+                                                            torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for w in model_widths(model, widths):
+            with at_width(model, w):
+                totals = all_reduce_sum(_evaluate_one(model, as_batches(data, batch_size), dev, max_batches))
+            c1, c5, loss, n = totals.tolist()
+            if n == 0:
+                raise SlimifyError("evaluation data is empty")
+            rows.append(SwitchMetrics(w, 100.0 * c1 / n, 100.0 * c5 / n, loss / n, int(n)))
+    finally:
+        model.train(was_training)
+    return EvalResult(rows)

@@ -1,0 +1,265 @@
+"""The fine-tuning loop: every optimizer step runs all switches on the same batch (widest first),
+accumulates their gradients and steps once (Yu et al., ICLR 2019, Algorithm 1).
+
+    >>> result = slimify.finetune(model, digits("train"), "demo", val_data=digits("val"), out_dir="run")
+    >>> print(result.eval)
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+import slimify
+from slimify.errors import SlimifyError
+from slimify.train.calibrate import calibrate_bn
+from slimify.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from slimify.train.common import at_width, model_widths, resolve_device
+from slimify.train.distributed import DistInfo, barrier, init_from_env, wrap_ddp
+from slimify.train.evaluate import EvalResult, evaluate
+from slimify.train.loader import train_loader
+from slimify.train.losses import step_widths, switch_loss
+from slimify.train.optim import build_optimizer, build_scheduler
+from slimify.train.progress import LossMeter, RunLog, progress_bar, show_progress
+from slimify.train.recipe import Recipe, load_recipe
+
+__all__ = ["finetune", "Trainer", "TrainResult", "CHECKPOINT_NAME", "LOG_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"  # latest checkpoint in a run directory
+LOG_NAME = "log.jsonl"  # the run's JSON-lines log
+
+
+@dataclass
+class TrainResult:
+    """What :func:`finetune` did (the model itself was trained in place)."""
+
+    model: nn.Module  # the trained model (same object as passed in)
+    step: int  # optimizer steps taken in total
+    epoch: int  # completed epochs
+    finished: bool  # False when ``stop_after`` ended the run early
+    losses: dict[float, float] = field(default_factory=dict)  # mean loss per switch, last epoch
+    eval: EvalResult | None = None  # final validation metrics (with ``val_data``)
+    checkpoint: Path | None = None  # the last checkpoint written
+
+
+class Trainer:
+    """State of one run: model, optimizer, schedule, scaler and the position in the data."""
+
+    def __init__(self, model: nn.Module, data: Dataset | DataLoader, recipe: Recipe, device: torch.device,
+                 out_dir: Path | None, progress: bool, model_spec: dict[str, Any] | None):
+        self.recipe, self.data, self.device, self.model_spec = recipe, data, device, model_spec or {}
+        self.info: DistInfo = init_from_env(device)
+        self.model = model.to(device)
+        self.widths = model_widths(model)
+        self.ddp = wrap_ddp(self.model, device, self.info, slimify.is_slimmable(model))
+        self.optimizer = build_optimizer(self.model, recipe)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.scheduler = build_scheduler(self.optimizer, recipe, self.steps_per_epoch)
+        self.amp = recipe.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.step = self.epoch = self.batch = 0
+        main_dir = out_dir if self.info.is_main else None
+        self.out_dir, self.ckpt_dir = out_dir, main_dir
+        self.log = RunLog(main_dir / LOG_NAME if main_dir is not None else None)
+        self.progress = progress and self.info.is_main
+
+    def _steps_per_epoch(self) -> int:
+        if isinstance(self.data, DataLoader):
+            return len(self.data)
+        per_rank = len(self.data) // self.info.world  # type: ignore[arg-type]
+        steps = per_rank // self.recipe.batch_size
+        if steps == 0:
+            raise SlimifyError(f"{len(self.data)} training images are fewer than one batch of "  # type: ignore[arg-type]
+                               f"{self.recipe.batch_size} per process ({self.info.world} processes)")
+        return steps
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[float, float]:
+        """One optimizer step: forward + backward at each width, widest first, then one update."""
+        r = self.recipe
+        widths = step_widths(self.widths, r.sandwich, r.seed, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        teacher: torch.Tensor | None = None
+        losses: dict[float, torch.Tensor] = {}
+        for i, w in enumerate(widths):
+            last = i == len(widths) - 1  # DDP all-reduces gradients once, after the last switch
+            sync = contextlib.nullcontext() if last or not self.info.enabled else self.ddp.no_sync()
+            with sync, at_width(self.model, w):
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                    logits = self.ddp(images)
+                    loss = switch_loss(logits, labels, teacher, r.narrow_loss, r.label_smoothing,
+                                       r.distill_temperature)
+                self.scaler.scale(loss).backward()
+            if teacher is None and r.narrow_loss == "distill":
+                teacher = logits.detach()
+            losses[w] = loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        if r.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return {w: float(v) for w, v in losses.items()}
+
+    def _epoch_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(self.data, DataLoader):  # the caller's loader: order is the caller's business
+            return itertools.islice(self.data, self.batch, None)
+        r = self.recipe
+        return train_loader(self.data, r.batch_size, r.seed, self.epoch, self.batch, self.info.rank,
+                            self.info.world, r.workers, pin_memory=self.device.type == "cuda")
+
+    def run_epoch(self, stop_after: int | None) -> LossMeter:
+        """Train until the epoch ends or ``stop_after`` steps have been taken in total."""
+        meter = LossMeter()
+        self.model.train()
+        bar = progress_bar(self.steps_per_epoch, self.batch, f"epoch {self.epoch + 1}/{self.recipe.epochs}",
+                           self.progress)
+        with bar:
+            for images, labels in self._epoch_batches():
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                losses = self.train_step(images, labels)
+                self.batch += 1
+                meter.update(losses, images.shape[0] * self.info.world)
+                bar.set_postfix(meter.postfix(), refresh=False)
+                bar.update()
+                self._after_step(losses, meter)
+                if stop_after is not None and self.step >= stop_after:
+                    break
+        return meter
+
+    def _after_step(self, losses: dict[float, float], meter: LossMeter) -> None:
+        r = self.recipe
+        if self.step % r.log_every == 0:
+            self.log.write("train", step=self.step, epoch=self.epoch, lr=self.scheduler.get_last_lr()[0],
+                           loss=losses, img_per_s=round(meter.throughput(), 1))
+        if r.checkpoint_every and self.step % r.checkpoint_every == 0:
+            self.save()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": rng_state(),
+                "data": {"seed": self.recipe.seed, "epoch": self.epoch, "batch": self.batch,
+                         "world": self.info.world, "steps_per_epoch": self.steps_per_epoch},
+                "recipe": self.recipe.to_dict(), "model_spec": self.model_spec, "switches": list(self.widths)}
+
+    def save(self) -> Path | None:
+        """Checkpoint (main process only); every process waits until it is on disk."""
+        path = None
+        if self.ckpt_dir is not None:
+            path = save_checkpoint(self.ckpt_dir / CHECKPOINT_NAME, self.state_dict())
+            self.log.write("checkpoint", step=self.step, epoch=self.epoch, path=str(path))
+        barrier()
+        return path
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        if state["data"]["world"] != self.info.world:
+            warnings.warn(f"{path} was written by {state['data']['world']} processes, resuming with "
+                          f"{self.info.world}: data order will differ from the original run", stacklevel=3)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        set_rng_state(state["rng"])
+        self.log.write("resume", step=self.step, epoch=self.epoch, path=str(path))
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _resume_path(resume: bool | str | Path, out_dir: Path | None) -> Path | None:
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        if out_dir is None:
+            raise SlimifyError("resume=True needs out_dir (the run directory holding checkpoint.pt)")
+        path = out_dir / CHECKPOINT_NAME
+        return path if path.is_file() else None  # nothing to resume: start fresh
+    path = Path(resume)
+    if not path.is_file():
+        raise SlimifyError(f"cannot resume: checkpoint {str(path)!r} does not exist")
+    return path
+
+
+def finetune(
+    model: nn.Module,
+    train_data: Dataset | DataLoader,
+    recipe: str | Path | Recipe | dict[str, Any] | None = "retrofit",
+    *,
+    val_data: Dataset | Iterable[Any] | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool | str | Path = False,
+    device: str | torch.device | None = None,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+    model_spec: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train all switches of a converted ``model`` jointly, in place.
+
+    ``recipe`` is a shipped recipe name ("demo", "retrofit", "resnet50_imagenet", ...), a YAML
+    path, a dict or a :class:`Recipe`; keyword ``overrides`` change single fields (``epochs=3``).
+    ``train_data`` is best a map-style Dataset: data order and augmentation then depend only on
+    (seed, epoch, index), which makes ``resume`` exact and shards data under ``torchrun``.
+    With ``out_dir`` the main process writes ``checkpoint.pt`` (each epoch end and every
+    ``checkpoint_every`` steps) and ``log.jsonl``; ``resume=True`` continues from that
+    checkpoint when it exists, ``resume=PATH`` from a given one. ``stop_after=k`` stops (with a
+    checkpoint) once k optimizer steps are done in total. A plain model trains as one switch.
+    """
+    r = load_recipe(recipe, **overrides)
+    out = Path(out_dir) if out_dir is not None else None
+    trainer = Trainer(model, train_data, r, resolve_device(device), out, show_progress(progress), model_spec)
+    ckpt = _resume_path(resume, out)
+    if ckpt is not None:
+        trainer.load(ckpt)
+    else:
+        _seed_everything(r.seed)
+        trainer.log.write("start", recipe=r.to_dict(), switches=list(trainer.widths),
+                          world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch)
+    losses: dict[float, float] = {}
+    while trainer.epoch < r.epochs:
+        meter = trainer.run_epoch(stop_after)
+        losses = meter.means() or losses
+        if trainer.batch >= trainer.steps_per_epoch:
+            trainer.epoch, trainer.batch = trainer.epoch + 1, 0
+            trainer.log.write("epoch", epoch=trainer.epoch, step=trainer.step, loss=losses,
+                              img_per_s=round(meter.throughput(), 1))
+            _maybe_validate(trainer, val_data, final=False)
+            path = trainer.save()
+        if stop_after is not None and trainer.step >= stop_after and trainer.epoch < r.epochs:
+            path = trainer.save()
+            return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path)
+    if r.calibrate_batches > 0:
+        calib = train_data if isinstance(train_data, DataLoader) else \
+            train_loader(train_data, r.batch_size, r.seed, r.epochs, workers=r.workers)
+        calibrate_bn(model, calib, batches=r.calibrate_batches)
+        trainer.log.write("calibrate", batches=r.calibrate_batches)
+    result = _maybe_validate(trainer, val_data, final=True)
+    path = trainer.save()
+    return TrainResult(model, trainer.step, trainer.epoch, True, losses, result, path)
+
+
+def _maybe_validate(trainer: Trainer, val_data: Dataset | Iterable[Any] | None, final: bool) -> EvalResult | None:
+    every = trainer.recipe.eval_every
+    if val_data is None or (not final and (every == 0 or trainer.epoch % every)):
+        return None
+    result = evaluate(trainer.model, val_data, batch_size=trainer.recipe.batch_size, device=trainer.device)
+    trainer.log.write("eval", epoch=trainer.epoch, step=trainer.step, final=final,
+                      top1=result.top1(), metrics=result.to_dict())
+    return result

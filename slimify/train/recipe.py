@@ -1,0 +1,180 @@
+"""Training recipes as validated dataclasses, so a typo in a YAML file fails loudly, not silently.
+
+A recipe is plain data: ``load_recipe("demo")`` reads ``slimify/recipes/demo.yaml``;
+``load_recipe("my.yaml", epochs=3)`` reads a file and overrides fields. Unknown keys, wrong
+types and out-of-range values raise :class:`~slimify.SlimifyError` naming the key.
+
+    >>> load_recipe("demo").narrow_loss
+    'distill'
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from slimify.errors import SlimifyError
+
+__all__ = ["Recipe", "load_recipe", "recipe_names", "RECIPE_DIR"]
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"  # shipped YAML recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides how :func:`slimify.finetune` trains; every field has a default."""
+
+    epochs: int = 1  # passes over the training data
+    batch_size: int = 64  # images per process per step (total batch = batch_size x processes)
+    optimizer: str = "sgd"  # "sgd" or "adamw"
+    lr: float = 0.1  # peak learning rate (after warm-up)
+    momentum: float = 0.9  # SGD momentum; AdamW beta1
+    nesterov: bool = False  # Nesterov momentum (SGD only)
+    weight_decay: float = 1e-4  # L2 / decoupled decay, applied to weights with ndim > 1 only
+    schedule: str = "cosine"  # "cosine", "step", "exponential" or "constant"
+    milestones: list[int] = field(default_factory=list)  # "step": epochs where lr *= gamma
+    gamma: float = 0.1  # "step": factor at each milestone; "exponential": factor per epoch
+    min_lr: float = 0.0  # "cosine": final learning rate
+    warmup_epochs: float = 0.0  # linear warm-up length in epochs (fractions allowed)
+    warmup_factor: float = 0.1  # warm-up starts at warmup_factor x lr
+    label_smoothing: float = 0.0  # cross-entropy label smoothing for label losses
+    narrow_loss: str = "labels"  # narrower switches learn from "labels" or "distill" (widest's soft targets)
+    distill_temperature: float = 1.0  # softmax temperature of in-place distillation
+    sandwich: int | None = None  # None: all switches per step; n: widest + narrowest + n random (US-Nets)
+    grad_clip: float | None = None  # clip the global gradient norm to this value (None = off)
+    amp: bool = True  # mixed precision; only ever used on CUDA
+    calibrate_batches: int = 0  # after training, re-estimate each switch's BN stats on this many batches
+    eval_every: int = 1  # epochs between validation passes (when validation data is given)
+    checkpoint_every: int = 0  # steps between checkpoints (0 = only at epoch ends)
+    log_every: int = 10  # steps between JSONL log lines
+    workers: int = 4  # DataLoader worker processes per training process
+    seed: int = 0  # seeds data order, augmentation, sandwich widths and torch/numpy/python RNGs
+    notes: str = ""  # free text: where the settings come from
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), _hints()[f.name])
+        _check_values(self)
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some fields changed (validated like a loaded file)."""
+        _check_keys(changes, "recipe override")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
+        if not isinstance(data, dict):
+            raise SlimifyError(f"{source}: a recipe must be a mapping of field: value, got {type(data).__name__}")
+        _check_keys(data, source)
+        try:
+            return cls(**data)
+        except SlimifyError as e:
+            raise SlimifyError(f"{source}: {e}") from None
+
+
+# allowed values of the string fields that pick an algorithm
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("cosine", "step", "exponential", "constant"),
+    "narrow_loss": ("labels", "distill"),
+}
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Recipe)
+
+
+def _check_keys(data: dict[str, Any], source: str) -> None:
+    allowed = [f.name for f in dataclasses.fields(Recipe)]
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SlimifyError(f"{source}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}")
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    if not _matches(value, hint):
+        raise SlimifyError(f"key {name!r} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_values(r: Recipe) -> None:
+    for name, allowed in CHOICES.items():
+        if getattr(r, name) not in allowed:
+            raise SlimifyError(f"key {name!r} must be one of {', '.join(allowed)}; got {getattr(r, name)!r}")
+    positive = {"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr, "log_every": r.log_every,
+                "distill_temperature": r.distill_temperature}
+    for name, value in positive.items():
+        if value <= 0:
+            raise SlimifyError(f"key {name!r} must be > 0, got {value!r}")
+    non_negative = {"weight_decay": r.weight_decay, "min_lr": r.min_lr, "warmup_epochs": r.warmup_epochs,
+                    "calibrate_batches": r.calibrate_batches, "checkpoint_every": r.checkpoint_every,
+                    "workers": r.workers, "eval_every": r.eval_every, "momentum": r.momentum}
+    for name, value in non_negative.items():
+        if value < 0:
+            raise SlimifyError(f"key {name!r} must be >= 0, got {value!r}")
+    if not 0.0 <= r.label_smoothing < 1.0:
+        raise SlimifyError(f"key 'label_smoothing' must be in [0, 1), got {r.label_smoothing!r}")
+    if r.sandwich is not None and r.sandwich < 0:
+        raise SlimifyError(f"key 'sandwich' must be null or >= 0, got {r.sandwich!r}")
+    if r.grad_clip is not None and r.grad_clip <= 0:
+        raise SlimifyError(f"key 'grad_clip' must be null or > 0, got {r.grad_clip!r}")
+    if r.schedule == "step" and sorted(r.milestones) != r.milestones:
+        raise SlimifyError(f"key 'milestones' must be increasing, got {r.milestones!r}")
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped with slimify (``slimify/recipes/*.yaml``)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe(recipe: str | Path | Recipe | dict[str, Any] | None = None, **overrides: Any) -> Recipe:
+    """A :class:`Recipe` from a shipped name, a YAML path, a dict or a Recipe, plus overrides."""
+    if recipe is None:
+        result = Recipe()
+    elif isinstance(recipe, Recipe):
+        result = recipe
+    elif isinstance(recipe, dict):
+        result = Recipe.from_dict(recipe)
+    else:
+        path = Path(recipe)
+        if not path.suffix and (RECIPE_DIR / f"{recipe}.yaml").is_file():
+            path = RECIPE_DIR / f"{recipe}.yaml"
+        if not path.is_file():
+            raise SlimifyError(f"recipe {str(recipe)!r} is neither a file nor a shipped recipe "
+                               f"({', '.join(recipe_names())})")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise SlimifyError(f"{path}: not valid YAML: {e}") from e
+        result = Recipe.from_dict(data, source=str(path))
+    return result.replace(**overrides) if overrides else result
