@@ -8,11 +8,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from slimify.errors import SlimifyError
 from slimify.train.common import at_width, model_widths, resolve_device
-from slimify.train.distributed import all_reduce_sum
+from slimify.train.distributed import all_reduce_sum, dist_info
 from slimify.train.loader import Batch, as_batches
 
 __all__ = ["evaluate", "EvalResult", "SwitchMetrics"]
@@ -95,9 +95,13 @@ def evaluate(
 ) -> EvalResult:
     """Top-1, top-5 and loss of each switch (all by default, widest first) in eval mode.
 
-    A plain model is evaluated as one width-1.0 row. Under ``torchrun`` pass each process its
-    shard; the counts are summed over processes.
+    A plain model is evaluated as one width-1.0 row. Under ``torchrun`` each process evaluates
+    every world-th image of a Dataset (a loader you pass should hold that process's shard) and
+    the counts are summed over processes.
     """
+    info = dist_info()
+    if info.enabled and isinstance(data, Dataset):
+        data = Subset(data, range(info.rank, len(data), info.world))  # type: ignore[arg-type]
     param = next(model.parameters(), None)
     dev = resolve_device(device) if device is not None else (param.device if param is not None else
                                                             torch.device("cpu"))

@@ -1,0 +1,170 @@
+"""The training commands of the ``slimify`` CLI (finetune, calibrate, eval, demo), thin over
+``slimify.train``; ``slimify/cli.py`` loads them lazily by name."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
+
+F = Callable[..., Any]
+
+
+def parse_widths(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[float, ...] | None:
+    """``"0.25,0.5,1"`` → ``(0.25, 0.5, 1.0)``; each in (0, 1]."""
+    if value is None:
+        return None
+    try:
+        widths = tuple(sorted({float(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers like 0.25,0.5,1.0, got {value!r}") from None
+    if not widths or any(not 0 < w <= 1 for w in widths):
+        raise click.BadParameter(f"widths must be in (0, 1], got {value!r}")
+    return widths
+
+
+def model_options(f: F) -> F:
+    """MODEL plus the options that say how to build and convert it from a name."""
+    f = click.option("--num-classes", type=click.IntRange(min=1), help="Classes of the head (default: from DATA).")(f)
+    f = click.option("--divisor", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Channel counts are multiples of this.")(f)
+    f = click.option("--switches", callback=parse_widths, help="Widths to convert to  [default: 0.25,0.5,0.75,1.0]")(f)
+    f = click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+                     help="Plain pretrained weights (.safetensors / .pt / .pth) for a model name.")(f)
+    f = click.option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")(f)
+    return click.argument("model")(f)
+
+
+def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
+          num_classes: int | None) -> tuple[Any, dict[str, Any]]:
+    from slimify.train.resolve import count_classes, load_slimmable
+
+    classes = num_classes or count_classes(data)
+    return load_slimmable(model, checkpoint, switches, divisor, classes,
+                          input_size=(3, 32, 32) if data == "digits" else None)
+
+
+@click.command("finetune", epilog="""\b
+Examples:
+  slimify finetune torchvision:resnet18 --data digits --recipe demo -o runs/rn18
+  slimify finetune resnet50 --checkpoint rn50.pth --data ~/imagenet --recipe retrofit
+  torchrun --nproc_per_node 4 -m slimify.train finetune rn50.slim --data ~/imagenet --resume""")
+@model_options
+@click.option("--data", required=True, help="'digits' or an ImageFolder directory (or one with train/ and val/).")
+@click.option("--val", "val_data", help="Validation data (default: DATA's val/ sub-folder, or digits' val split).")
+@click.option("--recipe", default="retrofit", show_default=True, help="Shipped recipe name or YAML file.")
+@click.option("-o", "--out", default="runs/finetune", show_default=True, type=click.Path(file_okay=False),
+              help="Run directory: checkpoint.pt, log.jsonl, final model.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt if it exists.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size (per process).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
+@click.option("--workers", type=click.IntRange(min=0), help="Override the recipe's DataLoader workers.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
+def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool,
+                     epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
+                     progress: bool | None, checkpoint: str | None, switches: tuple[float, ...] | None,
+                     divisor: int, num_classes: int | None, device: str | None) -> None:
+    """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
+    name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
+    from slimify.train.distributed import dist_info, init_from_env
+    from slimify.train.loop import finetune
+    from slimify.train.recipe import load_recipe
+    from slimify.train.resolve import has_module, resolve_data, save_model
+
+    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers).items()
+                 if v is not None}
+    r = load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
+    init_from_env()
+    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes)
+    train = resolve_data(data, net, train=True)
+    has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
+    val = resolve_data(val_data or data, net, train=False, split="val") if has_val else None
+    result = finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
+                      progress=progress, model_spec=spec)
+    if dist_info().is_main:
+        if result.eval is not None:
+            click.echo(result.eval.table())
+        final = Path(out) / ("model.slim" if has_module("slimify.io") else "model.pt")
+        click.echo(f"saved {save_model(net, spec, final)} (checkpoint: {result.checkpoint})")
+
+
+@click.command("calibrate", epilog="""\b
+Example:
+  slimify calibrate runs/rn18/model.pt --data ~/imagenet --batches 100 -o rn18-calibrated.pt""")
+@model_options
+@click.option("--data", required=True, help="'digits' or an ImageFolder directory of training images.")
+@click.option("--batches", type=click.IntRange(min=1), default=100, show_default=True, help="Batches per switch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
+def calibrate_command(model: str, data: str, batches: int, batch_size: int, output: str, checkpoint: str | None,
+                      switches: tuple[float, ...] | None, divisor: int, num_classes: int | None,
+                      device: str | None) -> None:
+    """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it."""
+    from slimify.train.calibrate import calibrate_bn
+    from slimify.train.common import resolve_device
+    from slimify.train.resolve import resolve_data, save_model
+
+    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes)
+    net.to(resolve_device(device))
+    calibrate_bn(net, resolve_data(data, net, train=True), batches=batches, batch_size=batch_size)
+    click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output)}")
+
+
+@click.command("eval", epilog="""\b
+Examples:
+  slimify eval runs/rn18/model.pt --data digits
+  slimify eval rn50.slim --data ~/imagenet/val --widths 0.5,1.0 --markdown""")
+@model_options
+@click.option("--data", required=True, help="'digits' (its val split) or an ImageFolder directory.")
+@click.option("--widths", callback=parse_widths, help="Switches to evaluate (default: all).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--markdown", is_flag=True, help="Print a markdown table.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
+def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_size: int, markdown: bool,
+                 json_path: str | None, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
+                 num_classes: int | None, device: str | None) -> None:
+    """Top-1 / top-5 / loss of every switch of MODEL on DATA."""
+    from slimify.train.common import resolve_device
+    from slimify.train.evaluate import evaluate
+    from slimify.train.resolve import resolve_data
+
+    net, _ = _load(model, data, checkpoint, switches, divisor, num_classes)
+    dev = resolve_device(device)
+    result = evaluate(net.to(dev), resolve_data(data, net, train=False), widths=widths, batch_size=batch_size,
+                      device=dev)
+    click.echo(result.table(markdown=markdown))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result.to_dict(), indent=2))
+
+
+@click.command("demo", epilog="""\b
+Examples:
+  slimify demo                      # about a minute on a laptop CPU
+  slimify demo --epochs 2 --out /tmp/slimify-demo""")
+@click.option("-o", "--out", default="slimify-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the pretrained cache, the run (checkpoint, log) and results.json go.")
+@click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Slimmable fine-tuning epochs.")
+@click.option("--pretrain-epochs", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Epochs of the plain model (cached in OUT; reused when unchanged).")
+@click.option("--switches", callback=parse_widths, help="Widths  [default: 0.25,0.5,0.75,1.0]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
+def demo_command(out: str, epochs: int, pretrain_epochs: int, switches: tuple[float, ...] | None, seed: int,
+                 progress: bool | None) -> None:
+    """Retrofit a small CNN on the embedded digits data: pretrain (or load), convert, fine-tune all
+    switches, calibrate BN and print the accuracy of every width."""
+    from slimify.train.demo import run_demo
+
+    if switches is not None and 1.0 not in switches:
+        raise click.BadParameter("the switches must include 1.0 (the pretrained width)", param_hint="--switches")
+    result = run_demo(out, epochs=epochs, pretrain_epochs=pretrain_epochs, seed=seed, switches=switches,
+                      progress=progress, echo=click.echo)
+    click.echo(result.table())
+    click.echo(f"outputs in {result.out_dir}/ (run/checkpoint.pt, run/log.jsonl, results.json); "
+               f"{sum(result.seconds.values()):.0f} s")

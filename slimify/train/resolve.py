@@ -1,0 +1,114 @@
+"""Turn what a user types (a model name, a ``.slim`` file, a training checkpoint; ``digits`` or a
+directory) into a slimmable model and data sets, recording how to rebuild the model as plain data."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+import slimify
+from slimify.errors import SlimifyError
+from slimify.train.checkpoint import load_checkpoint, save_checkpoint
+from slimify.train.data import digits, image_folder
+from slimify.train.models import build_model, load_weights
+
+__all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model",
+           "has_module", "DIGITS"]
+
+DIGITS = "digits"  # the data argument that selects the embedded digits set
+
+
+def has_module(name: str) -> bool:
+    """Whether a part of slimify that other issues deliver (``slimify.io``…) is installed yet."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def convert_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    """``slimify.convert`` with the switches, divisor and input size a spec records."""
+    if not has_module("slimify.convert"):
+        raise SlimifyError("slimify.convert is not available in this installation")
+    size = spec.get("input_size")
+    example = torch.randn(1, *size) if size else None
+    return slimify.convert(model, switches=tuple(spec["switches"]), divisor=spec["divisor"], example_input=example)
+
+
+def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = None) -> nn.Module:
+    """Rebuild a slimmable model from the spec a checkpoint stores (no code is read from files)."""
+    if "slim" in spec:
+        if not has_module("slimify.io"):
+            raise SlimifyError(".slim files need slimify.io, which this installation lacks")
+        return slimify.load(spec["slim"])
+    model = build_model(spec["name"], num_classes=spec.get("num_classes"))
+    if plain_weights is not None:
+        load_weights(model, plain_weights)
+    if spec.get("switches"):
+        model = convert_spec(model, spec)
+    return model
+
+
+def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[float, ...] | None = None,
+                   divisor: int = 8, num_classes: int | None = None,
+                   input_size: tuple[int, int, int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A slimmable model and its spec from ``source``: a ``.slim`` file, a slimify training
+    checkpoint (``.pt``), or a model name converted with ``switches`` (``checkpoint`` = plain
+    pretrained weights to load before converting)."""
+    path = Path(source)
+    if path.suffix == ".slim":
+        if not path.is_file():
+            raise SlimifyError(f"model file {source!r} does not exist")
+        spec: dict[str, Any] = {"slim": str(path.resolve())}
+        return model_from_spec(spec), spec
+    if path.is_file():
+        state = load_checkpoint(path)
+        spec = dict(state.get("model_spec") or {})
+        if not spec:
+            raise SlimifyError(f"{path} does not say how to rebuild its model (no model_spec)")
+        model = model_from_spec(spec)
+        model.load_state_dict(state["model"])
+        return model, spec
+    spec = {"name": source, "num_classes": num_classes, "switches": list(switches or (0.25, 0.5, 0.75, 1.0)),
+            "divisor": divisor, "input_size": list(input_size) if input_size else None}
+    return model_from_spec(spec, plain_weights=checkpoint), spec
+
+
+def count_classes(data: str) -> int | None:
+    """Number of classes of a data argument (digits: 10; a folder: its class sub-folders)."""
+    if data == DIGITS:
+        return 10
+    root = Path(data)
+    root = root / "train" if (root / "train").is_dir() else root
+    if not root.is_dir():
+        raise SlimifyError(f"data directory {data!r} does not exist (or use '{DIGITS}')")
+    return len([p for p in root.iterdir() if p.is_dir()]) or None
+
+
+def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = None) -> Dataset:
+    """``digits`` or an ImageFolder directory (with ``train``/``val`` sub-folders, the one
+    ``split`` names, default by ``train``) preprocessed for ``model``."""
+    split = split or ("train" if train else "val")
+    if data == DIGITS:
+        return digits(split, augment=train)
+    root = Path(data)
+    if (root / split).is_dir():
+        root = root / split
+    return image_folder(root, model, train=train)
+
+
+def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path) -> Path:
+    """Save a model for ``slimify eval``/``calibrate``: ``.slim`` through slimify.io when the
+    path asks for it, else a model-only training-format checkpoint."""
+    path = Path(path)
+    if path.suffix == ".slim":
+        if not has_module("slimify.io"):
+            raise SlimifyError(".slim output needs slimify.io, which this installation lacks; use a .pt path")
+        slimify.save(model, path)
+        return path
+    save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec})
+    return path
