@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "convert": "slimify.convert",
     "report": "slimify.convert",
-    "ConversionReport": "slimify.report",
+    "ConversionReport": "slimify.summary",
     "finetune": "slimify.train",
     "calibrate_bn": "slimify.train",
     "evaluate": "slimify.train",

@@ -1,0 +1,101 @@
+"""Step 2 of the pipeline: walk the traced graph with the rule table and collect every
+channel constraint into a :class:`ChannelSpace`. Reads the model, never changes it."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from slimify.rules import ParamVal, RuleContext, TensorVal, find_function_rule, find_module_rule, unknown_module
+from slimify.rules.base import describe, tensors_in
+from slimify.rules.elementwise import fixed_output
+from slimify.space import ChannelSpace
+from slimify.trace import SHAPE_KEY, VALUE_KEY, TracedModel
+
+__all__ = ["analyze"]
+
+
+def _has_tensor(shape: Any) -> bool:
+    if isinstance(shape, torch.Size):
+        return True
+    if isinstance(shape, (list, tuple)):
+        return any(_has_tensor(s) for s in shape)
+    return False
+
+
+def _lookup(value: Any, env: dict[fx.Node, Any]) -> Any:
+    return fx.node.map_arg(value, lambda n: env[n])
+
+
+def _python_value(node: fx.Node) -> Any:
+    return node.meta.get(VALUE_KEY)
+
+
+def analyze(traced: TracedModel) -> ChannelSpace:
+    """Annotate nothing, mutate nothing: returns the constraints of every channel."""
+    space = ChannelSpace()
+    ctx = RuleContext(space, traced.root)
+    env: dict[fx.Node, Any] = {}
+    modules = dict(traced.root.named_modules())
+    for node in traced.graph.nodes:
+        ctx.begin(node)
+        shape = node.meta.get(SHAPE_KEY)
+        if node.op == "placeholder":
+            env[node] = _placeholder(ctx, shape)
+        elif node.op == "get_attr":
+            env[node] = _get_attr(traced, node)
+        elif node.op == "output":
+            outputs = _lookup(node.args[0], env)
+            ctx.fix_all([outputs], "model output (classifier outputs keep their size)")
+        elif not _has_tensor(shape):
+            env[node] = _python_value(node)
+        else:
+            args, kwargs = _lookup(node.args, env), _lookup(node.kwargs, env)
+            env[node] = _run_rule(ctx, node, modules, list(args), dict(kwargs))
+        for t in tensors_in(env.get(node)):
+            if isinstance(t, TensorVal):
+                space.mark_seen(t.label)
+    return space
+
+
+def _placeholder(ctx: RuleContext, shape: Any) -> Any:
+    if not isinstance(shape, torch.Size):
+        return None
+    val = ctx.fixed(tuple(shape))
+    if len(shape) >= 2:  # report model inputs as fixed channels, with their reason
+        ids = ctx.space.new_var(shape[1], "model input", producer=False)
+        ctx.space.fix(ids, "model input channels")
+        val = ctx.with_dim(val, 1, ids, tuple(shape))
+    return val
+
+
+def _get_attr(traced: TracedModel, node: fx.Node) -> Any:
+    owner, _, name = node.target.rpartition(".")
+    value = traced.graph_module.get_submodule(owner) if owner else traced.graph_module
+    tensor = getattr(value, name)
+    if isinstance(tensor, torch.Tensor):
+        return ParamVal(owner, name, tensor)
+    return tensor
+
+
+def _run_rule(ctx: RuleContext, node: fx.Node, modules: dict, args: list, kwargs: dict) -> Any:
+    if node.op == "call_module":
+        module = modules[node.target]
+        rule = find_module_rule(module)
+        if rule is None:
+            return unknown_module(ctx, module, node.target, args, kwargs)
+        return rule(ctx, module, node.target, args, kwargs)
+    rule = find_function_rule(node.op, node.target)
+    if node.target is getattr_builtin and args and isinstance(args[0], (TensorVal, ParamVal)):
+        rule = None
+    if rule is not None and rule.__name__ == "getitem" and not isinstance(args[0], (TensorVal, ParamVal)):
+        return args[0][args[1]] if isinstance(args[0], (list, tuple)) else fixed_output(ctx)
+    if rule is None:
+        ctx.fix_all([args, kwargs], f"no channel rule for {describe(node)}")
+        return fixed_output(ctx)
+    return rule(ctx, args, kwargs)
+
+
+getattr_builtin = getattr

@@ -1,0 +1,114 @@
+"""The one place that runs the pipeline in order: trace → analyze → groups → plan → rewrite."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from slimify.analyze import analyze
+from slimify.errors import SlimifyError
+from slimify.groups import GroupTable, find_groups
+from slimify.nn.batchnorm import attach_private_batchnorm
+from slimify.nn.serve import SlimData, make_slimmable
+from slimify.plan import NotABox, Plan, check_switches, make_plan
+from slimify.summary import ConversionReport, build_report
+from slimify.rules import find_module_rule
+from slimify.space import ChannelSpace
+from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
+from slimify.trace import trace
+
+__all__ = ["convert", "report", "analyze_model", "Analysis", "default_input"]
+
+
+@dataclass
+class Analysis:
+    """Result of the read-only stages, enough to rewrite (or just inspect) a model."""
+
+    space: ChannelSpace
+    table: GroupTable
+    plan: Plan
+    report: ConversionReport
+
+
+def default_input(model: nn.Module) -> torch.Tensor:
+    """A random batch of one at the model's own input size (timm's pretrained_cfg), else 224²."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = tuple(cfg.get("input_size", (3, 224, 224)))
+    return torch.randn(1, *size)
+
+
+def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
+                  example_input: torch.Tensor | None = None) -> Analysis:
+    """Trace, find channel groups and plan widths without touching ``model``."""
+    switches, divisor = check_switches(switches, divisor)
+    if not isinstance(model, nn.Module):
+        raise SlimifyError(f"convert needs a torch.nn.Module, got {type(model).__name__}")
+    start = time.perf_counter()
+    example = default_input(model) if example_input is None else example_input
+    traced = trace(model, example, has_rule=lambda m: find_module_rule(m) is not None)
+    space = analyze(traced)
+    for _ in range(8):  # a tensor that cannot be cut to a box fixes its channels; plan again
+        table = find_groups(space)
+        try:
+            plan = make_plan(space, table, switches, divisor)
+            break
+        except NotABox as e:
+            space.fix(e.ids, "a tensor read by forward code would not stay rectangular")
+    else:
+        raise SlimifyError(f"could not plan widths for {type(model).__name__}")
+    seconds = time.perf_counter() - start
+    return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
+
+
+def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
+            example_input: torch.Tensor | None = None) -> nn.Module:
+    """Make ``model`` slimmable in place and return it.
+
+    Every switch runs the first channels of each channel group with private BatchNorm; at
+    width 1.0 the model computes exactly what it computed before.
+    """
+    if is_slimmable(model):
+        raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
+    analysis = analyze_model(model, switches, divisor, example_input)
+    state = SlimState(analysis.plan.switches)
+    rewrite(model, analysis.plan, state)
+    state.info.update(report=analysis.report, divisor=analysis.plan.divisor)
+    state.info["analysis"] = analysis
+    setattr(model, STATE_ATTR, state)
+    return model
+
+
+def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
+    """Apply ``plan``: serve narrow parameters and attributes, add private BatchNorms."""
+    data: dict[str, SlimData] = {}
+
+    def for_module(path: str) -> SlimData:
+        return data.setdefault(path, SlimData(state))
+
+    for (path, name), per_switch in plan.params.items():
+        if any(per_switch):
+            for_module(path).params[name] = per_switch
+    for (path, name), values in plan.attrs.items():
+        module = model.get_submodule(path)
+        if any(_differs(v, getattr(module, name, None)) for v in values):
+            for_module(path).attrs[name] = values
+    for path, per_switch in plan.batchnorms.items():
+        module = model.get_submodule(path)
+        for_module(path).bn_slots = attach_private_batchnorm(module, per_switch, plan.switches)
+    for path, module_data in data.items():
+        make_slimmable(model.get_submodule(path), module_data)
+
+
+def _differs(value: Any, current: Any) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(current, (list, tuple)):
+        return list(value) != list(current)
+    return value != current
+
+
+def report(model: nn.Module) -> ConversionReport:
+    """The groups of a converted model, their widths per switch and the fixed ones' reasons."""
+    return get_state(model).info["report"]

@@ -1,0 +1,143 @@
+"""Channel classes and channel groups from the recorded constraints.
+
+A *class* is a set of channel ids that must be active together (connected by unions). A
+*group* is a set of classes that share one width budget: classes that sit next to each other
+in one producer's output (a conv's channels) belong to one group unless a split cut them apart.
+Groups are the connected components of a networkx graph over classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from slimify.space import FIXED, ChannelSpace
+
+__all__ = ["ChannelGroup", "GroupTable", "find_groups", "connected_labels"]
+
+
+@dataclass
+class ChannelGroup:
+    """Channels slimmed together: ``classes`` in rank order (the prefix is kept first)."""
+
+    index: int
+    classes: np.ndarray  # class labels, rank order
+    unit: int  # channels per class in the group's producers (head_dim for heads, 1 usually)
+    fixed: bool
+    reason: str = ""
+    origins: list[str] = field(default_factory=list)  # producers, for the report
+
+    @property
+    def size(self) -> int:
+        return len(self.classes) * self.unit
+
+
+@dataclass
+class GroupTable:
+    class_of: np.ndarray  # id → class label
+    group_of_class: dict[int, int]
+    rank: np.ndarray  # id → rank of its class inside its group
+    group_of_id: np.ndarray  # id → group index, -1 for ids in no group
+    groups: list[ChannelGroup]
+
+
+def connected_labels(size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union-find by hooking and pointer jumping, vectorised: label = smallest id of the set."""
+    parent = np.arange(size, dtype=np.int64)
+    while a.size:
+        la, lb = parent[a], parent[b]
+        differ = la != lb
+        if not differ.any():
+            break
+        la, lb = la[differ], lb[differ]
+        low = np.minimum(la, lb)
+        np.minimum.at(parent, la, low)
+        np.minimum.at(parent, lb, low)
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+        a, b = a[differ], b[differ]
+    return parent
+
+
+def find_groups(space: ChannelSpace) -> GroupTable:
+    a, b = space.pairs()
+    class_of = connected_labels(space.size, a, b)
+    var_of = np.full(space.size, -1, np.int64)
+    pos = np.zeros(space.size, np.int64)
+    for i, v in enumerate(space.vars):
+        var_of[v.start:v.start + v.size] = i
+        pos[v.start:v.start + v.size] = np.arange(v.size)
+    producer = np.zeros(space.size, bool)
+    for v in space.vars:
+        if v.producer:
+            producer[v.start:v.start + v.size] = True
+
+    graph = nx.Graph()
+    graph.add_nodes_from(np.unique(class_of[1:][producer[1:]]).tolist())
+    nxt = np.arange(1, space.size - 1)
+    same_var = (var_of[nxt] == var_of[nxt + 1]) & producer[nxt]
+    cut = np.zeros(space.size, bool)
+    if space.cuts:
+        cut[np.concatenate(space.cuts)] = True
+    keep = same_var & ~cut[nxt + 1]
+    edges = np.stack([class_of[nxt[keep]], class_of[nxt[keep] + 1]], 1)
+    edges = np.unique(edges[edges[:, 0] != edges[:, 1]], axis=0)
+    graph.add_edges_from(edges.tolist())
+
+    fixed_reason: dict[int, str] = {int(class_of[FIXED]): "fixed"}
+    for ids, reason in space.fixes:
+        for c in np.unique(class_of[ids]).tolist():
+            fixed_reason.setdefault(c, reason)
+    seen = np.zeros(space.size, bool)
+    if space.seen:
+        seen[np.concatenate(space.seen)] = True
+
+    key = np.full(space.size, np.iinfo(np.int64).max, np.int64)
+    prod_ids = np.nonzero(producer)[0]
+    np.minimum.at(key, class_of[prod_ids], pos[prod_ids])
+
+    groups: list[ChannelGroup] = []
+    group_of_class: dict[int, int] = {}
+    for component in nx.connected_components(graph):
+        classes = np.array(sorted(component, key=lambda c: (key[c], c)), np.int64)
+        gi = len(groups)
+        reasons = [fixed_reason[c] for c in classes.tolist() if c in fixed_reason]
+        groups.append(ChannelGroup(gi, classes, 1, bool(reasons), reasons[0] if reasons else ""))
+        for c in classes.tolist():
+            group_of_class[c] = gi
+
+    class_group = np.full(space.size, -1, np.int64)
+    rank_of_class = np.zeros(space.size, np.int64)
+    for g in groups:
+        class_group[g.classes] = g.index
+        rank_of_class[g.classes] = np.arange(len(g.classes))
+    group_of_id = class_group[class_of]
+    rank = rank_of_class[class_of]
+    _set_units_and_origins(space, groups, group_of_id, class_of, var_of, producer, seen)
+    return GroupTable(class_of, group_of_class, rank, group_of_id, groups)
+
+
+def _set_units_and_origins(space: ChannelSpace, groups: list[ChannelGroup], group_of_id: np.ndarray,
+                           class_of: np.ndarray, var_of: np.ndarray, producer: np.ndarray,
+                           seen: np.ndarray) -> None:
+    """unit = channels per class in the finest producer of the group (1 for plain channels,
+    head_dim for attention heads, channels per group for grouped convs)."""
+    ids = np.nonzero(producer & (group_of_id >= 0))[0]
+    g, v, c = group_of_id[ids], var_of[ids], class_of[ids]
+    pairs, counts = np.unique(np.stack([g, v]), axis=1, return_counts=True)
+    distinct = np.unique(np.stack([g, v, c]), axis=1)
+    _, n_classes = np.unique(distinct[:2], axis=1, return_counts=True)
+    units: dict[int, int] = {}
+    for (gi, vi), n_ids, n_cls in zip(pairs.T.tolist(), counts.tolist(), n_classes.tolist()):
+        units[gi] = min(units.get(gi, n_ids), max(1, n_ids // n_cls))
+        if len(groups[gi].origins) < 6:
+            groups[gi].origins.append(space.vars[vi].origin)
+    seen_groups = set(np.unique(group_of_id[seen & (group_of_id >= 0)]).tolist())
+    for grp in groups:
+        grp.unit = units.get(grp.index, 1)
+        if not grp.fixed and grp.index not in seen_groups:
+            grp.fixed, grp.reason = True, "only parameters, no activation uses these channels"

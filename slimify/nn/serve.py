@@ -1,0 +1,106 @@
+"""Slimmable modules by serving narrow tensors through the attributes forward code reads.
+
+A module is turned slimmable by giving it a subclass of its own class in which ``weight``,
+``bias``, ``out_channels``, ``num_heads``… are properties that return the active switch's
+version. The module's own forward (nn.Conv2d's, timm's BatchNormAct2d's, any user class's) then
+runs unchanged on narrow tensors, and ``isinstance`` still holds. The full tensors stay the
+registered parameters, so ``state_dict`` keys and shapes are the original ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from slimify.nn.batchnorm import BN_TENSORS
+from slimify.nn.slicing import cut
+from slimify.state import SlimState
+
+__all__ = ["SlimData", "make_slimmable", "slim_data", "restore_class", "SLIM_KEY"]
+
+SLIM_KEY = "_slimify"  # instance attribute holding a module's SlimData
+
+_CLASSES: dict[tuple[type, frozenset[str], frozenset[str]], type] = {}  # cache of generated subclasses
+
+
+@dataclass
+class SlimData:
+    """Per-module plan: for each switch, how each tensor is cut and each attribute's value."""
+
+    state: SlimState
+    params: dict[str, list[dict[int, Any]]] = field(default_factory=dict)
+    attrs: dict[str, list[Any]] = field(default_factory=dict)
+    bn_slots: list[int | None] | None = None  # switch → private BatchNorm slot (None: original)
+    cache: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+def slim_data(module: nn.Module) -> SlimData | None:
+    return module.__dict__.get(SLIM_KEY)
+
+
+def _param_property(name: str) -> property:
+    def get(self: nn.Module) -> torch.Tensor | None:
+        data: SlimData = self.__dict__[SLIM_KEY]
+        s = data.state.index
+        if data.bn_slots is not None and name in BN_TENSORS and data.bn_slots[s] is not None:
+            holder = self._modules["slim_bn"][data.bn_slots[s]]
+            return holder._parameters.get(name, holder._buffers.get(name))
+        full = self._parameters[name] if name in self._parameters else self._buffers.get(name)
+        dims = data.params.get(name, [{}] * (s + 1))[s]
+        if full is None or not dims:
+            return full
+        return cut(full, dims)
+
+    def set_(self: nn.Module, value: Any) -> None:
+        if value is None or isinstance(value, torch.Tensor):
+            if name in self._parameters:
+                self._parameters[name] = value
+            else:
+                self._buffers[name] = value
+            return
+        raise AttributeError(f"{name} of a slimmable module cannot be set to {type(value).__name__}")
+
+    return property(get, set_, doc=f"``{name}`` cut to the active switch")
+
+
+def _attr_property(name: str) -> property:
+    def get(self: nn.Module) -> Any:
+        data: SlimData = self.__dict__[SLIM_KEY]
+        return data.attrs[name][data.state.index]
+
+    def set_(self: nn.Module, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__}.{name} follows the width of a slimmable model; "
+                             "convert a fresh model to change it")
+
+    return property(get, set_, doc=f"``{name}`` at the active switch")
+
+
+def make_slimmable(module: nn.Module, data: SlimData) -> None:
+    """Swap ``module``'s class for a subclass that serves ``data``'s tensors and attributes."""
+    base = type(module)
+    tensors = set(data.params)
+    if data.bn_slots is not None:
+        tensors |= {n for n in BN_TENSORS if n in module._parameters or n in module._buffers}
+    key = (base, frozenset(tensors), frozenset(data.attrs))
+    cls = _CLASSES.get(key)
+    if cls is None:
+        namespace: dict[str, Any] = {name: _param_property(name) for name in tensors}
+        namespace.update({name: _attr_property(name) for name in data.attrs})
+        namespace["__slimify_base__"] = base
+        namespace["__module__"] = base.__module__
+        namespace["__qualname__"] = base.__qualname__
+        cls = type(base.__name__, (base,), namespace)
+        _CLASSES[key] = cls
+    module.__dict__[SLIM_KEY] = data
+    module.__class__ = cls
+
+
+def restore_class(module: nn.Module) -> None:
+    """Undo :func:`make_slimmable` (used by export on a copy)."""
+    base = type(module).__dict__.get("__slimify_base__")
+    if base is not None:
+        module.__class__ = base
+    module.__dict__.pop(SLIM_KEY, None)

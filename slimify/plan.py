@@ -1,0 +1,136 @@
+"""Step 3 of the pipeline: how many channels each group keeps at each switch, and what that
+means for every parameter, attribute and BatchNorm the rewrite will touch."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from slimify.errors import SlimifyError
+from slimify.groups import GroupTable
+from slimify.space import ChannelSpace, Count
+
+__all__ = ["make_divisible", "check_switches", "Plan", "make_plan", "Index"]
+
+Index = slice | np.ndarray | None  # how one dim of a tensor is cut at one switch (None: whole)
+
+
+def make_divisible(value: float, divisor: int, min_value: int | None = None) -> int:
+    """torchvision's rounding: nearest multiple of ``divisor``, never more than 10% below."""
+    min_value = divisor if min_value is None else min_value
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+def check_switches(switches: Any, divisor: Any) -> tuple[tuple[float, ...], int]:
+    try:
+        values = tuple(float(s) for s in switches)
+    except (TypeError, ValueError) as e:
+        raise SlimifyError(f"switches must be numbers in (0, 1], got {switches!r}") from e
+    if not values:
+        raise SlimifyError("switches is empty: give at least one width in (0, 1], e.g. (0.25, 0.5, 1.0)")
+    bad = [s for s in values if not (0.0 < s <= 1.0) or math.isnan(s)]
+    if bad:
+        raise SlimifyError(f"switches must lie in (0, 1]; got {bad}")
+    if len(set(values)) != len(values):
+        raise SlimifyError(f"switches contain duplicates: {list(values)}")
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
+        raise SlimifyError(f"divisor must be an integer >= 1, got {divisor!r}")
+    return tuple(sorted(values)), divisor
+
+
+@dataclass
+class Plan:
+    """Everything the rewrite needs, as data: per switch, an index per sliced dim of each
+    parameter, a value per width-dependent attribute and the channels of each BatchNorm."""
+
+    switches: tuple[float, ...]
+    divisor: int
+    kept: dict[int, list[int]]  # group index → classes kept per switch
+    params: dict[tuple[str, str], list[dict[int, Index]]] = field(default_factory=dict)
+    attrs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    batchnorms: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+
+def _kept_classes(n: int, unit: int, w: float, divisor: int) -> int:
+    """Classes kept at width ``w``: ``make_divisible(C·w)`` channels in whole units, never
+    below one divisor, never above C, and all of them at width 1.0."""
+    total = n * unit
+    step = unit * divisor // math.gcd(unit, divisor)
+    if w >= 1.0 or step >= total:
+        return n
+    return max(1, min(total, make_divisible(total * w, step)) // unit)
+
+
+def _to_index(mask: np.ndarray) -> Index:
+    if mask.all():
+        return None
+    idx = np.nonzero(mask)[0]
+    if idx.size and idx[-1] - idx[0] + 1 == idx.size:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
+class NotABox(Exception):
+    """A tensor whose active elements are not a product of per-dim index sets."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        super().__init__("not a box")
+        self.ids = ids
+
+
+def _elementwise_index(label: np.ndarray, active: np.ndarray) -> dict[int, Index]:
+    mask = active[label]
+    dims: dict[int, Index] = {}
+    box = np.ones((1,) * mask.ndim, bool)
+    for d in range(mask.ndim):
+        along = mask.any(axis=tuple(o for o in range(mask.ndim) if o != d))
+        box = box & along.reshape([-1 if o == d else 1 for o in range(mask.ndim)])
+        index = _to_index(along)
+        if index is not None:
+            dims[d] = index
+    if not np.array_equal(np.broadcast_to(box, mask.shape), mask):
+        raise NotABox(label[mask != np.broadcast_to(box, mask.shape)])
+    return dims
+
+
+def _value(template: Any, active: np.ndarray) -> Any:
+    if isinstance(template, Count):
+        n = int(active[template.ids].sum())
+        if n % template.unit:
+            raise NotABox(template.ids)
+        return n // template.unit
+    if isinstance(template, (list, tuple)):
+        return type(template)(_value(t, active) for t in template)
+    return template
+
+
+def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...], divisor: int) -> Plan:
+    """Raises :class:`NotABox` naming the ids to fix when a tensor could not be served narrow."""
+    kept = {g.index: [len(g.classes) if g.fixed else _kept_classes(len(g.classes), g.unit, w, divisor)
+                      for w in switches] for g in table.groups}
+    n_groups = len(table.groups)
+    plan = Plan(switches, divisor, kept)
+    actives = []
+    for s in range(len(switches)):
+        limit = np.array([kept[g][s] for g in range(n_groups)] + [np.iinfo(np.int64).max], np.int64)
+        group = np.where(table.group_of_id >= 0, table.group_of_id, n_groups)
+        actives.append(table.rank < limit[group])
+    for key, spec in space.params.items():
+        per_switch = []
+        for active in actives:
+            dims = {d: _to_index(active[ids]) for d, ids in spec.dims.items()}
+            if spec.elementwise is not None:
+                for d, index in _elementwise_index(spec.elementwise, active).items():
+                    dims.setdefault(d, index)
+            per_switch.append({d: i for d, i in dims.items() if i is not None})
+        plan.params[key] = per_switch
+    for key, spec in space.attrs.items():
+        plan.attrs[key] = [_value(spec.template, active) for active in actives]
+    for bn in space.batchnorms:
+        plan.batchnorms[bn.module] = [np.nonzero(active[bn.ids])[0] for active in actives]
+    return plan

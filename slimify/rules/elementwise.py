@@ -1,0 +1,112 @@
+"""Rules for ops that keep channels where they are: elementwise math, activations, pooling,
+reductions and tensor creation."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from slimify.rules.base import RuleContext, TensorVal, tensors_in
+from slimify.space import FIXED
+
+__all__ = ["elementwise", "passthrough", "reduction", "creation", "fixed_output"]
+
+
+def _aligned(t: TensorVal, ndim: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    pad = ndim - t.ndim
+    return t.label.reshape((1,) * pad + t.label.shape), (1,) * pad + tuple(t.shape)
+
+
+def elementwise(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """Broadcasting math (residual add, SE gating mul…): elements meeting at one output
+    position must be active together. A fixed-size operand broadcast across channels (a
+    drop-path mask, a spatial attention map) constrains nothing."""
+    out_shape = tuple(ctx.out_shape)
+    n = len(out_shape)
+    operands = [_aligned(ctx.tensor(t), n) + (ctx.tensor(t).rigid,) for t in tensors_in([args, kwargs])]
+    operands = [op for op in operands if len(op[1]) == n]
+    varying = {d for lab, _, _ in operands for d in range(n) if lab.shape[d] > 1}
+    taking = []
+    for lab, real, rigid in operands:
+        broadcast_over_ids = any(real[d] == 1 and out_shape[d] > 1 for d in varying)
+        if broadcast_over_ids and (lab == FIXED).all():
+            continue
+        taking.append((lab, rigid))
+    if not taking:
+        return ctx.fixed(out_shape)
+    first = taking[0][0]
+    for lab, _ in taking[1:]:
+        ctx.space.union(first, lab)
+    joint = np.broadcast_shapes(*(lab.shape for lab, _ in taking))
+    rigid = frozenset().union(*(r for _, r in taking))
+    return TensorVal(np.broadcast_to(first, joint).copy(), out_shape, rigid)
+
+
+def passthrough(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """One tensor in, same channels out (activations, pooling, dropout, interpolation)."""
+    x = ctx.tensor(next(tensors_in(args)))
+    out_shape = tuple(ctx.out_shape)
+    if len(out_shape) != x.ndim:
+        return reshape_fallback(ctx, x, out_shape)
+    label = x.label
+    for d in range(x.ndim):
+        if label.shape[d] > 1 and out_shape[d] != x.shape[d]:  # a varying dim changes size
+            _union_along(ctx, label, d)
+            label = np.take(label, [0], axis=d)
+    return TensorVal(label.copy(), out_shape, x.rigid)
+
+
+def _union_along(ctx: RuleContext, label: np.ndarray, dim: int) -> None:
+    moved = np.moveaxis(label, dim, -1)
+    ctx.space.union(moved[..., :1], moved)
+
+
+def reshape_fallback(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...]) -> TensorVal:
+    from slimify.rules.shape import reshape_to
+    return reshape_to(ctx, x, out_shape, None)
+
+
+def reduction(ctx: RuleContext, args: list, kwargs: dict) -> Any:
+    """``mean``/``sum``/``amax``… over some dims. Reducing across channels (CBAM's channel
+    mean) gives a value that is no channel at all; reducing a dim inside a unit (head_dim)
+    keeps the unit's id."""
+    x = ctx.tensor(args[0])
+    dims = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], bool) else None)
+    keepdim = bool(kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False))
+    out_shape = ctx.out_shape
+    if isinstance(out_shape, tuple) and out_shape and not isinstance(out_shape[0], int):
+        out_shape = out_shape[0]  # max(dim) returns (values, indices)
+    if dims is None:
+        return ctx.fixed(tuple(out_shape))
+    dims = [d % x.ndim for d in ([dims] if isinstance(dims, int) else dims)]
+    label = x.label
+    rest_varies = any(label.shape[d] > 1 for d in range(x.ndim) if d not in dims)
+    for d in sorted(dims, reverse=True):
+        if label.shape[d] > 1:
+            if not rest_varies:
+                return ctx.fixed(tuple(out_shape))
+            _union_along(ctx, label, d)
+        label = np.take(label, [0], axis=d)
+        if not keepdim:
+            label = label.squeeze(d)
+    rigid = frozenset(r - sum(1 for d in dims if d < r) for r in x.rigid if r not in dims) if not keepdim else x.rigid
+    result = TensorVal(label.copy(), tuple(out_shape), rigid)
+    shape = ctx.out_shape
+    if isinstance(shape, tuple) and shape and not isinstance(shape[0], int):
+        return (result, ctx.fixed(tuple(shape[1])))
+    return result
+
+
+def creation(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """``torch.zeros``, ``new_ones``, ``arange``…: new tensors that are not channels."""
+    return fixed_output(ctx)
+
+
+def fixed_output(ctx: RuleContext) -> Any:
+    def make(shape: Any) -> Any:
+        if shape is None:
+            return None
+        if isinstance(shape, (tuple, list)) and shape and not isinstance(shape[0], int):
+            return type(shape)(make(s) for s in shape)
+        return ctx.fixed(tuple(shape))
+    return make(ctx.out_shape)

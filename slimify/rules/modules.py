@@ -1,0 +1,172 @@
+"""Channel rules for leaf modules, keyed by class and looked up along the MRO.
+
+Each rule reads the analysed input, records how its parameters and plain attributes follow
+the width, and returns the analysed output. A subclass (timm's ``BatchNormAct2d``,
+``Conv2dSame``, ``ScaledStdConv2d``…) inherits its base's rule, and since slimmable layers serve
+narrow tensors through the very attributes its forward code reads, its own forward still works.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+
+from slimify.rules.base import RuleContext, TensorVal
+from slimify.rules.elementwise import passthrough
+from slimify.space import Count
+
+__all__ = ["MODULE_RULES", "module_rule", "find_module_rule"]
+
+MODULE_RULES: dict[type[nn.Module], Any] = {}  # module class → rule(ctx, module, path, args, kwargs)
+
+
+def module_rule(*classes: type[nn.Module]):
+    def register(fn):
+        for cls in classes:
+            MODULE_RULES[cls] = fn
+        return fn
+    return register
+
+
+def find_module_rule(module: nn.Module):
+    for cls in type(module).__mro__:
+        if cls in MODULE_RULES:
+            return MODULE_RULES[cls]
+    return None
+
+
+@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    in_ids = ctx.channel_ids(x, 1)
+    out_ids = ctx.space.new_var(m.out_channels, f"{path} (output channels)")
+    groups = m.groups
+    if groups == 1:
+        ctx.space.param(path, "weight", {0: out_ids, 1: in_ids})
+    else:  # blocks of a grouped/depthwise conv are the unit of width: the number of groups slims
+        cin, cout = m.in_channels // groups, m.out_channels // groups
+        for b in range(groups):
+            ctx.space.union_all(np.concatenate([in_ids[b * cin:(b + 1) * cin], out_ids[b * cout:(b + 1) * cout]]))
+        ctx.space.param(path, "weight", {0: out_ids})
+        ctx.space.attr(path, "groups", Count(in_ids, unit=cin))
+    if m.bias is not None:
+        ctx.space.param(path, "bias", {0: out_ids})
+    ctx.space.attr(path, "in_channels", Count(in_ids))
+    ctx.space.attr(path, "out_channels", Count(out_ids))
+    return ctx.with_dim(x, 1, out_ids, ctx.out_shape)
+
+
+@module_rule(nn.Linear)
+def linear(ctx: RuleContext, m: nn.Linear, path: str, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    last = x.ndim - 1
+    if x.label.shape[last] == 1 and any(s > 1 for s in x.label.shape[:last]):
+        # mixing along a non-channel dim (MLP-Mixer's token MLP): channels pass through, the
+        # mixed dim keeps its size
+        return TensorVal(x.label.copy(), tuple(ctx.out_shape), x.rigid)
+    in_ids = ctx.channel_ids(x, last)
+    out_ids = ctx.space.new_var(m.out_features, f"{path} (output features)")
+    ctx.space.param(path, "weight", {0: out_ids, 1: in_ids})
+    if m.bias is not None:
+        ctx.space.param(path, "bias", {0: out_ids})
+    ctx.space.attr(path, "in_features", Count(in_ids))
+    ctx.space.attr(path, "out_features", Count(out_ids))
+    return TensorVal(out_ids.reshape([1] * last + [-1]), tuple(ctx.out_shape))
+
+
+@module_rule(nn.modules.batchnorm._BatchNorm)
+def batchnorm(ctx: RuleContext, m: nn.BatchNorm2d, path: str, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    ids = ctx.channel_ids(x, 1)
+    ctx.space.batchnorm(path, ids)
+    ctx.space.attr(path, "num_features", Count(ids))
+    return passthrough(ctx, [ctx.with_dim(x, 1, ids, x.shape)], {})
+
+
+@module_rule(nn.LayerNorm)
+def layernorm(ctx: RuleContext, m: nn.LayerNorm, path: str, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    if len(m.normalized_shape) != 1:
+        ctx.fix_all([x], f"{path}: LayerNorm over {len(m.normalized_shape)} dims")
+        return ctx.fixed(ctx.out_shape)
+    size = m.normalized_shape[0]
+    dim = x.ndim - 1 if x.shape[-1] == size else 1  # channels-last or channels-first (LayerNorm2d)
+    ids = ctx.channel_ids(x, dim)
+    if m.weight is not None:
+        ctx.space.param(path, "weight", {0: ids})
+    if getattr(m, "bias", None) is not None:
+        ctx.space.param(path, "bias", {0: ids})
+    ctx.space.attr(path, "normalized_shape", (Count(ids),))
+    return passthrough(ctx, [_relabel(x, dim, ids)], {})
+
+
+@module_rule(nn.GroupNorm)
+def groupnorm(ctx: RuleContext, m: nn.GroupNorm, path: str, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    ids = ctx.channel_ids(x, 1)
+    groups, channels = m.num_groups, m.num_channels
+    if groups == channels:
+        ctx.space.attr(path, "num_groups", Count(ids))
+    elif groups > 1:  # normalisation groups are units of width: their number slims
+        per = channels // groups
+        ctx.space.union_slabs(ids.reshape(groups, per), 0)
+        ctx.space.attr(path, "num_groups", Count(ids, unit=per))
+    if m.affine:
+        ctx.space.param(path, "weight", {0: ids})
+        ctx.space.param(path, "bias", {0: ids})
+    ctx.space.attr(path, "num_channels", Count(ids))
+    return passthrough(ctx, [_relabel(x, 1, ids)], {})
+
+
+@module_rule(nn.PReLU)
+def prelu(ctx: RuleContext, m: nn.PReLU, path: str, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    if m.num_parameters > 1:
+        ids = ctx.channel_ids(x, 1)
+        ctx.space.param(path, "weight", {0: ids})
+        ctx.space.attr(path, "num_parameters", Count(ids))
+        x = _relabel(x, 1, ids)
+    return passthrough(ctx, [x], {})
+
+
+PASSTHROUGH_MODULES: tuple[type[nn.Module], ...] = (  # channel-wise modules: output channel i = input channel i
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish,
+    nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Softplus, nn.Hardtanh, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool2d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.Softmax, nn.LogSoftmax, nn.Softmax2d,
+)
+
+
+def _passthrough_module(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> Any:
+    return passthrough(ctx, args[:1], {})
+
+
+def unknown_module(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> TensorVal:
+    """No rule: the module is a boundary, every channel it touches keeps its full size."""
+    ctx.fix_all([args, kwargs], f"{path}: no channel rule for module {type(m).__name__}")
+    return ctx.fixed(ctx.out_shape)
+
+
+for _cls in PASSTHROUGH_MODULES:
+    MODULE_RULES[_cls] = _passthrough_module
+
+
+@module_rule(nn.Flatten)
+def flatten_module(ctx: RuleContext, m: nn.Flatten, path: str, args: list, kwargs: dict) -> TensorVal:
+    from slimify.rules.shape import reshape_to
+    return reshape_to(ctx, ctx.tensor(args[0]), tuple(ctx.out_shape), None)
+
+
+def _relabel(x: TensorVal, dim: int, ids: np.ndarray) -> TensorVal:
+    shape = [1] * x.ndim
+    shape[dim] = len(ids)
+    label = np.broadcast_to(x.label, np.broadcast_shapes(x.label.shape, tuple(shape))).copy()
+    label[...] = np.asarray(ids).reshape(shape)
+    keep = [s if d == dim else 1 for d, s in enumerate(label.shape)]
+    return TensorVal(label[tuple(slice(0, k) for k in keep)].copy(), x.shape, x.rigid)

@@ -1,0 +1,195 @@
+"""Rules for ops that join or cut the channel dim: cat, stack, split/chunk/unbind, indexing, pad."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from slimify.rules.base import RuleContext, TensorVal
+from slimify.rules.sizes import follow_literal
+from slimify.space import Count
+from slimify.trace import VALUE_KEY
+
+__all__ = ["cat", "stack", "split", "chunk", "unbind", "getitem", "pad"]
+
+
+def _dim(args: list, kwargs: dict, pos: int, default: int = 0) -> int:
+    return kwargs.get("dim", args[pos] if len(args) > pos else default)
+
+
+def cat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """Concatenation: along the cat dim the segments follow each other (a consumer of a
+    DenseNet concat indexes every segment's active channels); other dims must match."""
+    parts = [ctx.tensor(t) for t in (args[0] if args else kwargs["tensors"])]
+    out_shape = tuple(ctx.out_shape)
+    d = _dim(args, kwargs, 1) % len(out_shape)
+    reps = [np.take(p.label, [0], axis=d) for p in parts]
+    for p in parts:
+        if p.label.shape[d] > 1 and any(s > 1 for o, s in enumerate(p.label.shape) if o != d):
+            moved = np.moveaxis(p.label, d, -1)
+            ctx.space.union(moved[..., :1], moved)
+    for r in reps[1:]:
+        ctx.space.union(reps[0], r)
+    joint = list(np.broadcast_shapes(*(r.shape for r in reps)))
+    rigid = frozenset.intersection(*(p.rigid for p in parts))
+    if not any(p.label.shape[d] > 1 for p in parts):
+        return TensorVal(np.broadcast_to(reps[0], joint).copy(), out_shape, rigid)
+    pieces = []
+    for p in parts:
+        shape = joint.copy()
+        shape[d] = p.shape[d]
+        pieces.append(np.broadcast_to(p.expanded([d]) if p.label.shape[d] == 1 else p.label, shape))
+    return TensorVal(np.concatenate(pieces, axis=d), out_shape, rigid)
+
+
+def stack(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    parts = [ctx.tensor(t) for t in args[0]]
+    d = _dim(args, kwargs, 1) % len(ctx.out_shape)
+    for p in parts[1:]:
+        ctx.space.union(parts[0].label, p.label)
+    label = np.expand_dims(np.broadcast_to(parts[0].label, np.broadcast_shapes(*(p.label.shape for p in parts))), d)
+    return TensorVal(label.copy(), tuple(ctx.out_shape), frozenset(r + (r >= d) for r in parts[0].rigid))
+
+
+def _segments(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], keepdim: bool = True) -> list[TensorVal]:
+    label = x.expanded([d]) if x.label.shape[d] > 1 else x.label
+    outs, start = [], 0
+    for shape, size in zip(ctx.out_shape, sizes):
+        piece = label[(slice(None),) * d + (slice(start, start + size),)] if label.shape[d] > 1 else label
+        if not keepdim:
+            piece = piece.squeeze(d) if piece.shape[d] == 1 else piece
+        outs.append(TensorVal(np.ascontiguousarray(piece), tuple(shape), x.rigid))
+        start += size
+    return outs
+
+
+def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], literal: Any) -> None:
+    """Cut a channel dim into segments. Equal segments that must stay equal at run time
+    (``chunk``, an int split size) are tied position by position; a literal size list
+    (MixNet's ``self.splits``) follows the width through its module attribute."""
+    ids = ctx.channel_ids(x, d)
+    bounds = np.cumsum([0] + sizes)
+    ctx.space.cut(ids[bounds[1:-1]])
+    segs = [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    if literal is None or isinstance(literal, int):
+        if len(set(sizes)) != 1:
+            ctx.space.fix(ids, f"split into unequal pieces at {ctx.space.context}")
+            return
+        for s in segs[1:]:
+            ctx.space.union(segs[0], s)
+        if isinstance(literal, int) and not follow_literal(ctx, literal, Count(segs[0])):
+            ctx.space.fix(ids, f"split size {literal} baked in code at {ctx.space.context}")
+    elif not follow_literal(ctx, list(literal), [Count(s) for s in segs]):
+        ctx.space.fix(ids, f"split sizes {list(literal)} baked in code at {ctx.space.context}")
+
+
+def split(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
+    x = ctx.tensor(args[0])
+    d = _dim(args, kwargs, 2) % x.ndim
+    sizes = [s[d] for s in ctx.out_shape]
+    raw = ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("split_size_or_sections",
+                                                                                ctx.node.kwargs.get("split_size"))
+    if x.carries(d):
+        literal = None if isinstance(raw, fx.Node) else raw
+        _split_channels(ctx, x, d, sizes, literal)
+    return _segments(ctx, x, d, sizes)
+
+
+def chunk(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
+    x = ctx.tensor(args[0])
+    d = _dim(args, kwargs, 2) % x.ndim
+    sizes = [s[d] for s in ctx.out_shape]
+    if x.carries(d):
+        _split_channels(ctx, x, d, sizes, None)
+    return _segments(ctx, x, d, sizes)
+
+
+def unbind(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
+    x = ctx.tensor(args[0])
+    d = _dim(args, kwargs, 1) % x.ndim
+    if x.carries(d):
+        ctx.space.fix(x.label, f"unbind along channels at {ctx.space.context}")
+    outs = _segments(ctx, x, d, [1] * x.shape[d], keepdim=False)
+    rigid = frozenset(r - (r > d) for r in x.rigid if r != d)
+    return [TensorVal(o.label, o.shape, rigid) for o in outs]
+
+
+def pad(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    from slimify.rules.elementwise import passthrough
+    x = ctx.tensor(args[0])
+    widths = list(args[1] if len(args) > 1 else kwargs["pad"])
+    padded = [x.ndim - 1 - i // 2 for i, w in enumerate(widths) if w]
+    if any(x.label.shape[d] > 1 for d in padded):
+        ctx.fix_all([x], f"padding along channels at {ctx.space.context}")
+        return ctx.fixed(tuple(ctx.out_shape))
+    return passthrough(ctx, [x], {})
+
+
+def getitem(ctx: RuleContext, args: list, kwargs: dict) -> Any:
+    """``x[:, :n]``, ``x[..., 0]``, ``table[index]``: slices of channel dims follow the width
+    through the attribute holding ``n``; constant picks fix what they pick."""
+    x = ctx.tensor(args[0])
+    raw = ctx.node.args[1]
+    index = list(raw) if isinstance(raw, tuple) else [raw]
+    if any(i is Ellipsis for i in index):
+        at = index.index(Ellipsis)
+        used = sum(1 for i in index if i is not None and i is not Ellipsis)
+        index = index[:at] + [slice(None)] * (x.ndim - used) + index[at + 1:]
+    label, dim, rigid = x.label, 0, set()
+    tensor_indices = [i for i in index if isinstance(i, fx.Node)]
+    if len(tensor_indices) > 1:
+        ctx.fix_all([x], f"advanced indexing with several index tensors at {ctx.space.context}")
+        return ctx.fixed(tuple(ctx.out_shape))
+    orig = 0  # dim of x that ``item`` indexes
+    for item in index:
+        if item is None:
+            label = np.expand_dims(label, dim)
+            dim += 1
+            continue
+        varies = label.shape[dim] > 1
+        carries = varies and orig not in x.rigid
+        if isinstance(item, int):
+            if carries:
+                picked = np.take(label, [item], axis=dim)
+                ctx.space.fix(picked if item >= 0 else label, f"channel picked by a constant at {ctx.space.context}")
+            label = np.take(label, item if varies else 0, axis=dim)
+        elif isinstance(item, slice):
+            if varies:
+                label = _slice_dim(ctx, label, dim, item, carries)
+            if orig in x.rigid:
+                rigid.add(dim)
+            dim += 1
+        elif isinstance(item, fx.Node):  # gather along dim: it must never shrink
+            values = item.meta.get(VALUE_KEY)
+            if varies:
+                moved = np.moveaxis(label, dim, -1)
+                ctx.space.union(moved[..., :1], moved)
+            label = np.take(label, [0], axis=dim)
+            idx_ndim = values.ndim if isinstance(values, torch.Tensor) else 1
+            label = label.reshape(label.shape[:dim] + (1,) * idx_ndim + label.shape[dim + 1:])
+            dim += idx_ndim
+        else:
+            ctx.fix_all([x], f"indexing with {type(item).__name__} at {ctx.space.context}")
+            return ctx.fixed(tuple(ctx.out_shape))
+        orig += 1
+    out_shape = tuple(ctx.out_shape)
+    if label.ndim != len(out_shape):
+        label = label.reshape([s if s > 1 else 1 for s in label.shape][: len(out_shape)] or [1] * len(out_shape))
+    return TensorVal(np.ascontiguousarray(label), out_shape, frozenset(rigid))
+
+
+def _slice_dim(ctx: RuleContext, label: np.ndarray, dim: int, item: slice, carries: bool) -> np.ndarray:
+    size = label.shape[dim]
+    ids = np.moveaxis(label, dim, 0).reshape(size, -1)[:, 0]
+    start, stop, step = item.start, item.stop, item.step
+    if carries:
+        if (step not in (None, 1)) or any(isinstance(b, int) and b < 0 for b in (start, stop)):
+            ctx.space.fix(label, f"strided or negative slice of channels at {ctx.space.context}")
+        for bound in (start, stop):
+            if isinstance(bound, int) and 0 < bound < size:
+                ctx.space.cut(ids[bound:bound + 1])
+                if not follow_literal(ctx, bound, Count(ids[:bound])):
+                    ctx.space.fix(label, f"slice bound {bound} baked in code at {ctx.space.context}")
+    return label[(slice(None),) * dim + (item,)]

@@ -1,0 +1,177 @@
+"""Rules for ops that move channels around: view/reshape/flatten, permute, expand, repeat."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch.fx as fx
+
+from slimify.rules.base import RuleContext, TensorVal
+from slimify.rules.sizes import WIDTH_ATTR_HINTS, follow_literal, is_dynamic
+from slimify.space import Count
+
+__all__ = ["reshape_to", "view", "flatten", "unflatten", "permute", "transpose", "expand", "repeat", "same_shape"]
+
+
+def _blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of source and target dims with equal products (how a reshape maps dims)."""
+    blocks, i, j = [], 0, 0
+    while i < len(src) or j < len(dst):
+        ins, outs, pi, pj = [], [], 1, 1
+        if i < len(src):
+            ins.append(i); pi *= src[i]; i += 1
+        if j < len(dst):
+            outs.append(j); pj *= dst[j]; j += 1
+        while pi != pj:
+            if (pi < pj and i < len(src)) or j >= len(dst):
+                ins.append(i); pi *= src[i]; i += 1
+            else:
+                outs.append(j); pj *= dst[j]; j += 1
+        while i < len(src) and src[i] == 1 and (j >= len(dst) or dst[j] != 1):  # absorb trailing 1s
+            ins.append(i); i += 1
+        while j < len(dst) and dst[j] == 1 and (i >= len(src) or src[i] != 1):
+            outs.append(j); j += 1
+        blocks.append((ins, outs))
+    return blocks
+
+
+def _size_args(node: fx.Node, start: int) -> list[Any] | None:
+    args = list(node.args[start:]) or list(node.kwargs.get("shape", node.kwargs.get("size", ())))
+    if len(args) == 1 and isinstance(args[0], (list, tuple)):
+        args = list(args[0])
+    return args
+
+
+def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_args: list[Any] | None) -> TensorVal:
+    """General reshape. A dim split into several (``C → heads × head_dim``) keeps one of them
+    shrinking and the others rigid: each slab along the shrinking one becomes a unit. Literal
+    sizes on shrinking dims must come from a module attribute that can follow the width."""
+    blocks = _blocks(tuple(x.shape), tuple(out_shape))
+    varying = [any(x.label.shape[d] > 1 for d in ins) for ins, _ in blocks]
+    expand_dims = [d for (ins, _), v in zip(blocks, varying) if v for d in ins]
+    target = [1] * len(out_shape)
+    for (ins, outs), v in zip(blocks, varying):
+        for o in outs:
+            target[o] = out_shape[o] if v else 1
+    label = np.ascontiguousarray(x.expanded(expand_dims)).reshape(target)
+    rigid: set[int] = set()
+    for (ins, outs), v in zip(blocks, varying):
+        if not v:
+            continue
+        real = [o for o in outs if out_shape[o] > 1]
+        if all(d in x.rigid for d in ins if x.shape[d] > 1):
+            rigid.update(real)
+            continue
+        if len(real) > 1:
+            shrink = _pick_shrinking(ctx, real, size_args)
+            if shrink is None:
+                ctx.space.fix(label, f"reshape splits channels into sizes baked in code at {ctx.space.context}")
+                continue
+            _union_slabs_in_block(ctx, label, shrink, real)
+            rigid.update(o for o in real if o != shrink)
+            real = [shrink]
+        for o in real:
+            arg = size_args[o] if size_args is not None and o < len(size_args) else -1
+            if not is_dynamic(arg):
+                slab_ids = np.moveaxis(label, o, 0).reshape(label.shape[o], -1)[:, 0]
+                if not follow_literal(ctx, arg, Count(slab_ids)):
+                    ctx.space.fix(label, f"reshape to size {arg} baked in code at {ctx.space.context}")
+    return TensorVal(label, tuple(out_shape), frozenset(rigid))
+
+
+def _pick_shrinking(ctx: RuleContext, dims: list[int], size_args: list[Any] | None) -> int | None:
+    """Which dim of a split keeps following the width: a size computed at run time, else one
+    whose literal is a module attribute about heads/groups, else ``-1``, else any attribute."""
+    if size_args is None:
+        return dims[0]
+    args = {d: size_args[d] if d < len(size_args) else None for d in dims}
+    for d in dims:
+        if isinstance(args[d], fx.Node):
+            return d
+    from slimify.rules.sizes import _attribute_candidates
+    for hint in (("head", "group"), None):
+        for d in dims:
+            if isinstance(args[d], int) and args[d] != -1:
+                names = [n for _, n, f in _attribute_candidates(ctx, args[d]) if f == 1]
+                if names and (hint is None or any(h in n.lower() for n in names for h in hint)):
+                    return d
+        if hint is not None:
+            for d in dims:
+                if args[d] == -1:
+                    return d
+    return None
+
+
+def _union_slabs_in_block(ctx: RuleContext, label: np.ndarray, shrink: int, block: list[int]) -> None:
+    others = [d for d in range(label.ndim) if d not in block]
+    inner = [d for d in block if d != shrink]
+    moved = np.transpose(label, others + [shrink] + inner)
+    moved = moved.reshape(moved.shape[: len(others) + 1] + (-1,))
+    ctx.space.union(moved[..., :1], moved)
+
+
+def view(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    return reshape_to(ctx, ctx.tensor(args[0]), tuple(ctx.out_shape), _size_args(ctx.node, 1))
+
+
+def same_shape(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """squeeze/unsqueeze/flatten/view_as: sizes come from the tensor, so nothing is baked."""
+    return reshape_to(ctx, ctx.tensor(args[0]), tuple(ctx.out_shape), None)
+
+
+flatten = same_shape
+
+
+def unflatten(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    dim = args[1] if len(args) > 1 else kwargs["dim"]
+    sizes = list(ctx.node.args[2] if len(ctx.node.args) > 2 else ctx.node.kwargs["sizes"])
+    dim %= x.ndim
+    size_args = [-1] * dim + sizes + [-1] * (x.ndim - dim - 1)
+    return reshape_to(ctx, x, tuple(ctx.out_shape), size_args)
+
+
+def permute(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    dims = args[1:] if len(args) > 2 or isinstance(args[1], int) else args[1]
+    dims = [d % x.ndim for d in (kwargs.get("dims", dims))]
+    rigid = frozenset(i for i, d in enumerate(dims) if d in x.rigid)
+    return TensorVal(np.transpose(x.label, dims).copy(), tuple(ctx.out_shape), rigid)
+
+
+def transpose(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    if x.ndim < 2:
+        return TensorVal(x.label.copy(), tuple(ctx.out_shape), x.rigid)
+    d0, d1 = (args[1] % x.ndim, args[2] % x.ndim) if len(args) > 2 else (0, 1)
+    order = list(range(x.ndim))
+    order[d0], order[d1] = order[d1], order[d0]
+    return permute(ctx, [x, order], {})
+
+
+def expand(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """``cls_token.expand(B, -1, -1)``: new dims are not channels; a literal size on a
+    channel dim must follow the width."""
+    x = ctx.tensor(args[0])
+    out_shape = tuple(ctx.out_shape)
+    pad = len(out_shape) - x.ndim
+    label = x.label.reshape((1,) * pad + x.label.shape)
+    size_args = _size_args(ctx.node, 1) if ctx.node.target != "expand_as" else None
+    for d in range(len(out_shape)):
+        if label.shape[d] > 1 and size_args is not None and not is_dynamic(size_args[d]):
+            if not follow_literal(ctx, size_args[d], Count(np.moveaxis(label, d, 0).reshape(label.shape[d], -1)[:, 0])):
+                ctx.space.fix(label, f"expand to a size baked in code at {ctx.space.context}")
+    rigid = frozenset(r + pad for r in x.rigid)
+    return TensorVal(label.copy(), out_shape, rigid)
+
+
+def repeat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    x = ctx.tensor(args[0])
+    reps = _size_args(ctx.node, 1)
+    if any(isinstance(r, fx.Node) for r in reps):
+        ctx.fix_all([x], f"repeat with computed counts at {ctx.space.context}")
+        return ctx.fixed(tuple(ctx.out_shape))
+    pad = len(reps) - x.ndim
+    label = x.label.reshape((1,) * pad + x.label.shape)
+    tiles = [r if label.shape[d] > 1 else 1 for d, r in enumerate(reps)]
+    return TensorVal(np.tile(label, tiles), tuple(ctx.out_shape), frozenset(r + pad for r in x.rigid))

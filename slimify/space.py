@@ -1,0 +1,163 @@
+"""Channel ids and the constraints between them, collected while the rules walk the graph.
+
+Every channel a layer produces gets an integer id. A tensor's *label* is an int array with
+the tensor's number of dims, holding for each element the id of the channel it belongs to;
+dims along which the id does not change are collapsed to size 1 (so labels stay small).
+Id 0 is reserved: it means "a channel that never slims" (model inputs, unknown ops).
+
+Rules only *record* constraints here (unions, fixes, cuts); connected components are found
+once at the end (see ``groups.py``), so analysis stays linear in graph size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["FIXED", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec", "ChannelSpace"]
+
+FIXED = 0  # id of the "never slims" channel
+
+
+@dataclass(frozen=True)
+class Var:
+    """A run of fresh ids made by one producer (a conv's output channels, a parameter)."""
+
+    start: int
+    size: int
+    origin: str  # human-readable: which node/module made these channels
+    producer: bool  # True for layer outputs; False for parameters read in forward code
+
+
+@dataclass(frozen=True)
+class Count:
+    """Placeholder for "how many of these channels are active" (divided by ``unit``)."""
+
+    ids: np.ndarray
+    unit: int = 1
+
+
+@dataclass
+class ParamSpec:
+    """A parameter or buffer to serve narrow: for each sliced dim, the ids along it.
+
+    ``elementwise`` labels hold one id per element instead (parameters read directly by
+    forward code, e.g. position embeddings); the plan turns them into per-dim index sets.
+    """
+
+    module: str
+    name: str
+    dims: dict[int, np.ndarray] = field(default_factory=dict)
+    elementwise: np.ndarray | None = None
+
+
+@dataclass
+class AttrSpec:
+    """A plain module attribute that forward code reads (``num_heads``, ``splits``…) and that
+    must follow the width: ``template`` is the value with :class:`Count` in place of sizes."""
+
+    module: str
+    name: str
+    template: object
+    origin: str
+
+
+@dataclass
+class BatchNormSpec:
+    """A BatchNorm that becomes switchable: private statistics and affine per switch."""
+
+    module: str
+    ids: np.ndarray
+
+
+class ChannelSpace:
+    """Allocates channel ids and records the constraints the rules find."""
+
+    def __init__(self) -> None:
+        self.size = 1  # id 0 is FIXED
+        self.vars: list[Var] = []
+        self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.fixes: list[tuple[np.ndarray, str]] = []
+        self.cuts: list[np.ndarray] = []  # ids that start a new segment of their var
+        self.seen: list[np.ndarray] = []  # ids that appear in activations (not just parameters)
+        self.params: dict[tuple[str, str], ParamSpec] = {}
+        self.attrs: dict[tuple[str, str], AttrSpec] = {}
+        self.batchnorms: list[BatchNormSpec] = []
+        self.context = ""  # description of the node being analysed, for reasons
+
+    # -- allocation ---------------------------------------------------------------------
+    def new_var(self, size: int, origin: str, producer: bool = True) -> np.ndarray:
+        ids = np.arange(self.size, self.size + size, dtype=np.int64)
+        self.vars.append(Var(self.size, size, origin, producer))
+        self.size += size
+        return ids
+
+    # -- constraints -------------------------------------------------------------------
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Elements at the same (broadcast) position must be active together."""
+        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+        a, b = a.ravel(), b.ravel()
+        keep = a != b
+        if not keep.any():
+            return
+        a, b = a[keep], b[keep]
+        touches_fixed = (a == FIXED) | (b == FIXED)
+        if touches_fixed.any():
+            self.fix(np.concatenate([a[touches_fixed], b[touches_fixed]]),
+                     f"joined with a channel that cannot slim at {self.context}")
+        self._pairs.append((a, b))
+
+    def union_all(self, ids: np.ndarray) -> None:
+        """All these ids are one unit (a head, a group of a grouped conv)."""
+        flat = np.asarray(ids).ravel()
+        if flat.size > 1:
+            self.union(flat[:1], flat[1:])
+
+    def union_slabs(self, label: np.ndarray, axis: int) -> None:
+        """Every slab ``label[..., j, ...]`` along ``axis`` becomes one unit."""
+        moved = np.moveaxis(label, axis, 0).reshape(label.shape[axis], -1)
+        if moved.shape[1] > 1:
+            self.union(moved[:, :1], moved)
+
+    def fix(self, ids: np.ndarray, reason: str) -> None:
+        ids = np.unique(np.asarray(ids).ravel())
+        ids = ids[ids != FIXED]
+        if ids.size:
+            self.fixes.append((ids, reason))
+
+    def cut(self, ids: np.ndarray) -> None:
+        """Start a new segment at each id (a split point inside a producer's channels)."""
+        self.cuts.append(np.asarray(ids, dtype=np.int64).ravel())
+
+    def mark_seen(self, label: np.ndarray) -> None:
+        self.seen.append(np.unique(label))
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._pairs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return (np.concatenate([p[0] for p in self._pairs]), np.concatenate([p[1] for p in self._pairs]))
+
+    # -- specs for the rewrite ----------------------------------------------------------
+    def param(self, module: str, name: str, dims: dict[int, np.ndarray] | None = None,
+              elementwise: np.ndarray | None = None) -> None:
+        key = (module, name)
+        spec = self.params.get(key)
+        if spec is None:
+            self.params[key] = ParamSpec(module, name, dict(dims or {}), elementwise)
+            return
+        for dim, ids in (dims or {}).items():  # a parameter used twice: both uses must agree
+            if dim in spec.dims:
+                self.union(spec.dims[dim], ids)
+            else:
+                spec.dims[dim] = ids
+        if elementwise is not None:
+            if spec.elementwise is None:
+                spec.elementwise = elementwise
+            else:
+                self.union(spec.elementwise, elementwise)
+
+    def attr(self, module: str, name: str, template: object) -> None:
+        self.attrs.setdefault((module, name), AttrSpec(module, name, template, self.context))
+
+    def batchnorm(self, module: str, ids: np.ndarray) -> None:
+        self.batchnorms.append(BatchNormSpec(module, ids))

@@ -1,0 +1,71 @@
+"""What a conversion found: every channel group, its width per switch, and why fixed groups
+cannot slim. Plain data, printable as a table."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from slimify.groups import GroupTable
+from slimify.plan import Plan
+
+__all__ = ["GroupInfo", "ConversionReport", "build_report"]
+
+
+@dataclass
+class GroupInfo:
+    index: int
+    size: int  # channels at full width
+    unit: int  # channels per unit (head_dim for heads, group width for grouped convs)
+    channels: list[int]  # channels kept at each switch
+    fixed: bool
+    reason: str
+    origins: list[str]  # layers producing these channels
+
+
+@dataclass
+class ConversionReport:
+    model: str
+    switches: tuple[float, ...]
+    divisor: int
+    groups: list[GroupInfo] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def fixed(self) -> list[GroupInfo]:
+        return [g for g in self.groups if g.fixed]
+
+    @property
+    def slimmable(self) -> list[GroupInfo]:
+        return [g for g in self.groups if not g.fixed]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self, max_rows: int = 40) -> str:
+        """Readable summary: slimmable groups (largest first) then every fixed group's reason."""
+        head = " | ".join(f"w={w:g}" for w in self.switches)
+        lines = [f"{self.model}: {len(self.groups)} channel groups, {len(self.slimmable)} slimmable, "
+                 f"{len(self.fixed)} fixed (switches {list(self.switches)}, divisor {self.divisor})",
+                 "", f"{'group':>5} | {'size':>5} | {'unit':>4} | {head} | produced by"]
+        shown = sorted(self.slimmable, key=lambda g: -g.size)
+        for g in shown[:max_rows]:
+            widths = " | ".join(f"{c:>{len(f'w={w:g}')}}" for c, w in zip(g.channels, self.switches))
+            lines.append(f"{g.index:>5} | {g.size:>5} | {g.unit:>4} | {widths} | {', '.join(g.origins[:3])}")
+        if len(shown) > max_rows:
+            lines.append(f"  … {len(shown) - max_rows} more slimmable groups")
+        fixed = [g for g in self.fixed if g.reason != "model input channels"]
+        if fixed:
+            lines += ["", "fixed groups (keep their full size):"]
+            for g in fixed:
+                lines.append(f"  group {g.index} ({g.size} ch, {', '.join(g.origins[:2]) or '-'}): {g.reason}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float) -> ConversionReport:
+    report = ConversionReport(model_name, plan.switches, plan.divisor, seconds=seconds)
+    for g in table.groups:
+        channels = [k * g.unit for k in plan.kept[g.index]]
+        report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason, list(g.origins)))
+    return report

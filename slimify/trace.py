@@ -1,0 +1,115 @@
+"""Step 1 of the pipeline: trace a model with torch.fx and record every value's shape.
+
+The tracer reuses timm's and torchvision's own leaf/autowrap rules so their models trace, and
+treats every module class that has a channel rule as a leaf (its forward code is then
+described by the rule instead of being traced through).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.utils._pytree import tree_map
+
+from slimify.errors import SlimifyError
+
+__all__ = ["TracedModel", "SlimifyTracer", "trace", "SHAPE_KEY", "VALUE_KEY"]
+
+SHAPE_KEY = "slimify.shape"  # node.meta key: torch.Size (or a pytree of them) of the node's value
+VALUE_KEY = "slimify.value"  # node.meta key: small non-tensor values (ints, tuples) seen while running
+
+
+def _notrace_modules() -> tuple[type, ...]:
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:  # timm is a dependency, but keep the tracer usable without it
+        return ()
+    return tuple(timm_fx.get_notrace_modules())
+
+
+def _notrace_functions() -> tuple[Callable[..., Any], ...]:
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:
+        return ()
+    return tuple(timm_fx.get_notrace_functions())
+
+
+class SlimifyTracer(fx.Tracer):
+    """fx tracer whose leaves are torch.nn's own modules, timm's no-trace modules and every
+    module with a slimify channel rule (looked up along the MRO)."""
+
+    def __init__(self, has_rule: Callable[[nn.Module], bool]) -> None:
+        super().__init__(autowrap_functions=_notrace_functions())
+        self.record_stack_traces = True
+        self._has_rule = has_rule
+        self._notrace = _notrace_modules()
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self._has_rule(m) or isinstance(m, self._notrace):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass
+class TracedModel:
+    """The fx graph of a model, every node annotated with ``node.meta[SHAPE_KEY]``."""
+
+    graph_module: fx.GraphModule
+    root: nn.Module  # the user's model (the graph module shares its submodules)
+
+    @property
+    def graph(self) -> fx.Graph:
+        return self.graph_module.graph
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph once and writes each node's output shape into ``node.meta`` (like
+    torch.fx.passes.shape_prop, but keeping small python values too, for reshape rules)."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as e:  # add the node to the error, as torch.fx's own passes do
+            raise SlimifyError(f"running node {n.format_node()} failed while recording shapes: {e}") from e
+        n.meta[SHAPE_KEY] = tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, result)
+        if isinstance(result, (int, float, bool, tuple, list, torch.Size)) and not _holds_tensor(result):
+            n.meta[VALUE_KEY] = result
+        if isinstance(result, torch.Tensor) and not result.is_floating_point() and result.numel() <= 1 << 20:
+            n.meta[VALUE_KEY] = result.detach().cpu()  # index tensors feed gather rules
+        return result
+
+
+def _holds_tensor(value: Any) -> bool:
+    found = []
+    tree_map(lambda v: found.append(v) if isinstance(v, torch.Tensor) else None, value)
+    return bool(found)
+
+
+def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
+          has_rule: Callable[[nn.Module], bool]) -> TracedModel:
+    """Trace ``model`` in eval mode and record shapes by running ``example_input`` through it.
+
+    The model's training flag is restored; its parameters and buffers are not changed.
+    """
+    tracer = SlimifyTracer(has_rule)
+    was_training = model.training
+    model.eval()
+    try:
+        try:
+            graph = tracer.trace(model)
+        except Exception as e:
+            raise SlimifyError(
+                f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+        with torch.no_grad():
+            _ShapeRecorder(gm).run(*inputs)
+    finally:
+        model.train(was_training)
+    return TracedModel(graph_module=gm, root=model)
