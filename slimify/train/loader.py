@@ -54,16 +54,16 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+        torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+        torch.default_generator.manual_seed(seed)  # CPU generator only: 1 µs instead of ~90
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(torch_state)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def train_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
