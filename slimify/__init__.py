@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from slimify.convert import convert, report  # eager: the submodule's name would shadow the function
 from slimify.errors import SlimifyError
 from slimify.state import get_width, is_slimmable, set_width, switches, width
 
@@ -17,8 +18,6 @@ __version__ = "0.1.0"
 
 # public name → module that defines it (imported on first use, so `import slimify` stays light)
 _LAZY: dict[str, str] = {
-    "convert": "slimify.convert",
-    "report": "slimify.convert",
     "ConversionReport": "slimify.summary",
     "finetune": "slimify.train",
     "calibrate_bn": "slimify.train",
@@ -30,7 +29,7 @@ _LAZY: dict[str, str] = {
     "load": "slimify.io",
 }
 
-__all__ = ["SlimifyError", "set_width", "width", "get_width", "switches", "is_slimmable", *_LAZY]
+__all__ = ["convert", "report", "SlimifyError", "set_width", "width", "get_width", "switches", "is_slimmable", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,7 @@ from slimify.errors import SlimifyError
 from slimify.groups import GroupTable, find_groups
 from slimify.nn.batchnorm import attach_private_batchnorm
 from slimify.nn.serve import SlimData, make_slimmable
-from slimify.plan import NotABox, Plan, check_switches, make_plan
+from slimify.plan import NotABox, Plan, Unbalanced, check_switches, make_plan
 from slimify.summary import ConversionReport, build_report
 from slimify.rules import find_module_rule
 from slimify.space import ChannelSpace
@@ -51,11 +51,15 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
     example = default_input(model) if example_input is None else example_input
     traced = trace(model, example, has_rule=lambda m: find_module_rule(m) is not None)
     space = analyze(traced)
-    for _ in range(8):  # a tensor that cannot be cut to a box fixes its channels; plan again
+    for _ in range(64):  # each failed check adds a constraint; plan again
         table = find_groups(space)
         try:
             plan = make_plan(space, table, switches, divisor)
             break
+        except Unbalanced as e:  # tie equal pieces position by position
+            for piece in e.pieces[1:]:
+                space.union(e.pieces[0], piece)
+            space.balances = [b for b in space.balances if b is not e.pieces]
         except NotABox as e:
             space.fix(e.ids, "a tensor read by forward code would not stay rectangular")
     else:

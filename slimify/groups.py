@@ -80,15 +80,14 @@ def find_groups(space: ChannelSpace) -> GroupTable:
     graph.add_nodes_from(np.unique(class_of[1:][producer[1:]]).tolist())
     nxt = np.arange(1, space.size - 1)
     same_var = (var_of[nxt] == var_of[nxt + 1]) & producer[nxt]
-    cut = np.zeros(space.size, bool)
-    if space.cuts:
-        cut[np.concatenate(space.cuts)] = True
-    keep = same_var & ~cut[nxt + 1]
+    keep = same_var
     edges = np.stack([class_of[nxt[keep]], class_of[nxt[keep] + 1]], 1)
     edges = np.unique(edges[edges[:, 0] != edges[:, 1]], axis=0)
     graph.add_edges_from(edges.tolist())
+    for left, right in space.cuts:  # split points cut every link between the two sides
+        graph.remove_edges_from(zip(class_of[left].tolist(), class_of[right].tolist()))
 
-    fixed_reason: dict[int, str] = {int(class_of[FIXED]): "fixed"}
+    fixed_reason: dict[int, str] = {}
     for ids, reason in space.fixes:
         for c in np.unique(class_of[ids]).tolist():
             fixed_reason.setdefault(c, reason)
@@ -106,6 +105,8 @@ def find_groups(space: ChannelSpace) -> GroupTable:
         classes = np.array(sorted(component, key=lambda c: (key[c], c)), np.int64)
         gi = len(groups)
         reasons = [fixed_reason[c] for c in classes.tolist() if c in fixed_reason]
+        if not reasons and class_of[FIXED] in component:
+            reasons = ["joined with channels that cannot slim"]
         groups.append(ChannelGroup(gi, classes, 1, bool(reasons), reasons[0] if reasons else ""))
         for c in classes.tolist():
             group_of_class[c] = gi

@@ -75,6 +75,14 @@ def _to_index(mask: np.ndarray) -> Index:
     return idx
 
 
+class Unbalanced(Exception):
+    """Pieces of a ``chunk`` would get different widths: they must be tied together."""
+
+    def __init__(self, pieces: list[np.ndarray]) -> None:
+        super().__init__("unbalanced pieces")
+        self.pieces = pieces
+
+
 class NotABox(Exception):
     """A tensor whose active elements are not a product of per-dim index sets."""
 
@@ -120,6 +128,10 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
         limit = np.array([kept[g][s] for g in range(n_groups)] + [np.iinfo(np.int64).max], np.int64)
         group = np.where(table.group_of_id >= 0, table.group_of_id, n_groups)
         actives.append(table.rank < limit[group])
+    for pieces in space.balances:
+        for active in actives:
+            if len({int(active[p].sum()) for p in pieces}) > 1:
+                raise Unbalanced(pieces)
     for key, spec in space.params.items():
         per_switch = []
         for active in actives:

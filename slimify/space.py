@@ -78,7 +78,8 @@ class ChannelSpace:
         self.vars: list[Var] = []
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
         self.fixes: list[tuple[np.ndarray, str]] = []
-        self.cuts: list[np.ndarray] = []  # ids that start a new segment of their var
+        self.cuts: list[tuple[np.ndarray, np.ndarray]] = []  # (left, right) ids of split points
+        self.balances: list[list[np.ndarray]] = []  # equal pieces that must keep equal widths
         self.seen: list[np.ndarray] = []  # ids that appear in activations (not just parameters)
         self.params: dict[tuple[str, str], ParamSpec] = {}
         self.attrs: dict[tuple[str, str], AttrSpec] = {}
@@ -125,9 +126,13 @@ class ChannelSpace:
         if ids.size:
             self.fixes.append((ids, reason))
 
-    def cut(self, ids: np.ndarray) -> None:
-        """Start a new segment at each id (a split point inside a producer's channels)."""
-        self.cuts.append(np.asarray(ids, dtype=np.int64).ravel())
+    def cut(self, left: np.ndarray, right: np.ndarray) -> None:
+        """A split point between neighbouring channels: the pieces get widths of their own."""
+        self.cuts.append((np.asarray(left, np.int64).ravel(), np.asarray(right, np.int64).ravel()))
+
+    def balance(self, pieces: list[np.ndarray]) -> None:
+        """Equal pieces (``chunk``) must keep equally many channels at every width."""
+        self.balances.append([np.asarray(p, np.int64) for p in pieces])
 
     def mark_seen(self, label: np.ndarray) -> None:
         self.seen.append(np.unique(label))

@@ -79,6 +79,17 @@ def _build() -> None:
                     FUNCTION_RULES.setdefault(target, rule)
     METHOD_RULES["__getitem__"] = segments.getitem
     FUNCTION_RULES[operator.getitem] = segments.getitem
+    for rule, targets in _extra_targets().items():
+        for target in targets:
+            FUNCTION_RULES[target] = rule
+
+
+def _extra_targets() -> dict[Callable[..., Any], list[Any]]:
+    """Functions that model libraries wrap as fx leaves (``torch.fx.wrap``)."""
+    import torchvision.ops
+    return {
+        ew.passthrough: [torchvision.ops.stochastic_depth],
+    }
 
 
 _build()

@@ -153,10 +153,22 @@ def describe(node: fx.Node) -> str:
     text = f"node '{node.name}' ({node.op} {target}){where}"
     trace = node.meta.get("stack_trace")
     if trace:
-        lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
-        if len(lines) >= 2:
-            text += f" [{lines[-2]}: {lines[-1]}]"
+        frame = _user_frame(trace)
+        if frame:
+            text += f" [{frame}]"
     return text
+
+
+def _user_frame(trace: str) -> str:
+    """The innermost stack frame outside torch.fx / torch.nn plumbing: the model's own line."""
+    lines = trace.rstrip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].strip()
+        if line.startswith("File ") and "/torch/fx/" not in line and "/torch/nn/modules/module.py" not in line:
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            where = line.replace("File ", "").replace('"', "")
+            return f"{where}: {code}"
+    return ""
 
 
 def is_fixed_label(label: np.ndarray) -> bool:

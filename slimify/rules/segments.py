@@ -26,12 +26,15 @@ def cat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     out_shape = tuple(ctx.out_shape)
     d = _dim(args, kwargs, 1) % len(out_shape)
     reps = [np.take(p.label, [0], axis=d) for p in parts]
-    for p in parts:
-        if p.label.shape[d] > 1 and any(s > 1 for o, s in enumerate(p.label.shape) if o != d):
-            moved = np.moveaxis(p.label, d, -1)
-            ctx.space.union(moved[..., :1], moved)
-    for r in reps[1:]:
-        ctx.space.union(reps[0], r)
+    structured = []  # parts whose ids vary along other dims: those dims must line up
+    for p, r in zip(parts, reps):
+        if any(s > 1 for o, s in enumerate(p.label.shape) if o != d):
+            if p.label.shape[d] > 1:
+                moved = np.moveaxis(p.label, d, -1)
+                ctx.space.union(moved[..., :1], moved)
+            structured.append(r)
+    for r in structured[1:]:
+        ctx.space.union(structured[0], r)
     joint = list(np.broadcast_shapes(*(r.shape for r in reps)))
     rigid = frozenset.intersection(*(p.rigid for p in parts))
     if not any(p.label.shape[d] > 1 for p in parts):
@@ -67,18 +70,17 @@ def _segments(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], keepdim:
 
 def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], literal: Any) -> None:
     """Cut a channel dim into segments. Equal segments that must stay equal at run time
-    (``chunk``, an int split size) are tied position by position; a literal size list
+    (``chunk``, an int split size) must keep equal widths (checked by the plan); a literal size list
     (MixNet's ``self.splits``) follows the width through its module attribute."""
     ids = ctx.channel_ids(x, d)
     bounds = np.cumsum([0] + sizes)
-    ctx.space.cut(ids[bounds[1:-1]])
+    ctx.space.cut(ids[bounds[1:-1] - 1], ids[bounds[1:-1]])
     segs = [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     if literal is None or isinstance(literal, int):
         if len(set(sizes)) != 1:
             ctx.space.fix(ids, f"split into unequal pieces at {ctx.space.context}")
             return
-        for s in segs[1:]:
-            ctx.space.union(segs[0], s)
+        ctx.space.balance(segs)
         if isinstance(literal, int) and not follow_literal(ctx, literal, Count(segs[0])):
             ctx.space.fix(ids, f"split size {literal} baked in code at {ctx.space.context}")
     elif not follow_literal(ctx, list(literal), [Count(s) for s in segs]):
@@ -189,7 +191,7 @@ def _slice_dim(ctx: RuleContext, label: np.ndarray, dim: int, item: slice, carri
             ctx.space.fix(label, f"strided or negative slice of channels at {ctx.space.context}")
         for bound in (start, stop):
             if isinstance(bound, int) and 0 < bound < size:
-                ctx.space.cut(ids[bound:bound + 1])
+                ctx.space.cut(ids[bound - 1:bound], ids[bound:bound + 1])
                 if not follow_literal(ctx, bound, Count(ids[:bound])):
                     ctx.space.fix(label, f"slice bound {bound} baked in code at {ctx.space.context}")
     return label[(slice(None),) * dim + (item,)]
