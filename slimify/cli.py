@@ -18,7 +18,8 @@ __all__ = ["main"]
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "slimify.cli_model": ("convert", "inspect"),
     "slimify.train.cli": ("finetune", "calibrate", "eval", "demo"),
-    "slimify.cli_deploy": ("export", "profile", "pick", "reorder"),
+    "slimify.cli_deploy": ("export", "profile", "pick"),
+    "slimify.cli_reorder": ("reorder",),
 }
 
 
