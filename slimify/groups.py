@@ -135,8 +135,7 @@ def _set_units_and_origins(space: ChannelSpace, groups: list[ChannelGroup], grou
     units: dict[int, int] = {}
     for (gi, vi), n_ids, n_cls in zip(pairs.T.tolist(), counts.tolist(), n_classes.tolist()):
         units[gi] = min(units.get(gi, n_ids), max(1, n_ids // n_cls))
-        if len(groups[gi].origins) < 6:
-            groups[gi].origins.append(space.vars[vi].origin)
+        groups[gi].origins.append(space.vars[vi].origin)
     seen_groups = set(np.unique(group_of_id[seen & (group_of_id >= 0)]).tolist())
     for grp in groups:
         grp.unit = units.get(grp.index, 1)
