@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from slimify.convert import convert, report  # eager: the submodule's name would shadow the function
+from slimify.reorder import reorder  # eager: the submodule's name would shadow the function
 from slimify.errors import SlimifyError
 from slimify.state import get_width, is_slimmable, set_width, switches, width
 

@@ -69,18 +69,25 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
 
 
 def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
-            example_input: torch.Tensor | None = None) -> nn.Module:
+            example_input: torch.Tensor | None = None, reorder: str | None = None,
+            reorder_data: Any = None) -> nn.Module:
     """Make ``model`` slimmable in place and return it.
 
     Every switch runs the first channels of each channel group with private BatchNorm; at
-    width 1.0 the model computes exactly what it computed before.
+    width 1.0 the model computes exactly what it computed before. ``reorder`` ("l1", "l2", "bn",
+    "taylor" with ``reorder_data`` batches) first moves each group's most important channels
+    first, for pretrained weights (see ``slimify.reorder``).
     """
     if is_slimmable(model):
         raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
     analysis = analyze_model(model, switches, divisor, example_input)
+    ordering = None
+    if reorder is not None:  # permutes channels within groups: the plan stays valid
+        from slimify.reorder import reorder as reorder_channels
+        ordering = reorder_channels(model, reorder, reorder_data, analysis, example_input=example_input)
     state = SlimState(analysis.plan.switches)
     rewrite(model, analysis.plan, state)
-    state.info.update(report=analysis.report, divisor=analysis.plan.divisor)
+    state.info.update(report=analysis.report, divisor=analysis.plan.divisor, reorder=ordering)
     state.info["analysis"] = analysis
     setattr(model, STATE_ATTR, state)
     return model

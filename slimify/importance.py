@@ -1,0 +1,188 @@
+"""How much each channel class matters, so reordering can put the best channels first.
+
+A score is one number per channel *class* (the ids that are active together), indexed by the
+class label (``GroupTable.class_of``). Every method reads only the analysis data and the
+model's tensors; none changes the model.
+
+- ``l1`` / ``l2``: norm of each output channel of every producing weight (a parameter with at
+  least 2 dims whose dim 0 carries channel ids: conv, linear, F.linear weights), summed over the
+  producers of the class.
+- ``bn``: BatchNorm scale magnitude ``|gamma|`` (network slimming, Liu et al. 2017); a group
+  that has no BatchNorm falls back to ``l1``.
+- ``taylor``: first-order Taylor estimate of the loss change when a channel is removed
+  (Molchanov et al. 2017/2019), ``|sum(activation * gradient)|`` per channel and batch, summed
+  over batches. It is computed from parameter gradients: for a module whose output is linear in
+  its parameters (conv, linear, affine norm, layer scale), ``sum_c(out * dL/dout) =
+  sum_c(w * dL/dw) + b * dL/db`` over the parameters of channel ``c``, so no activation hooks
+  are needed.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimify.errors import SlimifyError
+from slimify.groups import GroupTable
+from slimify.space import ChannelSpace
+
+__all__ = ["METHODS", "class_scores", "tensor_of", "as_batches"]
+
+METHODS: tuple[str, ...] = ("l1", "l2", "bn", "taylor")  # importance scores reorder understands
+
+
+def tensor_of(model: nn.Module, path: str, name: str) -> torch.Tensor | None:
+    """The parameter or buffer ``name`` of the submodule at ``path`` (None if it is unset)."""
+    module = model.get_submodule(path)
+    if name in module._parameters:
+        return module._parameters[name]
+    return module._buffers.get(name)
+
+
+def _producers(model: nn.Module, space: ChannelSpace) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """Weights whose dim 0 carries channel ids and that have a fan-in (>= 2 dims)."""
+    found, seen = [], set()
+    for (path, name), spec in space.params.items():
+        t = tensor_of(model, path, name)
+        if t is None or 0 not in spec.dims or t.dim() < 2 or id(t) in seen:
+            continue
+        seen.add(id(t))
+        found.append((t, spec.dims[0]))
+    return found
+
+
+def _norm_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, p: int) -> np.ndarray:
+    scores = np.zeros(len(table.class_of), np.float64)
+    with torch.no_grad():
+        for t, ids in _producers(model, space):
+            norm = t.detach().float().flatten(1).norm(p=p, dim=1).cpu().numpy()
+            np.add.at(scores, table.class_of[ids], norm)
+    return scores
+
+
+def _bn_scores(model: nn.Module, space: ChannelSpace, table: GroupTable) -> np.ndarray:
+    """|gamma| per class; groups without any BatchNorm get their ``l1`` scores instead."""
+    scores = np.zeros(len(table.class_of), np.float64)
+    has_bn = np.zeros(len(table.groups), bool)
+    for spec in space.batchnorms:
+        gamma = tensor_of(model, spec.module, "weight")
+        if gamma is None:  # affine=False: no scale to read
+            continue
+        np.add.at(scores, table.class_of[spec.ids], gamma.detach().float().abs().cpu().numpy())
+        groups = table.group_of_id[spec.ids]
+        has_bn[np.unique(groups[groups >= 0])] = True
+    if not has_bn.all():
+        fallback = _norm_scores(model, space, table, 1)
+        for g in table.groups:
+            if not has_bn[g.index]:
+                scores[g.classes] = fallback[g.classes]
+    return scores
+
+
+def as_batches(data: Any, batch_size: int = 32) -> Iterable[Any]:
+    """A Dataset becomes a loader; anything else is taken as an iterable of batches."""
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    return data
+
+
+def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        target = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
+        return batch[0], target
+    raise SlimifyError(f"taylor data must yield tensors or (inputs, targets) pairs, got {type(batch).__name__}")
+
+
+def _logits(output: Any) -> torch.Tensor:
+    while isinstance(output, (list, tuple)) and output:
+        output = output[0]
+    if isinstance(output, dict) and output:
+        output = next(iter(output.values()))
+    if not isinstance(output, torch.Tensor):
+        raise SlimifyError(f"taylor scores need a model returning a tensor, got {type(output).__name__}")
+    return output
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy against the labels, or against the model's own predictions without labels."""
+    if logits.dim() < 2:
+        return logits.float().pow(2).mean()
+    if target is None or target.dtype not in (torch.int64, torch.int32) or target.shape[0] != logits.shape[0]:
+        target = logits.detach().argmax(1)
+    return F.cross_entropy(logits.float(), target.long().to(logits.device))
+
+
+def _taylor_terms(model: nn.Module, space: ChannelSpace) -> dict[tuple[str, bytes], list[torch.Tensor]]:
+    """Trainable tensors whose dim 0 carries channels, grouped by (module, ids): one module output each."""
+    terms: dict[tuple[str, bytes], list[torch.Tensor]] = {}
+    seen: set[int] = set()
+    named = [(path, name, spec.dims[0]) for (path, name), spec in space.params.items() if 0 in spec.dims]
+    named += [(bn.module, name, bn.ids) for bn in space.batchnorms for name in ("weight", "bias")]
+    for path, name, ids in named:
+        t = tensor_of(model, path, name)
+        if isinstance(t, nn.Parameter) and t.is_floating_point() and id(t) not in seen:
+            seen.add(id(t))
+            terms.setdefault((path, np.asarray(ids, np.int64).tobytes()), []).append(t)
+    return terms
+
+
+def _taylor_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, data: Any, batches: int) -> np.ndarray:
+    if data is None:
+        raise SlimifyError("taylor scores need data: pass a few batches (reorder_data=/data=, or --data)")
+    terms = _taylor_terms(model, space)
+    keys = list(terms)
+    flat = [t for k in keys for t in terms[k]]
+    scores = np.zeros(len(table.class_of), np.float64)
+    device = flat[0].device if flat else torch.device("cpu")
+    flags = [t.requires_grad for t in flat]
+    was_training, used = model.training, 0
+    model.eval()  # running statistics must not change, and dropout stays off
+    try:
+        for t in flat:
+            t.requires_grad_(True)
+        for batch in as_batches(data):
+            if used >= batches:
+                break
+            x, y = _split_batch(batch)
+            loss = _loss(_logits(model(x.to(device))), y)
+            grads = torch.autograd.grad(loss, flat, allow_unused=True)
+            i = 0
+            for key in keys:
+                total = None
+                for t in terms[key]:
+                    g = grads[i]
+                    i += 1
+                    if g is not None:
+                        term = (t.detach() * g).flatten(1).sum(1) if t.dim() > 1 else t.detach() * g
+                        total = term if total is None else total + term
+                if total is not None:
+                    ids = np.frombuffer(key[1], np.int64)
+                    np.add.at(scores, table.class_of[ids], total.abs().double().cpu().numpy())
+            used += 1
+    finally:
+        for t, flag in zip(flat, flags):
+            t.requires_grad_(flag)
+        model.train(was_training)
+    if used == 0:
+        raise SlimifyError("taylor data yielded no batches: pass at least one batch")
+    return scores
+
+
+def class_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, method: str,
+                 data: Any = None, batches: int = 8) -> np.ndarray:
+    """Importance of every channel class (indexed by class label) by ``method`` (see METHODS)."""
+    if method == "l1":
+        return _norm_scores(model, space, table, 1)
+    if method == "l2":
+        return _norm_scores(model, space, table, 2)
+    if method == "bn":
+        return _bn_scores(model, space, table)
+    if method == "taylor":
+        return _taylor_scores(model, space, table, data, batches)
+    raise SlimifyError(f"unknown reorder method {method!r}: use one of {', '.join(METHODS)}")
