@@ -15,9 +15,9 @@ __all__ = ["resolve_device", "model_widths", "at_width", "unwrap"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` picks CUDA when present, else CPU."""
+    """``None`` picks the current CUDA device (``torchrun`` sets it per process) when present, else CPU."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     try:
         return torch.device(device)
     except RuntimeError as e:

@@ -109,7 +109,8 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return {w: float(v) for w, v in losses.items()}
+        values = torch.stack(list(losses.values())).tolist()  # one device sync per step, not one per switch
+        return dict(zip(losses, values))
 
     def _epoch_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(self.data, DataLoader):  # the caller's loader: order is the caller's business
@@ -233,6 +234,7 @@ def finetune(
         trainer.log.write("start", recipe=r.to_dict(), switches=list(trainer.widths),
                           world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch)
     losses: dict[float, float] = {}
+    path: Path | None = None
     while trainer.epoch < r.epochs:
         meter = trainer.run_epoch(stop_after)
         losses = meter.means() or losses
@@ -243,7 +245,7 @@ def finetune(
             _maybe_validate(trainer, val_data, final=False)
             path = trainer.save()
         if stop_after is not None and trainer.step >= stop_after and trainer.epoch < r.epochs:
-            path = trainer.save()
+            path = trainer.save() if trainer.batch else path  # (an epoch end has just saved)
             return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path)
     if r.calibrate_batches > 0:
         calib = train_data if isinstance(train_data, DataLoader) else \
