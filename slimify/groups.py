@@ -81,9 +81,10 @@ def find_groups(space: ChannelSpace) -> GroupTable:
     nxt = np.arange(1, space.size - 1)
     same_var = (var_of[nxt] == var_of[nxt + 1]) & producer[nxt]
     keep = same_var
-    edges = np.stack([class_of[nxt[keep]], class_of[nxt[keep] + 1]], 1)
-    edges = np.unique(edges[edges[:, 0] != edges[:, 1]], axis=0)
-    graph.add_edges_from(edges.tolist())
+    left, right = class_of[nxt[keep]], class_of[nxt[keep] + 1]
+    differ = left != right
+    pair_keys = np.unique(left[differ] * space.size + right[differ])
+    graph.add_edges_from(zip((pair_keys // space.size).tolist(), (pair_keys % space.size).tolist()))
     for left, right in space.cuts:  # split points cut every link between the two sides
         graph.remove_edges_from(zip(class_of[left].tolist(), class_of[right].tolist()))
 
@@ -128,12 +129,14 @@ def _set_units_and_origins(space: ChannelSpace, groups: list[ChannelGroup], grou
     """unit = channels per class in the finest producer of the group (1 for plain channels,
     head_dim for attention heads, channels per group for grouped convs)."""
     ids = np.nonzero(producer & (group_of_id >= 0))[0]
-    g, v, c = group_of_id[ids], var_of[ids], class_of[ids]
-    pairs, counts = np.unique(np.stack([g, v]), axis=1, return_counts=True)
-    distinct = np.unique(np.stack([g, v, c]), axis=1)
-    _, n_classes = np.unique(distinct[:2], axis=1, return_counts=True)
+    n_vars = len(space.vars) + 1
+    gv = group_of_id[ids] * n_vars + var_of[ids]  # one int key per (group, var)
+    keys, counts = np.unique(gv, return_counts=True)
+    distinct = np.unique(gv * class_of.size + class_of[ids])
+    _, n_classes = np.unique(distinct // class_of.size, return_counts=True)
     units: dict[int, int] = {}
-    for (gi, vi), n_ids, n_cls in zip(pairs.T.tolist(), counts.tolist(), n_classes.tolist()):
+    for key, n_ids, n_cls in zip(keys.tolist(), counts.tolist(), n_classes.tolist()):
+        gi, vi = divmod(key, n_vars)
         units[gi] = min(units.get(gi, n_ids), max(1, n_ids // n_cls))
         groups[gi].origins.append(space.vars[vi].origin)
     seen_groups = set(np.unique(group_of_id[seen & (group_of_id >= 0)]).tolist())
