@@ -19,7 +19,7 @@ from slimify.summary import ConversionReport, build_report
 from slimify.rules import find_module_rule
 from slimify.space import ChannelSpace
 from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
-from slimify.trace import trace
+from slimify.trace import trace, with_stack_traces
 
 __all__ = ["convert", "report", "analyze_model", "Analysis", "default_input"]
 
@@ -49,8 +49,11 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
         raise SlimifyError(f"convert needs a torch.nn.Module, got {type(model).__name__}")
     start = time.perf_counter()
     example = default_input(model) if example_input is None else example_input
-    traced = trace(model, example, has_rule=lambda m: find_module_rule(m) is not None)
+    has_rule = lambda m: find_module_rule(m) is not None  # noqa: E731
+    traced = trace(model, example, has_rule=has_rule)
     space = analyze(traced)
+    if any(" at node " in reason or "no channel rule" in reason for _, reason in space.fixes):
+        space = analyze(with_stack_traces(traced, has_rule, example))  # reasons name the code line
     for _ in range(64):  # each failed check adds a constraint; plan again
         table = find_groups(space)
         try:
