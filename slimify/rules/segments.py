@@ -10,7 +10,7 @@ import torch.fx as fx
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.sizes import follow_literal
 from slimify.space import Count
-from slimify.trace import VALUE_KEY
+from slimify.trace import SHAPE_KEY
 
 __all__ = ["cat", "stack", "split", "chunk", "unbind", "getitem", "pad"]
 
@@ -164,12 +164,12 @@ def getitem(ctx: RuleContext, args: list, kwargs: dict) -> Any:
                 rigid.add(dim)
             dim += 1
         elif isinstance(item, fx.Node):  # gather along dim: it must never shrink
-            values = item.meta.get(VALUE_KEY)
+            index_shape = item.meta.get(SHAPE_KEY)
             if varies:
                 moved = np.moveaxis(label, dim, -1)
                 ctx.space.union(moved[..., :1], moved)
             label = np.take(label, [0], axis=dim)
-            idx_ndim = values.ndim if isinstance(values, torch.Tensor) else 1
+            idx_ndim = len(index_shape) if isinstance(index_shape, torch.Size) else 1
             label = label.reshape(label.shape[:dim] + (1,) * idx_ndim + label.shape[dim + 1:])
             dim += idx_ndim
         else:
