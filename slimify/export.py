@@ -1,0 +1,177 @@
+"""Deploy one width: a plain model whose tensors really are that narrow (no slimify needed to run
+it), and the same as a ``torch.export`` program (``.pt2``) or an ONNX file.
+
+    >>> small = slimify.export(model, 0.5)         # an ordinary nn.Module, same class as before
+    >>> to_onnx(model, 0.5, "model_w050.onnx")     # checked against PyTorch with onnxruntime
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from slimify.errors import SlimifyError
+from slimify.io import atomic_path, example_input
+from slimify.nn.batchnorm import BN_TENSORS
+from slimify.nn.serve import SLIM_KEY, SlimData, restore_class, slim_data
+from slimify.state import STATE_ATTR, get_state, width as at_width
+
+__all__ = ["export", "active_params", "to_torch_export", "to_onnx", "check_onnx"]
+
+_HOOK_DICTS = ("_load_state_dict_pre_hooks", "_state_dict_pre_hooks", "_state_dict_hooks",
+               "_load_state_dict_post_hooks", "_forward_pre_hooks", "_forward_hooks")
+
+
+def _served_names(module: nn.Module, data: SlimData) -> list[str]:
+    names = set(data.params)
+    if data.bn_slots is not None:
+        names |= {n for n in BN_TENSORS if n in module._parameters or n in module._buffers}
+    return sorted(names)
+
+
+def _from_slimify(hook: Any) -> bool:
+    fn = getattr(hook, "hook", hook)  # torch wraps some hooks in _WrappedHook
+    return (getattr(fn, "__module__", "") or "").startswith("slimify")
+
+
+def _narrow(module: nn.Module, data: SlimData) -> dict[str, torch.Tensor | None]:
+    """The tensors ``module`` serves at the active switch, copied into their own storage."""
+    out: dict[str, torch.Tensor | None] = {}
+    for name in _served_names(module, data):
+        value = getattr(module, name)
+        if value is None:
+            out[name] = None
+            continue
+        full = module._parameters.get(name)
+        tensor = value.detach().clone(memory_format=torch.contiguous_format)
+        out[name] = nn.Parameter(tensor, requires_grad=full.requires_grad) if full is not None else tensor
+    return out
+
+
+def _strip(module: nn.Module, data: SlimData, narrow: dict[str, torch.Tensor | None]) -> None:
+    """Turn the copied ``module`` into its plain class with the narrow tensors and attributes."""
+    index = data.state.index
+    for name, tensor in narrow.items():
+        target = module._parameters if name in module._parameters else module._buffers
+        target[name] = tensor
+    module._modules.pop("slim_bn", None)
+    for hooks_name in _HOOK_DICTS:
+        hooks = getattr(module, hooks_name, None)
+        if hooks:
+            for key in [k for k, h in hooks.items() if _from_slimify(h)]:
+                del hooks[key]
+    restore_class(module)
+    for name, values in data.attrs.items():
+        setattr(module, name, copy.deepcopy(values[index]))
+
+
+def export(model: nn.Module, width: float) -> nn.Module:
+    """A deep copy of the converted ``model`` at switch ``width`` as an ordinary model: every
+    tensor cut to its active channels (BatchNorm takes that switch's private statistics), every
+    width attribute (``out_channels``, ``num_heads``…) a plain value, and no slimify class, hook
+    or state left, so ``torch.save``/``torch.export``/ONNX see a normal network. ``model`` itself
+    is not changed (its active width is restored)."""
+    state = get_state(model)
+    state.index_of(width)  # a bad width fails before any copying
+    with at_width(model, width):
+        modules = [(path, m, d) for path, m in model.named_modules() if (d := slim_data(m)) is not None]
+        narrow = {path: _narrow(m, d) for path, m, d in modules}
+        memo: dict[int, Any] = {id(state): state}
+        for path, m, d in modules:  # do not copy full tensors that are replaced anyway
+            for name in narrow[path]:
+                full = m._parameters.get(name, m._buffers.get(name))
+                if full is not None:
+                    memo[id(full)] = torch.empty(0)
+            if "slim_bn" in m._modules:
+                memo[id(m._modules["slim_bn"])] = nn.ModuleList()
+        plain = copy.deepcopy(model, memo)
+        for path, _, d in modules:
+            _strip(plain.get_submodule(path), d, narrow[path])
+    plain.__dict__.pop(STATE_ATTR, None)
+    plain.__dict__.pop("_slimify_source", None)
+    leftover = [f"{p or '<root>'}: {type(m).__module__}.{type(m).__name__}" for p, m in plain.named_modules()
+                if type(m).__module__.startswith("slimify.nn") or SLIM_KEY in m.__dict__]
+    if leftover:
+        raise SlimifyError(f"export left slimify modules behind: {', '.join(leftover[:3])}")
+    return plain
+
+
+def active_params(model: nn.Module, width: float | None = None) -> int:
+    """Parameters the converted ``model`` uses at ``width`` (default: the active one): the sum of
+    the served tensors' sizes, private BatchNorm storage counted only for the switch it serves."""
+    state = get_state(model)
+    with at_width(model, state.width if width is None else width):
+        seen: set[int] = set()
+        total = 0
+        for module in model.modules():
+            if module.__class__.__name__ == "SwitchBatchNorm":
+                continue
+            data = slim_data(module)
+            served = set(_served_names(module, data)) if data is not None else set()
+            for name, p in module._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                total += getattr(module, name).numel() if name in served else p.numel()
+    return total
+
+
+def _plain_eval(model: nn.Module, width: float) -> nn.Module:
+    plain = export(model, width) if STATE_ATTR in model.__dict__ else copy.deepcopy(model)
+    return plain.eval()
+
+
+def to_torch_export(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
+                    overwrite: bool = False) -> Path:
+    """Export switch ``width`` with ``torch.export`` and save the program to ``path`` (``.pt2``);
+    load it with ``torch.export.load(path).module()``."""
+    plain = _plain_eval(model, width)
+    x = example_input(model) if example is None else example
+    try:
+        program = torch.export.export(plain, (x,))
+    except Exception as e:
+        raise SlimifyError(f"torch.export could not capture {type(plain).__name__} at width {width}: "
+                           f"{str(e).splitlines()[0]}") from e
+    with atomic_path(path, overwrite) as tmp:
+        torch.export.save(program, str(tmp))
+    return Path(path)
+
+
+def to_onnx(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
+            overwrite: bool = False, opset: int = 17, check: bool = True) -> Path:
+    """Export switch ``width`` to ONNX (opset ``opset``, dynamic batch; the TorchScript-based
+    exporter, which handles these CNNs fast) and, with ``check``, compare onnxruntime's output
+    with PyTorch's on ``example``."""
+    plain = _plain_eval(model, width)
+    x = example_input(model) if example is None else example
+    with atomic_path(path, overwrite) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(plain, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],
+                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        except Exception as e:
+            raise SlimifyError(f"ONNX export failed for {type(plain).__name__} at width {width}: "
+                               f"{str(e).splitlines()[0]}") from e
+        if check:
+            check_onnx(tmp, plain, x)
+    return Path(path)
+
+
+def check_onnx(path: str | Path, plain: nn.Module, x: torch.Tensor, rtol: float = 1e-4) -> float:
+    """Run the ONNX file with onnxruntime and raise if it differs from ``plain(x)`` by more than
+    ``rtol`` × max|y|; returns the largest difference."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})[0]
+    with torch.no_grad():
+        want = plain(x).detach().cpu().numpy()
+    diff = float(np.abs(got - want).max())
+    if diff > rtol * max(float(np.abs(want).max()), 1e-6):
+        raise SlimifyError(f"ONNX output differs from PyTorch by {diff:.3g} (max |y| {np.abs(want).max():.3g})")
+    return diff

@@ -1,0 +1,249 @@
+"""Save and load slimmable models as data, never as pickled code: a ``.slim`` file is one
+safetensors file whose metadata holds a JSON config (how to rebuild the model, how it was
+converted, a digest of the plan) beside the full state dict.
+
+    >>> slimify.save(model, "rn50.slim")           # atomic; refuses to overwrite unless asked
+    >>> model = slimify.load("rn50.slim")          # rebuilt, re-converted, verified, loaded
+
+Config (``__metadata__["slimify"]``)::
+
+    {"format": "slimify", "version": 1, "source": {"spec": "resnet50", "kwargs": {}},
+     "conversion": {"switches": [0.25, 0.5, 0.75, 1.0], "divisor": 8, "example_shape": [1, 3, 224, 224]},
+     "plan_sha256": "…", "tensors_sha256": "…", "width": 1.0, "model": "ResNet", "slimify_version": "0.1.0"}
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from slimify.errors import SlimifyError
+from slimify.models import ModelSource, build, check_state_dict, source_of
+from slimify.state import get_state
+
+__all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_shape", "plan_digest",
+           "tensors_digest", "FORMAT", "VERSION"]
+
+FORMAT = "slimify"
+VERSION = 1  # bump when the config changes incompatibly; load refuses newer versions
+META_KEY = "slimify"  # safetensors metadata key holding the JSON config
+MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not one of ours
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on
+    failure it is removed. An existing ``path`` is an error unless ``overwrite``."""
+    path = Path(path)
+    if path.is_dir():
+        raise SlimifyError(f"{path} is a directory: give a file name")
+    if path.exists() and not overwrite:
+        raise SlimifyError(f"{path} already exists: pass overwrite=True (--force on the command line) to replace it")
+    if not path.parent.is_dir():
+        raise SlimifyError(f"directory {str(path.parent)!r} does not exist: create it first")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def example_shape(model: nn.Module) -> tuple[int, ...]:
+    """The input shape ``model`` was converted with (recorded in its state), else its default."""
+    shape = get_state(model).info.get("example_shape")
+    if shape:
+        return tuple(int(s) for s in shape)
+    from slimify.convert import default_input
+
+    return tuple(default_input(model).shape)
+
+
+def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
+    """A fixed random batch at the shape ``model`` was converted with."""
+    shape = (batch, *example_shape(model)[1:])
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, np.ndarray):
+        h.update(f"a{obj.shape}".encode())
+        h.update(np.ascontiguousarray(obj, dtype=np.int64).tobytes())
+    elif isinstance(obj, slice):
+        h.update(f"s{obj.start},{obj.stop},{obj.step};".encode())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for key in sorted(obj, key=repr):
+            _feed(h, key)
+            _feed(h, obj[key])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for value in obj:
+            _feed(h, value)
+        h.update(b"]")
+    elif isinstance(obj, (bool, np.bool_)):
+        h.update(b"T;" if obj else b"F;")
+    elif isinstance(obj, (int, np.integer)):
+        h.update(f"i{int(obj)};".encode())
+    elif isinstance(obj, (float, np.floating)):
+        h.update(f"f{float(obj)!r};".encode())
+    else:
+        h.update(f"r{obj!r};".encode())
+
+
+def plan_digest(model: nn.Module) -> str:
+    """SHA-256 of the conversion plan (widths, every tensor's cut, attributes, BatchNorms per
+    switch): equal digests mean a rebuilt model slims exactly like the saved one."""
+    analysis = get_state(model).info.get("analysis")
+    if analysis is None:
+        raise SlimifyError(f"{type(model).__name__} has no conversion plan: convert it with slimify.convert")
+    plan = analysis.plan
+    h = hashlib.sha256()
+    _feed(h, [plan.switches, plan.divisor, plan.kept, plan.params, plan.attrs, plan.batchnorms])
+    return h.hexdigest()
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of ``tensors`` (catches corrupted data)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise SlimifyError(f"state dict entry {name!r} is {type(value).__name__}, not a tensor: cannot save it")
+        t = value.detach().cpu().contiguous()
+        if t.numel() and t.data_ptr() in seen:  # safetensors refuses shared storage
+            t = t.clone()
+        seen.add(t.data_ptr())
+        out[name] = t
+    return out
+
+
+def save(model: nn.Module, path: str | Path, overwrite: bool = False,
+         source: ModelSource | str | None = None) -> Path:
+    """Write the converted ``model`` to ``path`` (``.slim``) atomically. ``source`` says how to
+    rebuild it (default: what :func:`slimify.models.create` recorded, or inferred)."""
+    from safetensors.torch import save_file
+
+    from slimify import __version__
+
+    state = get_state(model)
+    src = source_of(model) if source is None else ModelSource(source) if isinstance(source, str) else source
+    tensors = _state_tensors(model)
+    config = {"format": FORMAT, "version": VERSION, "slimify_version": __version__, "source": src.to_dict(),
+              "conversion": {"switches": list(state.switches), "divisor": int(state.info.get("divisor", 8)),
+                             "example_shape": list(example_shape(model))},
+              "plan_sha256": plan_digest(model), "tensors_sha256": tensors_digest(tensors),
+              "width": state.width, "model": type(model).__name__}
+    with atomic_path(path, overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(config)})
+    return Path(path)
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The safetensors header and our config, checking sizes before any tensor is read."""
+    if not path.is_file():
+        raise SlimifyError(f"model file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise SlimifyError(f"{path} is empty (0 bytes): not a .slim file")
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > MAX_HEADER or 8 + n > size:
+            raise SlimifyError(f"{path} is truncated or not a .slim file (bad header length)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+        meta = header.get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        raise SlimifyError(f"{path} is corrupt or not a .slim file (unreadable header)") from None
+    if META_KEY not in meta:
+        raise SlimifyError(f"{path} is a safetensors file without slimify metadata: plain weights load with "
+                           "--checkpoint / slimify.models.create(spec, checkpoint=...)")
+    try:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        config = json.loads(meta[META_KEY])
+    except (ValueError, TypeError, KeyError, IndexError):
+        raise SlimifyError(f"{path} is corrupt (bad tensor table or config)") from None
+    if 8 + n + max(ends, default=0) != size:
+        raise SlimifyError(f"{path} is truncated or corrupt: {size} bytes, the header promises "
+                           f"{8 + n + max(ends, default=0)}")
+    return header, config
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The checked config of a ``.slim`` file (no model is built)."""
+    path = Path(path)
+    config = _read_header(path)[1]
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise SlimifyError(f"{path} is not a slimify model file (format {config.get('format')!r})"
+                           if isinstance(config, dict) else f"{path}: config is not a JSON object")
+    version = config.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise SlimifyError(f"{path}: invalid format version {version!r}")
+    if version > VERSION:
+        raise SlimifyError(f"{path} uses format version {version}, newer than this slimify reads ({VERSION}): "
+                           "upgrade slimify")
+    conv = config.get("conversion")
+    try:
+        switches = [float(s) for s in conv["switches"]]
+        divisor, shape = conv["divisor"], [int(s) for s in conv["example_shape"]]
+        ok = isinstance(divisor, int) and 2 <= len(shape) <= 5 and all(0 < s <= 4096 for s in shape)
+        ok = ok and float(config.get("width", 1.0)) in switches and isinstance(config.get("plan_sha256"), str)
+    except (TypeError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise SlimifyError(f"{path}: the conversion settings in its config are invalid")
+    return config
+
+
+def load(path: str | Path) -> nn.Module:
+    """Rebuild the model a ``.slim`` file describes, convert it with the saved settings, verify the
+    plan and every tensor's name, shape and bytes, load the weights and return it in eval mode at
+    the saved width. Nothing is unpickled and only allowed model sources are imported."""
+    from safetensors.torch import load_file
+
+    import slimify
+
+    path = Path(path)
+    config = read_config(path)
+    model = build(ModelSource.from_dict(config["source"]))
+    conv = config["conversion"]
+    x = torch.randn(conv["example_shape"], generator=torch.Generator().manual_seed(0))
+    slimify.convert(model, switches=tuple(conv["switches"]), divisor=conv["divisor"], example_input=x)
+    state = get_state(model)
+    state.info["example_shape"] = list(x.shape)
+    if plan_digest(model) != config["plan_sha256"]:
+        raise SlimifyError(f"{path}: the rebuilt model slims differently from the saved one (plan digest "
+                           "mismatch; saved with another slimify/timm/torchvision version?)")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise SlimifyError(f"{path} is corrupt: {str(e).splitlines()[0]}") from None
+    check_state_dict(model.state_dict(), tensors, f"{path.name}'s tensors")
+    if tensors_digest(tensors) != config.get("tensors_sha256"):
+        raise SlimifyError(f"{path} is corrupt: its tensor data does not match the recorded checksum")
+    model.load_state_dict(tensors, strict=True)
+    state.select(float(config.get("width", state.switches[-1])))
+    return model.eval()

@@ -1,0 +1,280 @@
+"""Measure what each switch costs on this device (parameters, MACs/FLOPs, latency, peak memory),
+so a user can pick the widest width that fits a budget; results are data, a table, JSON, CSV
+or a latency plot.
+
+    >>> result = slimify.profile(model, input_size=(1, 3, 224, 224), runs=20, threads=4)
+    >>> print(result.table())
+    >>> result.to_json("profile.json"); result.plot("profile.png")
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import platform
+import statistics
+import time
+import weakref
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from slimify.errors import SlimifyError
+from slimify.export import active_params, export
+from slimify.io import atomic_path
+from slimify.state import get_state, width as at_width
+
+__all__ = ["profile", "ProfileResult", "SwitchProfile", "measure_memory", "input_shape", "MEMORY_METHOD"]
+
+MEMORY_METHOD = {
+    "cpu": "parameters + buffers + input + peak bytes of tensors that ATen ops allocate during one forward "
+           "(TorchDispatchMode; a storage counts until it is freed; allocator caches and the runtime not included)",
+    "cuda": "parameters + buffers + input + (torch.cuda.max_memory_allocated − memory_allocated before) "
+            "during one forward",
+}
+
+
+@dataclass
+class SwitchProfile:
+    """Costs of one switch for one batch of the profiled input size."""
+
+    width: float
+    params: int  # parameters the switch uses
+    macs: int  # multiply-accumulates (torch.utils.flop_counter, FLOPs / 2)
+    flops: int
+    latency_ms: float  # median over the timed runs
+    latency_p90_ms: float
+    memory_mb: float  # see ProfileResult.memory_method
+    activation_mb: float  # the peak-activation part of memory_mb
+    accuracy: float | None = None  # filled in by the caller (e.g. from slimify.evaluate)
+
+
+@dataclass
+class ProfileResult:
+    """One row per switch, narrowest first, with the conditions they were measured under."""
+
+    model: str
+    input_size: tuple[int, ...]
+    device: str
+    threads: int
+    runs: int
+    warmup: int
+    mode: str  # "export": each width as its exported plain model; "slim": the slimmable model itself
+    memory_method: str
+    machine: str = field(default_factory=lambda: f"{platform.machine()} {platform.processor() or ''}".strip())
+    rows: list[SwitchProfile] = field(default_factory=list)
+
+    def row(self, w: float) -> SwitchProfile:
+        for r in self.rows:
+            if abs(r.width - w) < 1e-9:
+                return r
+        raise SlimifyError(f"width {w} was not profiled; profiled: {[r.width for r in self.rows]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        head = (f"{self.model} on {self.device} ({self.threads} threads), input {list(self.input_size)}, "
+                f"{self.runs} runs after {self.warmup} warm-up, mode {self.mode}")
+        cols = f"{'width':>6} | {'params':>10} | {'MMACs':>9} | {'GFLOPs':>7} | {'ms (median)':>11} | " \
+               f"{'ms (p90)':>8} | {'memory MB':>9}" + (" | accuracy" if self._has_accuracy() else "")
+        lines = [head, "", cols]
+        for r in self.rows:
+            acc = f" | {r.accuracy:8.2f}" if self._has_accuracy() and r.accuracy is not None else ""
+            lines.append(f"{r.width:>6g} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | {r.flops / 1e9:>7.3f} | "
+                         f"{r.latency_ms:>11.2f} | {r.latency_p90_ms:>8.2f} | {r.memory_mb:>9.1f}{acc}")
+        lines += ["", f"memory: {self.memory_method}"]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def _has_accuracy(self) -> bool:
+        return any(r.accuracy is not None for r in self.rows)
+
+    def to_json(self, path: str | Path, overwrite: bool = False) -> Path:
+        with atomic_path(path, overwrite) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        return Path(path)
+
+    def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
+        buffer = _io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(asdict(self.rows[0])) + ["device", "threads", "input_size"])
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({**asdict(r), "device": self.device, "threads": self.threads,
+                             "input_size": "x".join(map(str, self.input_size))})
+        with atomic_path(path, overwrite) as tmp:
+            tmp.write_text(buffer.getvalue())
+        return Path(path)
+
+    def plot(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Accuracy (when every row has one) or GFLOPs against median latency, one labelled point
+        per switch, the Pareto-optimal ones joined (PNG, matplotlib's Agg backend)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        use_acc = all(r.accuracy is not None for r in self.rows)
+        ys = [float(r.accuracy) if use_acc else r.flops / 1e9 for r in self.rows]  # type: ignore[arg-type]
+        xs = [r.latency_ms for r in self.rows]
+        front = sorted((x, y) for x, y in zip(xs, ys)
+                       if not any(x2 <= x and y2 >= y and (x2, y2) != (x, y) for x2, y2 in zip(xs, ys)))
+        fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+        ax.scatter(xs, ys, color="tab:blue", zorder=3)
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:blue", alpha=0.6, label="Pareto front")
+        for r, x, y in zip(self.rows, xs, ys):
+            ax.annotate(f"w={r.width:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        ax.set_xlabel(f"latency, ms (median of {self.runs}; {self.device}, {self.threads} threads)")
+        ax.set_ylabel("accuracy" if use_acc else "GFLOPs")
+        ax.set_title(f"{self.model}, input {'x'.join(map(str, self.input_size))}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_path(path, overwrite) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        return Path(path)
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Counts bytes of storages that ops create (not views of their inputs) until they are freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key, n = storage.data_ptr(), storage.nbytes()
+                if n and key not in inputs and key not in self.live:
+                    self.live[key] = n
+                    self.current += n
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._free, key)
+        return out
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+
+def _tensor_bytes(model: nn.Module) -> int:
+    seen = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+def measure_memory(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(total MB, peak-activation MB) of one inference forward; see :data:`MEMORY_METHOD`."""
+    fixed = _tensor_bytes(model) + x.numel() * x.element_size()
+    with torch.inference_mode():
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+            base = torch.cuda.memory_allocated(x.device)
+            torch.cuda.reset_peak_memory_stats(x.device)
+            model(x)
+            torch.cuda.synchronize(x.device)
+            activation = torch.cuda.max_memory_allocated(x.device) - base
+        else:
+            with _LiveBytes() as tracker:
+                model(x)
+            activation = tracker.peak
+    return (fixed + activation) / 2**20, activation / 2**20
+
+
+def _latency(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> tuple[float, float]:
+    times = []
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            sync()
+            start = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+
+
+def input_shape(input_size: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """224 → (1, 3, 224, 224); (3, 224, 224) → (1, 3, 224, 224); a 4-tuple stays as it is."""
+    shape = (1, 3, input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise SlimifyError(f"input size must be N, (C, H, W) or (B, C, H, W) with positive sizes, got {input_size}")
+    return shape
+
+
+def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 224), runs: int = 20, warmup: int = 3,
+            threads: int | None = None, device: str | torch.device | None = None,
+            widths: tuple[float, ...] | list[float] | None = None, mode: str = "export") -> ProfileResult:
+    """Profile every switch (or ``widths``) of the converted ``model`` on one batch of ``input_size``.
+
+    ``mode="export"`` measures each width as the plain model :func:`slimify.export` makes (what
+    you deploy); ``"slim"`` the slimmable model itself. ``threads`` sets torch's intra-op threads
+    for the measurement (default: the current setting) and is recorded with the result."""
+    state = get_state(model)
+    if runs < 1 or warmup < 0:
+        raise SlimifyError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if mode not in ("export", "slim"):
+        raise SlimifyError(f"mode must be 'export' or 'slim', got {mode!r}")
+    if threads is not None and threads < 1:
+        raise SlimifyError(f"threads must be >= 1, got {threads}")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    shape = input_shape(input_size)
+    chosen = state.switches if widths is None else tuple(sorted(widths))
+    for w in chosen:
+        state.index_of(w)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or previous_threads)
+    name = type(model).__name__
+    result = ProfileResult(name, shape, str(dev), torch.get_num_threads(), runs, warmup, mode,
+                           MEMORY_METHOD["cuda" if dev.type == "cuda" else "cpu"])
+    try:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dev)
+        for w in chosen:
+            result.rows.append(_profile_one(model, w, x, runs, warmup, mode, dev))
+    finally:
+        torch.set_num_threads(previous_threads)
+    return result
+
+
+def _profile_one(model: nn.Module, w: float, x: torch.Tensor, runs: int, warmup: int, mode: str,
+                 dev: torch.device) -> SwitchProfile:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = active_params(model, w)
+    if mode == "export":
+        net, restore = export(model, w).eval().to(dev), None
+    else:
+        net, restore = model, at_width(model, w)
+        restore.__enter__()
+        was_training = model.training
+        model.eval()
+        model.to(dev)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            net(x)
+        flops = int(counter.get_total_flops())
+        memory, activation = measure_memory(net, x)
+        median, p90 = _latency(net, x, runs, warmup)
+    finally:
+        if restore is not None:
+            restore.__exit__(None, None, None)
+            model.train(was_training)
+    return SwitchProfile(w, params, flops // 2, flops, round(median, 4), round(p90, 4), round(memory, 3),
+                         round(activation, 3))
