@@ -13,6 +13,8 @@ from typing import Any
 from slimify.convert import convert, report  # eager: the submodule's name would shadow the function
 from slimify.reorder import reorder  # eager: the submodule's name would shadow the function
 from slimify.errors import SlimifyError
+from slimify.export import export  # eager: the submodule's name would shadow the function
+from slimify.profile import profile  # eager: the submodule's name would shadow the function
 from slimify.state import get_width, is_slimmable, set_width, switches, width
 
 __version__ = "0.1.0"
