@@ -14,7 +14,7 @@ switch_sets = st.lists(st.sampled_from([0.2, 0.25, 0.3, 0.5, 0.6, 0.75, 0.9]), m
                        unique=True).map(lambda s: tuple(sorted(s)) + (1.0,))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=cnn_specs, switches=switch_sets, divisor=st.sampled_from([1, 4, 8]))
 def test_random_cnn(spec, switches, divisor) -> None:
     torch.manual_seed(0)
