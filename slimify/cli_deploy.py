@@ -1,0 +1,152 @@
+"""The deployment commands of the ``slimify`` CLI: ``export`` one width, ``profile`` every switch,
+``pick`` the widest switch within a budget; thin over :mod:`slimify.export`,
+:mod:`slimify.profile` and :mod:`slimify.pick`."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from slimify.cli_model import check_output, size_option
+
+__all__ = ["export_command", "profile_command", "pick_command", "write_export"]
+
+F = Callable[..., Any]
+EXPORT_SUFFIXES = (".pt", ".pt2", ".onnx")
+
+
+def write_export(net: Any, width: float, out: Path, force: bool, input_size: tuple[int, int, int] | None) -> str:
+    """Export switch ``width`` of ``net`` to ``out`` by its suffix; returns a one-line summary."""
+    import torch
+
+    from slimify.export import active_params, export, to_onnx, to_torch_export
+    from slimify.io import atomic_path, example_input
+
+    example = torch.randn(1, *input_size) if input_size else example_input(net)
+    suffix = out.suffix.lower()
+    if suffix == ".pt":
+        with atomic_path(out, force) as tmp:
+            torch.save(export(net, width).eval(), tmp)
+        how = "torch.save of the plain module; load with torch.load(path, weights_only=False)"
+    elif suffix == ".pt2":
+        to_torch_export(net, width, out, example, overwrite=force)
+        how = "torch.export program; load with torch.export.load(path).module()"
+    else:
+        to_onnx(net, width, out, example, overwrite=force)
+        how = f"ONNX opset 17, dynamic batch, checked with onnxruntime on {list(example.shape)}"
+    return f"wrote {out}: width {width:g}, {active_params(net, width):,} parameters ({how})"
+
+
+def measure_options(f: F) -> F:
+    """How to measure: input size, batch, runs, threads, device, mode."""
+    f = click.option("--mode", type=click.Choice(["export", "slim"]), default="export", show_default=True,
+                     help="Measure each width as its exported plain model, or the slimmable model itself.")(f)
+    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 …")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), help="torch intra-op threads  [default: torch's]")(f)
+    f = click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)(f)
+    f = click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+                     help="Timed runs per switch (median and p90 reported).")(f)
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)(f)
+    return size_option(f)
+
+
+def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
+             threads: int | None, device: str, mode: str) -> tuple[Any, Any]:
+    import slimify
+    from slimify.io import example_shape
+
+    net = slimify.load(file)
+    shape = (batch_size, *(input_size or example_shape(net)[1:]))
+    return net, slimify.profile(net, input_size=shape, runs=runs, warmup=warmup, threads=threads, device=device,
+                                mode=mode)
+
+
+@click.command("export", epilog="""\b
+Examples:
+  slimify export rn50.slim --width 0.5 -o rn50_w050.pt2
+  slimify export rn50.slim --width 0.25 -o rn50_w025.onnx --input-size 224
+  slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force""")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--width", type=float, required=True, help="The switch to export (one of the model's widths).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output: .pt (pickled plain module), .pt2 (torch.export) or .onnx.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@size_option
+def export_command(file: str, width: float, output: str, force: bool, input_size: tuple[int, int, int] | None) -> None:
+    """Export one width of a .slim FILE as a plain, physically narrow model (no slimify needed to
+    run it); the example input for .pt2/.onnx is the conversion's input size unless --input-size."""
+    import slimify
+
+    out = check_output(output, force, EXPORT_SUFFIXES)
+    net = slimify.load(file)
+    if all(abs(width - w) > 1e-9 for w in slimify.switches(net)):
+        raise click.BadParameter(f"{width:g} is not a switch of {file}; choose one of "
+                                 f"{', '.join(f'{w:g}' for w in slimify.switches(net))}", param_hint="--width")
+    click.echo(write_export(net, width, out, force, input_size))
+
+
+@click.command("profile", epilog="""\b
+Examples:
+  slimify profile rn50.slim
+  slimify profile rn50.slim --input-size 160 --batch-size 8 --threads 4 --json prof.json --plot prof.png
+  slimify profile mbv2.slim --device cuda --runs 100 --csv prof.csv""")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@measure_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the results as CSV.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw GFLOPs vs latency (.png).")
+@click.option("--force", is_flag=True, help="Replace output files that exist.")
+def profile_command(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
+                    threads: int | None, device: str, mode: str, json_path: str | None, csv_path: str | None,
+                    plot_path: str | None, force: bool) -> None:
+    """Measure parameters, MACs/FLOPs, latency (median, p90) and peak memory of every switch of a
+    .slim FILE on this machine, and print them as a table."""
+    outputs = [check_output(p, force, s) for p, s in ((json_path, (".json",)), (csv_path, (".csv",)),
+                                                      (plot_path, (".png",))) if p]
+    _, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode)
+    click.echo(result.table())
+    for out in outputs:
+        writer = {".json": result.to_json, ".csv": result.to_csv, ".png": result.plot}[out.suffix.lower()]
+        writer(out, overwrite=force)
+        click.echo(f"wrote {out}")
+
+
+@click.command("pick", epilog="""\b
+Examples:
+  slimify pick rn50.slim --latency-ms 5
+  slimify pick rn50.slim --flops 1G --memory-mb 150 -o rn50_fit.onnx
+  slimify pick mbv2.slim --params 2M --latency-ms 8 --threads 1 --batch-size 1""")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True), help="Median latency budget (ms).")
+@click.option("--flops", help="FLOPs budget per batch, e.g. 600M or 1.5G.")
+@click.option("--params", help="Parameter budget, e.g. 5M.")
+@click.option("--memory-mb", type=click.FloatRange(min=0, min_open=True), help="Peak memory budget (MB).")
+@measure_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also export the picked width (.pt/.pt2/.onnx).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def pick_command(file: str, latency_ms: float | None, flops: str | None, params: str | None, memory_mb: float | None,
+                 input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
+                 threads: int | None, device: str, mode: str, output: str | None, force: bool) -> None:
+    """Measure every switch of a .slim FILE on this machine and print the widest one within all
+    the budgets given (and export it with -o)."""
+    from slimify.errors import SlimifyError
+    from slimify.pick import parse_amount, pick
+
+    if latency_ms is None and flops is None and params is None and memory_mb is None:
+        raise click.UsageError("give at least one budget: --latency-ms, --flops, --params or --memory-mb")
+    try:
+        budgets = dict(latency_ms=latency_ms, memory_mb=memory_mb,
+                       flops=parse_amount(flops) if flops is not None else None,
+                       params=parse_amount(params) if params is not None else None)
+    except SlimifyError as e:
+        raise click.BadParameter(str(e), param_hint="--flops/--params") from None
+    out = check_output(output, force, (".pt", ".pt2", ".onnx")) if output else None
+    net, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode)
+    click.echo(result.table())
+    best = pick(result, **budgets)
+    click.echo(f"\npicked width {best.width:g}: {best.latency_ms:.2f} ms median, {best.flops / 1e9:.3f} GFLOPs, "
+               f"{best.params:,} params, {best.memory_mb:.1f} MB")
+    if out is not None:
+        click.echo(write_export(net, best.width, out, force, input_size))

@@ -1,0 +1,150 @@
+"""The model commands of the ``slimify`` CLI: ``convert`` a model to a ``.slim`` file and
+``inspect`` what a conversion finds; thin over :mod:`slimify.models` and :mod:`slimify.io`."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["convert_command", "inspect_command", "parse_switches", "parse_input_size", "check_output",
+           "size_option"]
+
+F = Callable[..., Any]
+
+
+def parse_switches(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[float, ...] | None:
+    """``"0.25,0.5,1"`` → ``(0.25, 0.5, 1.0)``; each in (0, 1]."""
+    if value is None:
+        return None
+    try:
+        widths = tuple(sorted({float(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated widths like 0.25,0.5,0.75,1.0, got {value!r}") from None
+    if not widths or any(not 0 < w <= 1 for w in widths):
+        raise click.BadParameter(f"widths must lie in (0, 1], got {value!r}")
+    return widths
+
+
+def parse_input_size(ctx: click.Context | None, param: click.Parameter | None,
+                     value: str | None) -> tuple[int, int, int] | None:
+    """``"224"`` → (3, 224, 224); ``"3x160x128"`` or ``"3,160,128"`` → (3, 160, 128)."""
+    if value is None:
+        return None
+    parts = value.replace(",", "x").lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"expected a size like 224 or 3x224x224, got {value!r}") from None
+    if len(sizes) == 1:
+        sizes = [3, sizes[0], sizes[0]]
+    if len(sizes) != 3 or any(s < 1 or s > 4096 for s in sizes):
+        raise click.BadParameter(f"expected a size like 224 or 3x224x224 (each 1…4096), got {value!r}")
+    return sizes[0], sizes[1], sizes[2]
+
+
+def size_option(f: F) -> F:
+    return click.option("--input-size", callback=parse_input_size,
+                        help="Input H=W (e.g. 224) or CxHxW (3x160x128).  [default: the model's own]")(f)
+
+
+def check_output(path: str, force: bool, suffixes: tuple[str, ...]) -> Path:
+    """Fail before any work if ``path`` has the wrong suffix or exists without ``--force``."""
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise click.BadParameter(f"{path!r} must end with {' or '.join(suffixes)}", param_hint="-o/--output")
+    if out.exists() and not force:
+        raise click.UsageError(f"{path} already exists: pass --force to replace it")
+    return out
+
+
+def conversion_options(f: F) -> F:
+    """Options that say how to build and convert a model given by name."""
+    f = size_option(f)
+    f = click.option("--num-classes", type=click.IntRange(min=1), help="Classes of the classifier head.")(f)
+    f = click.option("--divisor", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Channel counts at narrow switches are multiples of this.")(f)
+    f = click.option("--switches", callback=parse_switches, default="0.25,0.5,0.75,1.0", show_default=True,
+                     help="Widths the model can run at.")(f)
+    return f
+
+
+def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], divisor: int,
+             num_classes: int | None, input_size: tuple[int, int, int] | None) -> Any:
+    import torch
+
+    import slimify
+    from slimify.convert import default_input
+    from slimify.models import create
+
+    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+    net = create(model, checkpoint=checkpoint, **kwargs).eval()
+    example = torch.randn(1, *input_size) if input_size else default_input(net)
+    slimify.convert(net, switches=switches, divisor=divisor, example_input=example)
+    slimify.state.get_state(net).info["example_shape"] = list(example.shape)
+    return net
+
+
+def _params_line(net: Any) -> str:
+    import slimify
+    from slimify.export import active_params
+
+    return "parameters per switch: " + ", ".join(f"{w:g}: {active_params(net, w) / 1e6:.2f} M"
+                                                 for w in slimify.switches(net))
+
+
+@click.command("convert", epilog="""\b
+Examples:
+  slimify convert resnet50 -o rn50.slim
+  slimify convert torchvision:mobilenet_v2 --switches 0.35,0.5,0.75,1.0 --input-size 160 -o mbv2.slim
+  slimify convert resnet18 --checkpoint my_resnet18.pth --num-classes 10 -o rn18.slim --force""")
+@click.argument("model")
+@conversion_options
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="Plain weights to start from (.safetensors, or a torch file read with weights_only).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write (.slim).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def convert_command(model: str, switches: tuple[float, ...], divisor: int, num_classes: int | None,
+                    input_size: tuple[int, int, int] | None, checkpoint: str | None, output: str, force: bool) -> None:
+    """Convert MODEL (a timm name, 'torchvision:NAME' or 'slimify:NAME') into a slimmable model
+    and save it as a .slim file (config + safetensors weights, never pickled code)."""
+    import slimify
+
+    out = check_output(output, force, (".slim",))
+    net = _convert(model, checkpoint, switches, divisor, num_classes, input_size)
+    rep = slimify.report(net)
+    slimify.save(net, out, overwrite=force)
+    click.echo(f"{rep.model}: {len(rep.groups)} channel groups, {len(rep.slimmable)} slimmable, {len(rep.fixed)} fixed "
+               f"({rep.seconds:.1f} s)")
+    click.echo(_params_line(net))
+    click.echo(f"saved {out}  (see the groups with: slimify inspect {out})")
+
+
+@click.command("inspect", epilog="""\b
+Examples:
+  slimify inspect rn50.slim
+  slimify inspect torchvision:resnet18 --switches 0.5,1.0 --max-rows 100
+  slimify inspect convnext_atto --input-size 128 --json""")
+@click.argument("model_or_file")
+@conversion_options
+@click.option("--max-rows", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Slimmable groups to list (largest first); fixed groups are always all listed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+def inspect_command(model_or_file: str, switches: tuple[float, ...], divisor: int, num_classes: int | None,
+                    input_size: tuple[int, int, int] | None, max_rows: int, as_json: bool) -> None:
+    """Show the channel groups of a .slim file or of a model name converted on the fly: channels
+    per switch of each slimmable group, and every fixed group with the reason it cannot slim."""
+    import slimify
+
+    path = Path(model_or_file)
+    net = slimify.load(path) if path.suffix == ".slim" or path.is_file() else \
+        _convert(model_or_file, None, switches, divisor, num_classes, input_size)
+    rep = slimify.report(net)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    click.echo(rep.table(max_rows=max_rows))
+    click.echo("")
+    click.echo(_params_line(net))
