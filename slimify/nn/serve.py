@@ -34,7 +34,7 @@ class SlimData:
     params: dict[str, list[dict[int, Any]]] = field(default_factory=dict)
     attrs: dict[str, list[Any]] = field(default_factory=dict)
     bn_slots: list[int | None] | None = None  # switch → private BatchNorm slot (None: original)
-    cache: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    cache: dict[tuple[str, int], tuple] = field(default_factory=dict, repr=False)  # inference copies
 
 
 def slim_data(module: nn.Module) -> SlimData | None:
@@ -52,7 +52,13 @@ def _param_property(name: str) -> property:
         dims = data.params.get(name, [{}] * (s + 1))[s]
         if full is None or not dims:
             return full
-        return cut(full, dims)
+        if torch.is_grad_enabled() or name not in self._parameters:
+            return cut(full, dims)  # a view: gradients and in-place buffer updates reach the full tensor
+        hit = data.cache.get((name, s))  # inference: a contiguous copy, kept until the tensor changes
+        if hit is None or hit[0] is not full or hit[1] != full._version:
+            hit = (full, full._version, cut(full, dims).contiguous())
+            data.cache[(name, s)] = hit
+        return hit[2]
 
     def set_(self: nn.Module, value: Any) -> None:
         if value is None or isinstance(value, torch.Tensor):
