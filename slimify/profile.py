@@ -79,7 +79,7 @@ class ProfileResult:
         return asdict(self)
 
     def table(self) -> str:
-        head = (f"{self.model} on {self.device} ({self.threads} threads), input {list(self.input_size)}, "
+        head = (f"{self.model} on {self.device} ({self.threads} thread(s)), input {list(self.input_size)}, "
                 f"{self.runs} runs after {self.warmup} warm-up, mode {self.mode}")
         cols = f"{'width':>6} | {'params':>10} | {'MMACs':>9} | {'GFLOPs':>7} | {'ms (median)':>11} | " \
                f"{'ms (p90)':>8} | {'memory MB':>9}" + (" | accuracy" if self._has_accuracy() else "")
@@ -131,7 +131,7 @@ class ProfileResult:
         ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:blue", alpha=0.6, label="Pareto front")
         for r, x, y in zip(self.rows, xs, ys):
             ax.annotate(f"w={r.width:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
-        ax.set_xlabel(f"latency, ms (median of {self.runs}; {self.device}, {self.threads} threads)")
+        ax.set_xlabel(f"latency, ms (median of {self.runs}; {self.device}, {self.threads} thread(s))")
         ax.set_ylabel("accuracy" if use_acc else "GFLOPs")
         ax.set_title(f"{self.model}, input {'x'.join(map(str, self.input_size))}", fontsize=10)
         ax.grid(alpha=0.3)
