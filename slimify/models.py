@@ -34,7 +34,7 @@ REFUSED_KWARGS: frozenset[str] = frozenset({"pretrained", "weights", "weights_ba
 
 
 class TinyNet(nn.Module):
-    """A small residual CNN with a concatenation (about 0.1 M parameters), for examples and tests.
+    """A small residual CNN with a concatenation (21 k parameters), for examples and tests.
 
         >>> TinyNet()(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
