@@ -1,0 +1,234 @@
+"""Importance-ordered channels (issue 6): reordering keeps every model's function, really
+changes what narrow switches keep, sorts each group by its score, and leaves the plan valid."""
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import slimify
+from slimify.convert import analyze_model
+from slimify.importance import class_scores
+from tests.zoo import ZOO, build
+
+reorder_module = importlib.import_module("slimify.reorder")  # slimify.reorder is the function
+
+SIZE: dict[str, int] = {"tv:inception_v3": 96}  # input size where 64 px is too small for the model
+
+
+def randomize(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial BatchNorm affine and statistics, so a wrong permutation changes the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if m.weight is not None:
+                    m.weight.normal_(0, 1, generator=g)
+                    m.bias.normal_(0, 0.2, generator=g)
+                if m.running_mean is not None:
+                    m.running_mean.normal_(0, 0.2, generator=g)
+                    m.running_var.uniform_(0.5, 2.0, generator=g)
+    return model
+
+
+def assert_same(got: torch.Tensor, expected: torch.Tensor) -> None:
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_full_width_unchanged_on_zoo(name: str) -> None:
+    model = randomize(build(name))
+    size = SIZE.get(name, 64)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+    result = slimify.reorder(model, "l1", example_input=x, check=False)
+    assert result.moved > 0
+    with torch.no_grad():
+        assert_same(model(x), expected)
+
+
+class TinyBranches(nn.Module):
+    """Residual + concat + depthwise + flatten→linear + a per-channel parameter read in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.BatchNorm2d(16))
+        self.left = nn.Conv2d(16, 8, 1)
+        self.right = nn.Sequential(nn.Conv2d(16, 24, 3, 1, 1, groups=8), nn.ReLU())
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, 32).reshape(1, 32, 1, 1))
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(32 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = torch.relu(h + self.body(h))
+        y = torch.cat([self.left(h), self.right(h)], 1) * self.scale
+        return self.head(self.pool(y).flatten(1))
+
+
+def _tiny(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    return randomize(TinyBranches()).eval(), torch.randn(4, 3, 16, 16)
+
+
+def test_tiny_model_exact_and_every_tensor_moves() -> None:
+    model, x = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model(x)
+    result = slimify.reorder(model, "l2", example_input=x[:1])
+    with torch.no_grad():
+        assert_same(model(x), expected)
+    assert result.max_change <= 1e-5 and not result.skipped
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    # producers, consumers (head's input features), BN statistics and the parameter read in forward
+    for key in ("stem.0.weight", "stem.1.running_mean", "body.0.bias", "right.0.weight", "head.weight", "scale"):
+        assert key in changed, key
+
+
+@pytest.mark.parametrize("method", ["l1", "l2", "bn", "taylor"])
+def test_scores_non_increasing_after_reorder(method: str) -> None:
+    model = randomize(build("resnet10t"))
+    x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    data = [(x, torch.arange(8) % 10)] * 2
+    analysis = analyze_model(model, example_input=x[:1])
+    result = slimify.reorder(model, method, data, analysis)
+    assert result.moved > 0 and not result.skipped
+    after = class_scores(model, analysis.space, analysis.table, method, data)
+    for g in analysis.table.groups:
+        if g.fixed or len(g.classes) < 2:
+            continue
+        s = after[g.classes]  # rank order
+        tol = 1e-5 * float(np.abs(s).max())
+        assert np.all(np.diff(s) <= tol), f"group {g.index}: {s[:8]}"
+        np.testing.assert_allclose(s, result.scores[g.index], rtol=1e-4, atol=tol)
+
+
+def test_plan_still_valid_after_reorder() -> None:
+    model = randomize(build("tv:mobilenet_v2"))
+    x = torch.randn(1, 3, 64, 64)
+    before = analyze_model(model, example_input=x)
+    slimify.reorder(model, "bn", analysis=before, example_input=x)
+    after = analyze_model(model, example_input=x)
+    assert [(g.size, g.unit, g.fixed, g.channels) for g in after.report.groups] == \
+           [(g.size, g.unit, g.fixed, g.channels) for g in before.report.groups]
+    assert after.plan.kept == before.plan.kept
+    for key, per_switch in before.plan.params.items():
+        assert [_cuts(dims) for dims in after.plan.params[key]] == [_cuts(dims) for dims in per_switch], key
+
+
+def _cuts(dims: dict) -> dict[int, list[int]]:
+    return {d: list(range(i.start, i.stop)) if isinstance(i, slice) else np.asarray(i).tolist() for d, i in dims.items()}
+
+
+def test_narrow_switch_keeps_the_best_channels() -> None:
+    torch.manual_seed(0)
+    plain = randomize(build("resnet10t"))
+    ordered = randomize(build("resnet10t"))
+    x = torch.randn(2, 3, 64, 64)
+    slimify.convert(plain, example_input=x[:1])
+    slimify.convert(ordered, example_input=x[:1], reorder="l1")
+    result = slimify.state.get_state(ordered).info["reorder"]
+    report = slimify.report(ordered)
+    half = report.switches.index(0.5)
+    # the classes kept at 0.5 are the highest-scoring ones, and not the old prefix
+    differs = 0
+    for g, order in result.orders.items():
+        k = report.groups[g].channels[half] // report.groups[g].unit
+        differs += not np.array_equal(np.sort(order[:k]), np.arange(k))
+        assert result.scores[g][:k].min() >= result.scores[g][k:].max() if k < len(order) else True
+    assert differs > 0
+    with torch.no_grad():
+        assert_same(ordered(x), plain(x))
+        with slimify.width(plain, 0.5), slimify.width(ordered, 0.5):
+            assert not torch.allclose(ordered(x), plain(x), atol=1e-3)
+
+
+def test_convert_with_taylor_data_and_report() -> None:
+    model, x = _tiny()
+    with torch.no_grad():
+        expected = model(x)
+    data = [(x, torch.tensor([0, 1, 2, 3]))]
+    slimify.convert(model, (0.5, 1.0), divisor=4, example_input=x[:1], reorder="taylor", reorder_data=data)
+    result = slimify.state.get_state(model).info["reorder"]
+    assert result.method == "taylor" and result.moved > 0
+    with torch.no_grad():
+        assert_same(model(x), expected)
+        with slimify.width(model, 0.5):
+            assert model(x).shape == expected.shape
+
+
+class TwoProducers(nn.Module):
+    """A residual stream whose 16 channels are made by two 8-channel convs side by side (MixConv):
+    moving a channel from one conv to the other is not a per-tensor permutation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a, self.b = nn.Conv2d(16, 8, 1), nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = h + torch.cat([self.a(h), self.b(h)], 1)
+        return self.head(h.mean((2, 3)))
+
+
+def test_irregular_group_keeps_its_order_with_a_reason() -> None:
+    torch.manual_seed(0)
+    model, x = TwoProducers().eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.b.weight.mul_(10)  # the best channels sit in the second conv
+        expected = model(x)
+    result = slimify.reorder(model, "l1", example_input=x[:1])
+    assert result.skipped and all("irregularly" in why for why in result.skipped.values())
+    with torch.no_grad():
+        assert_same(model(x), expected)
+
+
+def test_safety_net_reverts_a_wrong_permutation(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real = reorder_module._tensor_moves
+
+    def forget_head(model: nn.Module, space: object) -> list:  # a consumer the analysis "missed"
+        return [m for m in real(model, space) if not m[0].startswith("head.")]
+
+    monkeypatch.setattr(reorder_module, "_tensor_moves", forget_head)
+    with pytest.warns(UserWarning, match="keep their original order"):
+        result = slimify.reorder(model, "l1", example_input=x[:1])
+    assert result.max_change > 1e-4 and set(result.skipped) == set(result.orders)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_bad_input_is_a_slimify_error() -> None:
+    model, x = _tiny()
+    with pytest.raises(slimify.SlimifyError, match="unknown reorder method"):
+        slimify.reorder(model, "random", example_input=x[:1])
+    with pytest.raises(slimify.SlimifyError, match="taylor scores need data"):
+        slimify.reorder(model, "taylor", example_input=x[:1])
+    with pytest.raises(slimify.SlimifyError, match="yielded no batches"):
+        slimify.reorder(model, "taylor", data=iter([]), example_input=x[:1])
+    with pytest.raises(slimify.SlimifyError, match="unknown reorder method"):
+        slimify.convert(model, example_input=x[:1], reorder="L1")
+    slimify.convert(model, (0.5, 1.0), divisor=4, example_input=x[:1])
+    with pytest.raises(slimify.SlimifyError, match="already slimmable"):
+        slimify.reorder(model, "l1")
+
+
+def test_reorder_is_idempotent_for_weight_norms() -> None:
+    model, x = _tiny()
+    slimify.reorder(model, "l1", example_input=x[:1])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    again = slimify.reorder(model, "l1", example_input=x[:1])
+    assert again.moved == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
