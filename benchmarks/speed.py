@@ -1,0 +1,192 @@
+"""Speed of slimmable models (issue 7): the slimmable forward at each switch vs the exported plain
+model of that width, width 1.0 vs the original model, and one all-switch training step vs the
+sum of single-width steps of the plain models. Writes ``## Speed`` of benchmarks/RESULTS.md.
+
+    python -m benchmarks.speed                        # CPU, 2 threads, batches 8 and 1
+    python -m benchmarks.speed --models resnet50 --runs 5 --no-write
+    python -m benchmarks.speed --cached-slices        # the eval-mode weight cache proposed for the core
+
+Timings are interleaved (one call of each variant per round) and ratios are ratios of medians, so
+load that drifts during a run hits every variant alike.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+import slimify
+from benchmarks.results import machine, write_section
+from slimify.export import export
+from slimify.models import create
+
+MODELS = ["resnet50", "torchvision:mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224"]
+TARGETS = {"slim/export": 1.10, "w1/original": 1.05, "train": 1.15}
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each call, timing one call of every variant per round."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for r in range(warmup + runs):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if r >= warmup:
+                times[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def forward_calls(original: nn.Module, model: nn.Module, plains: dict[float, nn.Module],
+                  x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    def slim(w: float) -> Callable[[], Any]:
+        def call() -> Any:
+            with torch.inference_mode(), slimify.width(model, w):
+                return model(x)
+        return call
+
+    def plain(net: nn.Module) -> Callable[[], Any]:
+        def call() -> Any:
+            with torch.inference_mode():
+                return net(x)
+        return call
+
+    calls: dict[str, Callable[[], Any]] = {"original": plain(original)}
+    for w, net in plains.items():
+        calls[f"slim {w:g}"] = slim(w)
+        calls[f"export {w:g}"] = plain(net)
+    return calls
+
+
+def train_calls(model: nn.Module, plains: dict[float, nn.Module], x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """One SGD step over all switches of ``model`` vs one step of each plain width model."""
+    with torch.no_grad():
+        classes = plains[max(plains)](x).shape[1]
+    target = torch.randint(0, classes, (x.shape[0],))
+    loss_fn = nn.CrossEntropyLoss()
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+
+    def all_switches() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        for w in slimify.switches(model):
+            with slimify.width(model, w):
+                loss_fn(model(x), target).backward()
+        optimizer.step()
+
+    def single(net: nn.Module) -> Callable[[], None]:
+        opt = torch.optim.SGD(net.parameters(), lr=1e-6)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x), target).backward()
+            opt.step()
+        return step
+
+    calls: dict[str, Callable[[], Any]] = {"all-switch step": all_switches}
+    calls.update({f"step {w:g}": single(net) for w, net in plains.items()})
+    return calls
+
+
+def bench_model(name: str, batches: list[int], runs: int, train_runs: int, size: int) -> tuple[list[str], str]:
+    torch.manual_seed(0)
+    original = create(name).eval()
+    model = copy.deepcopy(original)
+    slimify.convert(model, example_input=torch.randn(1, 3, size, size))
+    plains = {w: export(model, w).eval() for w in slimify.switches(model)}
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 3, size, size)
+        t = interleaved(forward_calls(original, model, plains, x), runs)
+        ratios = [t[f"slim {w:g}"] / t[f"export {w:g}"] for w in plains]
+        cells = " | ".join(f"{t[f'slim {w:g}'] * 1e3:.1f} / {t[f'export {w:g}'] * 1e3:.1f} = **{r:.2f}**"
+                           for w, r in zip(plains, ratios))
+        rows.append(f"| {name} | {batch} | {cells} | {t['slim 1'] / t['original']:.2f} | "
+                    f"{t['original'] * 1e3:.1f} |")
+        print(rows[-1], flush=True)
+    model.train()
+    for net in plains.values():
+        net.train()
+    x = torch.randn(batches[0], 3, size, size)
+    t = interleaved(train_calls(model, plains, x), train_runs)
+    total = sum(t[f"step {w:g}"] for w in plains)
+    train_row = (f"| {name} | {batches[0]} | {t['all-switch step'] * 1e3:.0f} | {total * 1e3:.0f} | "
+                 f"**{t['all-switch step'] / total:.2f}** |")
+    print(train_row, flush=True)
+    return rows, train_row
+
+
+def cache_slices() -> None:
+    """The change proposed for the core (slimify/nn/serve.py): with autograd off, serve a
+    contiguous copy of each cut tensor, cached per switch until the full tensor changes."""
+    import slimify.nn.serve as serve
+
+    plain_property = serve._param_property
+
+    def cached_property(name: str) -> property:
+        base = plain_property(name)
+
+        def get(self: nn.Module) -> Any:
+            value = base.fget(self)
+            if value is None or torch.is_grad_enabled() or value.is_contiguous():
+                return value
+            data = self.__dict__[serve.SLIM_KEY]
+            full = self._parameters.get(name, self._buffers.get(name))
+            key = (name, data.state.index)
+            hit = data.cache.get(key)
+            if hit is None or hit[0] != full._version:
+                hit = data.cache[key] = (full._version, value.contiguous())
+            return hit[1]
+        return property(get, base.fset, doc=base.__doc__)
+
+    serve._param_property = cached_property
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--batches", type=int, nargs="+", default=[8, 1])
+    parser.add_argument("--runs", type=int, default=7, help="timed rounds per forward measurement")
+    parser.add_argument("--train-runs", type=int, default=3, help="timed rounds of training steps")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--cached-slices", action="store_true", help="measure with the proposed eval weight cache")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.cached_slices:
+        cache_slices()
+    results = [bench_model(name, args.batches, args.runs, args.train_runs, args.size) for name in args.models]
+    if args.no_write:
+        return
+    command = "python -m benchmarks.speed" + (" --cached-slices" if args.cached_slices else "") + \
+        f" --runs {args.runs} --train-runs {args.train_runs}"
+    body = "\n".join([
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}; input {args.size}×{args.size}, switches (0.25, 0.5, 0.75, 1.0), divisor 8, "
+        f"random weights, inference_mode; medians of {args.runs} interleaved rounds (training: {args.train_runs}).",
+        "",
+        "Forward: slimmable model ms / exported plain model ms = **ratio** per switch (target ≤ 1.10); "
+        "`w1/orig`: slimmable at width 1.0 / the original model (target ≤ 1.05).",
+        "",
+        "| model | batch | w=0.25 | w=0.5 | w=0.75 | w=1 | w1/orig | original ms |",
+        "|---|---|---|---|---|---|---|---|",
+        *[row for rows, _ in results for row in rows],
+        "",
+        "Training (train mode, SGD, cross-entropy): one step over all four switches of the slimmable model vs "
+        "the sum of one step of each exported plain model (target ≤ 1.15).",
+        "",
+        "| model | batch | all-switch step ms | sum of single-width steps ms | ratio |",
+        "|---|---|---|---|---|",
+        *[train for _, train in results],
+    ])
+    write_section("Speed" + (" (cached weight slices)" if args.cached_slices else ""), body)
+
+
+if __name__ == "__main__":
+    main()
