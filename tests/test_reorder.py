@@ -232,3 +232,66 @@ def test_reorder_is_idempotent_for_weight_norms() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+# -- the `slimify reorder` command ------------------------------------------------------------------
+def _saved_digitsnet(tmp_path) -> tuple[str, nn.Module]:
+    from slimify.models import create
+
+    torch.manual_seed(0)
+    net = randomize(create("slimify:digitsnet")).eval()
+    path = tmp_path / "net.pt"
+    torch.save(net.state_dict(), path)
+    return str(path), net
+
+
+def test_cli_writes_reordered_weights_that_compute_the_same(tmp_path, capsys) -> None:
+    from slimify.cli import main
+    from slimify.models import create
+
+    weights, net = _saved_digitsnet(tmp_path)
+    out = tmp_path / "net_l1.safetensors"
+    with pytest.raises(SystemExit) as e:
+        main(["reorder", "slimify:digitsnet", "--checkpoint", weights, "--input-size", "32", "-o", str(out)])
+    assert e.value.code == 0 and "reordered 5 of 5" in capsys.readouterr().out
+    again = create("slimify:digitsnet", checkpoint=str(out)).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert_same(again(x), net(x))
+    assert not torch.equal(again[0].weight, net[0].weight)
+    with pytest.raises(SystemExit) as e:  # never overwrites without --force
+        main(["reorder", "slimify:digitsnet", "--checkpoint", weights, "--input-size", "32", "-o", str(out)])
+    assert e.value.code == 2 and "--force" in capsys.readouterr().err
+
+
+def test_cli_slim_output_is_converted_and_loads(tmp_path, capsys) -> None:
+    from slimify.cli import main
+
+    weights, net = _saved_digitsnet(tmp_path)
+    out = tmp_path / "net.slim"
+    with pytest.raises(SystemExit) as e:
+        main(["reorder", "slimify:digitsnet", "--checkpoint", weights, "--input-size", "32", "--method", "taylor",
+              "--data", "digits", "--batches", "2", "--switches", "0.5,1.0", "-o", str(out)])
+    assert e.value.code == 0, capsys.readouterr().err
+    loaded = slimify.load(out)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert_same(loaded(x), net(x))
+        with slimify.width(loaded, 0.5):
+            assert loaded(x).shape == (4, 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["slimify:digitsnet", "--method", "taylor", "-o", "x.pt"], "needs --data"),
+    (["slimify:digitsnet", "--method", "norm", "-o", "x.pt"], "--method"),
+    (["slimify:digitsnet", "-o", "x.txt"], "must end with"),
+    (["model.slim", "-o", "x.pt"], "already slimmable"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch) -> None:
+    from slimify.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["reorder", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.startswith("error:") and len(err.strip().splitlines()) == 1
