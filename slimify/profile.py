@@ -244,12 +244,16 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
     name = type(model).__name__
     result = ProfileResult(name, shape, str(dev), torch.get_num_threads(), runs, warmup, mode,
                            MEMORY_METHOD["cuda" if dev.type == "cuda" else "cpu"])
+    home = next(model.parameters(), torch.empty(0)).device
     try:
+        if mode == "slim":
+            model.to(dev)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dev)
         for w in chosen:
             result.rows.append(_profile_one(model, w, x, runs, warmup, mode, dev))
     finally:
         torch.set_num_threads(previous_threads)
+        model.to(home)
     return result
 
 
@@ -265,7 +269,6 @@ def _profile_one(model: nn.Module, w: float, x: torch.Tensor, runs: int, warmup:
         restore.__enter__()
         was_training = model.training
         model.eval()
-        model.to(dev)
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
             net(x)
