@@ -12,7 +12,7 @@ import click
 
 from slimify.errors import SlimifyError
 
-__all__ = ["main"]
+__all__ = ["main", "one_line"]
 
 # module path → names of click commands it defines (lazy: `slimify --help` imports no torch)
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
@@ -48,6 +48,15 @@ def cli() -> None:
     """slimify: turn a PyTorch image model into a slimmable network and deploy any width."""
 
 
+def one_line(message: str) -> str:
+    """The line of an error message that says what is wrong: the first one, or, for an error
+    re-raised from a DataLoader worker (its message embeds the worker's traceback), the last."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()] or ["unknown error"]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and lines[1].startswith("Original Traceback"):
+        return lines[-1].split(": ", 1)[-1]  # "slimify.errors.SlimifyError: what is wrong"
+    return lines[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
     try:
@@ -56,10 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(1)
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(f"error: {one_line(e.format_message())}", err=True)
         sys.exit(2)
-    except (SlimifyError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        click.echo(f"error: {e}", err=True)
+    except (SlimifyError, OSError) as e:  # OSError: unreadable, unwritable, missing, disk full
+        click.echo(f"error: {one_line(str(e))}", err=True)
         sys.exit(2)
     except SystemExit:
         raise
