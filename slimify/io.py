@@ -50,7 +50,11 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise SlimifyError(f"{path} already exists: pass overwrite=True (--force on the command line) to replace it")
     if not path.parent.is_dir():
         raise SlimifyError(f"directory {str(path.parent)!r} does not exist: create it first")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as e:
+        raise SlimifyError(f"cannot write to directory {str(path.parent)!r} ({e.strerror}): choose an output "
+                           "path in a writable directory") from None
     os.close(fd)
     tmp = Path(name)
     try:
