@@ -19,9 +19,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None:
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise SlimifyError(f"unknown device {device!r}: {e}") from None
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SlimifyError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SlimifyError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+    return dev
 
 
 def unwrap(model: nn.Module) -> nn.Module:
