@@ -234,7 +234,9 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
         raise SlimifyError(f"mode must be 'export' or 'slim', got {mode!r}")
     if threads is not None and threads < 1:
         raise SlimifyError(f"threads must be >= 1, got {threads}")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    from slimify.train.common import resolve_device
+
+    dev = resolve_device(device or "cpu")  # an unknown device or missing CUDA is a SlimifyError
     shape = input_shape(input_size)
     chosen = state.switches if widths is None else tuple(sorted(widths))
     for w in chosen:
