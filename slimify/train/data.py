@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from slimify.errors import SlimifyError
 
-__all__ = ["DigitsDataset", "digits", "image_folder", "model_transform", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["DigitsDataset", "digits", "image_folder", "load_image", "model_transform", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -111,6 +112,17 @@ def model_transform(model: nn.Module, train: bool, weights: str | None = None,
     return T.Compose([T.Resize(int(round(input_size / 0.875))), T.CenterCrop(input_size), *normalize])
 
 
+def load_image(path: str) -> Any:
+    """torchvision's image loader, but a file it cannot decode is a SlimifyError naming the file."""
+    from PIL import Image
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise SlimifyError(f"{path} is not a readable image ({type(e).__name__}): remove or replace it") from None
+
+
 def image_folder(root: str | Path, model: nn.Module, train: bool, weights: str | None = None) -> Dataset:
     """A torchvision ImageFolder at ``root`` (one sub-folder per class) with the model's transform."""
     from torchvision.datasets import ImageFolder
@@ -119,6 +131,6 @@ def image_folder(root: str | Path, model: nn.Module, train: bool, weights: str |
     if not root.is_dir():
         raise SlimifyError(f"data directory {str(root)!r} does not exist")
     try:
-        return ImageFolder(str(root), transform=model_transform(model, train, weights))
+        return ImageFolder(str(root), transform=model_transform(model, train, weights), loader=load_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise SlimifyError(f"{root}: not an image folder (one sub-folder of images per class): {e}") from e
