@@ -175,6 +175,8 @@ def load_recipe(recipe: str | Path | Recipe | dict[str, Any] | None = None, **ov
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise SlimifyError(f"{path}: not valid YAML: {e}") from e
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise SlimifyError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
         result = Recipe.from_dict(data, source=str(path))
     return result.replace(**overrides) if overrides else result
