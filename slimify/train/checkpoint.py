@@ -8,6 +8,7 @@ anything but those plain types. RNG states are converted to such types as well.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -38,6 +39,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed mid-write
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -49,7 +52,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle refusals, truncated files, foreign formats
-        raise SlimifyError(f"{path}: not a readable slimify checkpoint: {e}") from e
+        why = "damaged, or holds objects other than tensors and plain data (never unpickled)" \
+            if isinstance(e, pickle.UnpicklingError) else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SlimifyError(f"{path}: not a readable slimify checkpoint: {why}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SlimifyError(f"{path}: not a slimify training checkpoint (expected format {FORMAT})")
     return state
