@@ -7,14 +7,20 @@ sum of single-width steps of the plain models. Writes ``## Speed`` of benchmarks
     python -m benchmarks.speed --cached-slices        # the eval-mode weight cache proposed for the core
 
 Timings are interleaved (one call of each variant per round) and ratios are ratios of medians, so
-load that drifts during a run hits every variant alike.
+load that drifts during a run hits every variant alike. On a shared machine wall time is
+dominated by other processes; ``--clock cpu`` (default) measures the process's CPU time instead,
+with OpenMP told to sleep rather than spin while waiting (``OMP_WAIT_POLICY=PASSIVE``), so
+waiting for a core is not counted as work.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
 from collections.abc import Callable
 from typing import Any
 
@@ -30,15 +36,19 @@ MODELS = ["resnet50", "torchvision:mobilenet_v2", "efficientnet_b0", "convnext_t
 TARGETS = {"slim/export": 1.10, "w1/original": 1.05, "train": 1.15}
 
 
-def interleaved(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 1) -> dict[str, float]:
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], runs: int, clock: Callable[[], float],
+                warmup: int = 1) -> dict[str, float]:
     """Median seconds of each call, timing one call of every variant per round."""
     times: dict[str, list[float]] = {k: [] for k in calls}
     for r in range(warmup + runs):
         for key, call in calls.items():
-            start = time.perf_counter()
+            start = clock()
             call()
             if r >= warmup:
-                times[key].append(time.perf_counter() - start)
+                times[key].append(clock() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -93,7 +103,8 @@ def train_calls(model: nn.Module, plains: dict[float, nn.Module], x: torch.Tenso
     return calls
 
 
-def bench_model(name: str, batches: list[int], runs: int, train_runs: int, size: int) -> tuple[list[str], str]:
+def bench_model(name: str, batches: list[int], runs: int, train_runs: int, size: int,
+                clock: Callable[[], float]) -> tuple[list[str], str]:
     torch.manual_seed(0)
     original = create(name).eval()
     model = copy.deepcopy(original)
@@ -102,7 +113,7 @@ def bench_model(name: str, batches: list[int], runs: int, train_runs: int, size:
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, size, size)
-        t = interleaved(forward_calls(original, model, plains, x), runs)
+        t = interleaved(forward_calls(original, model, plains, x), runs, clock)
         ratios = [t[f"slim {w:g}"] / t[f"export {w:g}"] for w in plains]
         cells = " | ".join(f"{t[f'slim {w:g}'] * 1e3:.1f} / {t[f'export {w:g}'] * 1e3:.1f} = **{r:.2f}**"
                            for w, r in zip(plains, ratios))
@@ -113,7 +124,7 @@ def bench_model(name: str, batches: list[int], runs: int, train_runs: int, size:
     for net in plains.values():
         net.train()
     x = torch.randn(batches[0], 3, size, size)
-    t = interleaved(train_calls(model, plains, x), train_runs)
+    t = interleaved(train_calls(model, plains, x), train_runs, clock)
     total = sum(t[f"step {w:g}"] for w in plains)
     train_row = (f"| {name} | {batches[0]} | {t['all-switch step'] * 1e3:.0f} | {total * 1e3:.0f} | "
                  f"**{t['all-switch step'] / total:.2f}** |")
@@ -156,20 +167,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--cached-slices", action="store_true", help="measure with the proposed eval weight cache")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: process CPU time (robust on a shared machine); wall: elapsed time")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.cached_slices:
         cache_slices()
-    results = [bench_model(name, args.batches, args.runs, args.train_runs, args.size) for name in args.models]
+    results = [bench_model(name, args.batches, args.runs, args.train_runs, args.size, CLOCKS[args.clock])
+               for name in args.models]
     if args.no_write:
         return
     command = "python -m benchmarks.speed" + (" --cached-slices" if args.cached_slices else "") + \
-        f" --runs {args.runs} --train-runs {args.train_runs}"
+        f" --runs {args.runs} --train-runs {args.train_runs} --clock {args.clock}"
     body = "\n".join([
         f"Command: `{command}`  ",
         f"Machine: {machine()}; input {args.size}×{args.size}, switches (0.25, 0.5, 0.75, 1.0), divisor 8, "
-        f"random weights, inference_mode; medians of {args.runs} interleaved rounds (training: {args.train_runs}).",
+        f"random weights, inference_mode; medians of {args.runs} interleaved rounds (training: {args.train_runs}) "
+        f"of {'process CPU time (OMP_WAIT_POLICY=' + os.environ['OMP_WAIT_POLICY'] + ')' if args.clock == 'cpu' else 'wall time'}; "
+        f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
         "Forward: slimmable model ms / exported plain model ms = **ratio** per switch (target ≤ 1.10); "
         "`w1/orig`: slimmable at width 1.0 / the original model (target ≤ 1.05).",
