@@ -12,12 +12,12 @@ from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.data import digits, image_folder, model_transform
 from slimify.train.evaluate import EvalResult, SwitchMetrics, evaluate
 from slimify.train.loop import TrainResult, finetune
-from slimify.train.models import DigitsNet, build_model
+from slimify.train.models import DigitsNet
 from slimify.train.recipe import Recipe, load_recipe, recipe_names
 
 __all__ = [
     "finetune", "calibrate_bn", "evaluate",
     "TrainResult", "EvalResult", "SwitchMetrics", "Recipe", "load_recipe", "recipe_names",
-    "digits", "image_folder", "model_transform", "DigitsNet", "build_model",
+    "digits", "image_folder", "model_transform", "DigitsNet",
     "save_checkpoint", "load_checkpoint",
 ]

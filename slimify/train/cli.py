@@ -35,23 +35,25 @@ def model_options(f: F) -> F:
     f = click.option("--switches", callback=parse_widths, help="Widths to convert to  [default: 0.25,0.5,0.75,1.0]")(f)
     f = click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
                      help="Plain pretrained weights (.safetensors / .pt / .pth) for a model name.")(f)
+    f = click.option("--reorder", type=click.Choice(["l1", "l2", "bn"]),
+                     help="With --checkpoint: put each group's most important channels first before converting.")(f)
     f = click.option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")(f)
     return click.argument("model")(f)
 
 
 def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-          num_classes: int | None) -> tuple[Any, dict[str, Any]]:
+          num_classes: int | None, reorder: str | None) -> tuple[Any, dict[str, Any]]:
     from slimify.train.resolve import count_classes, load_slimmable
 
     classes = num_classes or count_classes(data)
     return load_slimmable(model, checkpoint, switches, divisor, classes,
-                          input_size=(3, 32, 32) if data == "digits" else None)
+                          input_size=(3, 32, 32) if data == "digits" else None, reorder=reorder)
 
 
 @click.command("finetune", epilog="""\b
 Examples:
   slimify finetune torchvision:resnet18 --data digits --recipe demo -o runs/rn18
-  slimify finetune resnet50 --checkpoint rn50.pth --data ~/imagenet --recipe retrofit
+  slimify finetune resnet50 --checkpoint rn50.pth --reorder l1 --data ~/imagenet --recipe retrofit
   torchrun --nproc_per_node 4 -m slimify.train finetune rn50.slim --data ~/imagenet --resume""")
 @model_options
 @click.option("--data", required=True, help="'digits' or an ImageFolder directory (or one with train/ and val/).")
@@ -68,7 +70,7 @@ Examples:
 def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool,
                      epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
                      progress: bool | None, checkpoint: str | None, switches: tuple[float, ...] | None,
-                     divisor: int, num_classes: int | None, device: str | None) -> None:
+                     divisor: int, num_classes: int | None, device: str | None, reorder: str | None) -> None:
     """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
     from slimify.train.distributed import dist_info, init_from_env
@@ -80,7 +82,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
                  if v is not None}
     r = load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
     init_from_env()
-    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes)
+    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
     train = resolve_data(data, net, train=True)
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
     val = resolve_data(val_data or data, net, train=False, split="val") if has_val else None
@@ -103,13 +105,13 @@ Example:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
 def calibrate_command(model: str, data: str, batches: int, batch_size: int, output: str, checkpoint: str | None,
                       switches: tuple[float, ...] | None, divisor: int, num_classes: int | None,
-                      device: str | None) -> None:
+                      device: str | None, reorder: str | None) -> None:
     """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it."""
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
     from slimify.train.resolve import resolve_data, save_model
 
-    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes)
+    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
     net.to(resolve_device(device))
     calibrate_bn(net, resolve_data(data, net, train=True), batches=batches, batch_size=batch_size)
     click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output)}")
@@ -127,13 +129,13 @@ Examples:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
 def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_size: int, markdown: bool,
                  json_path: str | None, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-                 num_classes: int | None, device: str | None) -> None:
+                 num_classes: int | None, device: str | None, reorder: str | None) -> None:
     """Top-1 / top-5 / loss of every switch of MODEL on DATA."""
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
     from slimify.train.resolve import resolve_data
 
-    net, _ = _load(model, data, checkpoint, switches, divisor, num_classes)
+    net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
     dev = resolve_device(device)
     result = evaluate(net.to(dev), resolve_data(data, net, train=False), widths=widths, batch_size=batch_size,
                       device=dev)
@@ -166,5 +168,5 @@ def demo_command(out: str, epochs: int, pretrain_epochs: int, switches: tuple[fl
     result = run_demo(out, epochs=epochs, pretrain_epochs=pretrain_epochs, seed=seed, switches=switches,
                       progress=progress, echo=click.echo)
     click.echo(result.table())
-    click.echo(f"outputs in {result.out_dir}/ (run/checkpoint.pt, run/log.jsonl, results.json); "
+    click.echo(f"outputs in {result.out_dir}/ (run/checkpoint.pt, run/log.jsonl, results.json, digitsnet.slim); "
                f"{sum(result.seconds.values()):.0f} s")

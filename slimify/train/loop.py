@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import random
 import warnings
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import slimify
 from slimify.errors import SlimifyError
+from slimify.models import check_state_dict
 from slimify.train.calibrate import calibrate_bn
 from slimify.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slimify.train.common import at_width, model_widths, resolve_device
@@ -102,6 +104,9 @@ class Trainer:
             if teacher is None and r.narrow_loss == "distill":
                 teacher = logits.detach()
             losses[w] = loss.detach()
+        values = torch.stack(list(losses.values()))  # one device sync per step, not one per switch
+        if not bool(torch.isfinite(values).all()):  # stop before a NaN/inf reaches the weights
+            self._diverged(dict(zip(losses, values.tolist())))
         self.scaler.unscale_(self.optimizer)
         if r.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
@@ -109,8 +114,17 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        values = torch.stack(list(losses.values())).tolist()  # one device sync per step, not one per switch
-        return dict(zip(losses, values))
+        return dict(zip(losses, values.tolist()))
+
+    def _diverged(self, losses: dict[float, float]) -> None:
+        """Stop the run: a switch's loss is NaN or infinite; the weights were not updated with it."""
+        w, value = next((w, v) for w, v in losses.items() if not math.isfinite(v))
+        ckpt = self.ckpt_dir / CHECKPOINT_NAME if self.ckpt_dir is not None else None
+        kept = f"the last good checkpoint is {ckpt}" if ckpt is not None and ckpt.is_file() else "no checkpoint kept"
+        self.log.write("diverged", step=self.step + 1, epoch=self.epoch, width=w, loss=str(value))
+        raise SlimifyError(f"loss is {value} at width {w:g} in step {self.step + 1} (epoch {self.epoch + 1}): "
+                           f"stopped before updating the weights; {kept}. Lower the learning rate, set "
+                           "grad_clip or check the data")
 
     def _epoch_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(self.data, DataLoader):  # the caller's loader: order is the caller's business
@@ -158,6 +172,11 @@ class Trainer:
     def save(self) -> Path | None:
         """Checkpoint (main process only); every process waits until it is on disk."""
         path = None
+        bad = next((n for n, t in self.model.state_dict().items() if t.is_floating_point() and
+                    not bool(torch.isfinite(t).all())), None)
+        if bad is not None:  # never replace the last good checkpoint with a diverged one
+            raise SlimifyError(f"after step {self.step}, {bad} is not finite (training diverged): not checkpointed, "
+                               "the last good checkpoint is kept. Lower the learning rate or set grad_clip")
         if self.ckpt_dir is not None:
             path = save_checkpoint(self.ckpt_dir / CHECKPOINT_NAME, self.state_dict())
             self.log.write("checkpoint", step=self.step, epoch=self.epoch, path=str(path))
@@ -166,6 +185,12 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "batch", "rng", "data")
+                   if k not in state]
+        if missing:
+            raise SlimifyError(f"cannot resume from {path}: it is not a training-run checkpoint (no {missing[0]!r})")
+        check_state_dict(self.model.state_dict(), state["model"], f"checkpoint {path} (resume needs the same "
+                         "model and switches)")
         if state["data"]["world"] != self.info.world:
             warnings.warn(f"{path} was written by {state['data']['world']} processes, resuming with "
                           f"{self.info.world}: data order will differ from the original run", stacklevel=3)
@@ -225,8 +250,8 @@ def finetune(
     """
     r = load_recipe(recipe, **overrides)
     out = Path(out_dir) if out_dir is not None else None
-    trainer = Trainer(model, train_data, r, resolve_device(device), out, show_progress(progress), model_spec)
     ckpt = _resume_path(resume, out)
+    trainer = Trainer(model, train_data, r, resolve_device(device), out, show_progress(progress), model_spec)
     if ckpt is not None:
         trainer.load(ckpt)
     else:

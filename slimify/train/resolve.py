@@ -14,7 +14,6 @@ import slimify
 from slimify.errors import SlimifyError
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.data import digits, image_folder
-from slimify.train.models import build_model, load_weights
 
 __all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model",
            "has_module", "DIGITS"]
@@ -30,35 +29,44 @@ def has_module(name: str) -> bool:
         return False
 
 
-def convert_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
-    """``slimify.convert`` with the switches, divisor and input size a spec records."""
+def convert_spec(model: nn.Module, spec: dict[str, Any], reorder: str | None = None) -> nn.Module:
+    """``slimify.convert`` with the switches, divisor and input size a spec records; ``reorder``
+    (for trained weights: "l1", "l2", "bn") puts each group's most important channels first."""
     if not has_module("slimify.convert"):
         raise SlimifyError("slimify.convert is not available in this installation")
     size = spec.get("input_size")
     example = torch.randn(1, *size) if size else None
-    return slimify.convert(model, switches=tuple(spec["switches"]), divisor=spec["divisor"], example_input=example)
+    extra = {"reorder": reorder} if reorder else {}
+    model = slimify.convert(model, switches=tuple(spec["switches"]), divisor=spec["divisor"], example_input=example,
+                            **extra)
+    if size:
+        slimify.state.get_state(model).info["example_shape"] = [1, *size]  # what slimify.save records
+    return model
 
 
 def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = None) -> nn.Module:
-    """Rebuild a slimmable model from the spec a checkpoint stores (no code is read from files)."""
+    """Build a slimmable model from a spec (no code is read from files); with ``plain_weights``
+    the spec's ``reorder`` method runs before converting (a checkpoint's weights, loaded after
+    rebuilding, are already in that order)."""
     if "slim" in spec:
         if not has_module("slimify.io"):
             raise SlimifyError(".slim files need slimify.io, which this installation lacks")
         return slimify.load(spec["slim"])
-    model = build_model(spec["name"], num_classes=spec.get("num_classes"))
-    if plain_weights is not None:
-        load_weights(model, plain_weights)
+    from slimify.models import create
+
+    classes = spec.get("num_classes")
+    model = create(spec["name"], checkpoint=plain_weights, **({"num_classes": classes} if classes else {}))
     if spec.get("switches"):
-        model = convert_spec(model, spec)
+        model = convert_spec(model, spec, spec.get("reorder") if plain_weights is not None else None)
     return model
 
 
 def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[float, ...] | None = None,
-                   divisor: int = 8, num_classes: int | None = None,
-                   input_size: tuple[int, int, int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                   divisor: int = 8, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
+                   reorder: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A slimmable model and its spec from ``source``: a ``.slim`` file, a slimify training
     checkpoint (``.pt``), or a model name converted with ``switches`` (``checkpoint`` = plain
-    pretrained weights to load before converting)."""
+    pretrained weights to load, and channels to ``reorder``, before converting)."""
     path = Path(source)
     if path.suffix == ".slim":
         if not path.is_file():
@@ -74,7 +82,7 @@ def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[f
         model.load_state_dict(state["model"])
         return model, spec
     spec = {"name": source, "num_classes": num_classes, "switches": list(switches or (0.25, 0.5, 0.75, 1.0)),
-            "divisor": divisor, "input_size": list(input_size) if input_size else None}
+            "divisor": divisor, "input_size": list(input_size) if input_size else None, "reorder": reorder}
     return model_from_spec(spec, plain_weights=checkpoint), spec
 
 
@@ -108,7 +116,6 @@ def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path) -> Path
     if path.suffix == ".slim":
         if not has_module("slimify.io"):
             raise SlimifyError(".slim output needs slimify.io, which this installation lacks; use a .pt path")
-        slimify.save(model, path)
-        return path
+        return slimify.save(model, path, overwrite=True)
     save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec})
     return path
