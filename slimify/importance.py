@@ -10,11 +10,10 @@ model's tensors; none changes the model.
 - ``bn``: BatchNorm scale magnitude ``|gamma|`` (network slimming, Liu et al. 2017); a group
   that has no BatchNorm falls back to ``l1``.
 - ``taylor``: first-order Taylor estimate of the loss change when a channel is removed
-  (Molchanov et al. 2017/2019), ``|sum(activation * gradient)|`` per channel and batch, summed
-  over batches. It is computed from parameter gradients: for a module whose output is linear in
-  its parameters (conv, linear, affine norm, layer scale), ``sum_c(out * dL/dout) =
-  sum_c(w * dL/dw) + b * dL/db`` over the parameters of channel ``c``, so no activation hooks
-  are needed.
+  (Molchanov et al. 2017), ``|sum over positions of activation * gradient|`` per sample and
+  channel, summed over samples and batches, at the output of every module that produces or
+  normalises the channels (conv, linear, norms). Per sample, not per batch: on a trained network
+  the batch-mean gradient nearly vanishes and its sign cancels across samples.
 """
 from __future__ import annotations
 
@@ -115,59 +114,76 @@ def _loss(logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         return logits.float().pow(2).mean()
     if target is None or target.dtype not in (torch.int64, torch.int32) or target.shape[0] != logits.shape[0]:
         target = logits.detach().argmax(1)
-    return F.cross_entropy(logits.float(), target.long().to(logits.device))
+    return F.cross_entropy(logits.float(), target.long().to(logits.device), reduction="sum")
 
 
-def _taylor_terms(model: nn.Module, space: ChannelSpace) -> dict[tuple[str, bytes], list[torch.Tensor]]:
-    """Trainable tensors whose dim 0 carries channels, grouped by (module, ids): one module output each."""
-    terms: dict[tuple[str, bytes], list[torch.Tensor]] = {}
-    seen: set[int] = set()
-    named = [(path, name, spec.dims[0]) for (path, name), spec in space.params.items() if 0 in spec.dims]
-    named += [(bn.module, name, bn.ids) for bn in space.batchnorms for name in ("weight", "bias")]
-    for path, name, ids in named:
-        t = tensor_of(model, path, name)
-        if isinstance(t, nn.Parameter) and t.is_floating_point() and id(t) not in seen:
-            seen.add(id(t))
-            terms.setdefault((path, np.asarray(ids, np.int64).tobytes()), []).append(t)
-    return terms
+def _channel_owners(space: ChannelSpace) -> dict[str, np.ndarray]:
+    """Module path → ids of its output channels: modules owning a dim-0 parameter, and BatchNorms."""
+    owners: dict[str, np.ndarray] = {}
+    for (path, _), spec in space.params.items():
+        if 0 in spec.dims and path:
+            owners.setdefault(path, np.asarray(spec.dims[0], np.int64))
+    for bn in space.batchnorms:
+        owners.setdefault(bn.module, np.asarray(bn.ids, np.int64))
+    return owners
+
+
+def _capture(model: nn.Module, owners: dict[str, np.ndarray], captured: list) -> list[Any]:
+    """Forward hooks that keep each owner's output (and hand a copy on, so later in-place ops
+    such as ``relu_`` or ``out += identity`` cannot change the kept activation)."""
+
+    def hook_for(path: str, n: int) -> Any:
+        def hook(module: nn.Module, args: Any, out: Any) -> Any:
+            if not isinstance(out, torch.Tensor) or out.dim() < 2 or not out.requires_grad:
+                return None
+            dim = out.dim() - 1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+            if out.shape[dim] != n:
+                return None
+            captured.append((path, dim, out))
+            return out.clone()
+        return hook
+
+    return [model.get_submodule(path).register_forward_hook(hook_for(path, len(ids))) for path, ids in owners.items()]
+
+
+def _per_sample(out: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor:
+    """|sum over positions of activation * gradient| per sample and channel, summed over samples."""
+    prod = (out.detach() * grad).movedim(dim, 1)
+    prod = prod.flatten(2).sum(2) if prod.dim() > 2 else prod
+    return prod.abs().sum(0)
 
 
 def _taylor_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, data: Any, batches: int) -> np.ndarray:
     if data is None:
         raise SlimifyError("taylor scores need data: pass a few batches (reorder_data=/data=, or --data)")
-    terms = _taylor_terms(model, space)
-    keys = list(terms)
-    flat = [t for k in keys for t in terms[k]]
+    owners = _channel_owners(space)
     scores = np.zeros(len(table.class_of), np.float64)
-    device = flat[0].device if flat else torch.device("cpu")
-    flags = [t.requires_grad for t in flat]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    captured: list[tuple[str, int, torch.Tensor]] = []
+    handles = _capture(model, owners, captured)
     was_training, used = model.training, 0
     model.eval()  # running statistics must not change, and dropout stays off
     try:
-        for t in flat:
-            t.requires_grad_(True)
         for batch in as_batches(data):
             if used >= batches:
                 break
             x, y = _split_batch(batch)
-            loss = _loss(_logits(model(x.to(device))), y)
-            grads = torch.autograd.grad(loss, flat, allow_unused=True)
-            i = 0
-            for key in keys:
-                total = None
-                for t in terms[key]:
-                    g = grads[i]
-                    i += 1
-                    if g is not None:
-                        term = (t.detach() * g).flatten(1).sum(1) if t.dim() > 1 else t.detach() * g
-                        total = term if total is None else total + term
-                if total is not None:
-                    ids = np.frombuffer(key[1], np.int64)
-                    np.add.at(scores, table.class_of[ids], total.abs().double().cpu().numpy())
+            x = x.to(device)
+            if x.is_floating_point():
+                x = x.detach().requires_grad_(True)  # activations need a graph even for frozen weights
+            captured.clear()
+            loss = _loss(_logits(model(x)), y)
+            grads = torch.autograd.grad(loss, [o for _, _, o in captured], allow_unused=True)
+            for (path, dim, out), grad in zip(captured, grads):
+                if grad is not None:
+                    values = _per_sample(out, grad, dim).double().cpu().numpy()
+                    np.add.at(scores, table.class_of[owners[path]], values)
             used += 1
     finally:
-        for t, flag in zip(flat, flags):
-            t.requires_grad_(flag)
+        for h in handles:
+            h.remove()
+        captured.clear()
         model.train(was_training)
     if used == 0:
         raise SlimifyError("taylor data yielded no batches: pass at least one batch")
