@@ -187,6 +187,8 @@ def main() -> None:
         f"of {'process CPU time (OMP_WAIT_POLICY=' + os.environ['OMP_WAIT_POLICY'] + ')' if args.clock == 'cpu' else 'wall time'}; "
         f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
+        f"Times are {'CPU ms of the process (both threads summed), not wall time' if args.clock == 'cpu' else 'wall ms'}.",
+        "",
         "Forward: slimmable model ms / exported plain model ms = **ratio** per switch (target ≤ 1.10); "
         "`w1/orig`: slimmable at width 1.0 / the original model (target ≤ 1.05).",
         "",

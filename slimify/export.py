@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from slimify.errors import SlimifyError
 from slimify.io import atomic_path, example_input
-from slimify.nn.batchnorm import BN_TENSORS
+from slimify.models import SOURCE_ATTR
+from slimify.nn.batchnorm import BN_TENSORS, SwitchBatchNorm
 from slimify.nn.serve import SLIM_KEY, SlimData, restore_class, slim_data
 from slimify.state import STATE_ATTR, get_state, width as at_width
 
@@ -88,11 +89,12 @@ def export(model: nn.Module, width: float) -> nn.Module:
                     memo[id(full)] = torch.empty(0)
             if "slim_bn" in m._modules:
                 memo[id(m._modules["slim_bn"])] = nn.ModuleList()
+            memo[id(d)] = None  # the plan data is dropped too
         plain = copy.deepcopy(model, memo)
         for path, _, d in modules:
             _strip(plain.get_submodule(path), d, narrow[path])
     plain.__dict__.pop(STATE_ATTR, None)
-    plain.__dict__.pop("_slimify_source", None)
+    plain.__dict__.pop(SOURCE_ATTR, None)
     leftover = [f"{p or '<root>'}: {type(m).__module__}.{type(m).__name__}" for p, m in plain.named_modules()
                 if type(m).__module__.startswith("slimify.nn") or SLIM_KEY in m.__dict__]
     if leftover:
@@ -108,7 +110,7 @@ def active_params(model: nn.Module, width: float | None = None) -> int:
         seen: set[int] = set()
         total = 0
         for module in model.modules():
-            if module.__class__.__name__ == "SwitchBatchNorm":
+            if isinstance(module, SwitchBatchNorm):  # storage, counted through the BN it serves
                 continue
             data = slim_data(module)
             served = set(_served_names(module, data)) if data is not None else set()
