@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> None:
     # 2. slimmable, in place; the widest switch still computes the checkpoint's features
     switches = tuple(float(s) for s in args.switches.split(","))
     slimify.convert(model.eval(), switches=switches, example_input=torch.randn(1, 3, args.input_size, args.input_size))
-    slimify.state.get_state(model).info["example_shape"] = [1, 3, args.input_size, args.input_size]
 
     # 3. all switches in every step (narrow ones distil from the widest), then BN re-calibration
     steps = max(1, len(train) // args.batch_size)
