@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 import slimify
 from slimify.errors import SlimifyError
+from slimify.models import check_state_dict
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.data import digits, image_folder
 
@@ -79,6 +80,7 @@ def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[f
         if not spec:
             raise SlimifyError(f"{path} does not say how to rebuild its model (no model_spec)")
         model = model_from_spec(spec)
+        check_state_dict(model.state_dict(), state.get("model") or {}, f"{path.name}'s weights")
         model.load_state_dict(state["model"])
         return model, spec
     spec = {"name": source, "num_classes": num_classes, "switches": list(switches or (0.25, 0.5, 0.75, 1.0)),
@@ -109,13 +111,15 @@ def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = N
     return image_folder(root, model, train=train)
 
 
-def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path) -> Path:
+def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path, overwrite: bool = True) -> Path:
     """Save a model for ``slimify eval``/``calibrate``: ``.slim`` through slimify.io when the
     path asks for it, else a model-only training-format checkpoint."""
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise SlimifyError(f"{path} already exists: pass --force to replace it")
     if path.suffix == ".slim":
         if not has_module("slimify.io"):
             raise SlimifyError(".slim output needs slimify.io, which this installation lacks; use a .pt path")
-        return slimify.save(model, path, overwrite=True)
+        return slimify.save(model, path, overwrite=overwrite)
     save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec})
     return path
