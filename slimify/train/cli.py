@@ -41,6 +41,12 @@ def model_options(f: F) -> F:
     return click.argument("model")(f)
 
 
+def _fresh_output(path: str, force: bool) -> None:
+    """Fail before any work if ``path`` exists and ``--force`` was not given."""
+    if Path(path).exists() and not force:
+        raise click.UsageError(f"{path} already exists: pass --force to replace it")
+
+
 def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
           num_classes: int | None, reorder: str | None) -> tuple[Any, dict[str, Any]]:
     from slimify.train.resolve import count_classes, load_slimmable
@@ -62,12 +68,13 @@ Examples:
 @click.option("-o", "--out", default="runs/finetune", show_default=True, type=click.Path(file_okay=False),
               help="Run directory: checkpoint.pt, log.jsonl, final model.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt if it exists.")
+@click.option("--force", is_flag=True, help="Start over in OUT even if it holds a run (replacing its files).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size (per process).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
 @click.option("--workers", type=click.IntRange(min=0), help="Override the recipe's DataLoader workers.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
-def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool,
+def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool, force: bool,
                      epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
                      progress: bool | None, checkpoint: str | None, switches: tuple[float, ...] | None,
                      divisor: int, num_classes: int | None, device: str | None, reorder: str | None) -> None:
@@ -81,7 +88,12 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers).items()
                  if v is not None}
     r = load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
+    if not (resume or force) and any((Path(out) / n).exists() for n in ("checkpoint.pt", "model.slim", "model.pt")):
+        raise click.UsageError(f"{out} already holds a run: pass --resume to continue it or --force to start over")
     init_from_env()
+    import torch
+
+    torch.manual_seed(r.seed)  # the same seed builds the same initial weights
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
     train = resolve_data(data, net, train=True)
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
@@ -103,18 +115,20 @@ Example:
 @click.option("--batches", type=click.IntRange(min=1), default=100, show_default=True, help="Batches per switch.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
-def calibrate_command(model: str, data: str, batches: int, batch_size: int, output: str, checkpoint: str | None,
-                      switches: tuple[float, ...] | None, divisor: int, num_classes: int | None,
-                      device: str | None, reorder: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def calibrate_command(model: str, data: str, batches: int, batch_size: int, output: str, force: bool,
+                      checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
+                      num_classes: int | None, device: str | None, reorder: str | None) -> None:
     """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it."""
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
     from slimify.train.resolve import resolve_data, save_model
 
+    _fresh_output(output, force)
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
     net.to(resolve_device(device))
     calibrate_bn(net, resolve_data(data, net, train=True), batches=batches, batch_size=batch_size)
-    click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output)}")
+    click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output, overwrite=force)}")
 
 
 @click.command("eval", epilog="""\b
@@ -127,21 +141,27 @@ Examples:
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
+@click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
 def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_size: int, markdown: bool,
-                 json_path: str | None, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-                 num_classes: int | None, device: str | None, reorder: str | None) -> None:
+                 json_path: str | None, force: bool, checkpoint: str | None, switches: tuple[float, ...] | None,
+                 divisor: int, num_classes: int | None, device: str | None, reorder: str | None) -> None:
     """Top-1 / top-5 / loss of every switch of MODEL on DATA."""
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
     from slimify.train.resolve import resolve_data
 
+    if json_path:
+        _fresh_output(json_path, force)
     net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
     dev = resolve_device(device)
     result = evaluate(net.to(dev), resolve_data(data, net, train=False), widths=widths, batch_size=batch_size,
                       device=dev)
     click.echo(result.table(markdown=markdown))
     if json_path:
-        Path(json_path).write_text(json.dumps(result.to_dict(), indent=2))
+        from slimify.io import atomic_path
+
+        with atomic_path(json_path, overwrite=force) as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=2))
 
 
 @click.command("demo", epilog="""\b
