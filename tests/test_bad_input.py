@@ -16,18 +16,22 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import Subset
 
 import slimify
 from slimify.cli import main
 from slimify.errors import SlimifyError
 from slimify.io import META_KEY, read_config, tensors_digest
 from slimify.models import TinyNet, create, read_state_dict
+from slimify.pick import parse_amount
+from slimify.train import digits, evaluate, finetune, load_recipe
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.models import DigitsNet
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ("--input-size", "32")  # convert the 21 k-parameter TinyNet at 32 px: well under a second
 DIGITS = ("slimify:digitsnet", "--data", "digits")
+STARTED = ("run", "run/log.jsonl")  # a run that failed on its first batch leaves its log, nothing else
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,12 @@ def _c(id: str, *args: str, message: str, **kw: Any) -> CliCase:
     return CliCase(id, args, message, **kw)
 
 
+def _ft(id: str, *args: str, message: str, data: str = "digits", **kw: Any) -> CliCase:
+    """A ``finetune`` of the digits CNN whose run directory is ``{out}``."""
+    return CliCase(id, ("finetune", "slimify:digitsnet", "--data", data, *args, "-o", "{out}"), message, out="run",
+                   **kw)
+
+
 CLI_CASES: list[CliCase] = [
     # switches and widths
     _c("switches-zero", "convert", "slimify:tinynet", "--switches", "0,1", "-o", "{out}", message="(0, 1]"),
@@ -56,7 +66,7 @@ CLI_CASES: list[CliCase] = [
     _c("switches-empty", "convert", "slimify:tinynet", "--switches", "", "-o", "{out}", message="(0, 1]"),
     _c("switches-unparsable", "convert", "slimify:tinynet", "--switches", "a,b", "-o", "{out}", message="0.25,0.5"),
     _c("switches-nan", "convert", "slimify:tinynet", "--switches", "nan,1", "-o", "{out}", message="(0, 1]"),
-    _c("switches-finetune", "finetune", *DIGITS, "--switches", "2", "-o", "{out}", out="run", message="(0, 1]"),
+    _ft("switches-finetune", "--switches", "2", message="(0, 1]"),
     _c("switches-demo-no-1", "demo", "--switches", "0.5", "-o", "{out}", out="demo", message="must include 1.0"),
     _c("divisor-zero", "convert", "slimify:tinynet", "--divisor", "0", "-o", "{out}", message="--divisor"),
     _c("width-not-switch-export", "export", "{ok.slim}", "--width", "0.3", "-o", "{out}", out="o.onnx",
@@ -95,8 +105,7 @@ CLI_CASES: list[CliCase] = [
        message="does not hold a state dict"),
     _c("ckpt-missing", "convert", "slimify:tinynet", "--checkpoint", "{missing.pt}", "-o", "{out}",
        message="does not exist"),
-    _c("ckpt-finetune-shape", "finetune", *DIGITS, "--checkpoint", "{shape.pt}", "-o", "{out}", out="run",
-       message="does not match the model"),
+    _ft("ckpt-finetune-shape", "--checkpoint", "{shape.pt}", message="does not match the model"),
     _c("train-ckpt-wrong-model", "eval", "{train_wrong.pt}", "--data", "digits", message="does not match the model"),
     _c("train-ckpt-garbage", "eval", "{garbage.pt}", "--data", "digits", message="not a readable slimify checkpoint"),
     _c("train-ckpt-no-spec", "eval", "{train_nospec.pt}", "--data", "digits", message="no model_spec"),
@@ -124,37 +133,25 @@ CLI_CASES: list[CliCase] = [
     _c("slim-source-os-eval", "eval", "{os.slim}", "--data", "digits", message="not allowed"),
     _c("slim-truncated-profile", "profile", "{cut.slim}", "--runs", "1", message="truncated"),
     # recipes
-    _c("recipe-unknown-key", "finetune", *DIGITS, "--recipe", "{unknown.yaml}", "-o", "{out}", out="run",
-       message="unknown key 'learning_rate'"),
-    _c("recipe-typo", "finetune", *DIGITS, "--recipe", "{typo.yaml}", "-o", "{out}", out="run",
-       message="did you mean 'epochs'"),
-    _c("recipe-type-str", "finetune", *DIGITS, "--recipe", "{lr_str.yaml}", "-o", "{out}", out="run",
-       message="'lr' must be float"),
-    _c("recipe-type-float-int", "finetune", *DIGITS, "--recipe", "{epochs_float.yaml}", "-o", "{out}", out="run",
-       message="'epochs' must be int"),
-    _c("recipe-negative-lr", "finetune", *DIGITS, "--recipe", "{lr_neg.yaml}", "-o", "{out}", out="run",
-       message="'lr' must be > 0"),
-    _c("recipe-bad-choice", "finetune", *DIGITS, "--recipe", "{adam.yaml}", "-o", "{out}", out="run",
-       message="one of sgd, adamw"),
-    _c("recipe-list", "finetune", *DIGITS, "--recipe", "{list.yaml}", "-o", "{out}", out="run", message="mapping"),
-    _c("recipe-bad-yaml", "finetune", *DIGITS, "--recipe", "{broken.yaml}", "-o", "{out}", out="run",
-       message="not valid YAML"),
-    _c("recipe-missing", "finetune", *DIGITS, "--recipe", "no_such_recipe", "-o", "{out}", out="run",
-       message="shipped recipe"),
-    _c("override-epochs-zero", "finetune", *DIGITS, "--epochs", "0", "-o", "{out}", out="run", message="--epochs"),
+    _ft("recipe-unknown-key", "--recipe", "{unknown.yaml}", message="unknown key 'learning_rate'"),
+    _ft("recipe-typo", "--recipe", "{typo.yaml}", message="did you mean 'epochs'"),
+    _ft("recipe-type-str", "--recipe", "{lr_str.yaml}", message="'lr' must be float"),
+    _ft("recipe-type-float-int", "--recipe", "{epochs_float.yaml}", message="'epochs' must be int"),
+    _ft("recipe-negative-lr", "--recipe", "{lr_neg.yaml}", message="'lr' must be > 0"),
+    _ft("recipe-bad-choice", "--recipe", "{adam.yaml}", message="one of sgd, adamw"),
+    _ft("recipe-list", "--recipe", "{list.yaml}", message="mapping"),
+    _ft("recipe-bad-yaml", "--recipe", "{broken.yaml}", message="not valid YAML"),
+    _ft("recipe-missing", "--recipe", "no_such_recipe", message="shipped recipe"),
+    _ft("override-epochs-zero", "--epochs", "0", message="--epochs"),
     # data
-    _c("data-missing", "finetune", "slimify:digitsnet", "--data", "{missing_dir}", "-o", "{out}", out="run",
-       message="does not exist"),
-    _c("data-empty-dir", "finetune", "slimify:digitsnet", "--data", "{empty_dir}", "-o", "{out}", out="run",
-       message="not an image folder"),
-    _c("data-no-images", "finetune", "slimify:digitsnet", "--data", "{text_dir}", "-o", "{out}", out="run",
-       message="not an image folder"),
-    _c("data-fake-png", "finetune", "slimify:digitsnet", "--data", "{fake_png}", "--recipe", "{tiny.yaml}",
-       "-o", "{out}", out="run", message="not a readable image", leaves=("run", "run/log.jsonl")),
-    _c("data-fake-png-worker", "finetune", "slimify:digitsnet", "--data", "{fake_png}", "--recipe", "{tiny.yaml}",
-       "--workers", "1", "-o", "{out}", out="run", message="not a readable image", leaves=("run", "run/log.jsonl")),
-    _c("data-too-small", "finetune", *DIGITS, "--batch-size", "100000", "--workers", "0", "-o", "{out}", out="run",
-       message="fewer than one batch"),
+    _ft("data-missing", data="{missing_dir}", message="does not exist"),
+    _ft("data-empty-dir", data="{empty_dir}", message="not an image folder"),
+    _ft("data-no-images", data="{text_dir}", message="not an image folder"),
+    _ft("data-fake-png", "--recipe", "{tiny.yaml}", data="{fake_png}", message="not a readable image",
+        leaves=STARTED),
+    _ft("data-fake-png-worker", "--recipe", "{tiny.yaml}", "--workers", "1", data="{fake_png}",
+        message="not a readable image", leaves=STARTED),
+    _ft("data-too-small", "--batch-size", "100000", "--workers", "0", message="fewer than one batch"),
     _c("data-missing-eval", "eval", "slimify:digitsnet", "--data", "{missing_dir}", message="does not exist"),
     # outputs: existing (no --force), wrong kind, not writable
     _c("out-exists-convert", "convert", "slimify:tinynet", "-o", "{out}", existing=True, message="--force"),
@@ -173,8 +170,8 @@ CLI_CASES: list[CliCase] = [
     _c("out-not-writable-export", "export", "{ok.slim}", "--width", "0.5", "-o", "{ro}/o.onnx",
        message="cannot write"),
     # devices, budgets, commands
-    _c("device-cuda-finetune", "finetune", *DIGITS, "--recipe", "{tiny.yaml}", "--device", "cuda", "-o", "{out}",
-       out="run", message="CUDA is not available", no_cuda=True),
+    _ft("device-cuda-finetune", "--recipe", "{tiny.yaml}", "--device", "cuda", message="CUDA is not available",
+        no_cuda=True),
     _c("device-cuda-profile", "profile", "{ok.slim}", "--device", "cuda", "--runs", "1",
        message="CUDA is not available", no_cuda=True),
     _c("device-bogus-profile", "profile", "{ok.slim}", "--device", "bogus", "--runs", "1", message="unknown device"),
@@ -378,10 +375,6 @@ def _loaded(files: Path) -> torch.nn.Module:
 
 
 def _finetune(files: Path, out: Path, **kw: Any) -> Any:
-    from torch.utils.data import Subset
-
-    from slimify.train import digits, finetune
-
     model = slimify.convert(DigitsNet(), (0.5, 1.0), example_input=torch.randn(1, 3, 32, 32))
     kw = {"recipe": "demo", "batch_size": 8, "workers": 0, "calibrate_batches": 0, "progress": False, **kw}
     return finetune(model, Subset(digits("train"), range(16)), out_dir=out / "run", **kw)
@@ -422,46 +415,22 @@ API_CASES: list[ApiCase] = [
     _a("save-exists", lambda f, o: slimify.save(_loaded(f), o / "m.slim"), "overwrite=True", existing="m.slim"),
     _a("save-parent-missing", lambda f, o: slimify.save(_loaded(f), o / "no" / "m.slim"), "does not exist"),
     _a("save-plain-model", lambda f, o: slimify.save(TinyNet(), o / "m.slim"), "not a slimmable model"),
-    _a("recipe-unknown-key", lambda f, o: _recipe({"learning_rate": 0.1}), "unknown key"),
-    _a("recipe-wrong-type", lambda f, o: _recipe({"batch_size": "64"}), "must be int"),
-    _a("recipe-bool-for-int", lambda f, o: _recipe({"epochs": True}), "must be int"),
-    _a("recipe-override-bad", lambda f, o: _recipe("demo", label_smoothing=1.5), "label_smoothing"),
+    _a("recipe-unknown-key", lambda f, o: load_recipe({"learning_rate": 0.1}), "unknown key"),
+    _a("recipe-wrong-type", lambda f, o: load_recipe({"batch_size": "64"}), "must be int"),
+    _a("recipe-bool-for-int", lambda f, o: load_recipe({"epochs": True}), "must be int"),
+    _a("recipe-override-bad", lambda f, o: load_recipe("demo", label_smoothing=1.5), "label_smoothing"),
     _a("finetune-data-too-small", lambda f, o: _finetune(f, o, batch_size=64), "fewer than one batch"),
     _a("finetune-resume-missing", lambda f, o: _finetune(f, o, resume=f / "missing.pt"), "does not exist"),
     _a("finetune-bad-device", lambda f, o: _finetune(f, o, device="bogus"), "unknown device"),
-    _a("evaluate-width-not-switch", lambda f, o: _evaluate(_loaded(f), (0.3,)), "not one of"),
+    _a("evaluate-width-not-switch", lambda f, o: evaluate(_loaded(f), digits("val"), widths=(0.3,)), "not one of"),
     _a("load-checkpoint-garbage", lambda f, o: load_checkpoint(f / "garbage.pt"), "not a readable"),
     _a("load-checkpoint-foreign", lambda f, o: load_checkpoint(f / "shape.pt"), "not a slimify training checkpoint"),
-    _a("digits-bad-split", lambda f, o: _digits("test"), "split"),
+    _a("digits-bad-split", lambda f, o: digits("test"), "split"),
     _a("profile-runs-zero", lambda f, o: slimify.profile(_loaded(f), 32, runs=0), "runs"),
     _a("profile-bad-device", lambda f, o: slimify.profile(_loaded(f), 32, runs=1, device="bogus"), "unknown device"),
-    _a("pick-bad-amount", lambda f, o: _parse_amount("lots"), "such as 300k"),
+    _a("pick-bad-amount", lambda f, o: parse_amount("lots"), "such as 300k"),
     _a("reorder-unknown-method", lambda f, o: slimify.reorder(TinyNet(), "magic"), "unknown reorder method"),
 ]
-
-
-def _recipe(data: Any, **overrides: Any) -> Any:
-    from slimify.train.recipe import load_recipe
-
-    return load_recipe(data, **overrides)
-
-
-def _evaluate(model: torch.nn.Module, widths: tuple[float, ...]) -> Any:
-    from slimify.train import digits, evaluate
-
-    return evaluate(model, digits("val"), widths=widths)
-
-
-def _digits(split: str) -> Any:
-    from slimify.train import digits
-
-    return digits(split)
-
-
-def _parse_amount(text: str) -> float:
-    from slimify.pick import parse_amount
-
-    return parse_amount(text)
 
 
 @pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
