@@ -93,8 +93,6 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     if method == "taylor" and data is None:
         raise click.UsageError("--method taylor needs --data ('digits' or an image folder)")
     out = check_output(output, force, WEIGHT_SUFFIXES + (".slim",))
-    if checkpoint is None:
-        click.echo("note: no --checkpoint, reordering randomly initialised weights", err=True)
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     net = create(model, checkpoint=checkpoint, **kwargs).eval()
     example = torch.randn(1, *input_size) if input_size else default_input(net)
@@ -114,3 +112,5 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
                f"{f' ({len(result.skipped)} kept their order)' if result.skipped else ''}; "
                f"full-width outputs unchanged (max relative change {result.max_change:.1e})")
     click.echo(f"saved {out}")
+    if checkpoint is None:  # after the work: an error must stay the only line on stderr
+        click.echo("note: no --checkpoint, the reordered weights were randomly initialised", err=True)
