@@ -169,6 +169,16 @@ CLI_CASES: list[CliCase] = [
     _c("out-not-writable-convert", "convert", "slimify:tinynet", *TINY, "-o", "{ro}/o.slim", message="cannot write"),
     _c("out-not-writable-export", "export", "{ok.slim}", "--width", "0.5", "-o", "{ro}/o.onnx",
        message="cannot write"),
+    # reordering pretrained weights
+    _c("reorder-slim-input", "reorder", "{ok.slim}", "-o", "{out}", out="o.safetensors", message="already slimmable"),
+    _c("reorder-taylor-no-data", "reorder", "slimify:tinynet", "--method", "taylor", "-o", "{out}", out="o.pt",
+       message="needs --data"),
+    _c("reorder-taylor-data-missing", "reorder", "slimify:tinynet", *TINY, "--method", "taylor", "--data",
+       "{missing_dir}", "-o", "{out}", out="o.pt", message="does not exist"),
+    _c("reorder-ckpt-shape", "reorder", "slimify:tinynet", *TINY, "--checkpoint", "{shape.pt}", "-o", "{out}",
+       out="o.safetensors", message="does not match the model"),
+    _c("reorder-out-exists", "reorder", "slimify:tinynet", "-o", "{out}", out="o.pt", existing=True,
+       message="--force"),
     # devices, budgets, commands
     _ft("device-cuda-finetune", "--recipe", "{tiny.yaml}", "--device", "cuda", message="CUDA is not available",
         no_cuda=True),

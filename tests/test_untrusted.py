@@ -144,12 +144,14 @@ def test_api_refuses_and_never_runs_the_payload(reader: str, hostile: tuple[Path
 
 @pytest.mark.parametrize("args, message", [
     (["convert", "slimify:tinynet", "--checkpoint", "{root}/w.pt", "-o", "{tmp}/o.slim"], "cannot read weights safely"),
+    (["reorder", "slimify:tinynet", "--checkpoint", "{root}/legacy.pt", "-o", "{tmp}/o.pt"], "cannot read weights"),
     (["inspect", "{root}/model.slim"], "not a .slim file"),
     (["inspect", "{root}/os_system.slim"], "not allowed"),
     (["export", "{root}/subprocess.slim", "--width", "1", "-o", "{tmp}/o.pt"], "not allowed"),
     (["eval", "{root}/train.pt", "--data", "digits"], "never unpickled"),
     (["finetune", "slimify:digitsnet", "--data", "digits", "--resume", "-o", "{root}/run"], "never unpickled"),
-], ids=["convert-checkpoint", "inspect-pickle", "inspect-os", "export-subprocess", "eval-train", "finetune-resume"])
+], ids=["convert-checkpoint", "reorder-checkpoint", "inspect-pickle", "inspect-os", "export-subprocess",
+        "eval-train", "finetune-resume"])
 def test_cli_refuses_and_never_runs_the_payload(args: list[str], message: str, hostile: tuple[Path, Path],
                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root, marker = hostile
