@@ -28,7 +28,7 @@ import torch.nn as nn
 from slimify.convert import Analysis, analyze_model, default_input
 from slimify.errors import SlimifyError
 from slimify.groups import GroupTable
-from slimify.importance import METHODS, class_scores, tensor_of
+from slimify.importance import METHODS, as_batches, class_scores, tensor_of
 from slimify.space import ChannelSpace
 from slimify.state import is_slimmable
 
@@ -152,14 +152,17 @@ def _plan_moves(moves: list, table: GroupTable, in_rank: np.ndarray, source: np.
     return planned
 
 
-def _apply(planned: list) -> None:
+def _apply(planned: list, inverse: bool = False) -> None:
+    """Gather every planned tensor in place (``inverse``: undo a previous :func:`_apply`)."""
     with torch.no_grad():
         for t, per_dim, flat in planned:
             new = t.detach()
             for d, index in per_dim.items():
+                index = np.argsort(index) if inverse else index
                 new = new.index_select(d, torch.as_tensor(index, dtype=torch.long, device=t.device))
             if flat is not None:
-                new = new.reshape(-1)[torch.as_tensor(flat, dtype=torch.long, device=t.device)].reshape(t.shape)
+                index = torch.as_tensor(np.argsort(flat) if inverse else flat, dtype=torch.long, device=t.device)
+                new = new.reshape(-1)[index].reshape(t.shape)
             t.copy_(new)
 
 
@@ -185,8 +188,9 @@ def _source(table: GroupTable, result: Reordering) -> np.ndarray:
     return source
 
 
-def permute_groups(model: nn.Module, analysis: Analysis, result: Reordering) -> None:
-    """Move the channels of every group in ``result.orders`` (skipping groups it cannot follow)."""
+def permute_groups(model: nn.Module, analysis: Analysis, result: Reordering) -> list:
+    """Move the channels of every group in ``result.orders`` (skipping groups it cannot follow);
+    returns what moved, for :func:`_apply` ``(..., inverse=True)``."""
     table = analysis.table
     in_rank, _ = _in_class_rank(table.class_of)
     moves = _tensor_moves(model, analysis.space)
@@ -202,14 +206,33 @@ def permute_groups(model: nn.Module, analysis: Analysis, result: Reordering) -> 
             for g in bad:
                 result.skipped[g] = f"its channels sit irregularly in {e.where}"
     _apply(planned)
+    return planned
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         out = model(x)
     while isinstance(out, (list, tuple)):
         out = out[0]
     return out.detach().float().clone()
+
+
+def _permute_checked(model: nn.Module, analysis: Analysis, result: Reordering, example: torch.Tensor) -> None:
+    """Permute, and undo it (with a warning) if the full-width output on ``example`` changed."""
+    was_training = model.training
+    model.eval()
+    try:
+        before = _output(model, example)
+        planned = permute_groups(model, analysis, result)
+        after = _output(model, example)
+    finally:
+        model.train(was_training)
+    result.max_change = float((after - before).abs().max()) / (float(before.abs().max()) or 1.0)
+    if not result.max_change <= CHECK_TOLERANCE:
+        _apply(planned, inverse=True)
+        warnings.warn(f"reorder changed {type(model).__name__}'s outputs (relative max |Δ| "
+                      f"{result.max_change:.2e}); its channels keep their original order", stacklevel=3)
+        result.skipped = {g: "reverted: outputs changed" for g in result.orders}
 
 
 def reorder(model: nn.Module, method: str = "l1", data: Any = None, analysis: Analysis | None = None, *,
@@ -220,8 +243,8 @@ def reorder(model: nn.Module, method: str = "l1", data: Any = None, analysis: An
 
     ``analysis`` is reused when given (``convert(..., reorder=...)`` passes its own), else the
     model is analysed on ``example_input``. With ``check``, the full-width output on the example
-    input is compared before and after; a difference reverts every tensor and warns (that would
-    be an analysis bug, never a reason to return a changed network).
+    input is compared before and after; a difference undoes the permutation and warns (that
+    would be an analysis bug, never a reason to return a changed network).
     """
     if method not in METHODS:
         raise SlimifyError(f"unknown reorder method {method!r}: use one of {', '.join(METHODS)}")
@@ -238,33 +261,13 @@ def reorder(model: nn.Module, method: str = "l1", data: Any = None, analysis: An
     result = Reordering(method)
     _orders(analysis.table, class_scores(model, analysis.space, analysis.table, method, data, batches), result)
     if check:
-        was_training = model.training
-        model.eval()
-        saved = {id(t): t.detach().clone() for _, t, _, _ in _tensor_moves(model, analysis.space)}
-        before = _forward(model, example)
-    permute_groups(model, analysis, result)
-    if check:
-        after = _forward(model, example)
-        model.train(was_training)
-        scale = float(before.abs().max()) or 1.0
-        result.max_change = float((after - before).abs().max()) / scale
-        if not result.max_change <= CHECK_TOLERANCE:
-            _restore(model, analysis.space, saved)
-            warnings.warn(f"reorder changed {type(model).__name__}'s outputs (relative max |Δ| "
-                          f"{result.max_change:.2e}); its channels keep their original order", stacklevel=2)
-            result.skipped = {g: "reverted: outputs changed" for g in result.orders}
+        _permute_checked(model, analysis, result, example)
+    else:
+        permute_groups(model, analysis, result)
     return result
 
 
-def _restore(model: nn.Module, space: ChannelSpace, saved: dict[int, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for _, t, _, _ in _tensor_moves(model, space):
-            t.copy_(saved[id(t)])
-
-
 def _first_input(data: Any) -> torch.Tensor | None:
-    from slimify.importance import as_batches
-
     for batch in as_batches(data):
         x = batch if isinstance(batch, torch.Tensor) else batch[0]
         return x[:1]
