@@ -196,6 +196,10 @@ def main() -> None:
         f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
         f"Times are {'CPU ms of the process (both threads summed), not wall time' if args.clock == 'cpu' else 'wall ms'}.",
+        *(["", "With the serving change proposed for the core (`cache_slices` in benchmarks/speed.py): private "
+            "BatchNorm tensors looked up without `ModuleList.__getitem__`, and with autograd off each cut tensor "
+            "served as a contiguous copy cached per switch (invalidated when the full tensor changes)."]
+          if args.cached_slices else []),
         "",
         "Forward: slimmable model ms / exported plain model ms = **ratio** per switch (target ≤ 1.10); "
         "`w1/orig`: slimmable at width 1.0 / the original model (target ≤ 1.05).",
