@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -189,7 +191,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol notes would break the one-line error
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SlimifyError(f"{path}: cannot read weights safely: damaged, or holds objects other than tensors "
+                           "and plain data (never unpickled)") from None
     except Exception as e:  # safetensors, pickle and zip errors have no common base
         raise SlimifyError(f"{path}: cannot read weights safely ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
