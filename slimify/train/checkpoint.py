@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise SlimifyError(f"checkpoint {str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notes would break the one-line error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle refusals, truncated files, foreign formats
         why = "damaged, or holds objects other than tensors and plain data (never unpickled)" \
             if isinstance(e, pickle.UnpicklingError) else (str(e).strip().splitlines() or [type(e).__name__])[0]
