@@ -4,10 +4,13 @@ raises SlimifyError with a one-line message; no output or temporary file is left
 input file is changed. ``benchmarks/reliability.py`` counts these cases for RESULTS.md."""
 from __future__ import annotations
 
+import contextlib
 import json
+import pickle
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +104,8 @@ CLI_CASES: list[CliCase] = [
        "-o", "{out}", message="cannot read weights safely"),
     _c("ckpt-truncated-safetensors", "convert", "slimify:tinynet", *TINY, "--checkpoint", "{cut.safetensors}",
        "-o", "{out}", message="cannot read weights safely"),
+    _c("ckpt-raw-pickle", "convert", "slimify:tinynet", *TINY, "--checkpoint", "{raw.pt}", "-o", "{out}",
+       message="never unpickled"),
     _c("ckpt-not-a-dict", "convert", "slimify:tinynet", *TINY, "--checkpoint", "{list.pt}", "-o", "{out}",
        message="does not hold a state dict"),
     _c("ckpt-missing", "convert", "slimify:tinynet", "--checkpoint", "{missing.pt}", "-o", "{out}",
@@ -194,7 +199,7 @@ CLI_CASES: list[CliCase] = [
 ]
 
 # cases also run as ``python -m slimify`` in a fresh process (real stderr: warnings, logging)
-SUBPROCESS_IDS = ["slim-source-os", "recipe-unknown-key", "data-fake-png-worker"]
+SUBPROCESS_IDS = ["slim-source-os", "recipe-unknown-key", "data-fake-png-worker", "ckpt-raw-pickle"]
 
 
 def _write_slim_variants(root: Path, ok: Path) -> None:
@@ -235,6 +240,7 @@ def _write_checkpoints(root: Path) -> None:
     (root / "garbage.pt").write_bytes(b"not a checkpoint " * 40)
     (root / "empty.safetensors").write_bytes(b"")
     torch.save([torch.zeros(3)], root / "list.pt")
+    (root / "raw.pt").write_bytes(pickle.dumps({"fc.weight": [1.0, 2.0]}))  # protocol 4: torch warns about it
     spec = {"name": "slimify:digitsnet", "num_classes": 10, "switches": [0.5, 1.0], "divisor": 8,
             "input_size": [3, 32, 32]}
     save_checkpoint(root / "train_wrong.pt", {"model": TinyNet().state_dict(), "model_spec": spec})
@@ -317,6 +323,17 @@ def cli_args(case: CliCase, files: Path, out: Path, tmp: Path) -> list[str]:
     return [re.sub(r"\{([^{}]+)\}", lambda m: names[m.group(1)], a) for a in case.args]
 
 
+@contextlib.contextmanager
+def fresh_process_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record the warnings a fresh ``python -m slimify`` would print (Python's default filters)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        yield caught
+
+
 def check_error_line(err: str, stdout: str, message: str) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
@@ -334,10 +351,11 @@ def test_cli_bad_input(case: CliCase, files: Path, tmp_path: Path, capsys: pytes
         (out / case.out).write_bytes(b"keep me")
     args = cli_args(case, files, out, tmp_path)
     before = snapshot(files)
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info, fresh_process_warnings() as caught:
         main(args)
     stdout, err = capsys.readouterr()
     assert exit_info.value.code == 2, err
+    assert [str(w.message) for w in caught] == [], "a fresh process would print these on stderr too"
     check_error_line(err, stdout, case.message)
     expected = [case.out] if case.existing else []
     assert listing(out) in (expected, sorted(case.leaves)), "partial or temporary output left behind"
