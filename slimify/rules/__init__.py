@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from slimify.rules import elementwise as ew
-from slimify.rules import linalg, segments, shape
+from slimify.rules import attention, linalg, notrace, segments, shape, windows
 from slimify.rules.base import FunctionRule, ParamVal, RuleContext, TensorVal
-from slimify.rules.modules import MODULE_RULES, find_module_rule, module_rule, unknown_module
+from slimify.rules.modules import MODULE_RULES, find_module_rule, find_module_rule_by_mro, module_rule, unknown_module
 
 __all__ = ["FUNCTION_RULES", "METHOD_RULES", "MODULE_RULES", "find_module_rule", "find_function_rule",
            "module_rule", "unknown_module", "RuleContext", "TensorVal", "ParamVal"]
@@ -87,12 +87,21 @@ def _build() -> None:
 def _extra_targets() -> dict[Callable[..., Any], list[Any]]:
     """Functions that model libraries wrap as fx leaves (``torch.fx.wrap``)."""
     import torchvision.ops
-    return {
+    from torchvision.models import swin_transformer as tv_swin
+    by_rule: dict[Callable[..., Any], list[Any]] = {
         ew.passthrough: [torchvision.ops.stochastic_depth],
+        attention.shifted_window_attention: [tv_swin.shifted_window_attention],
+        attention.relative_position_bias: [tv_swin._get_relative_position_bias],
     }
+    for target, rule in windows.window_functions().items():
+        by_rule.setdefault(rule, []).append(target)
+    return by_rule
 
 
 _build()
+for _cls in notrace.notrace_classes():  # shape-dependent forward code: traced concretely, on its own
+    if find_module_rule_by_mro(_cls) is None:
+        MODULE_RULES[_cls] = notrace.trace_through
 
 
 def find_function_rule(op: str, target: Any) -> FunctionRule | None:

@@ -74,6 +74,7 @@ class RuleContext:
         self.root = root
         self.node: fx.Node | None = None
         self._param_labels: dict[tuple[str, str], TensorVal] = {}
+        self.values: dict[fx.Node, Any] = {}  # analysed value of every node so far (filled by analyze)
 
     # -- node facts ---------------------------------------------------------------------
     def begin(self, node: fx.Node) -> None:
@@ -135,6 +136,10 @@ class RuleContext:
     def fix_all(self, values: Iterable[Any], why: str) -> None:
         for v in values:
             for t in tensors_in(v):
+                key = (t.module, t.name) if isinstance(t, ParamVal) else None
+                if key is not None and key not in self._param_labels:  # never served narrow: no ids needed
+                    self._param_labels[key] = self.fixed(tuple(t.tensor.shape))
+                    continue
                 self.space.fix(self.tensor(t).label, why)
 
 

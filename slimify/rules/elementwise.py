@@ -19,17 +19,22 @@ def _aligned(t: TensorVal, ndim: int) -> tuple[np.ndarray, tuple[int, ...]]:
 
 def elementwise(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """Broadcasting math (residual add, SE gating mul…): elements meeting at one output
-    position must be active together. A fixed-size operand broadcast across channels (a
-    drop-path mask, a spatial attention map) constrains nothing."""
+    position must be active together. An operand broadcast across channels (a drop-path mask,
+    a spatial attention map, a scalar) keeps its size and constrains nothing else."""
     out_shape = tuple(ctx.out_shape)
     n = len(out_shape)
-    operands = [_aligned(ctx.tensor(t), n) + (ctx.tensor(t).rigid,) for t in tensors_in([args, kwargs])]
+    values = [ctx.tensor(t) for t in tensors_in([args, kwargs])]
+    operands = [_aligned(t, n) + (frozenset(r + n - t.ndim for r in t.rigid),) for t in values]
     operands = [op for op in operands if len(op[1]) == n]
     varying = {d for lab, _, _ in operands for d in range(n) if lab.shape[d] > 1}
+    all_rigid = frozenset().union(*(r for _, _, r in operands))
+    shrinking = varying - all_rigid
     taking = []
     for lab, real, rigid in operands:
-        broadcast_over_ids = any(real[d] == 1 and out_shape[d] > 1 for d in varying)
-        if broadcast_over_ids and (lab == FIXED).all():
+        if shrinking and not any(real[d] > 1 for d in shrinking):
+            # broadcast across channels (a scalar gain, a spatial map, a rotary table shared by
+            # all heads): every channel uses all of it, so it keeps its size and ties none of them
+            ctx.space.fix(lab, f"broadcast across channels at {ctx.space.context}")
             continue
         taking.append((lab, rigid))
     if not taking:

@@ -34,8 +34,14 @@ def contract(ctx: RuleContext, operands: list[tuple[TensorVal, str]], out: str, 
     order = "".join(dict.fromkeys("".join(l for _, l in operands) + out))
     joint = [_joint(t, l, order) for t, l in operands]
     varying = {i for lab, _ in joint for i in range(len(order)) if lab.shape[i] > 1}
-    taking = [(lab, real) for lab, real in joint
-              if not ((lab == FIXED).all() and any(real[i] == 1 for i in varying))]
+    taking = []
+    for (lab, real), (_, letters) in zip(joint, operands):
+        if varying and not any(real[i] > 1 for i in varying if order[i] in letters):
+            # spans no channel dim (a single-channel attention map, a table shared by all
+            # heads): every channel uses all of it, so it keeps its size and ties none of them
+            ctx.space.fix(lab, f"broadcast across channels at {ctx.space.context}")
+            continue
+        taking.append((lab, real))
     for lab, _ in taking[1:]:
         ctx.space.union(taking[0][0], lab)
     summed = [i for i, c in enumerate(order) if c not in out]

@@ -16,7 +16,7 @@ from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.elementwise import passthrough
 from slimify.space import Count
 
-__all__ = ["MODULE_RULES", "module_rule", "find_module_rule"]
+__all__ = ["MODULE_RULES", "module_rule", "find_module_rule", "find_module_rule_by_mro"]
 
 MODULE_RULES: dict[type[nn.Module], Any] = {}  # module class → rule(ctx, module, path, args, kwargs)
 
@@ -30,15 +30,26 @@ def module_rule(*classes: type[nn.Module]):
 
 
 def find_module_rule(module: nn.Module):
-    for cls in type(module).__mro__:
-        if cls in MODULE_RULES:
-            return MODULE_RULES[cls]
+    return find_module_rule_by_mro(type(module))
+
+
+def find_module_rule_by_mro(cls: type):
+    for base in cls.__mro__:
+        if base in MODULE_RULES:
+            return MODULE_RULES[base]
     return None
 
 
 @module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) -> TensorVal:
     x = ctx.tensor(args[0])
+    if any(x.label.shape[d] > 1 for d in range(2, x.ndim)):
+        # channels laid out along the conv's length (ECA's Conv1d over the channel axis): one
+        # kernel slides over them, so a narrower input is a shorter sequence
+        if x.label.shape[1] > 1 or m.in_channels != 1 or m.out_channels != 1:
+            ctx.fix_all([x], f"{path}: convolution over channel ids along several dims")
+            return ctx.fixed(ctx.out_shape)
+        return passthrough(ctx, [x], {})
     in_ids = ctx.channel_ids(x, 1)
     out_ids = ctx.space.new_var(m.out_channels, f"{path} (output channels)")
     groups = m.groups

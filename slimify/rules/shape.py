@@ -7,7 +7,7 @@ import numpy as np
 import torch.fx as fx
 
 from slimify.rules.base import RuleContext, TensorVal
-from slimify.rules.sizes import WIDTH_ATTR_HINTS, follow_literal, is_dynamic
+from slimify.rules.sizes import SizeExpr, attribute_candidates, follow_literal, is_dynamic, size_expr, tie_sizes
 from slimify.space import Count
 
 __all__ = ["reshape_to", "view", "flatten", "unflatten", "permute", "transpose", "expand", "repeat", "same_shape"]
@@ -44,8 +44,9 @@ def _size_args(node: fx.Node, start: int) -> list[Any] | None:
 
 def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_args: list[Any] | None) -> TensorVal:
     """General reshape. A dim split into several (``C → heads × head_dim``) keeps one of them
-    shrinking and the others rigid: each slab along the shrinking one becomes a unit. Literal
-    sizes on shrinking dims must come from a module attribute that can follow the width."""
+    shrinking and the others rigid: each slab along the shrinking one becomes a unit. Sizes on
+    channel dims must follow the width: a literal through the module attribute it came from, a
+    size read from another tensor (``x.shape[-1]``) by tying that tensor's channels to these."""
     blocks = _blocks(tuple(x.shape), tuple(out_shape))
     varying = [any(x.label.shape[d] > 1 for d in ins) for ins, _ in blocks]
     expand_dims = [d for (ins, _), v in zip(blocks, varying) if v for d in ins]
@@ -55,6 +56,7 @@ def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_
             target[o] = out_shape[o] if v else 1
     label = np.ascontiguousarray(x.expanded(expand_dims)).reshape(target)
     rigid: set[int] = set()
+    sizes = _Sizes(ctx, label, size_args, np.unique(x.label))
     for (ins, outs), v in zip(blocks, varying):
         if not v:
             continue
@@ -63,39 +65,114 @@ def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_
             rigid.update(real)
             continue
         if len(real) > 1:
-            shrink = _pick_shrinking(ctx, real, size_args)
+            shrink = _pick_shrinking(ctx, real, sizes)
             if shrink is None:
                 ctx.space.fix(label, f"reshape splits channels into sizes baked in code at {ctx.space.context}")
                 continue
             _union_slabs_in_block(ctx, label, shrink, real)
-            rigid.update(o for o in real if o != shrink)
+            for o in real:
+                if o != shrink:
+                    rigid.add(o)
+                    sizes.check_rigid(o, shrink)
             real = [shrink]
         for o in real:
-            arg = size_args[o] if size_args is not None and o < len(size_args) else -1
-            if not is_dynamic(arg):
-                slab_ids = np.moveaxis(label, o, 0).reshape(label.shape[o], -1)[:, 0]
-                if not follow_literal(ctx, arg, Count(slab_ids)):
-                    ctx.space.fix(label, f"reshape to size {arg} baked in code at {ctx.space.context}")
+            sizes.check_shrinking(o)
     return TensorVal(label, tuple(out_shape), frozenset(rigid))
 
 
-def _pick_shrinking(ctx: RuleContext, dims: list[int], size_args: list[Any] | None) -> int | None:
-    """Which dim of a split keeps following the width: a size computed at run time, else one
-    whose literal is a module attribute about heads/groups, else ``-1``, else any attribute."""
-    if size_args is None:
+class _Sizes:
+    """The size arguments of one reshape and the checks that keep them right at every width."""
+
+    def __init__(self, ctx: RuleContext, label: np.ndarray, size_args: list[Any] | None, own: np.ndarray) -> None:
+        self.ctx, self.label, self.args, self.own = ctx, label, size_args, own
+        self._exprs: dict[int, SizeExpr | None] = {}
+
+    def arg(self, o: int) -> Any:
+        """The literal or node giving dim ``o``'s size; -1 when it comes from the tensor itself."""
+        return self.args[o] if self.args is not None and o < len(self.args) else -1
+
+    def expr(self, o: int) -> SizeExpr | None:
+        if o not in self._exprs:
+            self._exprs[o] = size_expr(self.ctx, self.arg(o))
+        return self._exprs[o]
+
+    def slab_ids(self, o: int) -> np.ndarray:
+        return np.moveaxis(self.label, o, 0).reshape(self.label.shape[o], -1)[:, 0]
+
+    def is_own(self, e: SizeExpr) -> bool:
+        """Read from the very channels being reshaped: the element count keeps it consistent."""
+        return e.ids is not None and bool(np.isin(e.ids, self.own).all())
+
+    def check_shrinking(self, o: int) -> None:
+        arg, where = self.arg(o), self.ctx.space.context
+        if isinstance(arg, int) and arg == -1:
+            return
+        if isinstance(arg, int):
+            if not follow_literal(self.ctx, arg, Count(self.slab_ids(o))):
+                self.ctx.space.fix(self.label, f"reshape to size {arg} baked in code at {where}")
+            return
+        e = self.expr(o)
+        if e is None or e.ids is None:
+            what = "computed in code" if e is None else "read from channels that never slim"
+            self.ctx.space.fix(self.label, f"reshape to a size {what} at {where}")
+        elif not self.is_own(e) and not tie_sizes(self.ctx, e, self.slab_ids(o)):
+            self.ctx.space.fix(self.label, f"reshape to a size read from other channels at {where}")
+
+    def check_rigid(self, o: int, shrink: int) -> None:
+        """A dim that keeps its size: a size read from slimming channels must not change."""
+        e = self.expr(o) if isinstance(self.arg(o), fx.Node) else None
+        if not isinstance(self.arg(o), fx.Node) or (e is not None and (e.ids is None or self.is_own(e))):
+            return
+        if e is not None and self.heads_ratio(o, shrink):  # C // num_heads with num_heads following
+            tie_sizes(self.ctx, SizeExpr(e.value, e.ids, 1, len(e.ids) // self.label.shape[shrink]),
+                      self.slab_ids(shrink))
+            return
+        self.ctx.space.fix(self.label if e is None else e.ids,
+                           f"a fixed-size dim computed from slimming channels at {self.ctx.space.context}")
+
+    def heads_ratio(self, o: int, shrink: int) -> bool:
+        """``size(o) == C // k`` where ``k`` is the literal size of ``shrink``, an attribute
+        naming heads or groups (it follows the width, so C must follow k·size(o))."""
+        e, k = self.expr(o), self.arg(shrink)
+        return (e is not None and e.ids is not None and e.num == 1 and isinstance(k, int) and e.den == k
+                and len(e.ids) == k * self.label.shape[o] and _hinted_attribute(self.ctx, k))
+
+
+def _hinted_attribute(ctx: RuleContext, value: int) -> bool:
+    return any(_counts_units(n) for _, n, f in attribute_candidates(ctx, value) if f == 1)
+
+
+def _counts_units(name: str) -> bool:
+    """``num_heads``, ``groups``: an attribute counting heads or groups (not ``head_dim``)."""
+    low = name.lower()
+    return any(h in low for h in ("head", "group")) and not any(s in low for s in ("dim", "size", "ch", "width"))
+
+
+def _pick_shrinking(ctx: RuleContext, dims: list[int], sizes: _Sizes) -> int | None:
+    """Which dim of a split keeps following the width: the heads of ``C // num_heads``, else a
+    size read at run time, else a literal that is a module attribute about heads/groups, else
+    ``-1``, else any attribute."""
+    if sizes.args is None:
         return dims[0]
-    args = {d: size_args[d] if d < len(size_args) else None for d in dims}
+    args = {d: sizes.arg(d) for d in dims}
+    for d in dims:
+        if isinstance(args[d], fx.Node):
+            for h in reversed(dims):
+                if h != d and sizes.heads_ratio(d, h):
+                    return h
     for d in dims:
         if isinstance(args[d], fx.Node):
             return d
-    from slimify.rules.sizes import _attribute_candidates
-    for hint in (("head", "group"), None):
+    for hint in (True, False):
+        matching = []
         for d in dims:
             if isinstance(args[d], int) and args[d] != -1:
-                names = [n for _, n, f in _attribute_candidates(ctx, args[d]) if f == 1]
-                if names and (hint is None or any(h in n.lower() for n in names for h in hint)):
-                    return d
-        if hint is not None:
+                names = [n for _, n, f in attribute_candidates(ctx, args[d]) if f == 1]
+                if names and (not hint or any(_counts_units(n) for n in names)):
+                    matching.append(d)
+        if matching:  # (3, heads, head_dim) with 3 heads: the projections' count comes first
+            return matching[-1]
+        if hint:
             for d in dims:
                 if args[d] == -1:
                     return d
@@ -111,7 +188,17 @@ def _union_slabs_in_block(ctx: RuleContext, label: np.ndarray, shrink: int, bloc
 
 
 def view(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
-    return reshape_to(ctx, ctx.tensor(args[0]), tuple(ctx.out_shape), _size_args(ctx.node, 1))
+    x, out_shape = ctx.tensor(args[0]), tuple(ctx.out_shape)
+    raw = ctx.node.args[1] if len(ctx.node.args) == 2 else None
+    if isinstance(raw, (tuple, list)) and all(isinstance(v, int) for v in raw) and attribute_candidates(ctx, raw):
+        # ``x.view(self.shape)``: the whole shape is an attribute, which follows the width
+        out = reshape_to(ctx, x, out_shape, None)
+        counts = [Count(np.moveaxis(out.label, o, 0).reshape(out.label.shape[o], -1)[:, 0]) if out.carries(o) else v
+                  for o, v in enumerate(raw)]
+        if not follow_literal(ctx, raw, counts):
+            ctx.space.fix(out.label, f"view to a shape baked in code at {ctx.space.context}")
+        return out
+    return reshape_to(ctx, x, out_shape, _size_args(ctx.node, 1))
 
 
 def same_shape(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:

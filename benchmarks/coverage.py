@@ -1,0 +1,229 @@
+"""Coverage benchmark: does every model of the benchmark list convert, stay exact at full width,
+run at every switch and really slim? One subprocess per model, results as JSONL (resumable), a
+summary in the ``## Coverage`` section of benchmarks/RESULTS.md.
+
+    python benchmarks/coverage.py --jobs 2                  # the whole list (~30 min on 2 cores)
+    python benchmarks/coverage.py --only 'vit*' --rerun     # some models again
+    python benchmarks/coverage.py --summary-only            # rewrite RESULTS.md from the JSONL
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import timm  # noqa: F401 - imported once here, inherited by every forked worker
+import torch
+import torchvision  # noqa: F401
+
+import slimify.convert  # noqa: F401
+
+__all__ = ["load_results", "select", "run_all", "summary", "write_section", "main"]
+
+HERE = Path(__file__).resolve().parent
+MODELS = Path("/work/shared/models/benchmark_models.json")
+JSONL = HERE / "coverage.jsonl"
+RESULTS = HERE / "RESULTS.md"
+HEADING = "## Coverage"
+# other tools on the same list (shared/models/README.md): models that convert at width 0.5 with
+# MACs ≤ 0.35, out of the models each tool handled; median dependency-graph build time, 1 thread
+REFERENCE: dict[str, dict[str, str]] = {
+    "Torch-Pruning 1.6.0": {"torchvision": "64/80", "timm": "57/148", "median_s_torchvision": "0.27",
+                            "median_s_timm": "0.13"},
+    "ModelOpt 0.47 FastNAS": {"torchvision": "25/80", "timm": "11/147"},
+}
+
+
+def load_results(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(lib, name) → the latest record of that model in the JSONL."""
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                results[(r["lib"], r["name"])] = r
+    return results
+
+
+def select(models: dict[str, list[str]], only: str | None) -> list[tuple[str, str]]:
+    """Every (lib, name), filtered by comma-separated globs (or plain substrings) on ``name``
+    or ``lib:name``."""
+    patterns = [p if any(c in p for c in "*?[") else f"*{p}*" for p in (only or "*").split(",") if p]
+    return [(lib, name) for lib, names in models.items() for name in names
+            if any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(f"{lib}:{name}", p) for p in patterns)]
+
+
+def _child(conn: Connection, lib: str, name: str, export: bool) -> None:
+    from coverage_worker import measure  # the script's own folder: run as ``python benchmarks/coverage.py``
+    conn.send(measure(lib, name, export))
+    conn.close()
+
+
+def run_all(todo: list[tuple[str, str]], jobs: int, timeout: float, export: bool,
+            on_result: Callable[[dict[str, Any]], None]) -> None:
+    """Run each model in its own forked process, ``jobs`` at a time. The parent imports torch,
+    torchvision, timm and slimify once, so a child starts in milliseconds; a child that hangs
+    past ``timeout`` is killed, one that crashes becomes a failed record."""
+    import coverage_worker  # noqa: F401 - imported before forking: children inherit it
+    fork = multiprocessing.get_context("fork")
+    pending, running = list(todo), {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            lib, name = pending.pop(0)
+            recv, send = fork.Pipe(duplex=False)
+            proc = fork.Process(target=_child, args=(send, lib, name, export), daemon=True)
+            proc.start()
+            send.close()
+            running[recv] = (proc, lib, name, time.perf_counter())
+        for conn in wait(list(running), timeout=1.0):
+            proc, lib, name, start = running.pop(conn)
+            try:
+                record = conn.recv()
+            except EOFError:
+                proc.join()
+                record = {"lib": lib, "name": name, "covered": False, "stage": "crash",
+                          "why": f"worker died with exit code {proc.exitcode}"}
+            proc.join()
+            on_result({**record, "wall_s": time.perf_counter() - start})
+        now = time.perf_counter()
+        for conn, (proc, lib, name, start) in list(running.items()):
+            if now - start > timeout:
+                proc.kill()
+                proc.join()
+                del running[conn]
+                on_result({"lib": lib, "name": name, "covered": False, "stage": "timeout",
+                           "why": f"timeout after {timeout:.0f} s", "wall_s": now - start})
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def _count(rows: list[dict[str, Any]], key: str, test: Any = bool) -> int:
+    return sum(1 for r in rows if key in r and test(r[key]))
+
+
+def summary(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> str:
+    """The markdown of the ``## Coverage`` section."""
+    out = [HEADING, "",
+           f"Every model of `shared/models/benchmark_models.json`, random init, batch 1, the model's own "
+           f"input size capped at 224 (fixed sizes kept), switches (0.25, 0.5, 0.75, 1.0), divisor 8, "
+           f"1 thread per model ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+           f"`python benchmarks/coverage.py --jobs 2`). A model is **covered** when it converts, width 1.0 "
+           f"equals the original (max |Δ| ≤ 1e-5·max |y|), every switch runs with the original output "
+           f"shape, width 0.5 keeps ≤ 0.35 of the MACs (torch.utils.flop_counter) and, where "
+           f"`slimify.export` exists, the exported width-0.5 model equals the slimmable one (≤ 1e-4).", "",
+           "| library | models run | converts | full width exact | switches run | MACs ≤ 0.35 | covered "
+           "| median convert s | Torch-Pruning 1.6.0 | ModelOpt 0.47 FastNAS |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for lib, names in models.items():
+        rows = [results[(lib, n)] for n in names if (lib, n) in results]
+        ref_tp, ref_mo = REFERENCE["Torch-Pruning 1.6.0"], REFERENCE["ModelOpt 0.47 FastNAS"]
+        out.append(f"| {lib} | {len(rows)}/{len(names)} | {_count(rows, 'convert_s', lambda v: True)} "
+                   f"| {_count(rows, 'full_ok')} | {_count(rows, 'switches_ok')} "
+                   f"| {_count(rows, 'mac_ratio', lambda v: v <= 0.35)} | **{_count(rows, 'covered')}** "
+                   f"| {_median([r['convert_s'] for r in rows if 'convert_s' in r])} "
+                   f"(TP {ref_tp[f'median_s_{lib}']}) | {ref_tp[lib]} | {ref_mo[lib]} |")
+    out += ["", "Torch-Pruning's and ModelOpt's figures count models whose 50% uniform pruning reaches "
+                "MACs ≤ 0.35; Torch-Pruning's time is its DependencyGraph build.", ""]
+    out += _failures(results, models) + [""] + _per_model(results, models) + [""]
+    return "\n".join(out)
+
+
+def _failures(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> list[str]:
+    rows = [results[(lib, n)] for lib, names in models.items() for n in names
+            if (lib, n) in results and not results[(lib, n)]["covered"]]
+    out = ["### Remaining failures", ""]
+    if not rows:
+        return out + ["None."]
+    for r in rows:
+        out.append(f"- {r['lib']} `{r['name']}`: {r.get('why', '')}")
+    return out
+
+
+def _per_model(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> list[str]:
+    out = ["### Per model", "", "<details><summary>all models</summary>", "",
+           "| library | model | input | covered | full-width rel. err | MACs at 0.5 | convert s | groups "
+           "| fixed | main fixed reason |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for lib, names in models.items():
+        for n in names:
+            r = results.get((lib, n))
+            if r is None:
+                continue
+            reasons = r.get("fixed_reasons") or []
+            reason = reasons[0][0][:110].replace("|", "/") if reasons else ""
+            err = f"{r['full_rel_err']:.1e}" if "full_rel_err" in r else "-"
+            mac = f"{r['mac_ratio']:.3f}" if "mac_ratio" in r else "-"
+            conv = f"{r['convert_s']:.2f}" if "convert_s" in r else "-"
+            size = "×".join(str(s) for s in r.get("input", [])[1:]) or "-"
+            out.append(f"| {lib} | {n} | {size} | {'yes' if r['covered'] else 'no'} | {err} | {mac} | {conv} "
+                       f"| {r.get('groups', '-')} | {r.get('fixed_groups', '-')} | {reason} |")
+    return out + ["", "</details>"]
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace (or append) the ``## Coverage`` section of ``path``, atomically; other sections stay."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = old.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == HEADING), None)
+    if start is None:
+        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join(lines[:start] + text.rstrip("\n").splitlines() + [""] + lines[end:]).rstrip("\n") + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".md")
+    with os.fdopen(fd, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:  # one short line per write: a crash loses at most this model
+        f.write(json.dumps(record) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=MODELS, help="JSON: {library: [model names]}")
+    parser.add_argument("--out", type=Path, default=JSONL, help="JSONL results (resumed from)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
+    parser.add_argument("--jobs", type=int, default=2, help="models run at the same time")
+    parser.add_argument("--only", default=None, help="glob or substring on the model name")
+    parser.add_argument("--rerun", action="store_true", help="run models already in the JSONL again")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds per model")
+    parser.add_argument("--skip-export", action="store_true", help="do not check slimify.export")
+    parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary")
+    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    args = parser.parse_args(argv)
+    models: dict[str, list[str]] = json.loads(args.models.read_text())
+    results = load_results(args.out)
+    todo = [] if args.summary_only else [m for m in select(models, args.only) if args.rerun or m not in results]
+    torch.set_num_threads(1)
+    done = [0]
+
+    def record(r: dict[str, Any]) -> None:
+        results[(r["lib"], r["name"])] = r
+        _append(args.out, r)
+        done[0] += 1
+        print(f"[{done[0]}/{len(todo)}] {'ok' if r['covered'] else 'NO'} {r['lib']}:{r['name']} "
+              f"{r.get('wall_s', 0):.0f}s mac={r.get('mac_ratio', float('nan')):.3f} {r.get('why', '')}", flush=True)
+
+    run_all(todo, max(1, args.jobs), args.timeout, not args.skip_export, record)
+    if not args.no_write:
+        write_section(args.results, summary(results, models))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

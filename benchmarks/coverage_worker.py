@@ -1,0 +1,188 @@
+"""One model of the coverage sweep: build it with random init, convert it, check the
+invariants. ``coverage.py`` runs :func:`measure` in a forked process per model (a crash or a hang
+costs one model); run alone it prints one JSON line:
+
+    python benchmarks/coverage_worker.py timm vit_tiny_patch16_224 [--skip-export]
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["SWITCHES", "FULL_TOL", "EXPORT_TOL", "MAC_LIMIT", "build", "wake_silent_weights", "input_size", "measure",
+           "main"]
+
+SWITCHES = (0.25, 0.5, 0.75, 1.0)
+FULL_TOL = 1e-5  # full width: max |Δ| ≤ FULL_TOL · max |y|
+EXPORT_TOL = 1e-4  # exported width 0.5 vs slimmable width 0.5
+MAC_LIMIT = 0.35  # width 0.5 must keep at most this fraction of the MACs to count as slimmed
+SIZE_CAP = 224  # inputs are the model's own size, capped here unless the size is fixed
+
+
+def build(lib: str, name: str) -> nn.Module:
+    """The model with random init (no download), in eval mode."""
+    torch.manual_seed(0)
+    if lib == "torchvision":
+        import torchvision
+        kwargs: dict[str, Any] = {}
+        if name in ("googlenet", "inception_v3"):  # skip scipy's slow truncated-normal init
+            kwargs = {"aux_logits": False, "init_weights": False}
+        return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    import timm
+    return timm.create_model(name, pretrained=False).eval()
+
+
+def wake_silent_weights(model: nn.Module) -> None:
+    """Zero-initialised weights (ViT heads, last BN of a residual branch, skip-init gains)
+    make whole branches output zeros, so "width 1.0 equals the original" would hold whatever
+    the branch computed: give them small random values (biases stay as they are)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and p.numel() and not p.any():
+                if p.dim() >= 2:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+                elif not name.endswith("bias"):
+                    p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+
+
+def input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The pretrained-cfg input size capped at 224, or the model's own when it is fixed."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    c, h, w = tuple(cfg.get("input_size", (3, 224, 224)))
+    if cfg.get("fixed_input_size", False):
+        return c, h, w
+    return c, min(h, SIZE_CAP), min(w, SIZE_CAP)
+
+
+def _macs(model: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def _export_check(model: nn.Module, x: torch.Tensor, result: dict[str, Any]) -> None:
+    """Exported width 0.5 == slimmable width 0.5, once ``slimify.export`` exists."""
+    import importlib.util
+    import slimify
+    if importlib.util.find_spec("slimify.export") is None:
+        result["export_ok"] = None
+        return
+    try:
+        with slimify.width(model, 0.5), torch.no_grad():
+            expected = model(x)
+        exported = slimify.export(model, 0.5)
+        plain = exported if isinstance(exported, nn.Module) else exported.module()
+        with torch.no_grad():
+            got = plain(x)
+    except Exception as e:  # noqa: BLE001 - recorded, the model counts as not covered
+        result["export_ok"], result["export_error"] = False, _first_line(e)
+        return
+    err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+    result["export_rel_err"] = err
+    result["export_ok"] = got.shape == expected.shape and err <= EXPORT_TOL
+
+
+def _group_stats(model: nn.Module, result: dict[str, Any]) -> None:
+    import slimify
+    rep = slimify.report(model)
+    result["groups"] = len(rep.groups)
+    fixed = [g for g in rep.fixed if g.reason != "model input channels"]
+    result["fixed_groups"] = len(fixed)
+    result["fixed_channels"] = sum(g.size for g in fixed)
+    result["channels"] = sum(g.size for g in rep.groups if g.reason != "model input channels")
+    reasons = Counter(g.reason for g in fixed if not g.reason.startswith("model output"))
+    result["fixed_reasons"] = [[r, n] for r, n in reasons.most_common(8)]
+    result["analysis_s"] = rep.seconds
+
+
+def measure(lib: str, name: str, export: bool = True) -> dict[str, Any]:
+    """Every invariant of one model; ``stage`` names where it stopped when it failed."""
+    import slimify
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {"lib": lib, "name": name, "stage": "build", "covered": False}
+    try:
+        model = build(lib, name).requires_grad_(False)  # FlopCounterMode trips over parameters passed to modules
+        wake_silent_weights(model)
+        size = input_size(model)
+        result["input"] = list(size)
+        x = torch.randn(1, *size)
+        with torch.no_grad():
+            expected = model(x)
+        result["stage"] = "convert"
+        start = time.perf_counter()
+        slimify.convert(model, SWITCHES, example_input=x)
+        result["convert_s"] = time.perf_counter() - start
+        _group_stats(model, result)
+        result["stage"] = "full width"
+        with torch.no_grad():
+            got = model(x)
+        err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+        result["full_rel_err"] = err
+        result["full_ok"] = got.shape == expected.shape and err <= FULL_TOL
+        result["stage"] = "switches"
+        bad = []
+        for w in SWITCHES:
+            with slimify.width(model, w), torch.no_grad():
+                out = model(x)
+            if out.shape != expected.shape or not torch.isfinite(out).all():
+                bad.append(w)
+        result["switches_ok"] = not bad
+        result["stage"] = "macs"
+        full = _macs(model, x)
+        with slimify.width(model, 0.5):
+            half = _macs(model, x)
+        result["mac_ratio"] = half / max(full, 1)
+        if export:
+            _export_check(model, x, result)
+        result["stage"] = "done"
+    except Exception as e:  # one line for the table, the tail of the traceback for debugging
+        result["error"] = _first_line(e)
+        result["trace"] = traceback.format_exc().splitlines()[-6:]
+    result["covered"] = _covered(result)
+    result["why"] = _why(result)
+    return result
+
+
+def _covered(r: dict[str, Any]) -> bool:
+    return (r["stage"] == "done" and bool(r.get("full_ok")) and bool(r.get("switches_ok"))
+            and r.get("mac_ratio", 1.0) <= MAC_LIMIT and r.get("export_ok") is not False)
+
+
+def _why(r: dict[str, Any]) -> str:
+    """The first invariant that failed, in words ("" when covered)."""
+    if r["covered"]:
+        return ""
+    if "error" in r:
+        return f"{r['stage']}: {r['error']}"
+    if not r.get("full_ok"):
+        return f"full width differs (rel {r.get('full_rel_err', float('nan')):.2e})"
+    if not r.get("switches_ok"):
+        return "a switch changes the output shape or gives non-finite values"
+    if r.get("mac_ratio", 1.0) > MAC_LIMIT:
+        top = r.get("fixed_reasons") or [["(no fixed group)", 0]]
+        return f"width 0.5 keeps {r['mac_ratio']:.2f} of the MACs; fixed: {top[0][0]}"
+    return f"export at width 0.5: {r.get('export_error') or 'differs from the slimmable model'}"
+
+
+def main(argv: list[str]) -> int:
+    lib, name = argv[:2]
+    print(json.dumps(measure(lib, name, export="--skip-export" not in argv)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

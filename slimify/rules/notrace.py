@@ -1,0 +1,202 @@
+"""timm's no-trace modules (``MobileVitBlock``, ``GPSA``, ``LocalWindowAttention``…) branch on
+tensor shapes, which torch.fx cannot follow, so the model's tracer keeps them as leaves. Their
+rule traces each one on its own with *concrete* values — every proxy also carries the value
+the example input gives it, so ``if H % window:`` takes the branch the example takes — and
+runs the ordinary rule table over that graph, as if the module had been traced in place.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from copy import deepcopy
+import operator
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.fx._symbolic_trace as fx_trace
+import torch.nn as nn
+from torch.utils._pytree import tree_map
+
+from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
+from slimify.trace import SHAPE_KEY, VALUE_KEY, SlimifyTracer
+
+__all__ = ["ConcreteTracer", "trace_through", "notrace_classes"]
+
+
+class _ConcreteProxy(fx.Proxy):
+    """A proxy that answers ``len``, ``int``, ``float`` and ``math.ceil`` with its value (not
+    ``__index__``: torch's argument parser would take the proxy for an int and skip dispatch)."""
+
+    def _value(self) -> Any:
+        return self.tracer.values[self.node]
+
+    def __len__(self) -> int:
+        return len(self._value())
+
+    def __int__(self) -> int:
+        return int(self._value())
+
+    def __float__(self) -> float:
+        return float(self._value())
+
+    def __ceil__(self) -> int:
+        return math.ceil(self._value())
+
+    def __floor__(self) -> int:
+        return math.floor(self._value())
+
+
+class ConcreteTracer(SlimifyTracer):
+    """fx tracer that also runs every op on concrete inputs: control flow on shapes and
+    values resolves the way the example input resolves it."""
+
+    def __init__(self, has_rule: Any, inputs: list[Any]) -> None:
+        super().__init__(has_rule)
+        self.proxy_buffer_attributes = True  # ``self.rel_indices.expand(B, …)`` needs a proxy to dispatch
+        self.values: dict[fx.Node, Any] = {}
+        self._inputs = list(inputs)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+    def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
+                     type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        value = self._evaluate(kind, target, self._concrete(args), self._concrete(kwargs))
+        self.values[proxy.node] = value
+        proxy.node.meta[SHAPE_KEY] = tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, value)
+        if isinstance(value, (int, float, bool, tuple, list, torch.Size)) and not any(
+                isinstance(v, torch.Tensor) for v in tensors_like(value)):
+            proxy.node.meta[VALUE_KEY] = value
+        return proxy
+
+    def _concrete(self, value: Any) -> Any:
+        return fx.node.map_aggregate(value, lambda v: self.values[v.node] if isinstance(v, fx.Proxy) else v)
+
+    def _evaluate(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+        """Run one op for real, with fx's patches (module calls, wrapped functions) lifted."""
+        patcher = fx_trace.CURRENT_PATCHER
+        if patcher is not None:
+            patcher.revert_all_patches()
+        try:
+            with fx_trace._is_fx_tracing_context(False), torch.no_grad():
+                return self._run(kind, target, args, kwargs)
+        finally:
+            if patcher is not None:
+                patcher.reapply_all_patches()
+
+    def _run(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if kind == "placeholder":
+            return self._inputs.pop(0) if self._inputs else (args[0] if args else None)
+        if kind == "get_attr":
+            owner, _, name = target.rpartition(".")
+            return getattr(self.root.get_submodule(owner) if owner else self.root, name)
+        if kind == "call_module":
+            return self.root.get_submodule(target)(*args, **kwargs)
+        if kind == "call_method":
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        if kind == "call_function":
+            return target(*args, **kwargs)
+        return None
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return bool(self.values[obj.node])
+
+    def iter(self, obj: fx.Proxy) -> Any:
+        return iter([obj[i] for i in range(len(self.values[obj.node]))])
+
+    def keys(self, obj: fx.Proxy) -> Any:
+        return self.values[obj.node].keys()
+
+
+def tensors_like(value: Any) -> list[Any]:
+    found: list[Any] = []
+    tree_map(lambda v: found.append(v) if isinstance(v, torch.Tensor) else None, value)
+    return found
+
+
+def _example(value: Any) -> Any:
+    """A concrete stand-in for an analysed argument (random values of its shape)."""
+    if isinstance(value, TensorVal):
+        return torch.randn(value.shape)
+    if isinstance(value, ParamVal):
+        return value.tensor
+    if isinstance(value, (list, tuple)):
+        return type(value)(_example(v) for v in value)
+    return value
+
+
+def _absolute(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
+    """Rename call_module/get_attr targets and module stacks from the module's own namespace
+    to the model's."""
+    join = (lambda p: f"{path}.{p}" if p else path) if path else (lambda p: p)
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            node.target = join(node.target)
+        stack = node.meta.get("nn_module_stack") or {}
+        inner = [(join(v[0] if isinstance(v, tuple) else v), v[1] if isinstance(v, tuple) else None)
+                 for v in stack.values()]
+        node.meta["nn_module_stack"] = OrderedDict([(path, (path, type(module)))] + [(p, (p, t)) for p, t in inner])
+
+
+def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> Any:
+    """Rule for a module fx cannot trace symbolically: trace it concretely, analyse its ops."""
+    from slimify.analyze import _run_rule  # the model's own per-node dispatch (no import cycle at load)
+    from slimify.rules import find_module_rule
+    outer = ctx.node
+    try:
+        bound = inspect.signature(m.forward).bind(*args, **kwargs)
+    except TypeError as e:
+        ctx.fix_all([args, kwargs], f"{path}: unexpected call of {type(m).__name__} ({e})")
+        return ctx.fixed(tuple(ctx.out_shape)) if isinstance(ctx.out_shape, torch.Size) else None
+    bound.apply_defaults()
+    inputs = list(bound.arguments.values())
+    examples = [_example(a) for a in inputs]
+    tracer = ConcreteTracer(lambda mm: find_module_rule(mm) is not None, examples)
+    try:
+        copy = deepcopy(m)  # forward code may store state (ConViT's rel_indices): never in the user's model
+        with torch.no_grad():
+            copy(*deepcopy(examples))  # fill such state first, so the trace takes the steady branch
+            graph = tracer.trace(copy, concrete_args=None)
+    except Exception as e:  # noqa: BLE001 - a module we cannot follow stays a boundary
+        ctx.fix_all([args, kwargs], f"{path}: cannot trace {type(m).__name__} ({type(e).__name__}: {e})"[:300])
+        return ctx.fixed(tuple(ctx.out_shape)) if isinstance(ctx.out_shape, torch.Size) else None
+    gm = fx.GraphModule(copy, graph)
+    _absolute(gm, path, m)
+    modules = dict(ctx.root.named_modules())
+    placeholders = iter(inputs)
+    result: Any = None
+    for node in gm.graph.nodes:
+        ctx.begin(node)
+        if node.op == "placeholder":
+            value = next(placeholders, None)
+        elif node.op == "get_attr":
+            owner, _, name = node.target.rpartition(".")
+            tensor = tracer.values[node]
+            value = ParamVal(owner, name, tensor) if isinstance(tensor, torch.Tensor) else tensor
+        elif node.op == "output":
+            result = fx.node.map_arg(node.args[0], lambda n: ctx.values[n])
+            break
+        elif not tensors_like(tracer.values[node]):
+            value = node.meta.get(VALUE_KEY, tracer.values[node])
+        else:
+            call_args = fx.node.map_arg(node.args, lambda n: ctx.values[n])
+            call_kwargs = fx.node.map_arg(node.kwargs, lambda n: ctx.values[n])
+            value = _run_rule(ctx, node, modules, list(call_args), dict(call_kwargs))
+        ctx.values[node] = value
+        for t in tensors_in(value):
+            if isinstance(t, TensorVal):
+                ctx.space.mark_seen(t.label)
+    ctx.begin(outer)
+    return result
+
+
+def notrace_classes() -> tuple[type[nn.Module], ...]:
+    """timm's no-trace module classes (none when timm is missing)."""
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:
+        return ()
+    return tuple(timm_fx.get_notrace_modules())

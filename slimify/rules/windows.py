@@ -1,0 +1,76 @@
+"""Window, grid and patch functions that model code wraps as fx leaves (Swin, MaxViT, NesT…):
+they move space around and leave every channel where it was, or fold space into channels.
+
+``WINDOW_FUNCTIONS`` maps each such function to (channel dim of its first input, channel dim of
+its output); the other dims of the input must carry no channels, else the channels are fixed.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from slimify.rules.base import FunctionRule, RuleContext, TensorVal
+
+__all__ = ["channel_dims", "patch_merging_pad", "window_functions"]
+
+
+def channel_dims(d_in: int, d_out: int) -> FunctionRule:
+    """Rule for a function that keeps the channels of its first input in dim ``d_in`` and
+    returns them in dim ``d_out``, rearranging only the other (spatial) dims."""
+
+    def rule(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+        x = ctx.tensor(args[0])
+        out_shape = tuple(ctx.out_shape)
+        d = d_in % x.ndim
+        if any(x.carries(o) for o in range(x.ndim) if o != d) or x.shape[d] != out_shape[d_out % len(out_shape)]:
+            ctx.fix_all([args, kwargs], f"channels spread over several dims at {ctx.space.context}")
+            return ctx.fixed(out_shape)
+        if x.label.shape[d] == 1:
+            return ctx.fixed(out_shape) if (x.label == 0).all() else TensorVal(
+                x.label.reshape(-1)[:1].reshape([1] * len(out_shape)), out_shape)
+        ids = ctx.channel_ids(x, d)
+        return ctx.with_dim(x, d_out % len(out_shape), ids, out_shape)
+
+    rule.__name__ = f"channel_dims_{d_in}_{d_out}"
+    return rule
+
+
+def patch_merging_pad(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """torchvision Swin's ``_patch_merging_pad``: (B, H, W, C) → (B, H/2, W/2, 4C), the four
+    2×2 neighbours concatenated: the channel ids repeat four times."""
+    x = ctx.tensor(args[0])
+    ids = ctx.channel_ids(x, x.ndim - 1)
+    out_shape = tuple(ctx.out_shape)
+    return ctx.with_dim(x, len(out_shape) - 1, np.tile(ids, out_shape[-1] // len(ids)), out_shape)
+
+
+def window_functions() -> dict[Callable[..., Any], FunctionRule]:
+    """The wrapped functions of the installed timm and torchvision, each with its rule."""
+    import importlib
+    last, first = channel_dims(-1, -1), channel_dims(1, 1)
+    table: dict[str, FunctionRule] = {  # "module:function" → rule
+        "timm.models.swin_transformer:window_reverse": last,
+        "timm.models.swin_transformer_v2:window_reverse": last,
+        "timm.models.swin_transformer_v2_cr:window_reverse": last,
+        "timm.models.davit:window_reverse": last,
+        "timm.models.gcvit:window_reverse": last,
+        "timm.models.maxxvit:window_reverse": last,
+        "timm.models.maxxvit:grid_reverse": last,
+        "timm.models.maxxvit:window_reverse_nchw": first,
+        "timm.models.maxxvit:grid_reverse_nchw": first,
+        "timm.models.nest:deblockify": last,
+        "timm.layers.pos_embed:resample_abs_pos_embed": last,
+        "timm.layers.pos_embed:resample_abs_pos_embed_nhwc": last,
+        "torchvision.models.swin_transformer:_patch_merging_pad": patch_merging_pad,
+    }
+    found: dict[Callable[..., Any], FunctionRule] = {}
+    for key, rule in table.items():
+        module, name = key.split(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):  # another version of the library: no such function
+            continue
+        found[fn] = rule
+    return found
