@@ -146,10 +146,11 @@ def test_export_refuses_bad_input(tmp_path) -> None:
         to_torch_export(model, 0.5, tmp_path / "no" / "m.pt2", example=torch.randn(1, 3, 32, 32))
 
 
-@pytest.mark.benchmark
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ZOO))
 def test_export_matches_whole_zoo(name: str) -> None:
-    """The full test list (run with ``-m benchmark``; ~10 min on 2 cores, too long by default)."""
+    """Every model of the test list, every switch, at its test size (about a minute on 2 cores;
+    ``-m 'not slow'`` skips it)."""
     size = ZOO[name]
     model = converted(name, size)
     x = torch.randn(1, 3, size, size)
