@@ -90,7 +90,9 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
         ordering = reorder_channels(model, reorder, reorder_data, analysis, example_input=example_input)
     state = SlimState(analysis.plan.switches)
     rewrite(model, analysis.plan, state)
-    state.info.update(report=analysis.report, divisor=analysis.plan.divisor, reorder=ordering)
+    example_shape = list((default_input(model) if example_input is None else example_input).shape)
+    state.info.update(report=analysis.report, divisor=analysis.plan.divisor, reorder=ordering,
+                      example_shape=example_shape)
     state.info["analysis"] = analysis
     setattr(model, STATE_ATTR, state)
     return model

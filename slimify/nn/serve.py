@@ -46,7 +46,7 @@ def _param_property(name: str) -> property:
         data: SlimData = self.__dict__[SLIM_KEY]
         s = data.state.index
         if data.bn_slots is not None and name in BN_TENSORS and data.bn_slots[s] is not None:
-            holder = self._modules["slim_bn"][data.bn_slots[s]]
+            holder = self._modules["slim_bn"]._modules[str(data.bn_slots[s])]  # no ModuleList indexing cost
             return holder._parameters.get(name, holder._buffers.get(name))
         full = self._parameters[name] if name in self._parameters else self._buffers.get(name)
         dims = data.params.get(name, [{}] * (s + 1))[s]
