@@ -11,9 +11,10 @@ model's tensors; none changes the model.
   that has no BatchNorm falls back to ``l1``.
 - ``taylor``: first-order Taylor estimate of the loss change when a channel is removed
   (Molchanov et al. 2017), ``|sum over positions of activation * gradient|`` per sample and
-  channel, summed over samples and batches, at the output of every module that produces or
-  normalises the channels (conv, linear, norms). Per sample, not per batch: on a trained network
-  the batch-mean gradient nearly vanishes and its sign cancels across samples.
+  channel, summed over samples and batches, at the output of the group's BatchNorms (or, in a
+  group without BatchNorm, of every module producing or normalising its channels: conv, linear,
+  other norms). Per sample, not per batch: on a trained network the batch-mean gradient nearly
+  vanishes and its sign cancels across samples.
 """
 from __future__ import annotations
 
@@ -117,14 +118,19 @@ def _loss(logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target.long().to(logits.device), reduction="sum")
 
 
-def _channel_owners(space: ChannelSpace) -> dict[str, np.ndarray]:
-    """Module path → ids of its output channels: modules owning a dim-0 parameter, and BatchNorms."""
+def _channel_owners(space: ChannelSpace, table: GroupTable) -> dict[str, np.ndarray]:
+    """Module path → ids of the output channels whose activations the Taylor score reads: the
+    BatchNorms of groups that have one (a conv's pre-norm output at zero is not a removed
+    channel: the norm would still add its shift), the modules owning a dim-0 parameter else."""
     owners: dict[str, np.ndarray] = {}
-    for (path, _), spec in space.params.items():
-        if 0 in spec.dims and path:
-            owners.setdefault(path, np.asarray(spec.dims[0], np.int64))
+    normed = np.zeros(len(table.groups) + 1, bool)
     for bn in space.batchnorms:
         owners.setdefault(bn.module, np.asarray(bn.ids, np.int64))
+        normed[table.group_of_id[bn.ids]] = True
+    normed[-1] = False  # group -1: ids in no group
+    for (path, _), spec in space.params.items():
+        if 0 in spec.dims and path and not normed[table.group_of_id[spec.dims[0]]].any():
+            owners.setdefault(path, np.asarray(spec.dims[0], np.int64))
     return owners
 
 
@@ -156,7 +162,7 @@ def _per_sample(out: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor
 def _taylor_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, data: Any, batches: int) -> np.ndarray:
     if data is None:
         raise SlimifyError("taylor scores need data: pass a few batches (reorder_data=/data=, or --data)")
-    owners = _channel_owners(space)
+    owners = _channel_owners(space, table)
     scores = np.zeros(len(table.class_of), np.float64)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
