@@ -8,32 +8,31 @@ Arms (same model family, DigitsNet; same recipe and epochs for every from-scratc
                  (emulated: see ``share_batchnorm``; the core has no switch for it yet)
   4. retrofit    arm 1's full-width model, converted, fine-tuned briefly (distillation + BN calibration)
 
-    python benchmarks/accuracy.py --seeds 3 --epochs 5 --write
+    python -m benchmarks.accuracy --seeds 3 --epochs 5 --reorder none,l1 --write
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 import slimify
+from benchmarks.results import RESULTS, machine, write_section
 from slimify.nn.serve import slim_data
 from slimify.train import digits, evaluate, finetune
 from slimify.train.models import DigitsNet, make_divisible
 
-__all__ = ["run", "share_batchnorm", "main"]
+__all__ = ["run", "share_batchnorm", "to_markdown", "main"]
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADING = "## Accuracy (digits)"
+HEADING = "Accuracy (digits)"  # our section of benchmarks/RESULTS.md
 # the from-scratch recipe shared by arms 1-3 (the paper trains every switch on labels)
 SCRATCH: dict[str, object] = dict(lr=0.1, schedule="cosine", warmup_epochs=0.3, narrow_loss="labels",
                                   calibrate_batches=0, eval_every=0, grad_clip=None)
@@ -86,7 +85,7 @@ def _slim(channels: tuple[int, int, int], divisor: int) -> nn.Module:
 
 
 def run_seed(seed: int, epochs: int, ft_epochs: int, channels: tuple[int, int, int], divisor: int,
-             log: Callable[[str], None]) -> dict[str, dict[float, float]]:
+             reorders: tuple[str | None, ...], log: Callable[[str], None]) -> dict[str, dict[float, float]]:
     """Top-1 per arm and switch for one seed."""
     val, out = digits("val"), {}
     individual, full = {}, None
@@ -101,40 +100,35 @@ def run_seed(seed: int, epochs: int, ft_epochs: int, channels: tuple[int, int, i
         torch.manual_seed(seed)
         out[arm] = evaluate(_train(make(), epochs, seed, "demo", SCRATCH), val).top1()
     assert full is not None
-    retro = slimify.convert(full, SWITCHES, divisor, torch.randn(1, 3, 32, 32))
-    out["retrofit"] = evaluate(_train(retro, ft_epochs, seed, "demo", RETROFIT), val).top1()
+    for method in reorders:
+        torch.manual_seed(seed)
+        retro = slimify.convert(copy.deepcopy(full), SWITCHES, divisor, torch.randn(1, 3, 32, 32), reorder=method)
+        arm = "retrofit" if method is None else f"retrofit+{method}"
+        out[arm] = evaluate(_train(retro, ft_epochs, seed, "demo", RETROFIT), val).top1()
     log(f"seed {seed}: " + "; ".join(f"{a} " + " ".join(f"{v:.1f}" for _, v in sorted(r.items()))
                                      for a, r in out.items()))
     return out
 
 
 def run(seeds: int, epochs: int, ft_epochs: int, channels: tuple[int, int, int], divisor: int,
-        log: Callable[[str], None] = print) -> dict[str, dict[float, list[float]]]:
+        reorders: tuple[str | None, ...] = (None,), log: Callable[[str], None] = lambda m: print(m, flush=True)) -> dict[str, dict[float, list[float]]]:
     """Top-1 lists (one per seed) per arm and switch."""
     _check_shared_bn(channels, divisor)
     results: dict[str, dict[float, list[float]]] = {}
     for seed in range(seeds):
-        for arm, row in run_seed(seed, epochs, ft_epochs, channels, divisor, log).items():
+        for arm, row in run_seed(seed, epochs, ft_epochs, channels, divisor, reorders, log).items():
             for w, v in row.items():
                 results.setdefault(arm, {}).setdefault(w, []).append(v)
     return results
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
-
-
 def to_markdown(results: dict[str, dict[float, list[float]]], command: str, seconds: float, epochs: int,
                 ft_epochs: int, channels: tuple[int, int, int], divisor: int) -> str:
-    budget = {"individual": f"{epochs} ep each", "slimmable": f"{epochs} ep", "shared-BN": f"{epochs} ep",
-              "retrofit": f"{epochs} ep plain + {ft_epochs} ep"}
+    budget = {"individual": f"{epochs} ep each", "slimmable": f"{epochs} ep", "shared-BN": f"{epochs} ep"}
     head = "| arm | budget | " + " | ".join(f"w={w:g}" for w in SWITCHES) + " |"
-    lines = [HEADING, "", f"Command: `{command}`  ", f"Machine: {_machine()}; {seconds:.0f} s in total.", "",
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [f"Command: `{command}`  ", f"Machine: {machine()}; {seconds:.0f} s in total (load average at the end "
+             f"{load:.1f}: the time depends on it, the accuracies do not).", "",
              f"Top-1 % on the digits validation split (360 images), mean ± std over {len(next(iter(results.values()))[1.0])} "
              f"seeds. Model: DigitsNet channels {channels}, divisor {divisor} (w=0.25 keeps "
              f"{tuple(make_divisible(c * 0.25, divisor) for c in channels)} channels).", "", head,
@@ -142,25 +136,13 @@ def to_markdown(results: dict[str, dict[float, list[float]]], command: str, seco
     for arm, row in results.items():
         cells = [f"{statistics.mean(row[w]):.1f} ± {statistics.stdev(row[w]) if len(row[w]) > 1 else 0:.1f}"
                  for w in SWITCHES]
-        lines.append(f"| {arm} | {budget[arm]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arm} | {budget.get(arm, f'{epochs} ep plain + {ft_epochs} ep')} | " + " | ".join(cells) + " |")
     lines += ["", "individual: a plain model per width; slimmable: one converted model, all switches per step, "
               "private BN; shared-BN: the same with one BN for all switches (emulated with prefix views of "
-              "the full BN); retrofit: the individual full-width model, converted, then fine-tuned with "
-              "in-place distillation and BN calibration. Arms 1-3 use no BN calibration.", ""]
+              "the full BN); retrofit: the individual full-width model, converted (retrofit+l1: channels "
+              "reordered by L1 norm first), then fine-tuned with in-place distillation and BN calibration. "
+              "Arms 1-3 use no BN calibration.", ""]
     return "\n".join(lines)
-
-
-def write_section(section: str, path: Path = RESULTS) -> None:
-    """Replace (or append) only the ``## Accuracy (digits)`` section of RESULTS.md."""
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, l in enumerate(lines) if l.strip() == HEADING), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        text = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:])
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,18 +152,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ft-epochs", type=int, default=2, help="retrofit fine-tuning epochs")
     parser.add_argument("--channels", default="16,32,64")
     parser.add_argument("--divisor", type=int, default=4)
-    parser.add_argument("--write", action="store_true", help=f"write the table into {RESULTS.name}")
+    parser.add_argument("--reorder", default="none", help="retrofit variants: comma-separated none,l1,l2,bn")
+    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     channels = tuple(int(c) for c in args.channels.split(","))
     assert len(channels) == 3 and args.seeds >= 1
     start = time.perf_counter()
-    results = run(args.seeds, args.epochs, args.ft_epochs, channels, args.divisor)  # type: ignore[arg-type]
-    command = "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    reorders = tuple(None if r == "none" else r for r in args.reorder.split(","))
+    results = run(args.seeds, args.epochs, args.ft_epochs, channels, args.divisor, reorders)  # type: ignore[arg-type]
+    command = "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:])
     section = to_markdown(results, command.strip(), time.perf_counter() - start, args.epochs, args.ft_epochs,
                           channels, args.divisor)  # type: ignore[arg-type]
     print(section)
     if args.write:
-        write_section(section)
+        write_section(HEADING, section)
         print(f"wrote {RESULTS}")
 
 
