@@ -71,6 +71,13 @@ def test_train_loader_resumes_mid_epoch_with_same_batches() -> None:
     assert all(torch.equal(a, b) for a, b in zip(full[10:], rest))
 
 
+def test_worker_processes_give_the_same_batches() -> None:
+    data = torch.utils.data.Subset(digits("train"), range(96))
+    in_process = [x for x, _ in train_loader(data, 32, seed=0, epoch=2)]
+    workers = [x for x, _ in train_loader(data, 32, seed=0, epoch=2, workers=2)]
+    assert len(workers) == 3 and all(torch.equal(a, b) for a, b in zip(in_process, workers))
+
+
 def test_model_transform_and_image_folder(tmp_path) -> None:
     import timm
 

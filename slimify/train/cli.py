@@ -47,6 +47,22 @@ def _fresh_output(path: str, force: bool) -> None:
         raise click.UsageError(f"{path} already exists: pass --force to replace it")
 
 
+def _check_classes(net: Any, data: str) -> None:
+    """Fail before any work when DATA has more classes than the model has outputs."""
+    import torch
+
+    from slimify.io import example_input
+    from slimify.train.resolve import count_classes
+
+    classes, was_training = count_classes(data), net.training
+    with torch.no_grad():
+        outputs = net.eval()(example_input(net)).shape[-1]
+    net.train(was_training)
+    if classes is not None and classes > outputs:
+        raise click.UsageError(f"{data} has {classes} classes but the model has {outputs} outputs: use a model "
+                               f"with {classes} outputs (convert it with --num-classes {classes})")
+
+
 def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
           num_classes: int | None, reorder: str | None) -> tuple[Any, dict[str, Any]]:
     from slimify.train.resolve import count_classes, load_slimmable
@@ -80,7 +96,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
                      divisor: int, num_classes: int | None, device: str | None, reorder: str | None) -> None:
     """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
-    from slimify.train.distributed import dist_info, init_from_env
+    from slimify.train.distributed import dist_info, init_from_env, shutdown
     from slimify.train.loop import finetune
     from slimify.train.recipe import load_recipe
     from slimify.train.resolve import has_module, resolve_data, save_model
@@ -95,6 +111,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
 
     torch.manual_seed(r.seed)  # the same seed builds the same initial weights
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
+    _check_classes(net, data)
     train = resolve_data(data, net, train=True)
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
     val = resolve_data(val_data or data, net, train=False, split="val") if has_val else None
@@ -105,6 +122,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
             click.echo(result.eval.table())
         final = Path(out) / ("model.slim" if has_module("slimify.io") else "model.pt")
         click.echo(f"saved {save_model(net, spec, final)} (checkpoint: {result.checkpoint})")
+    shutdown()
 
 
 @click.command("calibrate", epilog="""\b
@@ -153,6 +171,7 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
     if json_path:
         _fresh_output(json_path, force)
     net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
+    _check_classes(net, data)
     dev = resolve_device(device)
     result = evaluate(net.to(dev), resolve_data(data, net, train=False), widths=widths, batch_size=batch_size,
                       device=dev)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DistInfo", "dist_info", "init_from_env", "wrap_ddp", "all_reduce_sum", "barrier"]
+__all__ = ["DistInfo", "dist_info", "init_from_env", "wrap_ddp", "all_reduce_sum", "barrier", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,10 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (after every process got here), if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
