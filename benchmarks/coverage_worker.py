@@ -62,6 +62,24 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     return c, min(h, SIZE_CAP), min(w, SIZE_CAP)
 
 
+def _original_output(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and output of the unconverted model. Some models (HaloNet, BAT) only run at their
+    own size, which their config does not mark fixed: they fall back to it."""
+    torch.manual_seed(0)
+    size = input_size(model)
+    x = torch.randn(1, *size)
+    try:
+        with torch.no_grad():
+            return x, model(x)
+    except Exception:  # noqa: BLE001 - retried at the model's own size; a second failure propagates
+        own = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", size))
+        if own == size:
+            raise
+    x = torch.randn(1, *own)
+    with torch.no_grad():
+        return x, model(x)
+
+
 def _macs(model: nn.Module, x: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -117,11 +135,8 @@ def measure(lib: str, name: str, export: bool = True) -> dict[str, Any]:
     try:
         model = build(lib, name).requires_grad_(False)  # FlopCounterMode trips over parameters passed to modules
         wake_silent_weights(model)
-        size = input_size(model)
-        result["input"] = list(size)
-        x = torch.randn(1, *size)
-        with torch.no_grad():
-            expected = model(x)
+        x, expected = _original_output(model)
+        result["input"] = list(x.shape[1:])
         result["stage"] = "convert"
         start = time.perf_counter()
         slimify.convert(model, SWITCHES, example_input=x)

@@ -49,6 +49,7 @@ _BY_NAME: dict[Callable[..., Any], tuple[str, ...]] = {
     shape.transpose: ("transpose", "swapaxes", "swapdims", "t"),
     shape.expand: ("expand", "expand_as"),
     shape.repeat: ("repeat",),
+    shape.repeat_interleave: ("repeat_interleave",),
     segments.cat: ("cat", "concat", "concatenate"),
     segments.stack: ("stack",),
     segments.split: ("split", "split_with_sizes"),

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.modules import module_rule
-from slimify.rules.sizes import follow_literal
+from slimify.rules.sizes import follow_literal, register_attr
 from slimify.space import Count
 
 __all__ = ["head_units", "multihead_attention", "shifted_window_attention", "relative_position_bias"]
@@ -87,11 +87,11 @@ def multihead_attention(ctx: RuleContext, m: nn.MultiheadAttention, path: str, a
     ctx.space.param(f"{path}.out_proj", "weight", {0: out_ids, 1: vi})
     if m.out_proj.bias is not None:
         ctx.space.param(f"{path}.out_proj", "bias", {0: out_ids})
-    ctx.space.attr(f"{path}.out_proj", "in_features", Count(vi))
-    ctx.space.attr(f"{path}.out_proj", "out_features", Count(out_ids))
+    register_attr(ctx, f"{path}.out_proj", "in_features", Count(vi))
+    register_attr(ctx, f"{path}.out_proj", "out_features", Count(out_ids))
     for name, ids in (("embed_dim", qi), ("kdim", ki), ("vdim", vi)):
-        ctx.space.attr(path, name, Count(ids))
-    ctx.space.attr(path, "num_heads", Count(head_ids))
+        register_attr(ctx, path, name, Count(ids))
+    register_attr(ctx, path, "num_heads", Count(head_ids))
     out = TensorVal(out_ids.reshape([1] * (q.ndim - 1) + [-1]), tuple(out_shapes[0]))
     return (out, None if out_shapes[1] is None else ctx.fixed(tuple(out_shapes[1])))
 

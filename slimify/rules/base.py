@@ -75,6 +75,8 @@ class RuleContext:
         self.node: fx.Node | None = None
         self._param_labels: dict[tuple[str, str], TensorVal] = {}
         self.values: dict[fx.Node, Any] = {}  # analysed value of every node so far (filled by analyze)
+        self._producer = np.zeros(1, bool)  # id → made by a layer (not a parameter element)
+        self._vars_seen = 0
 
     # -- node facts ---------------------------------------------------------------------
     def begin(self, node: fx.Node) -> None:
@@ -113,6 +115,29 @@ class RuleContext:
         label = ids.reshape(shape) if shape else ids.reshape(())
         self.space.param(p.module, p.name, elementwise=label)
         return TensorVal(label, shape)
+
+    def is_table(self, label: np.ndarray) -> bool:
+        """Whether ``label`` holds no layer output channel: parameter elements (a rotary or
+        relative-position table) or fixed ids only."""
+        vars_ = self.space.vars
+        if self._vars_seen < len(vars_) or self._producer.size < self.space.size:
+            grown = np.zeros(self.space.size, bool)
+            grown[: self._producer.size] = self._producer[: self.space.size]
+            for v in vars_[self._vars_seen:]:
+                grown[v.start:v.start + v.size] = v.producer
+            self._producer, self._vars_seen = grown, len(vars_)
+        return not self._producer[label.ravel()].any()
+
+    def shared_across(self, labels: list[np.ndarray], reals: list[tuple[int, ...]], rigid: set[int]) -> list[bool]:
+        """For operands aligned on common dims: which are one table (or one value) used by
+        every channel of another operand — they span none of the dims along which the others'
+        channels shrink. Such an operand keeps its size and must tie no channels together."""
+        shared = []
+        for i, (lab, real) in enumerate(zip(labels, reals)):
+            others = {d for j, o in enumerate(labels) if j != i for d in range(o.ndim) if o.shape[d] > 1} - rigid
+            spans = any(real[d] > 1 for d in others)
+            shared.append(bool(others) and not spans and (lab.size == 1 or self.is_table(lab)))
+        return shared
 
     def fixed(self, shape: tuple[int, ...]) -> TensorVal:
         """A tensor whose channels never slim (inputs, results of ops without rules)."""

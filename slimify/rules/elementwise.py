@@ -26,14 +26,11 @@ def elementwise(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     values = [ctx.tensor(t) for t in tensors_in([args, kwargs])]
     operands = [_aligned(t, n) + (frozenset(r + n - t.ndim for r in t.rigid),) for t in values]
     operands = [op for op in operands if len(op[1]) == n]
-    varying = {d for lab, _, _ in operands for d in range(n) if lab.shape[d] > 1}
-    all_rigid = frozenset().union(*(r for _, _, r in operands))
-    shrinking = varying - all_rigid
+    all_rigid = set().union(*(r for _, _, r in operands))
+    shared = ctx.shared_across([lab for lab, _, _ in operands], [real for _, real, _ in operands], all_rigid)
     taking = []
-    for lab, real, rigid in operands:
-        if shrinking and not any(real[d] > 1 for d in shrinking):
-            # broadcast across channels (a scalar gain, a spatial map, a rotary table shared by
-            # all heads): every channel uses all of it, so it keeps its size and ties none of them
+    for (lab, real, rigid), is_shared in zip(operands, shared):
+        if is_shared:  # a scalar gain, a spatial map, a rotary table shared by all heads
             ctx.space.fix(lab, f"broadcast across channels at {ctx.space.context}")
             continue
         taking.append((lab, rigid))
@@ -44,7 +41,11 @@ def elementwise(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
         ctx.space.union(first, lab)
     joint = np.broadcast_shapes(*(lab.shape for lab, _ in taking))
     rigid = frozenset().union(*(r for _, r in taking))
-    return TensorVal(np.broadcast_to(first, joint).copy(), out_shape, rigid)
+    label = np.broadcast_to(first, joint)
+    for d in range(n):  # an operand constant along d was tied to every position along it:
+        if label.shape[d] > 1 and min(lab.shape[d] for lab, _ in taking) == 1:  # one class there
+            label = label[(slice(None),) * d + (slice(0, 1),)]
+    return TensorVal(label.copy(), out_shape, rigid)
 
 
 def passthrough(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:

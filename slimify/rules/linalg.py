@@ -33,12 +33,11 @@ def _joint(t: TensorVal, letters: str, order: str) -> tuple[np.ndarray, tuple[in
 def contract(ctx: RuleContext, operands: list[tuple[TensorVal, str]], out: str, out_shape: tuple[int, ...]) -> TensorVal:
     order = "".join(dict.fromkeys("".join(l for _, l in operands) + out))
     joint = [_joint(t, l, order) for t, l in operands]
-    varying = {i for lab, _ in joint for i in range(len(order)) if lab.shape[i] > 1}
+    rigid = {order.index(l[d]) for t, l in operands for d in t.rigid}
+    shared = ctx.shared_across([lab for lab, _ in joint], [real for _, real in joint], rigid)
     taking = []
-    for (lab, real), (_, letters) in zip(joint, operands):
-        if varying and not any(real[i] > 1 for i in varying if order[i] in letters):
-            # spans no channel dim (a single-channel attention map, a table shared by all
-            # heads): every channel uses all of it, so it keeps its size and ties none of them
+    for (lab, real), is_shared in zip(joint, shared):
+        if is_shared:  # a single-channel attention map, a relative-position table used by every head
             ctx.space.fix(lab, f"broadcast across channels at {ctx.space.context}")
             continue
         taking.append((lab, real))

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.elementwise import passthrough
+from slimify.rules.sizes import register_attr
 from slimify.space import Count
 
 __all__ = ["MODULE_RULES", "module_rule", "find_module_rule", "find_module_rule_by_mro"]
@@ -60,11 +61,11 @@ def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) ->
         for b in range(groups):
             ctx.space.union_all(np.concatenate([in_ids[b * cin:(b + 1) * cin], out_ids[b * cout:(b + 1) * cout]]))
         ctx.space.param(path, "weight", {0: out_ids})
-        ctx.space.attr(path, "groups", Count(in_ids, unit=cin))
+        register_attr(ctx, path, "groups", Count(in_ids, unit=cin))
     if m.bias is not None:
         ctx.space.param(path, "bias", {0: out_ids})
-    ctx.space.attr(path, "in_channels", Count(in_ids))
-    ctx.space.attr(path, "out_channels", Count(out_ids))
+    register_attr(ctx, path, "in_channels", Count(in_ids))
+    register_attr(ctx, path, "out_channels", Count(out_ids))
     return ctx.with_dim(x, 1, out_ids, ctx.out_shape)
 
 
@@ -81,8 +82,8 @@ def linear(ctx: RuleContext, m: nn.Linear, path: str, args: list, kwargs: dict) 
     ctx.space.param(path, "weight", {0: out_ids, 1: in_ids})
     if m.bias is not None:
         ctx.space.param(path, "bias", {0: out_ids})
-    ctx.space.attr(path, "in_features", Count(in_ids))
-    ctx.space.attr(path, "out_features", Count(out_ids))
+    register_attr(ctx, path, "in_features", Count(in_ids))
+    register_attr(ctx, path, "out_features", Count(out_ids))
     return TensorVal(out_ids.reshape([1] * last + [-1]), tuple(ctx.out_shape))
 
 
@@ -91,7 +92,7 @@ def batchnorm(ctx: RuleContext, m: nn.BatchNorm2d, path: str, args: list, kwargs
     x = ctx.tensor(args[0])
     ids = ctx.channel_ids(x, 1)
     ctx.space.batchnorm(path, ids)
-    ctx.space.attr(path, "num_features", Count(ids))
+    register_attr(ctx, path, "num_features", Count(ids))
     return passthrough(ctx, [ctx.with_dim(x, 1, ids, x.shape)], {})
 
 
@@ -102,14 +103,23 @@ def layernorm(ctx: RuleContext, m: nn.LayerNorm, path: str, args: list, kwargs: 
         ctx.fix_all([x], f"{path}: LayerNorm over {len(m.normalized_shape)} dims")
         return ctx.fixed(ctx.out_shape)
     size = m.normalized_shape[0]
-    dim = x.ndim - 1 if x.shape[-1] == size else 1  # channels-last or channels-first (LayerNorm2d)
+    dim = _norm_dim(x, size)
     ids = ctx.channel_ids(x, dim)
     if m.weight is not None:
         ctx.space.param(path, "weight", {0: ids})
     if getattr(m, "bias", None) is not None:
         ctx.space.param(path, "bias", {0: ids})
-    ctx.space.attr(path, "normalized_shape", (Count(ids),))
+    register_attr(ctx, path, "normalized_shape", (Count(ids),))
     return passthrough(ctx, [_relabel(x, dim, ids)], {})
+
+
+def _norm_dim(x: TensorVal, size: int) -> int:
+    """The normalised dim of a LayerNorm: channels-last, or channels-first (timm's LayerNorm2d);
+    when both have the normalised size (64×64×64 maps), the one carrying channels."""
+    last, first = x.shape[-1] == size, x.ndim > 2 and x.shape[1] == size
+    if last and first and x.label.shape[1] > 1 and x.label.shape[-1] == 1:
+        return 1
+    return x.ndim - 1 if last else 1
 
 
 @module_rule(nn.GroupNorm)
@@ -118,15 +128,15 @@ def groupnorm(ctx: RuleContext, m: nn.GroupNorm, path: str, args: list, kwargs: 
     ids = ctx.channel_ids(x, 1)
     groups, channels = m.num_groups, m.num_channels
     if groups == channels:
-        ctx.space.attr(path, "num_groups", Count(ids))
+        register_attr(ctx, path, "num_groups", Count(ids))
     elif groups > 1:  # normalisation groups are units of width: their number slims
         per = channels // groups
         ctx.space.union_slabs(ids.reshape(groups, per), 0)
-        ctx.space.attr(path, "num_groups", Count(ids, unit=per))
+        register_attr(ctx, path, "num_groups", Count(ids, unit=per))
     if m.affine:
         ctx.space.param(path, "weight", {0: ids})
         ctx.space.param(path, "bias", {0: ids})
-    ctx.space.attr(path, "num_channels", Count(ids))
+    register_attr(ctx, path, "num_channels", Count(ids))
     return passthrough(ctx, [_relabel(x, 1, ids)], {})
 
 
@@ -136,7 +146,7 @@ def prelu(ctx: RuleContext, m: nn.PReLU, path: str, args: list, kwargs: dict) ->
     if m.num_parameters > 1:
         ids = ctx.channel_ids(x, 1)
         ctx.space.param(path, "weight", {0: ids})
-        ctx.space.attr(path, "num_parameters", Count(ids))
+        register_attr(ctx, path, "num_parameters", Count(ids))
         x = _relabel(x, 1, ids)
     return passthrough(ctx, [x], {})
 

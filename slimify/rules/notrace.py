@@ -25,6 +25,9 @@ from slimify.trace import SHAPE_KEY, VALUE_KEY, SlimifyTracer
 __all__ = ["ConcreteTracer", "trace_through", "notrace_classes"]
 
 
+_CONCRETE_ATTRS = frozenset({"device", "dtype", "is_cuda", "layout", "requires_grad", "is_floating_point"})
+
+
 class _ConcreteProxy(fx.Proxy):
     """A proxy that answers ``len``, ``int``, ``float`` and ``math.ceil`` with its value (not
     ``__index__``: torch's argument parser would take the proxy for an int and skip dispatch)."""
@@ -34,6 +37,11 @@ class _ConcreteProxy(fx.Proxy):
 
     def __len__(self) -> int:
         return len(self._value())
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _CONCRETE_ATTRS:  # ``torch.autocast(device_type=v.device.type)``
+            return getattr(self._value(), name)
+        return super().__getattr__(name)
 
     def __int__(self) -> int:
         return int(self._value())

@@ -10,7 +10,8 @@ from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.sizes import SizeExpr, attribute_candidates, follow_literal, is_dynamic, size_expr, tie_sizes
 from slimify.space import Count
 
-__all__ = ["reshape_to", "view", "flatten", "unflatten", "permute", "transpose", "expand", "repeat", "same_shape"]
+__all__ = ["reshape_to", "view", "flatten", "unflatten", "permute", "transpose", "expand", "repeat",
+           "repeat_interleave", "same_shape"]
 
 
 def _blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
@@ -112,7 +113,11 @@ class _Sizes:
                 self.ctx.space.fix(self.label, f"reshape to size {arg} baked in code at {where}")
             return
         e = self.expr(o)
-        if e is None or e.ids is None:
+        head = self.head_factor(o)
+        if head is not None:  # ``B * self.num_heads``: the attribute follows the heads
+            if not follow_literal(self.ctx, head, Count(np.unique(self.slab_ids(o)))):
+                self.ctx.space.fix(self.label, f"reshape to a size computed from {head} at {where}")
+        elif e is None or e.ids is None:
             what = "computed in code" if e is None else "read from channels that never slim"
             self.ctx.space.fix(self.label, f"reshape to a size {what} at {where}")
         elif not self.is_own(e) and not tie_sizes(self.ctx, e, self.slab_ids(o)):
@@ -129,6 +134,15 @@ class _Sizes:
             return
         self.ctx.space.fix(self.label if e is None else e.ids,
                            f"a fixed-size dim computed from slimming channels at {self.ctx.space.context}")
+
+    def head_factor(self, o: int) -> int | None:
+        """The literal ``k`` of a constant product like ``B * k`` when ``k`` is an attribute
+        counting heads or groups (the other factors are batch-like)."""
+        e = self.expr(o) if isinstance(self.arg(o), fx.Node) else None
+        if e is None or e.ids is not None:
+            return None
+        found = [k for k in e.literals if _hinted_attribute(self.ctx, k)]
+        return found[-1] if len(found) == 1 else None
 
     def heads_ratio(self, o: int, shrink: int) -> bool:
         """``size(o) == C // k`` where ``k`` is the literal size of ``shrink``, an attribute
@@ -161,22 +175,23 @@ def _pick_shrinking(ctx: RuleContext, dims: list[int], sizes: _Sizes) -> int | N
                 if h != d and sizes.heads_ratio(d, h):
                     return h
     for d in dims:
-        if isinstance(args[d], fx.Node):
+        if isinstance(args[d], fx.Node) and (sizes.expr(d) is None or sizes.expr(d).ids is not None):
             return d
     for hint in (True, False):
-        matching = []
-        for d in dims:
-            if isinstance(args[d], int) and args[d] != -1:
-                names = [n for _, n, f in attribute_candidates(ctx, args[d]) if f == 1]
-                if names and (not hint or any(_counts_units(n) for n in names)):
-                    matching.append(d)
+        matching = [d for d in dims if isinstance(args[d], int) and args[d] != -1 and _is_attribute(ctx, args[d], hint)]
+        matching += [d for d in dims if sizes.head_factor(d) is not None and hint]
         if matching:  # (3, heads, head_dim) with 3 heads: the projections' count comes first
-            return matching[-1]
+            return max(matching)
         if hint:
             for d in dims:
                 if args[d] == -1:
                     return d
     return None
+
+
+def _is_attribute(ctx: RuleContext, value: int, hint: bool) -> bool:
+    names = [n for _, n, f in attribute_candidates(ctx, value) if f == 1]
+    return bool(names) and (not hint or any(_counts_units(n) for n in names))
 
 
 def _union_slabs_in_block(ctx: RuleContext, label: np.ndarray, shrink: int, block: list[int]) -> None:
@@ -255,10 +270,26 @@ def expand(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
 def repeat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     x = ctx.tensor(args[0])
     reps = _size_args(ctx.node, 1)
-    if any(isinstance(r, fx.Node) for r in reps):
-        ctx.fix_all([x], f"repeat with computed counts at {ctx.space.context}")
-        return ctx.fixed(tuple(ctx.out_shape))
     pad = len(reps) - x.ndim
     label = x.label.reshape((1,) * pad + x.label.shape)
-    tiles = [r if label.shape[d] > 1 else 1 for d, r in enumerate(reps)]
+    if any(isinstance(r, fx.Node) and label.shape[d] > 1 for d, r in enumerate(reps)):
+        ctx.fix_all([x], f"repeat of channels with computed counts at {ctx.space.context}")
+        return ctx.fixed(tuple(ctx.out_shape))
+    tiles = [r if label.shape[d] > 1 else 1 for d, r in enumerate(args[1:] if len(args) > 2 or isinstance(args[1], int)
+                                                                  else args[1])]
     return TensorVal(np.tile(label, tiles), tuple(ctx.out_shape), frozenset(r + pad for r in x.rigid))
+
+
+def repeat_interleave(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """``x.repeat_interleave(r, dim)``: each entry repeated ``r`` times in place (a batch of
+    windows sharing one global query); along channels every copy keeps its channel's id."""
+    x = ctx.tensor(args[0])
+    reps = args[1] if len(args) > 1 else kwargs.get("repeats")
+    dim = args[2] if len(args) > 2 else kwargs.get("dim")
+    if dim is None or not isinstance(reps, int):
+        if dim is None or x.label.shape[dim % x.ndim] > 1:
+            ctx.fix_all([x], f"repeat_interleave over channels at {ctx.space.context}")
+            return ctx.fixed(tuple(ctx.out_shape))
+        return TensorVal(x.label.copy(), tuple(ctx.out_shape), x.rigid)
+    label = np.repeat(x.label, reps, axis=dim % x.ndim) if x.label.shape[dim % x.ndim] > 1 else x.label
+    return TensorVal(label.copy(), tuple(ctx.out_shape), x.rigid)

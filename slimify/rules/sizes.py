@@ -12,7 +12,7 @@ import torch.fx as fx
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.space import Count
 
-__all__ = ["is_dynamic", "follow_literal", "attribute_candidates", "SizeExpr", "size_expr", "tie_sizes"]
+__all__ = ["is_dynamic", "follow_literal", "attribute_candidates", "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
 
 WIDTH_ATTR_HINTS = ("head", "group", "chs", "channels", "dim", "width", "split", "features")
 
@@ -27,7 +27,15 @@ def attribute_candidates(ctx: RuleContext, value: Any) -> list[tuple[str, str, i
     whose forward code made this node (an outer module's attribute of the same value is a
     coincidence more often than the source: ``Scale.shape`` vs its block's ``dim``)."""
     found = []
-    for path in ctx.owner_paths()[:1]:
+    owner = ctx.owner_paths()[0]
+    paths = [owner]
+    if isinstance(value, (list, tuple)):  # a whole shape is strong evidence: also a child's (rel_pos.bias_shape)
+        try:
+            module = ctx.root.get_submodule(owner) if owner else ctx.root
+            paths += [f"{owner}.{n}" if owner else n for n, _ in module.named_children()]
+        except AttributeError:
+            pass
+    for path in paths:
         try:
             module = ctx.root.get_submodule(path) if path else ctx.root
         except AttributeError:
@@ -48,32 +56,79 @@ def attribute_candidates(ctx: RuleContext, value: Any) -> list[tuple[str, str, i
 
 def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool = True) -> bool:
     """Make the attribute that holds the literal ``value`` follow ``counts`` (a Count or a
-    list of Counts with the same structure as ``value``). Returns False when no attribute is
-    found unambiguously: the caller then fixes the channels."""
+    list of Counts with the same structure as ``value``). A list with no attribute of its own
+    (``[self.dim_conv3, self.dim_untouched]``) follows through one attribute per entry. Returns
+    False when no attribute is found: the caller then fixes the channels."""
     candidates = attribute_candidates(ctx, value)
     if not candidates:
+        if isinstance(value, (list, tuple)) and not isinstance(counts, Count) and len(value) == len(counts):
+            return all(follow_literal(ctx, v, c, prefer_hint) if isinstance(c, Count) else True
+                       for v, c in zip(value, counts))
         return False
     exact = [c for c in candidates if c[2] == 1] or candidates
     if len(exact) > 1 and prefer_hint:  # prefer names that speak of widths (num_heads, out_chs)
         exact = [c for c in exact if any(h in c[1].lower() for h in WIDTH_ATTR_HINTS)] or exact
-    path, name, factor = exact[0]
-    if isinstance(counts, Count) and factor != 1:
-        counts = Count(np.repeat(counts.ids, factor), counts.unit)
     if isinstance(value, tuple) and not isinstance(counts, Count):
         counts = tuple(counts)
-    ctx.space.attr(path, name, counts)
+    factor = exact[0][2]
+    if isinstance(counts, Count) and factor != 1:
+        counts = Count(np.repeat(counts.ids, factor), counts.unit)
+    for path, name, f in exact:  # equal values in several attributes (dim_qk == dim_v): all follow
+        if f == factor:
+            register_attr(ctx, path, name, counts)
+            if isinstance(value, int):  # a helper's own copy (rel_pos.num_heads read in rel_pos.get_bias)
+                for child, cname in _children_with(ctx, path, name, value):
+                    register_attr(ctx, child, cname, counts)
     return True
+
+
+def _children_with(ctx: RuleContext, path: str, name: str, value: int) -> list[tuple[str, str]]:
+    """Direct children of module ``path`` holding an attribute ``name`` equal to ``value``."""
+    try:
+        module = ctx.root.get_submodule(path) if path else ctx.root
+    except AttributeError:
+        return []
+    return [(f"{path}.{n}" if path else n, name) for n, child in module.named_children()
+            if vars(child).get(name) == value and not isinstance(vars(child).get(name), bool)]
+
+
+def register_attr(ctx: RuleContext, path: str, name: str, template: Any) -> None:
+    """``space.attr``, keeping two uses of one attribute consistent: equal widths or fixed.
+    Every rule registers attributes through here."""
+    existing = ctx.space.attrs.get((path, name))
+    if existing is not None:
+        _agree(ctx, existing.template, template)
+    ctx.space.attr(path, name, template)
+
+
+def _agree(ctx: RuleContext, a: Any, b: Any) -> None:
+    if isinstance(a, Count) and isinstance(b, Count):
+        if a.ids is b.ids or np.array_equal(a.ids, b.ids):
+            return
+        if len(a.ids) == len(b.ids) and a.unit == b.unit:
+            ctx.space.balance([a.ids, b.ids])
+        else:
+            ctx.space.fix(np.concatenate([a.ids, b.ids]), f"one attribute sizes different channels at {ctx.space.context}")
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        for x, y in zip(a, b):
+            _agree(ctx, x, y)
+    elif isinstance(a, Count) or isinstance(b, Count):
+        ids = a.ids if isinstance(a, Count) else b.ids
+        ctx.space.fix(ids, f"one attribute is both a width and a constant at {ctx.space.context}")
 
 
 @dataclass(frozen=True)
 class SizeExpr:
     """A size computed in forward code: ``active(ids) · num // den`` at every width, or a
-    constant ``value`` when ``ids`` is None (read from a dim that never slims)."""
+    constant ``value`` when ``ids`` is None (read from a dim that never slims). ``literals``
+    are the literal factors of a constant product (``B * self.num_heads``: the attribute may
+    follow the width)."""
 
     value: int
     ids: np.ndarray | None = None
     num: int = 1
     den: int = 1
+    literals: tuple[int, ...] = ()
 
 
 _ARITH = {operator.mul, operator.floordiv, operator.truediv, operator.add, operator.sub}
@@ -97,7 +152,7 @@ def size_expr(ctx: RuleContext, arg: Any) -> SizeExpr | None:
     if isinstance(arg, bool) or not isinstance(arg, (int, fx.Node)):
         return None
     if isinstance(arg, int):
-        return SizeExpr(arg)
+        return SizeExpr(arg, literals=(arg,))
     read = _shape_read(arg)
     if read is not None:
         value = ctx.values.get(read[0])
@@ -118,7 +173,7 @@ def _arith(op: Any, a: SizeExpr | None, b: SizeExpr | None) -> SizeExpr | None:
         return None
     value = int(op(a.value, b.value))
     if a.ids is None and b.ids is None:
-        return SizeExpr(value)
+        return SizeExpr(value, literals=a.literals + b.literals if op is operator.mul else ())
     if op is operator.mul:
         lin, k = (a, b.value) if a.ids is not None else (b, a.value)
         return SizeExpr(value, lin.ids, lin.num * k, lin.den)
