@@ -50,6 +50,7 @@ _BY_NAME: dict[Callable[..., Any], tuple[str, ...]] = {
     shape.expand: ("expand", "expand_as"),
     shape.repeat: ("repeat",),
     shape.repeat_interleave: ("repeat_interleave",),
+    shape.spatial_only: ("roll", "flip"),
     segments.cat: ("cat", "concat", "concatenate"),
     segments.stack: ("stack",),
     segments.split: ("split", "split_with_sizes"),
@@ -93,6 +94,8 @@ def _extra_targets() -> dict[Callable[..., Any], list[Any]]:
         ew.passthrough: [torchvision.ops.stochastic_depth],
         attention.shifted_window_attention: [tv_swin.shifted_window_attention],
         attention.relative_position_bias: [tv_swin._get_relative_position_bias],
+        windows.unfold: [F.unfold],  # not Tensor.unfold(dim, size, step): another op
+        windows.fold: [F.fold],
     }
     for target, rule in windows.window_functions().items():
         by_rule.setdefault(rule, []).append(target)

@@ -102,9 +102,14 @@ def linear_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
 
 
 def conv_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """``F.conv2d(x, self.weight…)``: a dense conv's parameter is served narrow; a depthwise one
+    (BlurPool's fixed filter, ``groups=channels``) passes every channel through on its own."""
     x, w = ctx.tensor(args[0]), args[1] if len(args) > 1 else kwargs["weight"]
     groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    w_shape = tuple(w.tensor.shape) if isinstance(w, ParamVal) else tuple(w.shape) if isinstance(w, TensorVal) else ()
+    if isinstance(groups, int) and groups > 1 and groups == x.shape[1] == w_shape[0] and w_shape[1] == 1:
+        return _depthwise_fn(ctx, x, w, bias, groups)
     if not isinstance(w, ParamVal) or groups != 1:
         ctx.fix_all([x, w, bias], f"functional conv (groups={groups}) at {ctx.space.context}")
         return ctx.fixed(tuple(ctx.out_shape))
@@ -113,6 +118,21 @@ def conv_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     ctx.space.param(w.module, w.name, {0: out_ids, 1: in_ids})
     _bias(ctx, bias, out_ids)
     return ctx.with_dim(x, 1, out_ids, tuple(ctx.out_shape))
+
+
+def _depthwise_fn(ctx: RuleContext, x: TensorVal, w: object, bias: object, groups: int) -> TensorVal:
+    ids = ctx.channel_ids(x, 1)
+    if isinstance(w, ParamVal):
+        ctx.space.param(w.module, w.name, {0: ids})
+    elif isinstance(w, TensorVal) and w.label.shape[0] > 1:
+        ctx.space.union(ctx.channel_ids(w, 0), ids)
+    elif isinstance(w, TensorVal):  # one filter expanded to every channel
+        ctx.space.fix(w.label, f"a filter shared by all channels at {ctx.space.context}")
+    _bias(ctx, bias, ids)
+    node_groups = ctx.node.args[6] if len(ctx.node.args) > 6 else ctx.node.kwargs.get("groups")
+    if not isinstance(node_groups, fx.Node) and not follow_literal(ctx, groups, Count(ids)):
+        ctx.space.fix(ids, f"depthwise conv with groups={groups} baked in code at {ctx.space.context}")
+    return ctx.with_dim(x, 1, ids, tuple(ctx.out_shape))
 
 
 def layer_norm_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:

@@ -64,6 +64,9 @@ def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) ->
         register_attr(ctx, path, "groups", Count(in_ids, unit=cin))
     if m.bias is not None:
         ctx.space.param(path, "bias", {0: out_ids})
+    for name, p in m.named_parameters(recurse=False):  # per-output-channel extras (ScaledStdConv2d.gain)
+        if name not in ("weight", "bias") and p.dim() >= 1 and p.shape[0] == m.out_channels:
+            ctx.space.param(path, name, {0: out_ids})
     register_attr(ctx, path, "in_channels", Count(in_ids))
     register_attr(ctx, path, "out_channels", Count(out_ids))
     return ctx.with_dim(x, 1, out_ids, ctx.out_shape)
@@ -176,6 +179,12 @@ def unknown_module(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs
 
 for _cls in PASSTHROUGH_MODULES:
     MODULE_RULES[_cls] = _passthrough_module
+
+
+@module_rule(nn.Unfold, nn.Fold)
+def unfold_module(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> TensorVal:
+    from slimify.rules.windows import fold, unfold
+    return (unfold if isinstance(m, nn.Unfold) else fold)(ctx, args, kwargs)
 
 
 @module_rule(nn.Flatten)

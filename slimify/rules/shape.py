@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 import torch.fx as fx
 
 from slimify.rules.base import RuleContext, TensorVal
@@ -11,7 +12,7 @@ from slimify.rules.sizes import SizeExpr, attribute_candidates, follow_literal, 
 from slimify.space import Count
 
 __all__ = ["reshape_to", "view", "flatten", "unflatten", "permute", "transpose", "expand", "repeat",
-           "repeat_interleave", "same_shape"]
+           "repeat_interleave", "same_shape", "spatial_only"]
 
 
 def _blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
@@ -191,7 +192,9 @@ def _pick_shrinking(ctx: RuleContext, dims: list[int], sizes: _Sizes) -> int | N
 
 def _is_attribute(ctx: RuleContext, value: int, hint: bool) -> bool:
     names = [n for _, n, f in attribute_candidates(ctx, value) if f == 1]
-    return bool(names) and (not hint or any(_counts_units(n) for n in names))
+    if hint:
+        return any(_counts_units(n) for n in names)
+    return any(not any(s in n.lower() for s in ("dim", "size")) for n in names)  # not head_dim
 
 
 def _union_slabs_in_block(ctx: RuleContext, label: np.ndarray, shrink: int, block: list[int]) -> None:
@@ -293,3 +296,16 @@ def repeat_interleave(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
         return TensorVal(x.label.copy(), tuple(ctx.out_shape), x.rigid)
     label = np.repeat(x.label, reps, axis=dim % x.ndim) if x.label.shape[dim % x.ndim] > 1 else x.label
     return TensorVal(label.copy(), tuple(ctx.out_shape), x.rigid)
+
+
+def spatial_only(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """``roll``/``flip`` (Swin's shifted windows): positions move along the given dims; along
+    channels that would reorder channels, which a prefix cannot follow."""
+    x = ctx.tensor(args[0])
+    dims = kwargs.get("dims", args[2] if ctx.node.target in ("roll", torch.roll) and len(args) > 2
+                      else args[1] if len(args) > 1 else None)
+    dims = [dims] if isinstance(dims, int) else dims
+    if dims is None or any(x.carries(d % x.ndim) for d in dims):
+        ctx.fix_all([x], f"channels moved by {getattr(ctx.node.target, '__name__', ctx.node.target)} at {ctx.space.context}")
+        return ctx.fixed(tuple(ctx.out_shape))
+    return TensorVal(x.label.copy(), tuple(ctx.out_shape), x.rigid)

@@ -13,7 +13,7 @@ import numpy as np
 
 from slimify.rules.base import FunctionRule, RuleContext, TensorVal
 
-__all__ = ["channel_dims", "patch_merging_pad", "window_functions"]
+__all__ = ["channel_dims", "patch_merging_pad", "unfold", "fold", "window_functions"]
 
 
 def channel_dims(d_in: int, d_out: int) -> FunctionRule:
@@ -44,6 +44,30 @@ def patch_merging_pad(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     ids = ctx.channel_ids(x, x.ndim - 1)
     out_shape = tuple(ctx.out_shape)
     return ctx.with_dim(x, len(out_shape) - 1, np.tile(ids, out_shape[-1] // len(ids)), out_shape)
+
+
+def unfold(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """``F.unfold`` (VOLO's outlooker): (B, C, H, W) → (B, C·k², L), channel-major: every
+    channel id repeats k² times."""
+    x = ctx.tensor(args[0])
+    out_shape = tuple(ctx.out_shape)
+    if any(x.carries(d) for d in range(2, x.ndim)):
+        ctx.fix_all([x], f"unfold over channel ids at {ctx.space.context}")
+        return ctx.fixed(out_shape)
+    ids = ctx.channel_ids(x, 1)
+    return ctx.with_dim(x, 1, np.repeat(ids, out_shape[1] // x.shape[1]), out_shape)
+
+
+def fold(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """``F.fold``: (B, C·k², L) → (B, C, H, W); the k² entries of a channel must be one channel."""
+    x = ctx.tensor(args[0])
+    out_shape = tuple(ctx.out_shape)
+    if x.carries(2) or x.shape[1] % out_shape[1]:
+        ctx.fix_all([x], f"fold over channel ids at {ctx.space.context}")
+        return ctx.fixed(out_shape)
+    ids = ctx.channel_ids(x, 1).reshape(out_shape[1], -1)
+    ctx.space.union(ids[:, :1], ids)
+    return ctx.with_dim(x, 1, ids[:, 0].copy(), out_shape)
 
 
 def window_functions() -> dict[Callable[..., Any], FunctionRule]:
