@@ -157,6 +157,9 @@ CLI_CASES: list[CliCase] = [
     _ft("data-fake-png-worker", "--recipe", "{tiny.yaml}", "--workers", "1", data="{fake_png}",
         message="not a readable image", leaves=STARTED),
     _ft("data-too-small", "--batch-size", "100000", "--workers", "0", message="fewer than one batch"),
+    _c("data-more-classes-eval", "eval", "{ok.slim}", "--data", "digits", message="10 classes but the model has 5"),
+    _c("data-more-classes-finetune", "finetune", "{ok.slim}", "--data", "digits", "-o", "{out}", out="run",
+       message="--num-classes 10"),
     _c("data-missing-eval", "eval", "slimify:digitsnet", "--data", "{missing_dir}", message="does not exist"),
     # outputs: existing (no --force), wrong kind, not writable
     _c("out-exists-convert", "convert", "slimify:tinynet", "-o", "{out}", existing=True, message="--force"),
@@ -377,6 +380,21 @@ def test_cli_bad_input_in_a_fresh_process(case_id: str, files: Path, tmp_path: P
     assert done.returncode == 2, done.stderr
     check_error_line(done.stderr, done.stdout, case.message)
     assert listing(out) in ([case.out] if case.existing else [], sorted(case.leaves))
+
+
+def test_force_replaces_what_the_refusals_protect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The other side of the ``existing`` cases: with --force the same commands do their work."""
+    metrics, model = tmp_path / "m.json", tmp_path / "m.slim"
+    metrics.write_text("old")
+    model.write_text("old")
+    for args in (["eval", *DIGITS, "--widths", "1", "--json", str(metrics), "--force"],
+                 ["calibrate", *DIGITS, "--batches", "1", "--batch-size", "8", "-o", str(model), "--force"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 0, capsys.readouterr().err
+    assert [row["width"] for row in json.loads(metrics.read_text())] == [1.0]
+    assert slimify.switches(slimify.load(model)) == (0.25, 0.5, 0.75, 1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.slim"]
 
 
 def test_the_table_is_large_and_ids_are_unique() -> None:
