@@ -13,7 +13,7 @@ import numpy as np
 import torch.nn as nn
 
 from slimify.rules.base import RuleContext, TensorVal
-from slimify.rules.elementwise import passthrough
+from slimify.rules.elementwise import fixed_output, passthrough
 from slimify.rules.sizes import register_attr
 from slimify.space import Count
 
@@ -174,7 +174,7 @@ def _passthrough_module(ctx: RuleContext, m: nn.Module, path: str, args: list, k
 def unknown_module(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> TensorVal:
     """No rule: the module is a boundary, every channel it touches keeps its full size."""
     ctx.fix_all([args, kwargs], f"{path}: no channel rule for module {type(m).__name__}")
-    return ctx.fixed(ctx.out_shape)
+    return fixed_output(ctx)  # nested results too: nn.LSTM returns (output, (h, c))
 
 
 for _cls in PASSTHROUGH_MODULES:

@@ -10,6 +10,7 @@ import numpy as np
 import torch.fx as fx
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
+from slimify.trace import VALUE_KEY
 from slimify.space import Count
 
 __all__ = ["is_dynamic", "follow_literal", "attribute_candidates", "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
@@ -165,6 +166,10 @@ def size_expr(ctx: RuleContext, arg: Any) -> SizeExpr | None:
         return size_expr(ctx, arg.args[0])
     if arg.op == "call_function" and arg.target in _ARITH and len(arg.args) == 2:
         return _arith(arg.target, size_expr(ctx, arg.args[0]), size_expr(ctx, arg.args[1]))
+    value = arg.meta.get(VALUE_KEY)  # math.ceil(H / p) and friends: constant if all inputs are
+    if isinstance(value, int) and not isinstance(value, bool) and arg.all_input_nodes and all(
+            (e := size_expr(ctx, n)) is not None and e.ids is None for n in arg.all_input_nodes):
+        return SizeExpr(value)
     return None
 
 
