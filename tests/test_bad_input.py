@@ -76,7 +76,7 @@ CLI_CASES: list[CliCase] = [
        message="not a switch"),
     _c("width-above-1-export", "export", "{ok.slim}", "--width", "2", "-o", "{out}", out="o.pt",
        message="not a switch"),
-    _c("width-not-switch-eval", "eval", "{ok.slim}", "--data", "digits", "--widths", "0.3", message="not one of"),
+    _c("width-not-switch-eval", "eval", *DIGITS, "--widths", "0.3", message="not one of"),
     _c("widths-unparsable-eval", "eval", *DIGITS, "--widths", "x", message="comma-separated"),
     # model names and sources
     _c("model-unknown-timm", "convert", "no_such_model_xyz", "-o", "{out}", message="unknown model"),
