@@ -41,6 +41,7 @@ GROUPS: dict[str, str] = {
     "test_huge_learning_rate_on_the_command_line": "lr 1e30 on the CLI: exit 2, one line, finite checkpoint kept",
     "test_the_table_is_large_and_ids_are_unique": "the tables hold >= 60 cases with unique ids",
     "test_api_ids_are_unique": "API case ids are unique",
+    "test_force_replaces_what_the_refusals_protect": "with --force, eval --json and calibrate replace their output",
 }
 
 
