@@ -172,6 +172,10 @@ def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
         ctx.fix_all([args, kwargs], f"{path}: cannot trace {type(m).__name__} ({type(e).__name__}: {e})"[:300])
         return ctx.fixed(tuple(ctx.out_shape)) if isinstance(ctx.out_shape, torch.Size) else None
     gm = fx.GraphModule(copy, graph)
+    for node in gm.graph.nodes:  # constants fx made attributes of (``_tensor_constant0``) have no proxy
+        if node.op == "get_attr" and node not in tracer.values:
+            owner, _, name = node.target.rpartition(".")
+            tracer.values[node] = getattr(gm.get_submodule(owner) if owner else gm, name)
     _absolute(gm, path, m)
     modules = dict(ctx.root.named_modules())
     placeholders = iter(inputs)

@@ -76,7 +76,9 @@ def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], li
     bounds = np.cumsum([0] + sizes)
     ctx.space.cut(ids[bounds[1:-1] - 1], ids[bounds[1:-1]])
     segs = [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    if literal is None or isinstance(literal, int):
+    if literal is None and len(set(sizes[:-1])) == 1 and sizes[-1] < sizes[0]:
+        _chunk_with_short_tail(ctx, segs)
+    elif literal is None or isinstance(literal, int):
         if len(set(sizes)) != 1:
             ctx.space.fix(ids, f"split into unequal pieces at {ctx.space.context}")
             return
@@ -85,6 +87,16 @@ def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], li
             ctx.space.fix(ids, f"split size {literal} baked in code at {ctx.space.context}")
     elif not follow_literal(ctx, list(literal), [Count(s) for s in segs]):
         ctx.space.fix(ids, f"split sizes {list(literal)} baked in code at {ctx.space.context}")
+
+
+def _chunk_with_short_tail(ctx: RuleContext, segs: list[np.ndarray]) -> None:
+    """``chunk(n)`` of C channels gives pieces of ``ceil(C/n)`` and a shorter last one (EdgeNeXt's
+    88 → 30, 30, 28). Tying position j of every piece that has it keeps the same split at every
+    width: with k positions active the pieces hold k, …, k, min(k, last) = what chunk computes."""
+    tail = len(segs[-1])
+    ctx.space.union(np.stack([s[:tail] for s in segs])[:1], np.stack([s[:tail] for s in segs]))
+    extra = np.stack([s[tail:] for s in segs[:-1]])
+    ctx.space.union(extra[:1], extra)
 
 
 def split(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:

@@ -205,7 +205,7 @@ def _is_attribute(ctx: RuleContext, value: int, hint: bool) -> bool:
     names = [n for _, n, f in attribute_candidates(ctx, value) if f == 1]
     if hint:
         return any(_counts_units(n) for n in names)
-    return any(not any(s in n.lower() for s in ("dim", "size")) for n in names)  # not head_dim
+    return any(not ("head" in n.lower() and any(s in n.lower() for s in ("dim", "size"))) for n in names)  # not head_dim
 
 
 def _union_slabs_in_block(ctx: RuleContext, label: np.ndarray, shrink: int, block: list[int]) -> None:

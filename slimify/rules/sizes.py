@@ -193,8 +193,8 @@ def tie_sizes(ctx: RuleContext, source: SizeExpr, target: np.ndarray) -> bool:
     ids, num, den = source.ids, source.num, source.den
     if ids is None or len(ids) * num != len(target) * den:
         return False
-    if num == den:  # tied position by position (a balance would cost the planner a retry each)
-        ctx.space.union(np.asarray(ids), np.asarray(target))
+    if num == den:  # equal counts; position by position only if the plan finds them unequal
+        ctx.space.balance([np.asarray(ids), np.asarray(target)])
     elif num == 1:  # one target entry per ``den`` source channels
         ctx.space.union(np.asarray(target)[:, None], np.asarray(ids).reshape(len(target), den))
     elif den == 1:
