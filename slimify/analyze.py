@@ -37,7 +37,7 @@ def analyze(traced: TracedModel) -> ChannelSpace:
     """Annotate nothing, mutate nothing: returns the constraints of every channel."""
     space = ChannelSpace()
     ctx = RuleContext(space, traced.root)
-    env: dict[fx.Node, Any] = {}
+    env: dict[fx.Node, Any] = ctx.values  # rules read earlier values (where a size came from)
     modules = dict(traced.root.named_modules())
     for node in traced.graph.nodes:
         ctx.begin(node)

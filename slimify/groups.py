@@ -126,7 +126,7 @@ def find_groups(space: ChannelSpace) -> GroupTable:
 def _set_units_and_origins(space: ChannelSpace, groups: list[ChannelGroup], group_of_id: np.ndarray,
                            class_of: np.ndarray, var_of: np.ndarray, producer: np.ndarray,
                            seen: np.ndarray) -> None:
-    """unit = channels per class in the finest producer of the group (1 for plain channels,
+    """unit = channels per class in most producers of the group (1 for plain channels,
     head_dim for attention heads, channels per group for grouped convs)."""
     ids = np.nonzero(producer & (group_of_id >= 0))[0]
     n_vars = len(space.vars) + 1
@@ -134,13 +134,14 @@ def _set_units_and_origins(space: ChannelSpace, groups: list[ChannelGroup], grou
     keys, counts = np.unique(gv, return_counts=True)
     distinct = np.unique(gv * class_of.size + class_of[ids])
     _, n_classes = np.unique(distinct // class_of.size, return_counts=True)
-    units: dict[int, int] = {}
+    units: dict[int, list[int]] = {}
     for key, n_ids, n_cls in zip(keys.tolist(), counts.tolist(), n_classes.tolist()):
         gi, vi = divmod(key, n_vars)
-        units[gi] = min(units.get(gi, n_ids), max(1, n_ids // n_cls))
+        units.setdefault(gi, []).append(max(1, n_ids // n_cls))
         groups[gi].origins.append(space.vars[vi].origin)
     seen_groups = set(np.unique(group_of_id[seen & (group_of_id >= 0)]).tolist())
-    for grp in groups:
-        grp.unit = units.get(grp.index, 1)
+    for grp in groups:  # the most common producer's unit: a per-head table (1 per head) is not the stream's
+        found = units.get(grp.index, [1])
+        grp.unit = max(sorted(set(found), reverse=True), key=found.count)
         if not grp.fixed and grp.index not in seen_groups:
             grp.fixed, grp.reason = True, "only parameters, no activation uses these channels"

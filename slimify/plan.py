@@ -63,6 +63,8 @@ def _kept_classes(n: int, unit: int, w: float, divisor: int) -> int:
     step = unit * divisor // math.gcd(unit, divisor)
     if w >= 1.0 or step >= total:
         return n
+    if step > divisor:  # whole heads or conv groups: the nearest count (ties to fewer), never none
+        return max(step // unit, min(n, math.floor(total * w / step + 0.5 - 1e-9) * (step // unit)))
     return max(1, min(total, make_divisible(total * w, step)) // unit)
 
 
@@ -128,10 +130,11 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
         limit = np.array([kept[g][s] for g in range(n_groups)] + [np.iinfo(np.int64).max], np.int64)
         group = np.where(table.group_of_id >= 0, table.group_of_id, n_groups)
         actives.append(table.rank < limit[group])
-    for pieces in space.balances:
-        for active in actives:
-            if len({int(active[p].sum()) for p in pieces}) > 1:
-                raise Unbalanced(pieces)
+    unbalanced = [pieces for pieces in space.balances
+                  if any(len({int(active[p].sum()) for p in pieces}) > 1 for active in actives)]
+    if unbalanced:  # all at once, as one pair of concatenated pieces: one planning round, not one each
+        pairs = [(pieces[0], p) for pieces in unbalanced for p in pieces[1:]]
+        raise Unbalanced([np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])])
     for key, spec in space.params.items():
         per_switch = []
         for active in actives:
