@@ -20,6 +20,7 @@ from slimify.space import Count
 __all__ = ["MODULE_RULES", "module_rule", "find_module_rule", "find_module_rule_by_mro"]
 
 MODULE_RULES: dict[type[nn.Module], Any] = {}  # module class → rule(ctx, module, path, args, kwargs)
+WIDE_GROUP = 16  # channels per group from which a grouped conv slims inside each group
 
 
 def module_rule(*classes: type[nn.Module]):
@@ -54,10 +55,16 @@ def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) ->
     in_ids = ctx.channel_ids(x, 1)
     out_ids = ctx.space.new_var(m.out_channels, f"{path} (output channels)")
     groups = m.groups
+    cin, cout = m.in_channels // groups, m.out_channels // groups
     if groups == 1:
         ctx.space.param(path, "weight", {0: out_ids, 1: in_ids})
-    else:  # blocks of a grouped/depthwise conv are the unit of width: the number of groups slims
-        cin, cout = m.in_channels // groups, m.out_channels // groups
+    elif min(cin, cout) >= WIDE_GROUP:
+        # wide groups (RegNet's 24–528 channels): every group keeps its first channels, so the
+        # grouped conv's MACs fall with the square of the width like a dense conv's
+        ctx.space.union_slabs(in_ids.reshape(groups, cin), 1)
+        ctx.space.union_slabs(out_ids.reshape(groups, cout), 1)
+        ctx.space.param(path, "weight", {0: out_ids, 1: in_ids[:cin]})
+    else:  # narrow groups (depthwise, ResNeXt's 4 channels): whole groups are the unit, their number slims
         for b in range(groups):
             ctx.space.union_all(np.concatenate([in_ids[b * cin:(b + 1) * cin], out_ids[b * cout:(b + 1) * cout]]))
         ctx.space.param(path, "weight", {0: out_ids})
