@@ -56,7 +56,9 @@ def contract(ctx: RuleContext, operands: list[tuple[TensorVal, str]], out: str, 
     label = label[tuple(0 if i in summed else slice(None) for i in range(len(order)))]
     kept = [c for c in order if c in out]
     label = np.transpose(label, [kept.index(c) for c in out])
-    return TensorVal(np.ascontiguousarray(label), tuple(out_shape))
+    rigid_letters = {l[d] for t, l in operands for d in t.rigid}  # head_dim stays a fixed-size dim
+    return TensorVal(np.ascontiguousarray(label), tuple(out_shape),
+                     frozenset(i for i, c in enumerate(out) if c in rigid_letters))
 
 
 def matmul(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:

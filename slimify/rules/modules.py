@@ -20,7 +20,8 @@ from slimify.space import Count
 __all__ = ["MODULE_RULES", "module_rule", "find_module_rule", "find_module_rule_by_mro"]
 
 MODULE_RULES: dict[type[nn.Module], Any] = {}  # module class → rule(ctx, module, path, args, kwargs)
-WIDE_GROUP = 16  # channels per group from which a grouped conv slims inside each group
+WIDE_GROUP = 32  # channels per group from which a grouped conv slims inside each group (not
+# below: LiteMLA groups q, k, v of each head in 16s, and must keep whole heads)
 
 
 def module_rule(*classes: type[nn.Module]):

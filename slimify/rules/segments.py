@@ -131,14 +131,30 @@ def unbind(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
 
 
 def pad(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """Padding space passes channels through. Constant padding of a channel dim (EfficientViT's
+    extra row of ones) adds channels that never slim before or after the ones that do."""
     from slimify.rules.elementwise import passthrough
     x = ctx.tensor(args[0])
     widths = list(args[1] if len(args) > 1 else kwargs["pad"])
-    padded = [x.ndim - 1 - i // 2 for i, w in enumerate(widths) if w]
-    if any(x.label.shape[d] > 1 for d in padded):
+    mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+    padded = {x.ndim - 1 - i // 2 for i, w in enumerate(widths) if w}
+    channel_dims = [d for d in padded if x.label.shape[d] > 1]
+    if not channel_dims:
+        return passthrough(ctx, [x], {})
+    if mode != "constant" or len(channel_dims) > 1 or any(isinstance(w, fx.Node) for w in widths):
         ctx.fix_all([x], f"padding along channels at {ctx.space.context}")
         return ctx.fixed(tuple(ctx.out_shape))
-    return passthrough(ctx, [x], {})
+    d = channel_dims[0]
+    before, after = widths[2 * (x.ndim - 1 - d)], widths[2 * (x.ndim - 1 - d) + 1]
+    label = x.label
+    if d in x.rigid:  # inside a unit (a head's channels): the padded entries come and go with it
+        take = [0] * before + list(range(label.shape[d])) + [label.shape[d] - 1] * after
+        return TensorVal(np.take(label, take, axis=d), tuple(ctx.out_shape), x.rigid)
+    shape = list(label.shape)
+    shape[d] = 1
+    zeros = np.zeros(shape, np.int64)
+    parts = [np.repeat(zeros, before, axis=d), label, np.repeat(zeros, after, axis=d)]
+    return TensorVal(np.concatenate(parts, axis=d), tuple(ctx.out_shape), x.rigid)
 
 
 def getitem(ctx: RuleContext, args: list, kwargs: dict) -> Any:
@@ -194,14 +210,26 @@ def getitem(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     return TensorVal(np.ascontiguousarray(label), out_shape, frozenset(rigid))
 
 
+def _from_end(ids: np.ndarray, bound: Any) -> Any:
+    """``x[:, :-1]`` where the last channels never slim (a padded row): the bound counts from
+    the end at every width, which is the same as this bound from the start; else unchanged."""
+    if isinstance(bound, int) and bound < 0 and -bound <= len(ids) and (ids[bound:] == 0).all():
+        return len(ids) + bound
+    return bound
+
+
 def _slice_dim(ctx: RuleContext, label: np.ndarray, dim: int, item: slice, carries: bool) -> np.ndarray:
     size = label.shape[dim]
     ids = np.moveaxis(label, dim, 0).reshape(size, -1)[:, 0]
     start, stop, step = item.start, item.stop, item.step
     if carries:
+        tail = [b for b in (start, stop) if _from_end(ids, b) is not b]  # counted from a fixed tail
+        start, stop = (_from_end(ids, b) for b in (start, stop))
         if (step not in (None, 1)) or any(isinstance(b, int) and b < 0 for b in (start, stop)):
             ctx.space.fix(label, f"strided or negative slice of channels at {ctx.space.context}")
         for bound in (start, stop):
+            if tail and bound == size + tail[0]:
+                continue
             if isinstance(bound, int) and 0 < bound < size:
                 ctx.space.cut(ids[bound - 1:bound], ids[bound:bound + 1])
                 if not follow_literal(ctx, bound, Count(ids[:bound])):
