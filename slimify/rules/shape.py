@@ -142,7 +142,7 @@ class _Sizes:
             return
         if e is not None and self.heads_ratio(o, shrink):  # C // num_heads with num_heads following
             tie_sizes(self.ctx, SizeExpr(e.value, e.ids, 1, len(e.ids) // self.label.shape[shrink]),
-                      self.slab_ids(shrink))
+                      self.slab_ids(shrink), blocks=True)
             return
         self.ctx.space.fix(self.label if e is None else e.ids,
                            f"a fixed-size dim computed from slimming channels at {self.ctx.space.context}")

@@ -63,8 +63,7 @@ def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool 
     candidates = attribute_candidates(ctx, value)
     if not candidates:
         if isinstance(value, (list, tuple)) and not isinstance(counts, Count) and len(value) == len(counts):
-            return all(follow_literal(ctx, v, c, prefer_hint) if isinstance(c, Count) else True
-                       for v, c in zip(value, counts))
+            return _follow_entries(ctx, list(value), list(counts), prefer_hint)
         return False
     exact = [c for c in candidates if c[2] == 1] or candidates
     if len(exact) > 1 and prefer_hint:  # prefer names that speak of widths (num_heads, out_chs)
@@ -81,6 +80,21 @@ def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool 
                 for child, cname in _children_with(ctx, path, name, value):
                     register_attr(ctx, child, cname, counts)
     return True
+
+
+def _follow_entries(ctx: RuleContext, value: list, counts: list, prefer_hint: bool) -> bool:
+    """One attribute per entry; one entry may be the rest of a total that is an attribute
+    (SHViT's ``[self.pdim, self.dim - self.pdim]``: ``dim`` follows all the channels)."""
+    missing = [i for i, (v, c) in enumerate(zip(value, counts))
+               if isinstance(c, Count) and not attribute_candidates(ctx, v)]
+    if len(missing) > 1 or (missing and not all(isinstance(c, Count) for c in counts)):
+        return False
+    if missing:
+        total = Count(np.concatenate([c.ids for c in counts]))
+        if not follow_literal(ctx, sum(value), total, prefer_hint):
+            return False
+    return all(follow_literal(ctx, v, c, prefer_hint) for i, (v, c) in enumerate(zip(value, counts))
+               if isinstance(c, Count) and i not in missing)
 
 
 def _children_with(ctx: RuleContext, path: str, name: str, value: int) -> list[tuple[str, str]]:
@@ -187,18 +201,23 @@ def _arith(op: Any, a: SizeExpr | None, b: SizeExpr | None) -> SizeExpr | None:
     return None
 
 
-def tie_sizes(ctx: RuleContext, source: SizeExpr, target: np.ndarray) -> bool:
+def tie_sizes(ctx: RuleContext, source: SizeExpr, target: np.ndarray, blocks: bool = False) -> bool:
     """Make ``target`` (one id per index of a dim that slims) keep ``active(source) · num // den``
-    entries at every width. Returns False when the ratio cannot be kept (the caller fixes)."""
-    ids, num, den = source.ids, source.num, source.den
-    if ids is None or len(ids) * num != len(target) * den:
+    entries at every width: a count balance, ``source`` against ``target`` repeated ``den``
+    times (and the reverse for ``num``). Should the plan find them unequal it ties them position
+    by position: entry j with source j, j+n, j+2n… (``(B, radix, C // radix)`` layouts), or with
+    source block j when ``blocks`` (``C // num_heads``: heads are contiguous blocks).
+    Returns False when the ratio cannot be kept (the caller fixes)."""
+    ids, num, den = np.asarray(source.ids) if source.ids is not None else None, source.num, source.den
+    target = np.asarray(target)
+    if ids is None or len(ids) * num != len(target) * den or (num != 1 and den != 1 and num != den):
         return False
-    if num == den:  # equal counts; position by position only if the plan finds them unequal
-        ctx.space.balance([np.asarray(ids), np.asarray(target)])
+    k = 1 if num == den else max(num, den)
+    spread = (lambda a: np.repeat(a, k)) if blocks else (lambda a: np.tile(a, k))
+    if num == den:
+        ctx.space.balance([ids, target])
     elif num == 1:  # one target entry per ``den`` source channels
-        ctx.space.union(np.asarray(target)[:, None], np.asarray(ids).reshape(len(target), den))
-    elif den == 1:
-        ctx.space.union(np.asarray(ids)[:, None], np.asarray(target).reshape(len(ids), num))
+        ctx.space.balance([ids, spread(target)])
     else:
-        return False
+        ctx.space.balance([spread(ids), target])
     return True
