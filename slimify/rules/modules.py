@@ -49,7 +49,7 @@ def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) ->
     if any(x.label.shape[d] > 1 for d in range(2, x.ndim)):
         # channels laid out along the conv's length (ECA's Conv1d over the channel axis): one
         # kernel slides over them, so a narrower input is a shorter sequence
-        if x.label.shape[1] > 1 or m.in_channels != 1 or m.out_channels != 1:
+        if x.label.shape[1] > 1:  # its own channel dim carries nothing (ECA: 1, CoaT's head: 3 scales)
             ctx.fix_all([x], f"{path}: convolution over channel ids along several dims")
             return ctx.fixed(ctx.out_shape)
         return passthrough(ctx, [x], {})
