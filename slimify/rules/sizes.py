@@ -76,7 +76,8 @@ def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool 
     for path, name, f in exact:  # equal values in several attributes (dim_qk == dim_v): all follow
         if f == factor:
             register_attr(ctx, path, name, counts)
-            if isinstance(value, int):  # a helper's own copy (rel_pos.num_heads read in rel_pos.get_bias)
+            if isinstance(value, int) and value > 1 and "head" in name.lower():
+                # a helper's own copy (rel_pos.num_heads read in rel_pos.get_bias)
                 for child, cname in _children_with(ctx, path, name, value):
                     register_attr(ctx, child, cname, counts)
     return True
@@ -104,7 +105,8 @@ def _children_with(ctx: RuleContext, path: str, name: str, value: int) -> list[t
     except AttributeError:
         return []
     return [(f"{path}.{n}" if path else n, name) for n, child in module.named_children()
-            if vars(child).get(name) == value and not isinstance(vars(child).get(name), bool)]
+            if vars(child).get(name) == value and not isinstance(vars(child).get(name), bool)
+            and type(child).__module__.split(".")[0] != "torch"]  # torch layers' sizes are their rules' business
 
 
 def register_attr(ctx: RuleContext, path: str, name: str, template: Any) -> None:
