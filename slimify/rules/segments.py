@@ -181,7 +181,7 @@ def getitem(ctx: RuleContext, args: list, kwargs: dict) -> Any:
         varies = label.shape[dim] > 1
         carries = varies and orig not in x.rigid
         if isinstance(item, int):
-            if carries:
+            if carries and not ctx.is_table(label):  # a parameter's row (EfficientViM's alpha[0]) stays
                 picked = np.take(label, [item], axis=dim)
                 ctx.space.fix(picked if item >= 0 else label, f"channel picked by a constant at {ctx.space.context}")
             label = np.take(label, item if varies else 0, axis=dim)

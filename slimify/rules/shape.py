@@ -121,7 +121,7 @@ class _Sizes:
         if isinstance(arg, int) and arg == -1:
             return
         if isinstance(arg, int):
-            if not follow_literal(self.ctx, arg, Count(self.slab_ids(o))):
+            if not follow_literal(self.ctx, arg, Count(self.slab_ids(o))) and not self.table_rows(o):
                 self.ctx.space.fix(self.label, f"reshape to size {arg} baked in code at {where}")
             return
         e = self.expr(o)
@@ -134,6 +134,12 @@ class _Sizes:
             self.ctx.space.fix(self.label, f"reshape to a size {what} at {where}")
         elif not self.is_own(e) and not tie_sizes(self.ctx, e, self.slab_ids(o)):
             self.ctx.space.fix(self.label, f"reshape to a size read from other channels at {where}")
+
+    def table_rows(self, o: int) -> bool:
+        """A parameter viewed as rows of channels (``alpha.view(4, -1, 1, 1)``): the literal
+        counts rows, the ``-1`` dim holds the channels."""
+        return self.ctx.is_table(self.label) and any(
+            p != o and self.arg(p) == -1 and self.label.shape[p] > 1 for p in range(self.label.ndim))
 
     def check_rigid(self, o: int, shrink: int) -> None:
         """A dim that keeps its size: a size read from slimming channels must not change."""
