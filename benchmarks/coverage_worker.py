@@ -120,11 +120,13 @@ def _group_stats(model: nn.Module, result: dict[str, Any]) -> None:
     rep = slimify.report(model)
     result["groups"] = len(rep.groups)
     fixed = [g for g in rep.fixed if g.reason != "model input channels" and not g.reason.startswith("model output")]
-    result["fixed_groups"] = len(fixed)
+    result["fixed_groups"] = len(fixed)  # beyond the model's inputs and outputs, fixed by definition
     result["fixed_channels"] = sum(g.size for g in fixed)
     result["channels"] = sum(g.size for g in rep.groups if g.reason != "model input channels")
     reasons = Counter(g.reason for g in fixed)
     result["fixed_reasons"] = [[r, n] for r, n in reasons.most_common(8)]
+    result["output_group"] = max((g.size for g in rep.fixed if g.reason.startswith("model output")), default=0)
+    result["num_classes"] = getattr(model, "num_classes", None)  # 0: timm returns features, no classifier
     result["analysis_s"] = rep.seconds
 
 
@@ -146,7 +148,12 @@ def measure(lib: str, name: str, export: bool = True) -> dict[str, Any]:
 
 def _only_rounding(r: dict[str, Any]) -> bool:
     return (r["stage"] == "done" and bool(r.get("full_ok")) and bool(r.get("switches_ok"))
-            and r.get("mac_ratio", 0.0) > MAC_LIMIT and r.get("fixed_groups", 1) == 0)
+            and r.get("mac_ratio", 0.0) > MAC_LIMIT and r.get("fixed_groups", 1) == 0 and not _feature_output(r))
+
+
+def _feature_output(r: dict[str, Any]) -> bool:
+    """No classifier: the model returns its features, whose channels are the model output."""
+    return r.get("num_classes") == 0
 
 
 def _measure_at(lib: str, name: str, divisor: int, export: bool) -> dict[str, Any]:
@@ -212,6 +219,9 @@ def _why(r: dict[str, Any]) -> str:
     if not r.get("switches_ok"):
         return "a switch changes the output shape or gives non-finite values"
     if r.get("mac_ratio", 1.0) > MAC_LIMIT:
+        if _feature_output(r):
+            return (f"width 0.5 keeps {r['mac_ratio']:.2f} of the MACs: the model returns its {r['output_group']}-channel "
+                    f"features (no classifier), and model outputs keep their size")
         top = r.get("fixed_reasons") or [["(no fixed group)", 0]]
         return f"width 0.5 keeps {r['mac_ratio']:.2f} of the MACs; fixed: {top[0][0]}"
     return f"export at width 0.5: {r.get('export_error') or 'differs from the slimmable model'}"

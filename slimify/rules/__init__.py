@@ -80,6 +80,7 @@ def _build() -> None:
                 if callable(target):
                     FUNCTION_RULES.setdefault(target, rule)
     METHOD_RULES["__getitem__"] = segments.getitem
+    METHOD_RULES["unfold"] = FUNCTION_RULES[torch.Tensor.unfold] = shape.tensor_unfold  # not F.unfold
     FUNCTION_RULES[operator.getitem] = segments.getitem
     for rule, targets in _extra_targets().items():
         for target in targets:

@@ -122,6 +122,6 @@ def shifted_window_attention(ctx: RuleContext, args: list, kwargs: dict) -> Tens
     ctx.space.param(proj_w.module, proj_w.name, {0: out_ids, 1: vi})
     _serve(ctx, proj_b, out_ids)
     _tie_width(ctx, in_ids, out_ids)  # the result is viewed with the input's C
-    if not follow_literal(ctx, heads, Count(head_ids)):
+    if not follow_literal(ctx, heads, Count(head_ids), units=True):
         ctx.fix_all([x], f"num_heads={heads} of shifted_window_attention has no attribute to follow")
     return ctx.with_dim(x, x.ndim - 1, out_ids, tuple(ctx.out_shape))

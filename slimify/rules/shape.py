@@ -8,11 +8,12 @@ import torch
 import torch.fx as fx
 
 from slimify.rules.base import RuleContext, TensorVal
-from slimify.rules.sizes import SizeExpr, attribute_candidates, follow_literal, is_dynamic, size_expr, tie_sizes
+from slimify.rules.sizes import (SizeExpr, attribute_candidates, counts_units, follow_literal, is_dynamic, size_expr,
+                                 tie_sizes)
 from slimify.space import Count
 
 __all__ = ["reshape_to", "view", "flatten", "unflatten", "permute", "transpose", "expand", "repeat",
-           "repeat_interleave", "same_shape", "spatial_only"]
+           "repeat_interleave", "same_shape", "spatial_only", "tensor_unfold"]
 
 
 def _blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
@@ -121,13 +122,14 @@ class _Sizes:
         if isinstance(arg, int) and arg == -1:
             return
         if isinstance(arg, int):
-            if not follow_literal(self.ctx, arg, Count(self.slab_ids(o))) and not self.table_rows(o):
+            units = _is_attribute(self.ctx, arg, True)
+            if not follow_literal(self.ctx, arg, Count(self.slab_ids(o)), units=units) and not self.table_rows(o):
                 self.ctx.space.fix(self.label, f"reshape to size {arg} baked in code at {where}")
             return
         e = self.expr(o)
         head = self.head_factor(o)
         if head is not None:  # ``B * self.num_heads``: the attribute follows the heads
-            if not follow_literal(self.ctx, head, Count(np.unique(self.slab_ids(o)))):
+            if not follow_literal(self.ctx, head, Count(np.unique(self.slab_ids(o))), units=True):
                 self.ctx.space.fix(self.label, f"reshape to a size computed from {head} at {where}")
         elif e is None or e.ids is None:
             what = "computed in code" if e is None else "read from channels that never slim"
@@ -171,13 +173,7 @@ class _Sizes:
 
 
 def _hinted_attribute(ctx: RuleContext, value: int) -> bool:
-    return any(_counts_units(n) for _, n, f in attribute_candidates(ctx, value) if f == 1)
-
-
-def _counts_units(name: str) -> bool:
-    """``num_heads``, ``groups``: an attribute counting heads or groups (not ``head_dim``)."""
-    low = name.lower()
-    return any(h in low for h in ("head", "group")) and not any(s in low for s in ("dim", "size", "ch", "width"))
+    return any(counts_units(n) for _, n, f in attribute_candidates(ctx, value) if f == 1)
 
 
 def _pick_shrinking(ctx: RuleContext, dims: list[int], sizes: _Sizes) -> int | None:
@@ -195,22 +191,31 @@ def _pick_shrinking(ctx: RuleContext, dims: list[int], sizes: _Sizes) -> int | N
     for d in dims:
         if isinstance(args[d], fx.Node) and (sizes.expr(d) is None or sizes.expr(d).ids is not None):
             return d
-    for hint in (True, False):
-        matching = [d for d in dims if isinstance(args[d], int) and args[d] != -1 and _is_attribute(ctx, args[d], hint)]
-        matching += [d for d in dims if sizes.head_factor(d) is not None and hint]
-        if matching:  # (3, heads, head_dim) with 3 heads: the projections' count comes first
-            return max(matching)
-        if hint:
-            for d in dims:
-                if args[d] == -1:
-                    return d
-    return None
+    literal = [d for d in dims if isinstance(args[d], int) and args[d] != -1]
+    clear = [d for d in literal if _is_attribute(ctx, args[d], True) and not _is_unit_size(ctx, args[d])]
+    clear += [d for d in dims if sizes.head_factor(d) is not None]
+    if clear:  # (3, heads, head_dim) with 3 heads: the projections' count comes first
+        return max(clear)
+    unclear = [d for d in literal if _is_attribute(ctx, args[d], True)]  # num_heads == head_dim
+    for d in dims:
+        if args[d] == -1:
+            return d
+    if unclear:  # heads come before head_dim
+        return min(unclear)
+    matching = [d for d in literal if _is_attribute(ctx, args[d], False)]
+    return max(matching) if matching else None
+
+
+def _is_unit_size(ctx: RuleContext, value: int) -> bool:
+    """Some attribute of this value sizes one unit (``head_dim``, ``dim_head_qk``)."""
+    return any("head" in n.lower() and any(s in n.lower() for s in ("dim", "size"))
+               for _, n, f in attribute_candidates(ctx, value) if f == 1)
 
 
 def _is_attribute(ctx: RuleContext, value: int, hint: bool) -> bool:
     names = [n for _, n, f in attribute_candidates(ctx, value) if f == 1]
     if hint:
-        return any(_counts_units(n) for n in names)
+        return any(counts_units(n) for n in names)
     return any(not ("head" in n.lower() and any(s in n.lower() for s in ("dim", "size"))) for n in names)  # not head_dim
 
 
@@ -326,3 +331,15 @@ def spatial_only(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
         ctx.fix_all([x], f"channels moved by {getattr(ctx.node.target, '__name__', ctx.node.target)} at {ctx.space.context}")
         return ctx.fixed(tuple(ctx.out_shape))
     return TensorVal(x.label.copy(), tuple(ctx.out_shape), x.rigid)
+
+
+def tensor_unfold(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """``x.unfold(dim, size, step)`` (HaloNet's overlapping windows): windows along a spatial
+    dim, the window as a new last dim; along channels it would cut channels into windows."""
+    x = ctx.tensor(args[0])
+    dim = (args[1] if len(args) > 1 else kwargs["dimension"]) % x.ndim
+    if x.carries(dim):
+        ctx.fix_all([x], f"unfold along channels at {ctx.space.context}")
+        return ctx.fixed(tuple(ctx.out_shape))
+    label = x.label[(slice(None),) * dim + (slice(0, 1),)] if x.label.shape[dim] > 1 else x.label
+    return TensorVal(np.expand_dims(label, -1).copy(), tuple(ctx.out_shape), x.rigid)

@@ -13,7 +13,7 @@ from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.trace import VALUE_KEY
 from slimify.space import Count
 
-__all__ = ["is_dynamic", "follow_literal", "attribute_candidates", "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
+__all__ = ["is_dynamic", "follow_literal", "counts_units", "attribute_candidates", "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
 
 WIDTH_ATTR_HINTS = ("head", "group", "chs", "channels", "dim", "width", "split", "features")
 
@@ -55,7 +55,13 @@ def attribute_candidates(ctx: RuleContext, value: Any) -> list[tuple[str, str, i
     return found
 
 
-def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool = True) -> bool:
+def counts_units(name: str) -> bool:
+    """``num_heads``, ``groups``: an attribute counting heads or groups (not ``head_dim``)."""
+    low = name.lower()
+    return any(h in low for h in ("head", "group")) and not any(s in low for s in ("dim", "size", "ch", "width"))
+
+
+def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool = True, units: bool = False) -> bool:
     """Make the attribute that holds the literal ``value`` follow ``counts`` (a Count or a
     list of Counts with the same structure as ``value``). A list with no attribute of its own
     (``[self.dim_conv3, self.dim_untouched]``) follows through one attribute per entry. Returns
@@ -66,6 +72,8 @@ def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool 
             return _follow_entries(ctx, list(value), list(counts), prefer_hint)
         return False
     exact = [c for c in candidates if c[2] == 1] or candidates
+    if len(exact) > 1:  # num_heads == dim_head: a count of heads follows the one, channels the other
+        exact = [c for c in exact if counts_units(c[1]) == units] or exact
     if len(exact) > 1 and prefer_hint:  # prefer names that speak of widths (num_heads, out_chs)
         exact = [c for c in exact if any(h in c[1].lower() for h in WIDTH_ATTR_HINTS)] or exact
     if isinstance(value, tuple) and not isinstance(counts, Count):
