@@ -80,6 +80,30 @@ def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) ->
     return ctx.with_dim(x, 1, out_ids, ctx.out_shape)
 
 
+@module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def conv_transpose(ctx: RuleContext, m: nn.ConvTranspose2d, path: str, args: list, kwargs: dict) -> TensorVal:
+    """Transposed convs keep their weight as (in, out / groups, k…): dense ones slim both
+    sides, depthwise ones (LowFormer's upsampling) pass each channel through."""
+    x = ctx.tensor(args[0])
+    if any(x.label.shape[d] > 1 for d in range(2, x.ndim)) or m.groups not in (1, m.in_channels) or (
+            m.groups > 1 and m.out_channels != m.in_channels):
+        ctx.fix_all([x], f"{path}: transposed conv with groups={m.groups}")
+        return fixed_output(ctx)
+    in_ids = ctx.channel_ids(x, 1)
+    if m.groups == 1:
+        out_ids = ctx.space.new_var(m.out_channels, f"{path} (output channels)")
+        ctx.space.param(path, "weight", {0: in_ids, 1: out_ids})
+    else:
+        out_ids = in_ids
+        ctx.space.param(path, "weight", {0: in_ids})
+        register_attr(ctx, path, "groups", Count(in_ids))
+    if m.bias is not None:
+        ctx.space.param(path, "bias", {0: out_ids})
+    register_attr(ctx, path, "in_channels", Count(in_ids))
+    register_attr(ctx, path, "out_channels", Count(out_ids))
+    return ctx.with_dim(x, 1, out_ids, ctx.out_shape)
+
+
 @module_rule(nn.Linear)
 def linear(ctx: RuleContext, m: nn.Linear, path: str, args: list, kwargs: dict) -> TensorVal:
     x = ctx.tensor(args[0])

@@ -162,12 +162,16 @@ def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
     bound.apply_defaults()
     inputs = list(bound.arguments.values())
     examples = [_example(a) for a in inputs]
+    # arguments holding no tensor (``patch_coord=None``, flags) are constants: ``is None`` must see them
+    constant = {name: value for name, value in bound.arguments.items() if not list(tensors_in(value))
+                and bound.signature.parameters[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                              inspect.Parameter.KEYWORD_ONLY)}
     tracer = ConcreteTracer(lambda mm: find_module_rule(mm) is not None, examples)
     try:
         copy = deepcopy(m)  # forward code may store state (ConViT's rel_indices): never in the user's model
         with torch.no_grad():
             copy(*deepcopy(examples))  # fill such state first, so the trace takes the steady branch
-            graph = tracer.trace(copy, concrete_args=None)
+            graph = tracer.trace(copy, concrete_args=constant or None)
     except Exception as e:  # noqa: BLE001 - a module we cannot follow stays a boundary
         ctx.fix_all([args, kwargs], f"{path}: cannot trace {type(m).__name__} ({type(e).__name__}: {e})"[:300])
         return ctx.fixed(tuple(ctx.out_shape)) if isinstance(ctx.out_shape, torch.Size) else None

@@ -85,6 +85,7 @@ def window_functions() -> dict[Callable[..., Any], FunctionRule]:
         "timm.models.maxxvit:window_reverse_nchw": first,
         "timm.models.maxxvit:grid_reverse_nchw": first,
         "timm.models.nest:deblockify": last,
+        "timm.models.naflexvit:global_pool_naflex": last,  # (B, N, C) → (B, C)
         "timm.layers.pos_embed:resample_abs_pos_embed": last,
         "timm.layers.pos_embed:resample_abs_pos_embed_nhwc": last,
         "torchvision.models.swin_transformer:_patch_merging_pad": patch_merging_pad,
