@@ -122,6 +122,19 @@ def table(results: dict[str, dict[str, list[dict[float, float]]]]) -> str:
     return "\n".join(lines)
 
 
+def reading(results: dict[str, dict[str, list[dict[float, float]]]]) -> str:
+    """Per model and narrow switch: which orderings beat the prefix on the mean (and by how much)."""
+    lines = []
+    for name, per in results.items():
+        for w in (0.25, 0.5):
+            base = statistics.fmean(r[w] for r in per["prefix"])
+            gains = {o: statistics.fmean(r[w] for r in runs) - base for o, runs in per.items() if o != "prefix"}
+            best = max(gains, key=gains.__getitem__)
+            won = ", ".join(f"{o} {g:+.1f}" for o, g in gains.items())
+            lines.append(f"- {name}, w={w:g}: vs prefix {won} (points; best: {best})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {list(MODELS)}")
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     results = run(models, args.seeds, args.epochs, args.calibrate_batches, args.taylor_batches)
     minutes = (time.perf_counter() - start) / 60
-    text = table(results)
+    text = table(results) + "\n\n" + reading(results)
     print(text)
     if args.write:
         command = "python -m benchmarks.zero_shot " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -159,7 +172,7 @@ function). digitsnet is a VGG-style CNN with 32/64/128 channels, resnet10t timm'
 
 {text}
 
-Command: `{command}` ({minutes:.0f} min)
+Command: `{command}` ({minutes:.0f} min wall; other jobs shared the machine)
 Machine: {machine()}
 """
 
