@@ -18,13 +18,15 @@ __all__ = ["channel_dims", "patch_merging_pad", "unfold", "fold", "window_functi
 
 def channel_dims(d_in: int, d_out: int) -> FunctionRule:
     """Rule for a function that keeps the channels of its first input in dim ``d_in`` and
-    returns them in dim ``d_out``, rearranging only the other (spatial) dims."""
+    returns them in dim ``d_out``, rearranging only the other (spatial) dims. A parameter's
+    ids along those dims (a position embedding being resized) join their channel's."""
 
     def rule(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
         x = ctx.tensor(args[0])
         out_shape = tuple(ctx.out_shape)
         d = d_in % x.ndim
-        if any(x.carries(o) for o in range(x.ndim) if o != d) or x.shape[d] != out_shape[d_out % len(out_shape)]:
+        spread = any(x.carries(o) for o in range(x.ndim) if o != d)
+        if (spread and not ctx.is_table(x.label)) or x.shape[d] != out_shape[d_out % len(out_shape)]:
             ctx.fix_all([args, kwargs], f"channels spread over several dims at {ctx.space.context}")
             return ctx.fixed(out_shape)
         if x.label.shape[d] == 1:
