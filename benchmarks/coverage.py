@@ -135,8 +135,15 @@ def summary(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, li
                    f"| {_count(rows, 'mac_ratio', lambda v: v <= 0.35)} | **{_count(rows, 'covered')}** "
                    f"| {_median([r['convert_s'] for r in rows if 'convert_s' in r])} "
                    f"(TP {ref_tp[f'median_s_{lib}']}) | {ref_tp[lib]} | {ref_mo[lib]} |")
+    loads = [r["load"] for r in results.values() if "load" in r]
+    narrow = sorted(f"`{r['name']}` ({r['divisor']})" for r in results.values() if r.get("divisor", 8) != 8)
     out += ["", "Torch-Pruning's and ModelOpt's figures count models whose 50% uniform pruning reaches "
-                "MACs ≤ 0.35; Torch-Pruning's time is its DependencyGraph build.", ""]
+                "MACs ≤ 0.35; Torch-Pruning's time is its DependencyGraph build. Convert times are wall "
+                f"seconds on one thread of a shared machine (median load average {_median(loads)} on "
+                f"{os.cpu_count()} cores during the sweep): compare them with care.", "",
+            "Divisor 8 throughout, except models whose layers are too narrow to halve in steps of 8 (width "
+            "0.5 missed the MAC bound with no group fixed); they count at the divisor in brackets: "
+            + (", ".join(narrow) if narrow else "none") + ".", ""]
     out += _failures(results, models) + [""] + _per_model(results, models) + [""]
     return "\n".join(out)
 
@@ -154,8 +161,8 @@ def _failures(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, 
 
 def _per_model(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> list[str]:
     out = ["### Per model", "", "<details><summary>all models</summary>", "",
-           "| library | model | input | covered | full-width rel. err | MACs at 0.5 | convert s | groups "
-           "| fixed | main fixed reason |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| library | model | input | covered | full-width rel. err | MACs at 0.5 | divisor | convert s | groups "
+           "| fixed | main fixed reason |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for lib, names in models.items():
         for n in names:
             r = results.get((lib, n))
@@ -167,7 +174,8 @@ def _per_model(results: dict[tuple[str, str], dict[str, Any]], models: dict[str,
             mac = f"{r['mac_ratio']:.3f}" if "mac_ratio" in r else "-"
             conv = f"{r['convert_s']:.2f}" if "convert_s" in r else "-"
             size = "×".join(str(s) for s in r.get("input", [])[1:]) or "-"
-            out.append(f"| {lib} | {n} | {size} | {'yes' if r['covered'] else 'no'} | {err} | {mac} | {conv} "
+            out.append(f"| {lib} | {n} | {size} | {'yes' if r['covered'] else 'no'} | {err} | {mac} "
+                       f"| {r.get('divisor', '-')} | {conv} "
                        f"| {r.get('groups', '-')} | {r.get('fixed_groups', '-')} | {reason} |")
     return out + ["", "</details>"]
 

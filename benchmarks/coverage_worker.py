@@ -7,6 +7,7 @@ costs one model); run alone it prints one JSON line:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -158,7 +159,8 @@ def _feature_output(r: dict[str, Any]) -> bool:
 
 def _measure_at(lib: str, name: str, divisor: int, export: bool) -> dict[str, Any]:
     import slimify
-    result: dict[str, Any] = {"lib": lib, "name": name, "stage": "build", "covered": False, "divisor": divisor}
+    result: dict[str, Any] = {"lib": lib, "name": name, "stage": "build", "covered": False, "divisor": divisor,
+                              "load": os.getloadavg()[0]}  # the machine is shared: timings need their context
     try:
         model = build(lib, name).requires_grad_(False)  # FlopCounterMode trips over parameters passed to modules
         wake_silent_weights(model)
