@@ -18,7 +18,8 @@ from slimify.rules.modules import module_rule
 from slimify.rules.sizes import follow_literal, register_attr
 from slimify.space import Count
 
-__all__ = ["head_units", "multihead_attention", "shifted_window_attention", "relative_position_bias"]
+__all__ = ["head_units", "multihead_attention", "shifted_window_attention", "relative_position_bias",
+           "decomposed_rel_pos"]
 
 
 def head_units(ctx: RuleContext, pieces: list[np.ndarray], heads: int) -> np.ndarray:
@@ -125,3 +126,20 @@ def shifted_window_attention(ctx: RuleContext, args: list, kwargs: dict) -> Tens
     if not follow_literal(ctx, heads, Count(head_ids), units=True):
         ctx.fix_all([x], f"num_heads={heads} of shifted_window_attention has no attribute to follow")
     return ctx.with_dim(x, x.ndim - 1, out_ids, tuple(ctx.out_shape))
+
+
+def decomposed_rel_pos(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """MViTv2's ``cal_rel_pos_type(attn, q, …, rel_pos_h, rel_pos_w)``: attention logits plus
+    ``q · table`` along height and width. The tables are shared by the heads; when a single head's
+    channels slim instead, the tables' channel dim follows them."""
+    attn, q = ctx.tensor(args[0]), ctx.tensor(args[1])
+    tables = [args[i] if len(args) > i else kwargs.get(n) for i, n in ((5, "rel_pos_h"), (6, "rel_pos_w"))]
+    if q.carries(1):
+        ctx.space.union(ctx.channel_ids(q, 1), ctx.channel_ids(attn, 1))
+    if q.carries(3) or not all(isinstance(t, ParamVal) for t in tables):
+        if q.carries(1) or not all(isinstance(t, ParamVal) for t in tables):
+            ctx.fix_all([args], f"relative positions of several heads' channels at {ctx.space.context}")
+            return ctx.fixed(tuple(ctx.out_shape))
+        for t in tables:
+            ctx.space.param(t.module, t.name, {1: ctx.channel_ids(q, 3)})
+    return TensorVal(attn.label.copy(), tuple(ctx.out_shape), attn.rigid)

@@ -144,6 +144,8 @@ def layer_norm_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     if n != 1:
         ctx.fix_all([x], f"layer_norm over {n} dims at {ctx.space.context}")
         return ctx.fixed(tuple(ctx.out_shape))
+    if x.ndim - 1 in x.rigid:  # over each head's channels: shared by the heads
+        return passthrough(ctx, [x], {})
     ids = ctx.channel_ids(x, x.ndim - 1)
     for i, name in ((2, "weight"), (3, "bias")):
         p = args[i] if len(args) > i else kwargs.get(name)

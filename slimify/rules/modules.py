@@ -53,6 +53,8 @@ def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) ->
             ctx.fix_all([x], f"{path}: convolution over channel ids along several dims")
             return ctx.fixed(ctx.out_shape)
         return passthrough(ctx, [x], {})
+    if 1 in x.rigid and x.label.shape[0] > 1:
+        return _conv_per_head(ctx, x)
     in_ids = ctx.channel_ids(x, 1)
     out_ids = ctx.space.new_var(m.out_channels, f"{path} (output channels)")
     groups = m.groups
@@ -78,6 +80,15 @@ def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) ->
     register_attr(ctx, path, "in_channels", Count(in_ids))
     register_attr(ctx, path, "out_channels", Count(out_ids))
     return ctx.with_dim(x, 1, out_ids, ctx.out_shape)
+
+
+def _conv_per_head(ctx: RuleContext, x: TensorVal) -> TensorVal:
+    """Heads folded into the batch, each head's channels as the conv's (MViTv2's pooling): the
+    same conv for every head, whose number slims with the batch; its channels keep their size."""
+    moved = np.moveaxis(x.label, 1, -1)
+    ctx.space.union(moved[..., :1], moved)
+    label = np.take(x.label, [0], axis=1)
+    return TensorVal(label.copy(), tuple(ctx.out_shape), frozenset({1}))
 
 
 @module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -139,6 +150,8 @@ def layernorm(ctx: RuleContext, m: nn.LayerNorm, path: str, args: list, kwargs: 
         return ctx.fixed(ctx.out_shape)
     size = m.normalized_shape[0]
     dim = _norm_dim(x, size)
+    if dim in x.rigid:  # over each head's channels (qk-norm): one norm for every head, which stay apart
+        return passthrough(ctx, [x], {})
     ids = ctx.channel_ids(x, dim)
     if m.weight is not None:
         ctx.space.param(path, "weight", {0: ids})

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from slimify.rules.base import FunctionRule, RuleContext, TensorVal
+from slimify.space import Count
 
-__all__ = ["channel_dims", "patch_merging_pad", "unfold", "fold", "window_functions"]
+__all__ = ["channel_dims", "patch_merging_pad", "unfold", "fold", "pre_pool", "post_pool", "window_functions"]
 
 
 def channel_dims(d_in: int, d_out: int) -> FunctionRule:
@@ -72,9 +73,46 @@ def fold(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return ctx.with_dim(x, 1, ids[:, 0].copy(), out_shape)
 
 
+def pre_pool(ctx: RuleContext, args: list, kwargs: dict) -> tuple:
+    """MViTv2's ``reshape_pre_pool``: (B, heads, [cls +] H·W, head_dim) → heads into the batch,
+    head_dim as channels: (B·heads, head_dim, H, W), and the class token (B, heads, 1, head_dim)."""
+    x = ctx.tensor(args[0])
+    shapes = ctx.out_shape
+    if x.carries(2) or x.label.shape[0] > 1:
+        ctx.fix_all([x], f"pooling of heads at {ctx.space.context}")
+        return tuple(None if s is None else ctx.fixed(tuple(s)) for s in shapes)
+    inner = x.label[0, :, 0, :]  # heads × head_dim (one head: its channels slim instead)
+    rigid = frozenset({1}) if 3 in x.rigid else frozenset()
+    pooled = TensorVal(inner.reshape(inner.shape + (1, 1)).copy(), tuple(shapes[0]), rigid)
+    tok = None if shapes[1] is None else TensorVal(x.label.copy(), tuple(shapes[1]), x.rigid)
+    return pooled, tok
+
+
+def post_pool(ctx: RuleContext, args: list, kwargs: dict) -> tuple:
+    """MViTv2's ``reshape_post_pool``: back to (B, heads, [cls +] H'·W', head_dim)."""
+    from slimify.rules.sizes import follow_literal
+    x = ctx.tensor(args[0])
+    heads = args[1] if len(args) > 1 else kwargs["num_heads"]
+    tok = args[2] if len(args) > 2 else kwargs.get("cls_tok")
+    out = ctx.out_shape[0]
+    label = x.label[:, :, 0, 0] if x.label.ndim == 4 else None
+    feat_size = [x.shape[2], x.shape[3]]  # the function's second result
+    if label is None or label.shape[0] not in (1, heads) or (
+            label.shape[0] > 1 and not follow_literal(ctx, heads, Count(label[:, 0]), units=True)):
+        ctx.fix_all([x, tok], f"pooling of heads at {ctx.space.context}")
+        return ctx.fixed(tuple(out)), feat_size
+    result = label.reshape(1, label.shape[0], 1, -1)
+    if isinstance(tok, TensorVal):
+        ctx.space.union(np.broadcast_to(tok.label, np.broadcast_shapes(tok.label.shape, result.shape)),
+                        np.broadcast_to(result, np.broadcast_shapes(tok.label.shape, result.shape)))
+    return TensorVal(result.copy(), tuple(out), frozenset({3}) if 1 in x.rigid else frozenset()), feat_size
+
+
 def window_functions() -> dict[Callable[..., Any], FunctionRule]:
-    """The wrapped functions of the installed timm and torchvision, each with its rule."""
+    """The wrapped functions of the installed timm and torchvision (window and patch helpers,
+    MViTv2's pooling of heads), each with its rule."""
     import importlib
+    from slimify.rules.attention import decomposed_rel_pos as _rel_pos
     last, first = channel_dims(-1, -1), channel_dims(1, 1)
     table: dict[str, FunctionRule] = {  # "module:function" → rule
         "timm.models.swin_transformer:window_reverse": last,
@@ -91,6 +129,9 @@ def window_functions() -> dict[Callable[..., Any], FunctionRule]:
         "timm.layers.pos_embed:resample_abs_pos_embed": last,
         "timm.layers.pos_embed:resample_abs_pos_embed_nhwc": last,
         "torchvision.models.swin_transformer:_patch_merging_pad": patch_merging_pad,
+        "timm.models.mvitv2:reshape_pre_pool": pre_pool,
+        "timm.models.mvitv2:reshape_post_pool": post_pool,
+        "timm.models.mvitv2:cal_rel_pos_type": _rel_pos,
     }
     found: dict[Callable[..., Any], FunctionRule] = {}
     for key, rule in table.items():
