@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from slimify.space import FIXED, ChannelSpace
 
-__all__ = ["TensorVal", "ParamVal", "RuleContext", "ModuleRule", "FunctionRule", "tensors_in"]
+__all__ = ["TensorVal", "ParamVal", "RuleContext", "ModuleRule", "FunctionRule", "tensors_in", "collapse"]
 
 PARAM_ELEMENT_LIMIT = 1 << 22  # parameters read by forward code get one id per element up to this size
 
@@ -29,6 +29,9 @@ class TensorVal:
     shape: tuple[int, ...]
     rigid: frozenset[int] = field(default_factory=frozenset)
 
+    def __post_init__(self) -> None:
+        self.label = collapse(self.label)
+
     @property
     def ndim(self) -> int:
         return len(self.shape)
@@ -43,6 +46,18 @@ class TensorVal:
         for d in dims:
             target[d] = self.shape[d]
         return np.broadcast_to(self.label, target)
+
+
+def collapse(label: np.ndarray) -> np.ndarray:
+    """``label`` with every dim along which its ids do not change cut to size 1: a dim "carries"
+    channels only if ids differ along it (a broadcast or a reshape may spread one id over many)."""
+    label = np.asarray(label)
+    for d in range(label.ndim):
+        if label.shape[d] > 1:
+            first = label[(slice(None),) * d + (slice(0, 1),)]
+            if (label == first).all():
+                label = first
+    return label
 
 
 @dataclass

@@ -163,7 +163,8 @@ def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
     inputs = list(bound.arguments.values())
     examples = [_example(a) for a in inputs]
     # arguments holding no tensor (``patch_coord=None``, flags) are constants: ``is None`` must see them
-    constant = {name: value for name, value in bound.arguments.items() if not list(tensors_in(value))
+    constant = {name: value for name, value in bound.arguments.items()  # scalars only: fx splits containers
+                if (value is None or isinstance(value, (bool, int, float, str)))
                 and bound.signature.parameters[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                                               inspect.Parameter.KEYWORD_ONLY)}
     tracer = ConcreteTracer(lambda mm: find_module_rule(mm) is not None, examples)
@@ -176,10 +177,13 @@ def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
         ctx.fix_all([args, kwargs], f"{path}: cannot trace {type(m).__name__} ({type(e).__name__}: {e})"[:300])
         return ctx.fixed(tuple(ctx.out_shape)) if isinstance(ctx.out_shape, torch.Size) else None
     gm = fx.GraphModule(copy, graph)
-    for node in gm.graph.nodes:  # constants fx made attributes of (``_tensor_constant0``) have no proxy
-        if node.op == "get_attr" and node not in tracer.values:
+    state = {n for n, _ in copy.named_parameters()} | {n for n, _ in copy.named_buffers()}
+    constants = set()  # tensors fx made attributes (``_tensor_constant0``): computed from constants
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.target not in state:
+            constants.add(node)
             owner, _, name = node.target.rpartition(".")
-            tracer.values[node] = getattr(gm.get_submodule(owner) if owner else gm, name)
+            tracer.values.setdefault(node, getattr(gm.get_submodule(owner) if owner else gm, name))
     _absolute(gm, path, m)
     modules = dict(ctx.root.named_modules())
     placeholders = iter(inputs)
@@ -191,7 +195,10 @@ def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
         elif node.op == "get_attr":
             owner, _, name = node.target.rpartition(".")
             tensor = tracer.values[node]
-            value = ParamVal(owner, name, tensor) if isinstance(tensor, torch.Tensor) else tensor
+            if not isinstance(tensor, torch.Tensor):
+                value = tensor
+            else:
+                value = ctx.fixed(tuple(tensor.shape)) if node in constants else ParamVal(owner, name, tensor)
         elif node.op == "output":
             result = fx.node.map_arg(node.args[0], lambda n: ctx.values[n])
             break

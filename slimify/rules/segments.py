@@ -33,6 +33,8 @@ def cat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
                 moved = np.moveaxis(p.label, d, -1)
                 ctx.space.union(moved[..., :1], moved)
             structured.append(r)
+    if structured:  # a part of fixed channels (xcit's stream) keeps the others' at full size too
+        structured += [r for p, r in zip(parts, reps) if not any(s > 1 for o, s in enumerate(p.label.shape) if o != d)]
     for r in structured[1:]:
         ctx.space.union(structured[0], r)
     joint = list(np.broadcast_shapes(*(r.shape for r in reps)))

@@ -80,18 +80,7 @@ def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_
             real = [shrink]
         for o in real:
             sizes.check_shrinking(o)
-    return TensorVal(collapse(label), tuple(out_shape), frozenset(rigid))
-
-
-def collapse(label: np.ndarray) -> np.ndarray:
-    """The label with every dim along which its ids do not change cut to size 1 (a reshape
-    that merges channels with space spreads them over positions that carry nothing)."""
-    for d in range(label.ndim):
-        if label.shape[d] > 1:
-            first = label[(slice(None),) * d + (slice(0, 1),)]
-            if (label == first).all():
-                label = first
-    return np.ascontiguousarray(label)
+    return TensorVal(label, tuple(out_shape), frozenset(rigid))
 
 
 class _Sizes:
