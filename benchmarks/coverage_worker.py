@@ -222,8 +222,8 @@ def _why(r: dict[str, Any]) -> str:
         return "a switch changes the output shape or gives non-finite values"
     if r.get("mac_ratio", 1.0) > MAC_LIMIT:
         if _feature_output(r):
-            return (f"width 0.5 keeps {r['mac_ratio']:.2f} of the MACs: the model returns its {r['output_group']}-channel "
-                    f"features (no classifier), and model outputs keep their size")
+            return (f"width 0.5 keeps {r['mac_ratio']:.2f} of the MACs: the model returns its features (no "
+                    f"classifier, num_classes=0), and model outputs keep their size")
         top = r.get("fixed_reasons") or [["(no fixed group)", 0]]
         return f"width 0.5 keeps {r['mac_ratio']:.2f} of the MACs; fixed: {top[0][0]}"
     return f"export at width 0.5: {r.get('export_error') or 'differs from the slimmable model'}"
