@@ -2,7 +2,7 @@
 invariants. ``coverage.py`` runs :func:`measure` in a forked process per model (a crash or a hang
 costs one model); run alone it prints one JSON line:
 
-    python benchmarks/coverage_worker.py timm vit_tiny_patch16_224 [--skip-export]
+    python -m benchmarks.coverage_worker timm vit_tiny_patch16_224 [--skip-export]
 """
 from __future__ import annotations
 
