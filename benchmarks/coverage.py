@@ -62,8 +62,6 @@ EXPLAINED: dict[str, str] = {
                          "same channels into 4 heads: no width keeps both, so stages 2–3 keep their streams",
     "efficientvim_m1": "HSM-SSD multiplies channels with state dims (x @ (a·b)ᵀ, an outer product); one id per element "
                        "cannot say 'active when both are', so the two are tied",
-    "hiera_tiny_224": "forward(x, mask=None) branches on `mask is not None`; the model tracer gives mask a placeholder "
-                      "and shape recording calls mask.view on None: needs concrete_args for None defaults in trace.py",
     "mobilenetv3_small_050": "depthwise convs and the 3-channel stem scale linearly with width and dominate this tiny "
                              "model's MACs: every group at exactly half keeps 0.36 (test_zoo's bound is 0.37)",
     "sequencer2d_s": "nn.LSTM reads its weights from _flat_weights, not its parameters: no rule, its channels stay",
