@@ -151,31 +151,40 @@ def _absolute(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
 
 def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> Any:
     """Rule for a module fx cannot trace symbolically: trace it concretely, analyse its ops."""
-    from slimify.analyze import _run_rule  # the model's own per-node dispatch (no import cycle at load)
-    from slimify.rules import find_module_rule
-    outer = ctx.node
     try:
         bound = inspect.signature(m.forward).bind(*args, **kwargs)
     except TypeError as e:
         ctx.fix_all([args, kwargs], f"{path}: unexpected call of {type(m).__name__} ({e})")
         return ctx.fixed(tuple(ctx.out_shape)) if isinstance(ctx.out_shape, torch.Size) else None
     bound.apply_defaults()
-    inputs = list(bound.arguments.values())
-    examples = [_example(a) for a in inputs]
+    try:
+        gm, tracer, constants = _concrete_graph(ctx, m, bound)
+    except Exception as e:  # noqa: BLE001 - a module we cannot follow stays a boundary
+        ctx.fix_all([args, kwargs], f"{path}: cannot trace {type(m).__name__} ({type(e).__name__}: {e})"[:300])
+        return ctx.fixed(tuple(ctx.out_shape)) if isinstance(ctx.out_shape, torch.Size) else None
+    _absolute(gm, path, m)
+    outer = ctx.node
+    try:
+        return _walk(ctx, gm, tracer, constants, list(bound.arguments.values()))
+    finally:
+        ctx.begin(outer)
+
+
+def _concrete_graph(ctx: RuleContext, m: nn.Module, bound: inspect.BoundArguments
+                    ) -> tuple[fx.GraphModule, ConcreteTracer, set[fx.Node]]:
+    """The module's graph, traced on a copy with random stand-ins of its analysed inputs."""
+    from slimify.rules import find_module_rule
+    examples = [_example(a) for a in bound.arguments.values()]
     # arguments holding no tensor (``patch_coord=None``, flags) are constants: ``is None`` must see them
     constant = {name: value for name, value in bound.arguments.items()  # scalars only: fx splits containers
                 if (value is None or isinstance(value, (bool, int, float, str)))
                 and bound.signature.parameters[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                                               inspect.Parameter.KEYWORD_ONLY)}
     tracer = ConcreteTracer(lambda mm: find_module_rule(mm) is not None, examples)
-    try:
-        copy = deepcopy(m)  # forward code may store state (ConViT's rel_indices): never in the user's model
-        with torch.no_grad():
-            copy(*deepcopy(examples))  # fill such state first, so the trace takes the steady branch
-            graph = tracer.trace(copy, concrete_args=constant or None)
-    except Exception as e:  # noqa: BLE001 - a module we cannot follow stays a boundary
-        ctx.fix_all([args, kwargs], f"{path}: cannot trace {type(m).__name__} ({type(e).__name__}: {e})"[:300])
-        return ctx.fixed(tuple(ctx.out_shape)) if isinstance(ctx.out_shape, torch.Size) else None
+    copy = deepcopy(m)  # forward code may store state (ConViT's rel_indices): never in the user's model
+    with torch.no_grad():
+        copy(*deepcopy(examples))  # fill such state first, so the trace takes the steady branch
+        graph = tracer.trace(copy, concrete_args=constant or None)
     gm = fx.GraphModule(copy, graph)
     state = {n for n, _ in copy.named_parameters()} | {n for n, _ in copy.named_buffers()}
     constants = set()  # tensors fx made attributes (``_tensor_constant0``): computed from constants
@@ -184,10 +193,15 @@ def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
             constants.add(node)
             owner, _, name = node.target.rpartition(".")
             tracer.values.setdefault(node, getattr(gm.get_submodule(owner) if owner else gm, name))
-    _absolute(gm, path, m)
+    return gm, tracer, constants
+
+
+def _walk(ctx: RuleContext, gm: fx.GraphModule, tracer: ConcreteTracer, constants: set[fx.Node],
+          inputs: list[Any]) -> Any:
+    """Run the rule table over the module's graph, as analyze does over the model's."""
+    from slimify.analyze import _run_rule  # the model's own per-node dispatch (no import cycle at load)
     modules = dict(ctx.root.named_modules())
     placeholders = iter(inputs)
-    result: Any = None
     for node in gm.graph.nodes:
         ctx.begin(node)
         if node.op == "placeholder":
@@ -200,8 +214,7 @@ def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
             else:
                 value = ctx.fixed(tuple(tensor.shape)) if node in constants else ParamVal(owner, name, tensor)
         elif node.op == "output":
-            result = fx.node.map_arg(node.args[0], lambda n: ctx.values[n])
-            break
+            return fx.node.map_arg(node.args[0], lambda n: ctx.values[n])
         elif not tensors_like(tracer.values[node]):
             value = node.meta.get(VALUE_KEY, tracer.values[node])
         else:
@@ -212,8 +225,7 @@ def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
         for t in tensors_in(value):
             if isinstance(t, TensorVal):
                 ctx.space.mark_seen(t.label)
-    ctx.begin(outer)
-    return result
+    return None
 
 
 def notrace_classes() -> tuple[type[nn.Module], ...]:
