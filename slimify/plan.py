@@ -130,9 +130,15 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
         limit = np.array([kept[g][s] for g in range(n_groups)] + [np.iinfo(np.int64).max], np.int64)
         group = np.where(table.group_of_id >= 0, table.group_of_id, n_groups)
         actives.append(table.rank < limit[group])
-    unbalanced = [pieces for pieces in space.balances
-                  if any(len({int(active[p].sum()) for p in pieces}) > 1 for active in actives)]
-    if unbalanced:  # all at once, as one pair of concatenated pieces: one planning round, not one each
+    unbalanced, touched = [], set()
+    for pieces in space.balances:  # one round ties every unbalanced set whose groups no earlier one touched
+        if any(len({int(active[p].sum()) for p in pieces}) > 1 for active in actives):
+            groups = {g for g in np.unique(table.group_of_id[np.concatenate(pieces)]).tolist()
+                      if g >= 0 and not table.groups[g].fixed}  # tying to a fixed group only fixes: no order
+            if not groups & touched:
+                unbalanced.append(pieces)
+            touched |= groups
+    if unbalanced:  # as one pair of concatenated pieces: one planning round for all of them
         pairs = [(pieces[0], p) for pieces in unbalanced for p in pieces[1:]]
         raise Unbalanced([np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])])
     for key, spec in space.params.items():

@@ -6,6 +6,7 @@ described by the rule instead of being traced through).
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,16 @@ def _holds_tensor(value: Any) -> bool:
     return bool(found)
 
 
+def _unset_optionals(model: nn.Module, example_input: Any) -> dict[str, None] | None:
+    """forward's ``None``-default arguments beyond the example inputs (Hiera's ``mask=None``)
+    stay ``None`` in the graph, so ``if mask is not None`` takes the branch a call takes."""
+    given = len(example_input) if isinstance(example_input, tuple) else 1
+    params = list(inspect.signature(model.forward).parameters.values())[given:]
+    unset = {p.name: None for p in params if p.default is None
+             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return unset or None
+
+
 def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
           has_rule: Callable[[nn.Module], bool], stack_traces: bool = False) -> TracedModel:
     """Trace ``model`` in eval mode and record shapes by running ``example_input`` through it.
@@ -99,7 +110,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ..
     model.eval()
     try:
         try:
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete_args=_unset_optionals(model, example_input))
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else ""
             raise SlimifyError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {first}") from e
@@ -118,7 +129,7 @@ def with_stack_traces(traced: TracedModel, has_rule: Callable[[nn.Module], bool]
     was_training = traced.root.training
     traced.root.eval()
     try:
-        graph = tracer.trace(traced.root)
+        graph = tracer.trace(traced.root, concrete_args=_unset_optionals(traced.root, example_input))
     finally:
         traced.root.train(was_training)
     old = {n.name: n.meta for n in traced.graph.nodes}
