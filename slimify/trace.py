@@ -89,12 +89,14 @@ def _holds_tensor(value: Any) -> bool:
     return bool(found)
 
 
-def _unset_optionals(model: nn.Module, example_input: Any) -> dict[str, None] | None:
-    """forward's ``None``-default arguments beyond the example inputs (Hiera's ``mask=None``)
-    stay ``None`` in the graph, so ``if mask is not None`` takes the branch a call takes."""
+def _unset_optionals(model: nn.Module, example_input: Any) -> dict[str, Any] | None:
+    """forward's arguments beyond the example inputs keep their plain defaults (``None``, a bool, a
+    number) in the graph, so ``if mask is not None or is_causal`` takes the branch a call takes
+    (Hiera's ``mask=None``, timm ViT's ``attn_mask=None, is_causal=False``)."""
     given = len(example_input) if isinstance(example_input, tuple) else 1
     params = list(inspect.signature(model.forward).parameters.values())[given:]
-    unset = {p.name: None for p in params if p.default is None
+    plain = (type(None), bool, int, float, str)
+    unset = {p.name: p.default for p in params if isinstance(p.default, plain)
              and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
     return unset or None
 

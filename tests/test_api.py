@@ -146,3 +146,29 @@ def test_report_lists_fixed_reason() -> None:
     model = slimify.convert(small(), example_input=X)
     text = slimify.report(model).table()
     assert "model output" in text and "slimmable" in text
+
+
+class _DefaultsNet(nn.Module):
+    """forward with a None mask and a bool flag, read by Python ``if``s (timm ViT, Hiera)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False,
+                scale: float = 1.0) -> torch.Tensor:
+        x = self.conv(x)
+        if mask is not None or causal:
+            x = x * mask
+        return self.fc(x.mean((2, 3)) * scale)
+
+
+def test_default_arguments_take_the_branch_a_call_takes() -> None:
+    model = _DefaultsNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    slimify.convert(model, divisor=1)
+    assert torch.allclose(model(x), expected, atol=1e-6)
+    with slimify.width(model, 0.5):
+        assert model.conv(x).shape[1] == 8
