@@ -64,7 +64,6 @@ EXPLAINED: dict[str, str] = {
                        "cannot say 'active when both are', so the two are tied",
     "mobilenetv3_small_050": "depthwise convs and the 3-channel stem scale linearly with width and dominate this tiny "
                              "model's MACs: every group at exactly half keeps 0.36 (test_zoo's bound is 0.37)",
-    "sequencer2d_s": "nn.LSTM reads its weights from _flat_weights, not its parameters: no rule, its channels stay",
 }
 
 

@@ -83,10 +83,27 @@ def _original_output(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _macs(model: nn.Module, x: torch.Tensor) -> int:
+    """FlopCounterMode's count plus recurrent layers, whose fused CPU kernel (``mkldnn_rnn``) it
+    does not see: counted from the sizes each layer runs at."""
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() // 2
+    rnn = [0]
+    handles = [m.register_forward_hook(lambda m, args, out: rnn.__setitem__(0, rnn[0] + _rnn_macs(m, args[0])))
+               for m in model.modules() if isinstance(m, nn.RNNBase)]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return counter.get_total_flops() // 2 + rnn[0]
+
+
+def _rnn_macs(m: nn.RNNBase, x: torch.Tensor) -> int:
+    """Matrix products of an LSTM/GRU/RNN: per step and direction, gates × hidden × (input + hidden)."""
+    gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+    steps, directions, hidden = x.numel() // x.shape[-1], 2 if m.bidirectional else 1, m.hidden_size
+    inputs = [m.input_size] + [directions * hidden] * (m.num_layers - 1)
+    return sum(steps * directions * gates * hidden * (i + hidden) for i in inputs)
 
 
 def _first_line(e: BaseException) -> str:

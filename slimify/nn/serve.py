@@ -84,6 +84,27 @@ def _attr_property(name: str) -> property:
     return property(get, set_, doc=f"``{name}`` at the active switch")
 
 
+def _flat_weights(module: nn.RNNBase) -> list[torch.Tensor | None]:
+    return [getattr(module, n) if hasattr(module, n) else None for n in module._flat_weights_names]
+
+
+# attributes a class derives from its own tensors and keeps (torch rebuilds nn.RNNBase's
+# ``_flat_weights``, the list its fused kernel reads, only when it notices other tensors, and
+# pickles it): while slimmable they are derived from the served tensors on every read
+DERIVED: dict[type, dict[str, Any]] = {nn.RNNBase: {"_flat_weights": _flat_weights}}
+
+
+def _derived(base: type) -> dict[str, Any]:
+    return {name: fn for cls, attrs in DERIVED.items() if issubclass(base, cls) for name, fn in attrs.items()}
+
+
+def _derived_property(name: str, derive: Any) -> property:
+    def set_(self: nn.Module, value: Any) -> None:  # the class refreshing its copy: nothing to keep
+        pass
+
+    return property(derive, set_, doc=f"``{name}`` derived from the served tensors")
+
+
 def make_slimmable(module: nn.Module, data: SlimData) -> None:
     """Swap ``module``'s class for a subclass that serves ``data``'s tensors and attributes."""
     base = type(module)
@@ -95,11 +116,14 @@ def make_slimmable(module: nn.Module, data: SlimData) -> None:
     if cls is None:
         namespace: dict[str, Any] = {name: _param_property(name) for name in tensors}
         namespace.update({name: _attr_property(name) for name in data.attrs})
+        namespace.update({name: _derived_property(name, fn) for name, fn in _derived(base).items()})
         namespace["__slimify_base__"] = base
         namespace["__module__"] = base.__module__
         namespace["__qualname__"] = base.__qualname__
         cls = type(base.__name__, (base,), namespace)
         _CLASSES[key] = cls
+    for name in _derived(base):  # no stale copy of the full tensors (deepcopy, pickle)
+        module.__dict__.pop(name, None)
     module.__dict__[SLIM_KEY] = data
     module.__class__ = cls
 
@@ -109,4 +133,6 @@ def restore_class(module: nn.Module) -> None:
     base = type(module).__dict__.get("__slimify_base__")
     if base is not None:
         module.__class__ = base
+        for name, derive in _derived(base).items():  # the plain class keeps its own copy again
+            module.__dict__[name] = derive(module)
     module.__dict__.pop(SLIM_KEY, None)
