@@ -76,18 +76,6 @@ def find_groups(space: ChannelSpace) -> GroupTable:
         if v.producer:
             producer[v.start:v.start + v.size] = True
 
-    graph = nx.Graph()
-    graph.add_nodes_from(np.unique(class_of[1:][producer[1:]]).tolist())
-    nxt = np.arange(1, space.size - 1)
-    same_var = (var_of[nxt] == var_of[nxt + 1]) & producer[nxt]
-    keep = same_var
-    left, right = class_of[nxt[keep]], class_of[nxt[keep] + 1]
-    differ = left != right
-    pair_keys = np.unique(left[differ] * space.size + right[differ])
-    graph.add_edges_from(zip((pair_keys // space.size).tolist(), (pair_keys % space.size).tolist()))
-    for left, right in space.cuts:  # split points cut every link between the two sides
-        graph.remove_edges_from(zip(class_of[left].tolist(), class_of[right].tolist()))
-
     fixed_reason: dict[int, str] = {}
     for ids, reason in space.fixes:
         for c in np.unique(class_of[ids]).tolist():
@@ -102,15 +90,15 @@ def find_groups(space: ChannelSpace) -> GroupTable:
 
     groups: list[ChannelGroup] = []
     group_of_class: dict[int, int] = {}
-    for component in nx.connected_components(graph):
-        classes = np.array(sorted(component, key=lambda c: (key[c], c)), np.int64)
+    fixed_class = int(class_of[FIXED])
+    for classes in _linked_classes(space, class_of, var_of, producer):
+        classes = classes[np.lexsort((classes, key[classes]))]  # rank order: position in the producers
         gi = len(groups)
         reasons = [fixed_reason[c] for c in classes.tolist() if c in fixed_reason]
-        if not reasons and class_of[FIXED] in component:
+        if not reasons and fixed_class in set(classes.tolist()):
             reasons = ["joined with channels that cannot slim"]
         groups.append(ChannelGroup(gi, classes, 1, bool(reasons), reasons[0] if reasons else ""))
-        for c in classes.tolist():
-            group_of_class[c] = gi
+        group_of_class.update(dict.fromkeys(classes.tolist(), gi))
 
     class_group = np.full(space.size, -1, np.int64)
     rank_of_class = np.zeros(space.size, np.int64)
@@ -121,6 +109,43 @@ def find_groups(space: ChannelSpace) -> GroupTable:
     rank = rank_of_class[class_of]
     _set_units_and_origins(space, groups, group_of_id, class_of, var_of, producer, seen)
     return GroupTable(class_of, group_of_class, rank, group_of_id, groups)
+
+
+def _linked_classes(space: ChannelSpace, class_of: np.ndarray, var_of: np.ndarray,
+                    producer: np.ndarray) -> list[np.ndarray]:
+    """Classes that sit next to each other in one producer's output share a group, unless a
+    split point cuts them apart. The networkx graph is over *segments* (uncut runs of one
+    producer's channels) linked where they share a class: a few hundred nodes instead of one per
+    channel, the same connected components."""
+    size = space.size
+    ids = np.nonzero(producer)[0]
+    ids = ids[ids > 0]
+    if not ids.size:
+        return []
+    here, after = ids[:-1], ids[:-1] + 1
+    cut = (var_of[here] != var_of[after]) | ~producer[after]  # the next id is another producer's
+    if space.cuts:
+        lo = class_of[np.concatenate([c[0] for c in space.cuts])]
+        hi = class_of[np.concatenate([c[1] for c in space.cuts])]
+        cut_keys = np.unique(np.minimum(lo, hi) * size + np.maximum(lo, hi))
+        a, b = class_of[here], class_of[after]
+        cut |= np.isin(np.minimum(a, b) * size + np.maximum(a, b), cut_keys)
+    segment = np.concatenate([[0], np.cumsum(cut)])  # segment of each producer id
+    n_segments = int(segment[-1]) + 1
+    first_segment = np.full(size, n_segments, np.int64)
+    np.minimum.at(first_segment, class_of[ids], segment)
+    links = np.unique(segment * n_segments + first_segment[class_of[ids]])
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n_segments))
+    graph.add_edges_from(zip((links // n_segments).tolist(), (links % n_segments).tolist()))
+    component = np.empty(n_segments, np.int64)
+    for k, members in enumerate(nx.connected_components(graph)):
+        component[list(members)] = k
+    classes = np.unique(class_of[ids])
+    comp_of_class = component[first_segment[classes]]
+    order = np.argsort(comp_of_class, kind="stable")
+    bounds = np.nonzero(np.diff(comp_of_class[order]))[0] + 1
+    return sorted(np.split(classes[order], bounds), key=lambda c: int(c.min()))  # numbered as before
 
 
 def _set_units_and_origins(space: ChannelSpace, groups: list[ChannelGroup], group_of_id: np.ndarray,

@@ -68,8 +68,8 @@ def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) ->
         ctx.space.union_slabs(out_ids.reshape(groups, cout), 1)
         ctx.space.param(path, "weight", {0: out_ids, 1: in_ids[:cin]})
     else:  # narrow groups (depthwise, ResNeXt's 4 channels): whole groups are the unit, their number slims
-        for b in range(groups):
-            ctx.space.union_all(np.concatenate([in_ids[b * cin:(b + 1) * cin], out_ids[b * cout:(b + 1) * cout]]))
+        blocks = np.concatenate([in_ids.reshape(groups, cin), out_ids.reshape(groups, cout)], axis=1)
+        ctx.space.union(blocks[:, :1], blocks)  # one union for all groups: each block is one unit
         ctx.space.param(path, "weight", {0: out_ids})
         register_attr(ctx, path, "groups", Count(in_ids, unit=cin))
     if m.bias is not None:
