@@ -49,15 +49,11 @@ _SHUFFLE = ("channel shuffle + chunk(2) in stacked blocks: for both halves to ke
             "must come in pairs, then fours, …; after stage 3's 7 blocks a unit is larger than the stage, whose "
             "stream keeps its width (the architecture, not a missing rule)")
 _FEATURES = "no classifier (num_classes=0): the output is the residual stream, and model outputs keep their size"
-_CACHE = ("eval-mode forward caches the attention bias per device (attention_bias_cache): the full-width bias "
-          "meets narrow heads; needs per-switch caches in the core")
 # model → why it stays uncovered (shown next to what was measured)
 EXPLAINED: dict[str, str] = {
     **{f"shufflenet_v2_x{s}": _SHUFFLE for s in ("0_5", "1_0", "1_5", "2_0")},
     "aimv2_large_patch14_224": _FEATURES, "eva02_tiny_patch14_224": _FEATURES,
     "vit_tiny_patch16_dinov3_qkvb": _FEATURES,
-    "efficientformer_l1": _CACHE, "efficientformerv2_s0": _CACHE, "levit_128s": _CACHE,
-    "tiny_vit_5m_224": _CACHE + " (here the cached bias is a constant of the traced block: its heads keep their size)",
     "edgenext_xx_small": "SplitTransposeBlock chunks the channels into 3 pieces of equal width while its XCA splits the "
                          "same channels into 4 heads: no width keeps both, so stages 2–3 keep their streams",
     "efficientvim_m1": "HSM-SSD multiplies channels with state dims (x @ (a·b)ᵀ, an outer product); one id per element "

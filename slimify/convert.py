@@ -13,10 +13,11 @@ from slimify.analyze import analyze
 from slimify.errors import SlimifyError
 from slimify.groups import GroupTable, find_groups
 from slimify.nn.batchnorm import attach_private_batchnorm
-from slimify.nn.serve import SlimData, make_slimmable
+from slimify.nn.serve import SlimData, empty_cache, make_slimmable
 from slimify.plan import NotABox, Plan, Unbalanced, check_switches, make_plan
 from slimify.summary import ConversionReport, build_report
 from slimify.rules import find_module_rule
+from slimify.rules.caches import cache_attrs, caches_emptied
 from slimify.space import ChannelSpace
 from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
 from slimify.trace import trace, with_stack_traces
@@ -50,10 +51,11 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
     start = time.perf_counter()
     example = default_input(model) if example_input is None else example_input
     has_rule = lambda m: find_module_rule(m) is not None  # noqa: E731
-    traced = trace(model, example, has_rule=has_rule)
-    space = analyze(traced)
-    if any(" at node " in reason or "no channel rule" in reason for _, reason in space.fixes):
-        space = analyze(with_stack_traces(traced, has_rule, example))  # reasons name the code line
+    with caches_emptied(model):  # the trace sees how a cached tensor is computed, not a constant
+        traced = trace(model, example, has_rule=has_rule)
+        space = analyze(traced)
+        if any(" at node " in reason or "no channel rule" in reason for _, reason in space.fixes):
+            space = analyze(with_stack_traces(traced, has_rule, example))  # reasons name the code line
     for _ in range(64):  # each failed check adds a constraint; plan again
         table = find_groups(space)
         try:
@@ -115,6 +117,9 @@ def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
     for path, per_switch in plan.batchnorms.items():
         module = model.get_submodule(path)
         for_module(path).bn_slots = attach_private_batchnorm(module, per_switch, plan.switches)
+    for path, module in model.named_modules():  # a cached tensor has the width that computed it
+        for name in cache_attrs(module):
+            for_module(path).forward_caches[name] = (state.index, empty_cache(getattr(module, name)))
     for path, module_data in data.items():
         make_slimmable(model.get_submodule(path), module_data)
 

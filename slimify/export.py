@@ -65,7 +65,7 @@ def _strip(module: nn.Module, data: SlimData, narrow: dict[str, torch.Tensor | N
         if hooks:
             for key in [k for k, h in hooks.items() if _from_slimify(h)]:
                 del hooks[key]
-    restore_class(module)
+    restore_class(module, data)
     for name, values in data.attrs.items():
         setattr(module, name, copy.deepcopy(values[index]))
 

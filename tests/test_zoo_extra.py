@@ -43,12 +43,9 @@ EXTRA: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "convit": (lambda: timm.create_model("convit_tiny", img_size=64, depth=2), 64),  # GPSA (no-trace, stateful)
     "resnest": (lambda: timm.create_model("resnest14d"), 64),  # split attention: radix, size ratios
     "regnet": (lambda: torchvision.models.regnet_x_400mf(), 64),  # wide conv groups slim inside each group
-    "efficientformer": (lambda: timm.create_model("efficientformer_l1"), 224),  # attention bias cache
+    "efficientformer": (lambda: timm.create_model("efficientformer_l1"), 224),  # per-switch attention bias cache
 }
-KNOWN_FAILURES: dict[str, str] = {
-    "efficientformer": "eval-mode forward caches the attention bias per device (attention_bias_cache): the "
-                       "full-width bias is served at narrow widths; needs per-switch caches in the core",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _build(name: str) -> nn.Module:

@@ -19,11 +19,11 @@ from slimify.nn.batchnorm import BN_TENSORS
 from slimify.nn.slicing import cut
 from slimify.state import SlimState
 
-__all__ = ["SlimData", "make_slimmable", "slim_data", "restore_class", "SLIM_KEY"]
+__all__ = ["SlimData", "make_slimmable", "slim_data", "restore_class", "empty_cache", "SLIM_KEY"]
 
 SLIM_KEY = "_slimify"  # instance attribute holding a module's SlimData
 
-_CLASSES: dict[tuple[type, frozenset[str], frozenset[str]], type] = {}  # cache of generated subclasses
+_CLASSES: dict[tuple[type, frozenset[str], frozenset[str], frozenset[str]], type] = {}  # cache of generated subclasses
 
 
 @dataclass
@@ -35,6 +35,7 @@ class SlimData:
     attrs: dict[str, list[Any]] = field(default_factory=dict)
     bn_slots: list[int | None] | None = None  # switch → private BatchNorm slot (None: original)
     cache: dict[tuple[str, int], tuple] = field(default_factory=dict, repr=False)  # inference copies
+    forward_caches: dict[str, tuple[int, Any]] = field(default_factory=dict, repr=False)  # forward code's: (switch, value)
 
 
 def slim_data(module: nn.Module) -> SlimData | None:
@@ -84,6 +85,31 @@ def _attr_property(name: str) -> property:
     return property(get, set_, doc=f"``{name}`` at the active switch")
 
 
+def empty_cache(value: Any) -> Any:
+    """An empty cache of ``value``'s kind: ``{}`` for a dict, ``None`` for a cached tensor."""
+    return type(value)() if isinstance(value, (dict, list, set)) else None
+
+
+def _cache_property(name: str) -> property:
+    """A cache forward code fills (timm's ``attention_bias_cache``) holds tensors of the switch
+    that filled it: the first read after a switch finds it empty, so the tensors are computed
+    again at the new width. There is only ever one live cache, so the module's own invalidation
+    (timm's ``train()`` and ``_apply``) still reaches everything it holds."""
+    def get(self: nn.Module) -> Any:
+        data: SlimData = self.__dict__[SLIM_KEY]
+        index, value = data.forward_caches[name]
+        if index != data.state.index:
+            value = empty_cache(value)
+            data.forward_caches[name] = (data.state.index, value)
+        return value
+
+    def set_(self: nn.Module, value: Any) -> None:
+        data: SlimData = self.__dict__[SLIM_KEY]
+        data.forward_caches[name] = (data.state.index, value)
+
+    return property(get, set_, doc=f"``{name}``, emptied when the width changes")
+
+
 def _flat_weights(module: nn.RNNBase) -> list[torch.Tensor | None]:
     return [getattr(module, n) if hasattr(module, n) else None for n in module._flat_weights_names]
 
@@ -111,28 +137,35 @@ def make_slimmable(module: nn.Module, data: SlimData) -> None:
     tensors = set(data.params)
     if data.bn_slots is not None:
         tensors |= {n for n in BN_TENSORS if n in module._parameters or n in module._buffers}
-    key = (base, frozenset(tensors), frozenset(data.attrs))
+    key = (base, frozenset(tensors), frozenset(data.attrs), frozenset(data.forward_caches))
     cls = _CLASSES.get(key)
     if cls is None:
         namespace: dict[str, Any] = {name: _param_property(name) for name in tensors}
         namespace.update({name: _attr_property(name) for name in data.attrs})
+        namespace.update({name: _cache_property(name) for name in data.forward_caches})
         namespace.update({name: _derived_property(name, fn) for name, fn in _derived(base).items()})
         namespace["__slimify_base__"] = base
         namespace["__module__"] = base.__module__
         namespace["__qualname__"] = base.__qualname__
         cls = type(base.__name__, (base,), namespace)
         _CLASSES[key] = cls
+    for name in data.forward_caches:  # the property serves it from now on
+        module.__dict__.pop(name, None)
     for name in _derived(base):  # no stale copy of the full tensors (deepcopy, pickle)
         module.__dict__.pop(name, None)
     module.__dict__[SLIM_KEY] = data
     module.__class__ = cls
 
 
-def restore_class(module: nn.Module) -> None:
-    """Undo :func:`make_slimmable` (used by export on a copy)."""
+def restore_class(module: nn.Module, data: SlimData | None = None) -> None:
+    """Undo :func:`make_slimmable` (used by export on a copy, whose ``data`` is passed in):
+    caches become plain attributes again, empty."""
+    data = data if data is not None else module.__dict__.get(SLIM_KEY)
     base = type(module).__dict__.get("__slimify_base__")
     if base is not None:
         module.__class__ = base
         for name, derive in _derived(base).items():  # the plain class keeps its own copy again
             module.__dict__[name] = derive(module)
     module.__dict__.pop(SLIM_KEY, None)
+    for name, (_, value) in (data.forward_caches if data is not None else {}).items():
+        module.__dict__[name] = empty_cache(value)

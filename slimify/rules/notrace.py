@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_map
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
+from slimify.rules.caches import empty_caches
 from slimify.trace import SHAPE_KEY, VALUE_KEY, SlimifyTracer
 
 __all__ = ["ConcreteTracer", "trace_through", "notrace_classes"]
@@ -184,6 +185,7 @@ def _concrete_graph(ctx: RuleContext, m: nn.Module, bound: inspect.BoundArgument
     copy = deepcopy(m)  # forward code may store state (ConViT's rel_indices): never in the user's model
     with torch.no_grad():
         copy(*deepcopy(examples))  # fill such state first, so the trace takes the steady branch
+        empty_caches(copy)  # but a cache fills while tracing: its tensors come from parameters, not constants
         graph = tracer.trace(copy, concrete_args=constant or None)
     gm = fx.GraphModule(copy, graph)
     state = {n for n, _ in copy.named_parameters()} | {n for n, _ in copy.named_buffers()}
