@@ -61,6 +61,10 @@ class CachedScale(nn.Module):
         self.gamma = nn.Parameter(torch.rand(dim) + 0.5)
         self.scale_cache = None
 
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - as timm's
+        self.scale_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return x * self.gamma.exp()
@@ -150,3 +154,15 @@ def test_analysis_keeps_the_models_caches() -> None:
     analyze_model(model, divisor=1, example_input=x)
     assert model.attn.attention_bias_cache is cache and list(cache) == ["cpu"] and cache["cpu"] is table
     assert cache_attrs(model.attn) == ("attention_bias_cache",) and cache_attrs(model.scale) == ("scale_cache",)
+
+
+def test_dtype_change_reaches_every_cache() -> None:
+    """``.double()`` swaps parameters' storage without a version bump: served copies follow it."""
+    model, x = _converted()
+    slimify.set_width(model, 0.5)
+    with torch.no_grad():
+        model(x)  # inference copies and caches filled in float32
+        model.double()
+        got = model(x.double())
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, slimify.export(model, 0.5).eval()(x.double()), rtol=0, atol=1e-12)

@@ -56,8 +56,9 @@ def _param_property(name: str) -> property:
         if torch.is_grad_enabled() or name not in self._parameters:
             return cut(full, dims)  # a view: gradients and in-place buffer updates reach the full tensor
         hit = data.cache.get((name, s))  # inference: a contiguous copy, kept until the tensor changes
-        if hit is None or hit[0] is not full or hit[1] != full._version:
-            hit = (full, full._version, cut(full, dims).contiguous())
+        stamp = (full._version, full.data_ptr())  # ``.to()``/``.double()`` swap ``.data``: a new storage
+        if hit is None or hit[0] is not full or hit[1] != stamp:
+            hit = (full, stamp, cut(full, dims).contiguous())
             data.cache[(name, s)] = hit
         return hit[2]
 
