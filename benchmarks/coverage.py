@@ -45,19 +45,16 @@ REFERENCE: dict[str, dict[str, str]] = {
 }
 
 
-_SHUFFLE = ("channel shuffle + chunk(2) in stacked blocks: for both halves to keep equal widths the active channels "
-            "must come in pairs, then fours, …; after stage 3's 7 blocks a unit is larger than the stage, whose "
-            "stream keeps its width (the architecture, not a missing rule)")
 _FEATURES = "no classifier (num_classes=0): the output is the residual stream, and model outputs keep their size"
 # model → why it stays uncovered (shown next to what was measured)
 EXPLAINED: dict[str, str] = {
-    **{f"shufflenet_v2_x{s}": _SHUFFLE for s in ("0_5", "1_0", "1_5", "2_0")},
     "aimv2_large_patch14_224": _FEATURES, "eva02_tiny_patch14_224": _FEATURES,
     "vit_tiny_patch16_dinov3_qkvb": _FEATURES,
-    "edgenext_xx_small": "SplitTransposeBlock chunks the channels into 3 pieces of equal width while its XCA splits the "
-                         "same channels into 4 heads: no width keeps both, so stages 2–3 keep their streams",
-    "efficientvim_m1": "HSM-SSD multiplies channels with state dims (x @ (a·b)ᵀ, an outer product); one id per element "
-                       "cannot say 'active when both are', so the two are tied",
+    "edgenext_xx_small": "SplitTransposeBlock chunks the channels into n pieces of equal width while its XCA reads the "
+                         "same width from 4 heads, which slim whole (XCA's map is channel × channel: an outer product):"
+                         " stages.2 could only hold 66 or 88 channels, stages.3 84 or 168; the plan gives groups their "
+                         "own widths and ties unequal counts, so both keep their streams (a common-multiple plan "
+                         "would keep ~0.33)",
     "mobilenetv3_small_050": "depthwise convs and the 3-channel stem scale linearly with width and dominate this tiny "
                              "model's MACs: every group at exactly half keeps 0.36 (test_zoo's bound is 0.37)",
 }

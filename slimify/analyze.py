@@ -33,9 +33,11 @@ def _python_value(node: fx.Node) -> Any:
     return node.meta.get(VALUE_KEY)
 
 
-def analyze(traced: TracedModel) -> ChannelSpace:
-    """Annotate nothing, mutate nothing: returns the constraints of every channel."""
+def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpace:
+    """Annotate nothing, mutate nothing: returns the constraints of every channel.
+    ``positional_chunks``: ``chunk`` splits whatever is active (rules/segments.py)."""
     space = ChannelSpace()
+    space.positional_chunks = positional_chunks
     ctx = RuleContext(space, traced.root)
     env: dict[fx.Node, Any] = ctx.values  # rules read earlier values (where a size came from)
     modules = dict(traced.root.named_modules())

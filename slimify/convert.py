@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from slimify.analyze import analyze
 from slimify.errors import SlimifyError
+from slimify.gcpause import gc_paused
 from slimify.groups import GroupTable, find_groups
 from slimify.nn.batchnorm import attach_private_batchnorm
 from slimify.nn.serve import SlimData, empty_cache, make_slimmable
@@ -42,6 +43,7 @@ def default_input(model: nn.Module) -> torch.Tensor:
     return torch.randn(1, *size)
 
 
+@gc_paused
 def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
                   example_input: torch.Tensor | None = None) -> Analysis:
     """Trace, find channel groups and plan widths without touching ``model``."""
@@ -55,24 +57,41 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
         traced = trace(model, example, has_rule=has_rule)
         space = analyze(traced)
         if any(" at node " in reason or "no channel rule" in reason for _, reason in space.fixes):
-            space = analyze(with_stack_traces(traced, has_rule, example))  # reasons name the code line
-    for _ in range(64):  # each failed check adds a constraint; plan again
+            traced = with_stack_traces(traced, has_rule, example)  # reasons name the code line
+            space = analyze(traced)
+    table, plan = _plan(space, switches, divisor, type(model).__name__)
+    if _stuck_channels(table, plan) and space.balances:  # units of tied chunks outgrew their groups
+        other = analyze(traced, positional_chunks=True)
+        other_table, other_plan = _plan(other, switches, divisor, type(model).__name__)
+        if _stuck_channels(other_table, other_plan) < _stuck_channels(table, plan):
+            space, table, plan = other, other_table, other_plan
+    seconds = time.perf_counter() - start
+    return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
+
+
+def _plan(space: ChannelSpace, switches: tuple[float, ...], divisor: int, name: str) -> tuple[GroupTable, Plan]:
+    """Groups and widths; each failed check adds a constraint to ``space`` and plans again."""
+    for _ in range(64):
         table = find_groups(space)
         try:
-            plan = make_plan(space, table, switches, divisor)
-            break
+            return table, make_plan(space, table, switches, divisor)
         except Unbalanced as e:  # tie equal pieces position by position
             for piece in e.pieces[1:]:
                 space.union(e.pieces[0], piece)
             space.balances = [b for b in space.balances if b is not e.pieces]
         except NotABox as e:
             space.fix(e.ids, "a tensor read by forward code would not stay rectangular")
-    else:
-        raise SlimifyError(f"could not plan widths for {type(model).__name__}")
-    seconds = time.perf_counter() - start
-    return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
+    raise SlimifyError(f"could not plan widths for {name}")
 
 
+def _stuck_channels(table: GroupTable, plan: Plan) -> int:
+    """Channels of slimmable groups that keep their full width even at the narrowest switch:
+    a group whose unit (tied by equal-width pieces) is as large as the group itself."""
+    return sum(g.size for g in table.groups
+               if not g.fixed and g.size > plan.divisor and plan.kept[g.index][0] == len(g.classes))
+
+
+@gc_paused
 def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
             example_input: torch.Tensor | None = None, reorder: str | None = None,
             reorder_data: Any = None) -> nn.Module:

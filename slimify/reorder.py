@@ -166,8 +166,9 @@ def _apply(planned: list, inverse: bool = False) -> None:
             t.copy_(new)
 
 
-def _orders(table: GroupTable, scores: np.ndarray, result: Reordering) -> None:
+def _orders(table: GroupTable, scores: np.ndarray, result: Reordering, space: ChannelSpace) -> None:
     _, size = _in_class_rank(table.class_of)
+    ordered = _ordered_groups(table, space)
     for g in table.groups:
         if g.fixed or len(g.classes) < 2:
             continue
@@ -176,6 +177,18 @@ def _orders(table: GroupTable, scores: np.ndarray, result: Reordering) -> None:
         result.orders[g.index], result.scores[g.index] = order, s[order]
         if len(np.unique(size[g.classes])) > 1:
             result.skipped[g.index] = "its channel classes differ in size"
+        elif g.index in ordered:
+            result.skipped[g.index] = ordered[g.index]
+
+
+def _ordered_groups(table: GroupTable, space: ChannelSpace) -> dict[int, str]:
+    """Groups matched by position (a chunk that splits whatever is active): group → why."""
+    found: dict[int, str] = {}
+    for ids, reason in space.ordered:
+        for g in np.unique(table.group_of_id[ids]).tolist():
+            if g >= 0:
+                found.setdefault(g, f"its channels are matched by position ({reason})")
+    return found
 
 
 def _source(table: GroupTable, result: Reordering) -> np.ndarray:
@@ -259,7 +272,8 @@ def reorder(model: nn.Module, method: str = "l1", data: Any = None, analysis: An
     if analysis is None:
         analysis = analyze_model(model, example_input=example)
     result = Reordering(method)
-    _orders(analysis.table, class_scores(model, analysis.space, analysis.table, method, data, batches), result)
+    _orders(analysis.table, class_scores(model, analysis.space, analysis.table, method, data, batches), result,
+            analysis.space)
     if check:
         _permute_checked(model, analysis, result, example)
     else:

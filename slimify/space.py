@@ -85,6 +85,9 @@ class ChannelSpace:
         self.attrs: dict[tuple[str, str], AttrSpec] = {}
         self.batchnorms: list[BatchNormSpec] = []
         self.context = ""  # description of the node being analysed, for reasons
+        # chunk by position (see rules/segments.py): set by the caller before the rules run
+        self.positional_chunks = False
+        self.ordered: list[tuple[np.ndarray, str]] = []  # ids whose channels must keep their order
 
     # -- allocation ---------------------------------------------------------------------
     def new_var(self, size: int, origin: str, producer: bool = True) -> np.ndarray:
@@ -133,6 +136,10 @@ class ChannelSpace:
     def balance(self, pieces: list[np.ndarray]) -> None:
         """Equal pieces (``chunk``) must keep equally many channels at every width."""
         self.balances.append([np.asarray(p, np.int64) for p in pieces])
+
+    def keep_order(self, ids: np.ndarray, reason: str) -> None:
+        """These channels are matched by position, not identity: reordering must leave them."""
+        self.ordered.append((np.asarray(ids, np.int64).ravel(), reason))
 
     def mark_seen(self, label: np.ndarray) -> None:
         self.seen.append(np.unique(label))

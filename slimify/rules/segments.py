@@ -118,8 +118,29 @@ def chunk(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
     d = _dim(args, kwargs, 2) % x.ndim
     sizes = [s[d] for s in ctx.out_shape]
     if x.carries(d):
+        if ctx.space.positional_chunks and len(set(sizes)) == 1 and len(sizes) > 1 and not x.rigid:
+            return _chunk_by_position(ctx, x, d, sizes)
         _split_channels(ctx, x, d, sizes, None)
     return _segments(ctx, x, d, sizes)
+
+
+def _chunk_by_position(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int]) -> list[TensorVal]:
+    """``chunk(n)`` as the narrow model computes it: piece i is the i-th n-th of whatever is
+    active, so each piece's channels are new ones (fresh ids, a prefix active) and only counts tie
+    the two sides: the pieces keep equal widths that add up to the input's.
+
+    At full width this is the same chunk. Narrower, piece i's channel j is not the channel j of
+    the full piece i: the narrow model is a slimmable network, not a masked copy of the full one.
+    That frees ShuffleNetV2, whose channel shuffle followed by ``chunk(2)`` otherwise ties channels
+    into units that double every block. Used only when the identity-keeping split cannot slim (see
+    ``slimify.convert.analyze_model``); if the counts cannot match, the plan ties the pieces to the
+    input position by position, which is the identity-keeping split again."""
+    ids = ctx.channel_ids(x, d)
+    pieces = [ctx.space.new_var(size, f"chunk {i} of {ctx.space.context}") for i, size in enumerate(sizes)]
+    ctx.space.balance(pieces)
+    ctx.space.balance([ids, np.concatenate(pieces)])
+    ctx.space.keep_order(np.concatenate([ids, *pieces]), f"chunk by position at {ctx.space.context}")
+    return [ctx.with_dim(x, d, p, tuple(shape)) for p, shape in zip(pieces, ctx.out_shape)]
 
 
 def unbind(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
