@@ -184,3 +184,38 @@ def test_unsupported_recurrences_keep_their_size(make, why: str) -> None:
 def slim_data_of(module: nn.Module):
     from slimify.nn.serve import slim_data
     return slim_data(module)
+
+
+class StateSpaceMixer(nn.Module):
+    """timm's EfficientViM HSM-SSD (a recurrence in its dual form): ``h = x @ (a·b)ᵀ`` pairs every
+    channel with every state dim, ``y = h @ c`` sums over the state dims again."""
+
+    def __init__(self) -> None:
+        from timm.models.efficientvim import HSMSSD
+        super().__init__()
+        self.inp = nn.Conv2d(3, 32, 1)
+        self.mixer = HSMSSD(32, state_dim=8)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        y, h = self.mixer(x)
+        return self.head((x + y).mean((2, 3)) + h.mean(-1))
+
+
+def test_outer_product_keeps_state_dims_and_slims_channels() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5)
+    model = StateSpaceMixer()
+    with torch.no_grad():  # EfficientViM initialises out_proj's BN weight to 0: wake the branch up
+        for p in model.parameters():
+            if not p.any():
+                p.add_(0.5)
+    model, _ = _convert(model, x)
+    reasons = [g.reason for g in slimify.report(model).fixed]
+    assert any("outer product" in r for r in reasons)
+    mixer = model.mixer
+    with slimify.width(model, 0.5):
+        assert model.inp.out_channels == 16 and mixer.hz_proj.conv.in_channels == 16
+        assert mixer.BCdt_proj.conv.out_channels == 3 * 8  # state dims keep their size
+    _export_matches(model, x)

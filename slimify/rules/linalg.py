@@ -41,6 +41,8 @@ def contract(ctx: RuleContext, operands: list[tuple[TensorVal, str]], out: str, 
             ctx.space.fix(lab, f"broadcast across channels at {ctx.space.context}")
             continue
         taking.append((lab, real))
+    if len(taking) == 2 and not rigid:
+        taking = _outer_product(ctx, taking)
     for lab, _ in taking[1:]:
         ctx.space.union(taking[0][0], lab)
     summed = [i for i, c in enumerate(order) if c not in out]
@@ -59,6 +61,27 @@ def contract(ctx: RuleContext, operands: list[tuple[TensorVal, str]], out: str, 
     rigid_letters = {l[d] for t, l in operands for d in t.rigid}  # head_dim stays a fixed-size dim
     return TensorVal(np.ascontiguousarray(label), tuple(out_shape),
                      frozenset(i for i, c in enumerate(out) if c in rigid_letters))
+
+
+def _outer_product(ctx: RuleContext, taking: list) -> list:
+    """Two operands whose channels run along different dims (EfficientViM's ``x @ (a·b)ᵀ``:
+    channels × state dims) pair every channel of one with every channel of the other, which one
+    id per element cannot express: tying them makes both one unit. Instead one side keeps its
+    size and the other slims: a side whose channels meet a dim the other holds at a constant size
+    must keep it (its size there cannot change), else the side with fewer channels."""
+    (a, real_a), (b, real_b) = taking
+    carried_a = {d for d in range(a.ndim) if a.shape[d] > 1}
+    carried_b = {d for d in range(b.ndim) if b.shape[d] > 1}
+    if not carried_a or not carried_b or carried_a & carried_b:
+        return taking
+    keep = [any(real_b[d] > 1 for d in carried_a), any(real_a[d] > 1 for d in carried_b)]
+    if not any(keep):
+        keep = [False, True] if np.unique(a).size >= np.unique(b).size else [True, False]
+    for (lab, _), k in zip(taking, keep):
+        if k:
+            ctx.space.fix(lab, f"channels meeting another operand's channels along other dims (an outer "
+                               f"product) keep their size at {ctx.space.context}")
+    return [t for t, k in zip(taking, keep) if not k]
 
 
 def matmul(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
