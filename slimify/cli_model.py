@@ -14,6 +14,24 @@ __all__ = ["convert_command", "inspect_command", "parse_switches", "parse_input_
 
 F = Callable[..., Any]
 
+# importance score used when pretrained weights are given and --reorder is left at "auto": BatchNorm |gamma|
+# beat keeping the prefix at widths 0.25 and 0.5 on both zero-shot benchmarks (benchmarks/RESULTS.md), L1 did not
+PRETRAINED_REORDER = "bn"
+REORDER_CHOICES = ("auto", "none", "l1", "l2", "bn")
+
+
+def reorder_option(f: F) -> F:
+    return click.option("--reorder", type=click.Choice(REORDER_CHOICES), default="auto", show_default=True,
+                        help=f"Put each group's most important channels first before converting. auto: "
+                             f"'{PRETRAINED_REORDER}' with --checkpoint (pretrained weights), none without.")(f)
+
+
+def resolve_reorder(choice: str | None, checkpoint: str | None) -> str | None:
+    """The reorder method ``slimify.convert`` gets for a CLI choice."""
+    if choice in (None, "auto"):
+        return PRETRAINED_REORDER if checkpoint else None
+    return None if choice == "none" else choice
+
 
 def parse_switches(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[float, ...] | None:
     """``"0.25,0.5,1"`` → ``(0.25, 0.5, 1.0)``; each in (0, 1]."""
@@ -72,7 +90,7 @@ def conversion_options(f: F) -> F:
 
 
 def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], divisor: int,
-             num_classes: int | None, input_size: tuple[int, int, int] | None) -> Any:
+             num_classes: int | None, input_size: tuple[int, int, int] | None, reorder: str | None = None) -> Any:
     import torch
 
     import slimify
@@ -82,7 +100,7 @@ def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], di
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     net = create(model, checkpoint=checkpoint, **kwargs).eval()
     example = torch.randn(1, *input_size) if input_size else default_input(net)
-    slimify.convert(net, switches=switches, divisor=divisor, example_input=example)
+    slimify.convert(net, switches=switches, divisor=divisor, example_input=example, reorder=reorder)
     slimify.state.get_state(net).info["example_shape"] = list(example.shape)
     return net
 
@@ -104,21 +122,26 @@ Examples:
 @conversion_options
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="Plain weights to start from (.safetensors, or a torch file read with weights_only).")
+@reorder_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write (.slim).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def convert_command(model: str, switches: tuple[float, ...], divisor: int, num_classes: int | None,
-                    input_size: tuple[int, int, int] | None, checkpoint: str | None, output: str, force: bool) -> None:
+                    input_size: tuple[int, int, int] | None, checkpoint: str | None, reorder: str, output: str,
+                    force: bool) -> None:
     """Convert MODEL (a timm name, 'torchvision:NAME' or 'slimify:NAME') into a slimmable model
     and save it as a .slim file (config + safetensors weights, never pickled code)."""
     import slimify
 
     out = check_output(output, force, (".slim",))
-    net = _convert(model, checkpoint, switches, divisor, num_classes, input_size)
+    method = resolve_reorder(reorder, checkpoint)
+    net = _convert(model, checkpoint, switches, divisor, num_classes, input_size, reorder=method)
     rep = slimify.report(net)
     slimify.save(net, out, overwrite=force)
     click.echo(f"{rep.model}: {len(rep.groups)} channel groups, {len(rep.slimmable)} slimmable, {len(rep.fixed)} fixed "
                f"({rep.seconds:.1f} s)")
     click.echo(_params_line(net))
+    if method:
+        click.echo(f"channels reordered by {method} importance (most important first)")
     click.echo(f"saved {out}  (see the groups with: slimify inspect {out})")
 
 

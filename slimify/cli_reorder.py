@@ -62,7 +62,7 @@ Examples:
 @conversion_options
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="Pretrained plain weights to reorder (.safetensors, or a torch file read with weights_only).")
-@click.option("--method", type=click.Choice(METHOD_CHOICES), default="l1", show_default=True,
+@click.option("--method", type=click.Choice(METHOD_CHOICES), default="bn", show_default=True,
               help="Importance score: weight L1/L2 norm, BatchNorm |gamma|, or Taylor |activation x gradient|.")
 @click.option("--data", help="Data for --method taylor: 'digits' or an image folder.")
 @click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True,

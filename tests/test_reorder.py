@@ -292,3 +292,24 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys, m
         main(["reorder", *args])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, method", [([], "bn"), (["--reorder", "l1"], "l1"), (["--reorder", "none"], None)])
+def test_cli_convert_with_pretrained_weights_reorders_by_default(extra, method, tmp_path, capsys) -> None:
+    """Issue 6: pretrained weights in, important channels first unless told otherwise; the
+    converted model still computes the checkpoint's function at full width."""
+    from slimify.cli import main
+
+    weights, net = _saved_digitsnet(tmp_path)
+    out = tmp_path / "net.slim"
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "slimify:digitsnet", "--checkpoint", weights, "--input-size", "32", *extra, "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert e.value.code == 0
+    assert (f"reordered by {method}" in printed) if method else ("reordered" not in printed)
+    loaded = slimify.load(out)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert_same(loaded(x), net(x))
+    first = loaded[0].weight.detach()
+    assert torch.equal(first, net[0].weight) is (method is None)

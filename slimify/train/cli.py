@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from slimify.cli_model import reorder_option, resolve_reorder
+
 __all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
 
 F = Callable[..., Any]
@@ -35,8 +37,7 @@ def model_options(f: F) -> F:
     f = click.option("--switches", callback=parse_widths, help="Widths to convert to  [default: 0.25,0.5,0.75,1.0]")(f)
     f = click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
                      help="Plain pretrained weights (.safetensors / .pt / .pth) for a model name.")(f)
-    f = click.option("--reorder", type=click.Choice(["l1", "l2", "bn"]),
-                     help="With --checkpoint: put each group's most important channels first before converting.")(f)
+    f = reorder_option(f)
     f = click.option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")(f)
     return click.argument("model")(f)
 
@@ -69,7 +70,8 @@ def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, 
 
     classes = num_classes or count_classes(data)
     return load_slimmable(model, checkpoint, switches, divisor, classes,
-                          input_size=(3, 32, 32) if data == "digits" else None, reorder=reorder)
+                          input_size=(3, 32, 32) if data == "digits" else None,
+                          reorder=resolve_reorder(reorder, checkpoint))
 
 
 @click.command("finetune", epilog="""\b
