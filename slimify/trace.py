@@ -6,8 +6,9 @@ described by the rule instead of being traced through).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,36 @@ def _unset_optionals(model: nn.Module, example_input: Any) -> dict[str, Any] | N
     return unset or None
 
 
+def _holds_proxy(value: Any) -> bool:
+    if isinstance(value, fx.Proxy):
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, (list, tuple)) and any(isinstance(v, fx.Proxy) for v in value)
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module) -> Iterator[None]:
+    """Forward code that stores state (a cache dict, ``self.last = x``) would keep fx proxies in
+    the user's model after tracing: put back every attribute, or dict's contents, a proxy entered."""
+    before = {m: {k: (v, dict(v) if isinstance(v, dict) else None) for k, v in vars(m).items()}
+              for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, attrs in before.items():
+            for name, value in list(vars(m).items()):
+                if not _holds_proxy(value):
+                    continue
+                if name not in attrs:
+                    delattr(m, name)
+                elif isinstance(value, dict) and attrs[name][1] is not None and value is attrs[name][0]:
+                    value.clear()
+                    value.update(attrs[name][1])
+                else:
+                    setattr(m, name, attrs[name][0])
+
+
 def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
           has_rule: Callable[[nn.Module], bool], stack_traces: bool = False) -> TracedModel:
     """Trace ``model`` in eval mode and record shapes by running ``example_input`` through it.
@@ -112,7 +143,8 @@ def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ..
     model.eval()
     try:
         try:
-            graph = tracer.trace(model, concrete_args=_unset_optionals(model, example_input))
+            with _state_kept(model):
+                graph = tracer.trace(model, concrete_args=_unset_optionals(model, example_input))
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else ""
             raise SlimifyError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {first}") from e
@@ -131,7 +163,8 @@ def with_stack_traces(traced: TracedModel, has_rule: Callable[[nn.Module], bool]
     was_training = traced.root.training
     traced.root.eval()
     try:
-        graph = tracer.trace(traced.root, concrete_args=_unset_optionals(traced.root, example_input))
+        with _state_kept(traced.root):
+            graph = tracer.trace(traced.root, concrete_args=_unset_optionals(traced.root, example_input))
     finally:
         traced.root.train(was_training)
     old = {n.name: n.meta for n in traced.graph.nodes}

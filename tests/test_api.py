@@ -172,3 +172,27 @@ def test_default_arguments_take_the_branch_a_call_takes() -> None:
     assert torch.allclose(model(x), expected, atol=1e-6)
     with slimify.width(model, 0.5):
         assert model.conv(x).shape[1] == 8
+
+
+class _StatefulNet(nn.Module):
+    """Forward code that caches a derived tensor in a dict slimify was not told about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.memo: dict[str, torch.Tensor] = {}
+        self.last = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        self.memo["y"] = y
+        self.last = y
+        return y.mean((2, 3))
+
+
+def test_tracing_leaves_no_proxies_in_the_model() -> None:
+    model = _StatefulNet().eval()
+    slimify.convert(model, divisor=1)
+    assert model.memo == {} and model.last is None
+    out = model(torch.randn(1, 3, 8, 8))
+    assert isinstance(out, torch.Tensor) and isinstance(model.memo["y"], torch.Tensor)
