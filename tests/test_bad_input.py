@@ -18,18 +18,20 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import Subset
 
 import slimify
 from slimify.cli import main
 from slimify.errors import SlimifyError
-from slimify.io import META_KEY, read_config, tensors_digest
 from slimify.models import TinyNet, create, read_state_dict
 from slimify.pick import parse_amount
 from slimify.train import digits, evaluate, finetune, load_recipe
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.models import DigitsNet
+from tests.slimfiles import rewrite_slim
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ("--input-size", "32")  # convert the 21 k-parameter TinyNet at 32 px: well under a second
@@ -209,14 +211,7 @@ def _write_slim_variants(root: Path, ok: Path) -> None:
     """Copies of ``ok`` with one thing changed in the config or the tensors."""
     def variant(name: str, config_change: Callable[[dict], None] | None = None,
                 tensor_change: Callable[[dict], None] | None = None, fix_digest: bool = True) -> None:
-        config, tensors = read_config(ok), load_file(str(ok))
-        if tensor_change:
-            tensor_change(tensors)
-        if config_change:
-            config_change(config)
-        if fix_digest:
-            config["tensors_sha256"] = tensors_digest(tensors)
-        save_file(tensors, str(root / name), metadata={META_KEY: json.dumps(config)})
+        rewrite_slim(ok, root / name, config_change, tensor_change, fix_digest)
 
     marker = root / "PWNED"
     variant("os.slim", lambda c: c.update(source={"spec": "os:system", "kwargs": {"command": f"touch {marker}"}}))
@@ -282,14 +277,6 @@ def files(tmp_path_factory) -> Path:
     _write_checkpoints(root)
     _write_recipes_and_data(root)
     return root
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def unwritable_dir(tmp: Path) -> Path | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime as ort
@@ -19,15 +18,9 @@ from slimify.cli_deploy import export_command, pick_command, profile_command
 from slimify.cli_model import convert_command, inspect_command
 from slimify.export import active_params
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 COMMANDS = ["convert", "inspect", "export", "profile", "pick"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:

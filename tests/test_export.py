@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,17 +17,11 @@ from slimify.models import TinyNet
 from tests.test_zoo import DIVISOR
 from tests.zoo import ZOO, build
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 64
 SUBSET = ["tv:resnet18", "tv:mobilenet_v2", "resnet10t", "dpn48b", "mixnet_s", "convnext_atto", "ghostnet_050"]
 _CONVERTED: dict[str, nn.Module] = {}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def converted(name: str, size: int = SIZE) -> nn.Module:

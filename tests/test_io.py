@@ -3,31 +3,24 @@ refused by key, save → load reproduces every switch, and damaged or hostile fi
 with a SlimifyError, never unpickled."""
 from __future__ import annotations
 
-import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings, strategies as st
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import slimify
 from slimify.errors import SlimifyError
-from slimify.io import META_KEY, read_config, tensors_digest
+from slimify.io import read_config
 from slimify.models import ModelSource, TinyNet, create, source_of
+from tests.slimfiles import rewrite_slim
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 X32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randomize(model: nn.Module) -> nn.Module:
@@ -58,19 +51,6 @@ def _outputs(model: nn.Module) -> dict[float, torch.Tensor]:
         with torch.no_grad(), slimify.width(model, w):
             out[w] = model(X32)
     return out
-
-
-def _rewrite(src: Path, dst: Path, config_change=None, tensor_change=None, fix_digest: bool = True) -> Path:
-    """Copy a .slim file, changing its config and/or tensors (the checksum re-computed if asked)."""
-    config, tensors = read_config(src), load_file(str(src))
-    if tensor_change:
-        tensor_change(tensors)
-    if config_change:
-        config_change(config)
-    if fix_digest:
-        config["tensors_sha256"] = tensors_digest(tensors)
-    save_file(tensors, str(dst), metadata={META_KEY: json.dumps(config)})
-    return dst
 
 
 # -- model sources ------------------------------------------------------------------------------
@@ -213,7 +193,7 @@ def _set(path: list[str], value):
     (_set(["width"], 0.3), "conversion settings"),
 ])
 def test_bad_configs_are_refused(saved: Path, tmp_path, config_change, message: str) -> None:
-    bad = _rewrite(saved, tmp_path / "bad.slim", config_change=config_change)
+    bad = rewrite_slim(saved, tmp_path / "bad.slim", config_change=config_change)
     with pytest.raises(SlimifyError, match=message):
         slimify.load(bad)
 
@@ -226,11 +206,11 @@ def test_wrong_tensors_are_refused(saved: Path, tmp_path) -> None:
         t.pop("stem.1.slim_bn.0.running_var")
 
     with pytest.raises(SlimifyError, match=r"shape \(1\): fc.weight \(7, 3\)"):
-        slimify.load(_rewrite(saved, tmp_path / "a.slim", tensor_change=reshape))
+        slimify.load(rewrite_slim(saved, tmp_path / "a.slim", tensor_change=reshape))
     with pytest.raises(SlimifyError, match=r"missing \(1\): stem.1.slim_bn.0.running_var"):
-        slimify.load(_rewrite(saved, tmp_path / "b.slim", tensor_change=drop))
+        slimify.load(rewrite_slim(saved, tmp_path / "b.slim", tensor_change=drop))
     with pytest.raises(SlimifyError, match="does not match the recorded checksum"):  # same shapes, other data
-        slimify.load(_rewrite(saved, tmp_path / "c.slim", tensor_change=lambda t: t["fc.bias"].add_(1),
+        slimify.load(rewrite_slim(saved, tmp_path / "c.slim", tensor_change=lambda t: t["fc.bias"].add_(1),
                               fix_digest=False))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,8 @@ from slimify.train.loop import CHECKPOINT_NAME, Trainer
 from slimify.train.progress import read_log
 from slimify.train.recipe import load_recipe
 from slimify.train.testing import slim_digitsnet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
 Poison = Callable[[torch.Tensor], torch.Tensor]
@@ -50,14 +52,6 @@ def poison_at(model: nn.Module, step: int, width: float, poison: Poison) -> None
         return poison(output) if steps[0] >= step and w == width else None
 
     model.register_forward_hook(hook)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_data(n: int = 128) -> Subset:

@@ -64,12 +64,17 @@ def _randomise_bn(model: nn.Module) -> None:
             m.running_var.uniform_(0.5, 1.5)
 
 
-def test_shufflenet_like_blocks_slim_and_stay_exact() -> None:
+def _tiny_shufflenet() -> tuple[TinyShuffleNet, torch.Tensor, torch.Tensor]:
+    """The model with trained-looking BatchNorms, an input and the model's output on it."""
     torch.manual_seed(0)
     model = TinyShuffleNet().eval()
     _randomise_bn(model)
     x = torch.randn(2, 3, 16, 16)
-    expected = model(x)
+    return model, x, model(x)
+
+
+def test_shufflenet_like_blocks_slim_and_stay_exact() -> None:
+    model, x, expected = _tiny_shufflenet()
     full = macs(model, x[:1])
     slimify.convert(model, divisor=2, example_input=x[:1])
     with torch.no_grad():
@@ -85,11 +90,7 @@ def test_shufflenet_like_blocks_slim_and_stay_exact() -> None:
 
 
 def test_reorder_leaves_position_matched_groups_in_order() -> None:
-    torch.manual_seed(0)
-    model = TinyShuffleNet().eval()
-    _randomise_bn(model)
-    x = torch.randn(2, 3, 16, 16)
-    expected = model(x)
+    model, x, expected = _tiny_shufflenet()
     slimify.convert(model, divisor=2, example_input=x[:1], reorder="l1")
     result = slimify.state.get_state(model).info["reorder"]
     assert any("matched by position" in why for why in result.skipped.values())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,13 +18,7 @@ from slimify.models import TinyNet
 from slimify.pick import parse_amount, pick
 from slimify.profile import MEMORY_METHOD, ProfileResult, SwitchProfile, input_shape, measure_memory
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

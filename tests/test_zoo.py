@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import slimify
-from tests.zoo import ZOO, build, macs
+from tests.zoo import ZOO, assert_original_checkpoint_loads, build, macs
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
 
@@ -67,12 +67,4 @@ def test_zoo_model(name: str) -> None:
     assert half / full <= MAC_BOUND.get(name, 0.35), f"width 0.5 keeps {half / full:.3f} of the MACs"
 
     # 4. a checkpoint of the original model loads unchanged and keeps (1)
-    fresh = build(name)
-    for p in fresh.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    with torch.no_grad():
-        reference = fresh(x)
-    model.load_state_dict(fresh.state_dict())
-    with torch.no_grad():
-        again = model(x)
-    assert (again - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert_original_checkpoint_loads(model, build(name), x)

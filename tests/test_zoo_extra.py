@@ -14,7 +14,7 @@ import torchvision
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
 import slimify
-from tests.zoo import macs
+from tests.zoo import assert_original_checkpoint_loads, macs
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
 DIVISOR = 4
@@ -102,12 +102,4 @@ def test_family(name: str) -> None:
         half = _macs(model, x[:1])
     assert half / full <= 0.35, f"width 0.5 keeps {half / full:.3f} of the MACs"
 
-    fresh = _build(name)  # 4. a checkpoint of the original model loads unchanged and keeps (1)
-    for p in fresh.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    with torch.no_grad():
-        reference = fresh(x)
-    model.load_state_dict(fresh.state_dict())
-    with torch.no_grad():
-        again = model(x)
-    assert (again - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert_original_checkpoint_loads(model, _build(name), x)  # 4. the original's checkpoint loads, keeps (1)

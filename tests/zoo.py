@@ -33,3 +33,16 @@ def macs(model: nn.Module, x: torch.Tensor) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() // 2
+
+
+def assert_original_checkpoint_loads(model: nn.Module, fresh: nn.Module, x: torch.Tensor) -> None:
+    """A checkpoint of the original architecture (``fresh``, re-initialised here) loads into the
+    converted ``model`` unchanged, and the model then computes what ``fresh`` computes."""
+    for p in fresh.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    with torch.no_grad():
+        reference = fresh(x)
+    model.load_state_dict(fresh.state_dict())
+    with torch.no_grad():
+        again = model(x)
+    assert (again - reference).abs().max() <= 1e-5 * reference.abs().max()
