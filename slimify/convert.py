@@ -59,11 +59,13 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
         if any(" at node " in reason or "no channel rule" in reason for _, reason in space.fixes):
             traced = with_stack_traces(traced, has_rule, example)  # reasons name the code line
             space = analyze(traced)
+    splits_by_count = bool(space.balances)  # planning removes the balances it ties: ask before
     table, plan = _plan(space, switches, divisor, type(model).__name__)
-    if _stuck_channels(table, plan) and space.balances:  # units of tied chunks outgrew their groups
+    stuck = _stuck_channels(table, plan)
+    if stuck and splits_by_count:  # units of tied chunks may have outgrown their groups
         other = analyze(traced, positional_chunks=True)
         other_table, other_plan = _plan(other, switches, divisor, type(model).__name__)
-        if _stuck_channels(other_table, other_plan) < _stuck_channels(table, plan):
+        if _stuck_channels(other_table, other_plan) < stuck:
             space, table, plan = other, other_table, other_plan
     seconds = time.perf_counter() - start
     return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
