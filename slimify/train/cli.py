@@ -9,24 +9,11 @@ from typing import Any
 
 import click
 
-from slimify.cli_model import reorder_option, resolve_reorder
+from slimify.cli_model import parse_switches, reorder_option, resolve_reorder
 
 __all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
 
 F = Callable[..., Any]
-
-
-def parse_widths(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[float, ...] | None:
-    """``"0.25,0.5,1"`` → ``(0.25, 0.5, 1.0)``; each in (0, 1]."""
-    if value is None:
-        return None
-    try:
-        widths = tuple(sorted({float(v) for v in value.split(",") if v.strip()}))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers like 0.25,0.5,1.0, got {value!r}") from None
-    if not widths or any(not 0 < w <= 1 for w in widths):
-        raise click.BadParameter(f"widths must be in (0, 1], got {value!r}")
-    return widths
 
 
 def model_options(f: F) -> F:
@@ -34,7 +21,7 @@ def model_options(f: F) -> F:
     f = click.option("--num-classes", type=click.IntRange(min=1), help="Classes of the head (default: from DATA).")(f)
     f = click.option("--divisor", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Channel counts are multiples of this.")(f)
-    f = click.option("--switches", callback=parse_widths, help="Widths to convert to  [default: 0.25,0.5,0.75,1.0]")(f)
+    f = click.option("--switches", callback=parse_switches, help="Widths to convert to  [default: 0.25,0.5,0.75,1.0]")(f)
     f = click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
                      help="Plain pretrained weights (.safetensors / .pt / .pth) for a model name.")(f)
     f = reorder_option(f)
@@ -157,7 +144,7 @@ Examples:
   slimify eval rn50.slim --data ~/imagenet/val --widths 0.5,1.0 --markdown""")
 @model_options
 @click.option("--data", required=True, help="'digits' (its val split) or an ImageFolder directory.")
-@click.option("--widths", callback=parse_widths, help="Switches to evaluate (default: all).")
+@click.option("--widths", callback=parse_switches, help="Switches to evaluate (default: all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
@@ -195,7 +182,7 @@ Examples:
               help="Slimmable fine-tuning epochs.")
 @click.option("--pretrain-epochs", type=click.IntRange(min=1), default=8, show_default=True,
               help="Epochs of the plain model (cached in OUT; reused when unchanged).")
-@click.option("--switches", callback=parse_widths, help="Widths  [default: 0.25,0.5,0.75,1.0]")
+@click.option("--switches", callback=parse_switches, help="Widths  [default: 0.25,0.5,0.75,1.0]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 def demo_command(out: str, epochs: int, pretrain_epochs: int, switches: tuple[float, ...] | None, seed: int,
