@@ -139,8 +139,8 @@ def to_markdown(results: dict[str, dict[float, list[float]]], command: str, seco
         lines.append(f"| {arm} | {budget.get(arm, f'{epochs} ep plain + {ft_epochs} ep')} | " + " | ".join(cells) + " |")
     lines += ["", "individual: a plain model per width; slimmable: one converted model, all switches per step, "
               "private BN; shared-BN: the same with one BN for all switches (emulated with prefix views of "
-              "the full BN); retrofit: the individual full-width model, converted (retrofit+l1: channels "
-              "reordered by L1 norm first), then fine-tuned with in-place distillation and BN calibration. "
+              "the full BN); retrofit: the individual full-width model, converted (retrofit+METHOD: "
+              "channels reordered by that importance score first, same budget), then fine-tuned with in-place distillation and BN calibration. "
               "Arms 1-3 use no BN calibration.", ""]
     return "\n".join(lines)
 
