@@ -45,11 +45,12 @@ REFERENCE: dict[str, dict[str, str]] = {
 }
 
 
-_FEATURES = "no classifier (num_classes=0): the output is the residual stream, and model outputs keep their size"
 # model → why it stays uncovered (shown next to what was measured)
 EXPLAINED: dict[str, str] = {
-    "aimv2_large_patch14_224": _FEATURES, "eva02_tiny_patch14_224": _FEATURES,
-    "vit_tiny_patch16_dinov3_qkvb": _FEATURES,
+    "eva02_tiny_patch14_224": "returns its features (num_classes=0), which slim and are padded back, but each "
+                              "attention reshapes its output to the stream's width (reshape(B, N, C)) from 3 heads of "
+                              "64: the stream must hold a whole number of heads, and the plan ties unequal counts "
+                              "position by position, which joins the stream into one unit (as for EdgeNeXt)",
     "edgenext_xx_small": "SplitTransposeBlock chunks the channels into n pieces of equal width while its XCA reads the "
                          "same width from 4 heads, which slim whole (XCA's map is channel × channel: an outer product):"
                          " stages.2 could only hold 66 or 88 channels, stages.3 84 or 168; the plan gives groups their "
@@ -149,13 +150,17 @@ def summary(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, li
                    f"(TP {ref_tp[f'median_s_{lib}']}) | {ref_tp[lib]} | {ref_mo[lib]} |")
     loads = [r["load"] for r in results.values() if "load" in r]
     narrow = sorted(f"`{r['name']}` ({r['divisor']})" for r in results.values() if r.get("divisor", 8) != 8)
+    padded = sorted(f"`{r['name']}`" + ("" if r.get("num_classes") == 0 else f" (num_classes={r.get('num_classes')}!)")
+                    for r in results.values() if r.get("padded_output"))
     out += ["", "Torch-Pruning's and ModelOpt's figures count models whose 50% uniform pruning reaches "
                 "MACs ≤ 0.35; Torch-Pruning's time is its DependencyGraph build. Convert times are wall "
                 f"seconds on one thread of a shared machine (median load average {_median(loads)} on "
                 f"{os.cpu_count()} cores during the sweep): compare them with care.", "",
             "Divisor 8 throughout, except models whose layers are too narrow to halve in steps of 8 (width "
             "0.5 missed the MAC bound with no group fixed); they count at the divisor in brackets: "
-            + (", ".join(narrow) if narrow else "none") + ".", ""]
+            + (", ".join(narrow) if narrow else "none") + ".", "",
+            "Models whose output is padded back to full size at narrow widths (they return features, "
+            "`docs/design.md`, *Model outputs*): " + (", ".join(padded) if padded else "none") + ".", ""]
     out += _failures(results, models) + [""] + _per_model(results, models) + [""]
     return "\n".join(out)
 

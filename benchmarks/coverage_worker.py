@@ -145,6 +145,7 @@ def _group_stats(model: nn.Module, result: dict[str, Any]) -> None:
     result["fixed_reasons"] = [[r, n] for r, n in reasons.most_common(8)]
     result["output_group"] = max((g.size for g in rep.fixed if g.reason.startswith("model output")), default=0)
     result["num_classes"] = getattr(model, "num_classes", None)  # 0: timm returns features, no classifier
+    result["padded_output"] = rep.padded_output is not None  # features slim, zero-padded back to full size
     result["analysis_s"] = rep.seconds
 
 
@@ -170,8 +171,8 @@ def _only_rounding(r: dict[str, Any]) -> bool:
 
 
 def _feature_output(r: dict[str, Any]) -> bool:
-    """No classifier: the model returns its features, whose channels are the model output."""
-    return r.get("num_classes") == 0
+    """No classifier: the model returns its features, and they could not slim (not padded)."""
+    return r.get("num_classes") == 0 and not r.get("padded_output")
 
 
 def _measure_at(lib: str, name: str, divisor: int, export: bool) -> dict[str, Any]:
@@ -240,7 +241,7 @@ def _why(r: dict[str, Any]) -> str:
     if r.get("mac_ratio", 1.0) > MAC_LIMIT:
         if _feature_output(r):
             return (f"width 0.5 keeps {r['mac_ratio']:.2f} of the MACs: the model returns its features (no "
-                    f"classifier, num_classes=0), and model outputs keep their size")
+                    f"classifier, num_classes=0), which keep their size here")
         top = r.get("fixed_reasons") or [["(no fixed group)", 0]]
         return f"width 0.5 keeps {r['mac_ratio']:.2f} of the MACs; fixed: {top[0][0]}"
     return f"export at width 0.5: {r.get('export_error') or 'differs from the slimmable model'}"

@@ -11,7 +11,7 @@ import torch.fx as fx
 from slimify.rules import ParamVal, RuleContext, TensorVal, find_function_rule, find_module_rule, unknown_module
 from slimify.rules.base import describe, tensors_in
 from slimify.rules.elementwise import fixed_output
-from slimify.space import ChannelSpace
+from slimify.space import OUTPUT_REASON, ChannelSpace
 from slimify.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 
 __all__ = ["analyze"]
@@ -49,17 +49,41 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
         elif node.op == "get_attr":
             env[node] = _get_attr(traced, node)
         elif node.op == "output":
-            outputs = _lookup(node.args[0], env)
-            ctx.fix_all([outputs], "model output (classifier outputs keep their size)")
+            _output(ctx, _lookup(node.args[0], env))
         elif not _has_tensor(shape):
             env[node] = _python_value(node)
         else:
             args, kwargs = _lookup(node.args, env), _lookup(node.kwargs, env)
             env[node] = _run_rule(ctx, node, modules, list(args), dict(kwargs))
+            _note_reads(space, node, modules, args, kwargs)
         for t in tensors_in(env.get(node)):
             if isinstance(t, TensorVal):
                 space.mark_seen(t.label)
     return space
+
+
+def _output(ctx: RuleContext, outputs: Any) -> None:
+    """Model outputs keep their size, except one feature tensor (channels along its last dim
+    only), which may slim and be padded back (``ChannelSpace.pad_output``)."""
+    if isinstance(outputs, TensorVal) and outputs.ndim >= 2 and outputs.carries(outputs.ndim - 1) \
+            and all(n == 1 for n in outputs.label.shape[:-1]):
+        ctx.space.pad_output(outputs.label)
+        return
+    ctx.fix_all([outputs], OUTPUT_REASON)
+
+
+def _note_reads(space: ChannelSpace, node: fx.Node, modules: dict, args: Any, kwargs: Any) -> None:
+    """Channels that a layer with parameters reads: a module with parameters, or forward code
+    using a parameter (``F.linear(x, self.weight)``)."""
+    inputs = list(tensors_in([args, kwargs]))
+    if node.op == "call_module":
+        reads = next(modules[node.target].parameters(), None) is not None
+    else:
+        reads = any(isinstance(t, ParamVal) for t in inputs)
+    if reads:
+        for t in inputs:
+            if isinstance(t, TensorVal):
+                space.mark_read(t.label)
 
 
 def _placeholder(ctx: RuleContext, shape: Any) -> Any:

@@ -14,6 +14,7 @@ from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused
 from slimify.groups import GroupTable, find_groups
 from slimify.nn.batchnorm import attach_private_batchnorm
+from slimify.nn.output_pad import OutputPad
 from slimify.nn.serve import SlimData, empty_cache, make_slimmable
 from slimify.plan import NotABox, Plan, Unbalanced, check_switches, make_plan
 from slimify.summary import ConversionReport, build_report
@@ -82,7 +83,7 @@ def _plan(space: ChannelSpace, switches: tuple[float, ...], divisor: int, name: 
                 space.union(e.pieces[0], piece)
             space.balances = [b for b in space.balances if b is not e.pieces]
         except NotABox as e:
-            space.fix(e.ids, "a tensor read by forward code would not stay rectangular")
+            space.fix(e.ids, e.reason)
     raise SlimifyError(f"could not plan widths for {name}")
 
 
@@ -143,6 +144,8 @@ def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
             for_module(path).forward_caches[name] = (state.index, empty_cache(getattr(module, name)))
     for path, module_data in data.items():
         make_slimmable(model.get_submodule(path), module_data)
+    if plan.output_widths is not None:  # a feature output keeps its size: pad narrow switches
+        model.register_forward_hook(OutputPad(state, plan.output_widths, plan.output_widths[-1]))
 
 
 def _differs(value: Any, current: Any) -> bool:

@@ -18,6 +18,7 @@ from slimify.errors import SlimifyError
 from slimify.io import atomic_path, example_input
 from slimify.models import SOURCE_ATTR
 from slimify.nn.batchnorm import BN_TENSORS, SwitchBatchNorm
+from slimify.nn.output_pad import OutputPad, find_output_pad
 from slimify.nn.serve import SLIM_KEY, SlimData, restore_class, slim_data
 from slimify.state import STATE_ATTR, get_state, width as at_width
 
@@ -75,10 +76,13 @@ def export(model: nn.Module, width: float) -> nn.Module:
     tensor cut to its active channels (BatchNorm takes that switch's private statistics), every
     width attribute (``out_channels``, ``num_heads``…) a plain value, and no slimify class, hook
     or state left, so ``torch.save``/``torch.export``/ONNX see a normal network. ``model`` itself
-    is not changed (its active width is restored)."""
+    is not changed (its active width is restored). A feature model whose narrow switches pad
+    their output (``slimify.nn.output_pad``) exports as ``nn.Sequential(model, nn.ZeroPad1d)``."""
     state = get_state(model)
     state.index_of(width)  # a bad width fails before any copying
     with at_width(model, width):
+        hook = find_output_pad(model)
+        pad = hook.plain() if hook is not None else None
         modules = [(path, m, d) for path, m in model.named_modules() if (d := slim_data(m)) is not None]
         narrow = {path: _narrow(m, d) for path, m, d in modules}
         memo: dict[int, Any] = {id(state): state}
@@ -95,11 +99,13 @@ def export(model: nn.Module, width: float) -> nn.Module:
             _strip(plain.get_submodule(path), d, narrow[path])
     plain.__dict__.pop(STATE_ATTR, None)
     plain.__dict__.pop(SOURCE_ATTR, None)
+    for key in [k for k, h in plain._forward_hooks.items() if isinstance(h, OutputPad)]:
+        del plain._forward_hooks[key]
     leftover = [f"{p or '<root>'}: {type(m).__module__}.{type(m).__name__}" for p, m in plain.named_modules()
                 if type(m).__module__.startswith("slimify.nn") or SLIM_KEY in m.__dict__]
     if leftover:
         raise SlimifyError(f"export left slimify modules behind: {', '.join(leftover[:3])}")
-    return plain
+    return plain if pad is None else nn.Sequential(plain, pad)
 
 
 def active_params(model: nn.Module, width: float | None = None) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from slimify.space import FIXED, ChannelSpace
+from slimify.space import FIXED, OUTPUT_REASON, ChannelSpace
 
 __all__ = ["ChannelGroup", "GroupTable", "find_groups", "connected_labels"]
 
@@ -77,7 +77,7 @@ def find_groups(space: ChannelSpace) -> GroupTable:
             producer[v.start:v.start + v.size] = True
 
     fixed_reason: dict[int, str] = {}
-    for ids, reason in space.fixes:
+    for ids, reason in space.fixes + _unread_outputs(space, class_of):
         for c in np.unique(class_of[ids]).tolist():
             fixed_reason.setdefault(c, reason)
     seen = np.zeros(space.size, bool)
@@ -109,6 +109,15 @@ def find_groups(space: ChannelSpace) -> GroupTable:
     rank = rank_of_class[class_of]
     _set_units_and_origins(space, groups, group_of_id, class_of, var_of, producer, seen)
     return GroupTable(class_of, group_of_class, rank, group_of_id, groups)
+
+
+def _unread_outputs(space: ChannelSpace, class_of: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """Output channels no layer inside the model reads keep their size (``ChannelSpace.pad_output``)."""
+    if space.output_ids is None:
+        return []
+    read = class_of[np.concatenate(space.read)] if space.read else np.zeros(0, np.int64)
+    unread = space.output_ids[~np.isin(class_of[space.output_ids], read) & (space.output_ids != FIXED)]
+    return [(unread, OUTPUT_REASON)] if unread.size else []
 
 
 def _linked_classes(space: ChannelSpace, class_of: np.ndarray, var_of: np.ndarray,

@@ -122,7 +122,7 @@ def plan_digest(model: nn.Module) -> str:
         raise SlimifyError(f"{type(model).__name__} has no conversion plan: convert it with slimify.convert")
     plan = analysis.plan
     h = hashlib.sha256()
-    _feed(h, [plan.switches, plan.divisor, plan.kept, plan.params, plan.attrs, plan.batchnorms])
+    _feed(h, [plan.switches, plan.divisor, plan.kept, plan.params, plan.attrs, plan.batchnorms, plan.output_widths])
     return h.hexdigest()
 
 

@@ -54,6 +54,8 @@ class Plan:
     params: dict[tuple[str, str], list[dict[int, Index]]] = field(default_factory=dict)
     attrs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     batchnorms: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    # a feature output that narrow switches pad back with zeros: its active features per switch
+    output_widths: list[int] | None = None
 
 
 def _kept_classes(n: int, unit: int, w: float, divisor: int) -> int:
@@ -88,9 +90,10 @@ class Unbalanced(Exception):
 class NotABox(Exception):
     """A tensor whose active elements are not a product of per-dim index sets."""
 
-    def __init__(self, ids: np.ndarray) -> None:
+    def __init__(self, ids: np.ndarray, reason: str = "a tensor read by forward code would not stay rectangular") -> None:
         super().__init__("not a box")
         self.ids = ids
+        self.reason = reason
 
 
 def _elementwise_index(label: np.ndarray, active: np.ndarray) -> dict[int, Index]:
@@ -154,4 +157,18 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
         plan.attrs[key] = [_value(spec.template, active) for active in actives]
     for bn in space.batchnorms:
         plan.batchnorms[bn.module] = [np.nonzero(active[bn.ids])[0] for active in actives]
+    if space.output_ids is not None:
+        plan.output_widths = _output_widths(space.output_ids, actives)
     return plan
+
+
+def _output_widths(ids: np.ndarray, actives: list[np.ndarray]) -> list[int] | None:
+    """Active features of a padded output per switch; they must be a prefix (zeros pad the end)."""
+    widths = []
+    for active in actives:
+        mask = active[ids]
+        k = int(mask.sum())
+        if not mask[:k].all():
+            raise NotABox(ids, "model output: its active features would not be a prefix, which padding needs")
+        widths.append(k)
+    return widths if min(widths) < len(ids) else None

@@ -182,9 +182,11 @@ def _orders(table: GroupTable, scores: np.ndarray, result: Reordering, space: Ch
 
 
 def _ordered_groups(table: GroupTable, space: ChannelSpace) -> dict[int, str]:
-    """Groups matched by position (a chunk that splits whatever is active): group → why."""
+    """Groups matched by position (a chunk that splits whatever is active, features the model
+    returns and its caller reads by position): group → why."""
     found: dict[int, str] = {}
-    for ids, reason in space.ordered:
+    returned = [] if space.output_ids is None else [(space.output_ids, "the model returns these features in this order")]
+    for ids, reason in space.ordered + returned:
         for g in np.unique(table.group_of_id[ids]).tolist():
             if g >= 0:
                 found.setdefault(g, f"its channels are matched by position ({reason})")

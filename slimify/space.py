@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["FIXED", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec", "ChannelSpace"]
+__all__ = ["FIXED", "OUTPUT_REASON", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec", "ChannelSpace"]
 
 FIXED = 0  # id of the "never slims" channel
+OUTPUT_REASON = "model output (classifier outputs keep their size)"
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class ChannelSpace:
         # chunk by position (see rules/segments.py): set by the caller before the rules run
         self.positional_chunks = False
         self.ordered: list[tuple[np.ndarray, str]] = []  # ids whose channels must keep their order
+        # a feature output (see ``pad_output``) and the ids that layers with parameters read
+        self.output_ids: np.ndarray | None = None
+        self.read: list[np.ndarray] = []
 
     # -- allocation ---------------------------------------------------------------------
     def new_var(self, size: int, origin: str, producer: bool = True) -> np.ndarray:
@@ -140,6 +144,17 @@ class ChannelSpace:
     def keep_order(self, ids: np.ndarray, reason: str) -> None:
         """These channels are matched by position, not identity: reordering must leave them."""
         self.ordered.append((np.asarray(ids, np.int64).ravel(), reason))
+
+    def pad_output(self, ids: np.ndarray) -> None:
+        """The model returns one tensor whose last dim holds these channels. Channels that layers
+        inside the model also read (a residual stream returned as features) may slim: narrow
+        switches pad the output back to full size with zeros. The others (logits, a final
+        projection made only for the caller) keep their size: ``groups.py`` fixes them."""
+        self.output_ids = np.asarray(ids, np.int64).ravel()
+
+    def mark_read(self, label: np.ndarray) -> None:
+        """A layer with parameters reads these channels (see ``pad_output``)."""
+        self.read.append(np.asarray(label, np.int64).ravel())
 
     def mark_seen(self, label: np.ndarray) -> None:
         self.seen.append(np.unique(label))

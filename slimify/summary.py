@@ -28,6 +28,8 @@ class ConversionReport:
     divisor: int
     groups: list[GroupInfo] = field(default_factory=list)
     seconds: float = 0.0
+    padded_output: list[int] | None = None  # features computed per switch of a zero-padded output
+
 
     @property
     def fixed(self) -> list[GroupInfo]:
@@ -52,6 +54,9 @@ class ConversionReport:
             lines.append(f"{g.index:>5} | {g.size:>5} | {g.unit:>4} | {widths} | {', '.join(g.origins[:3])}")
         if len(shown) > max_rows:
             lines.append(f"  … {len(shown) - max_rows} more slimmable groups")
+        if self.padded_output is not None:
+            lines += ["", f"model output: {self.padded_output[-1]} features at full width; narrower switches compute "
+                          f"{', '.join(map(str, self.padded_output[:-1]))} and pad the rest with zeros (same output shape)"]
         fixed = [g for g in self.fixed if g.reason != "model input channels"]
         if fixed:
             lines += ["", "fixed groups (keep their full size):"]
@@ -64,7 +69,8 @@ class ConversionReport:
 
 
 def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float) -> ConversionReport:
-    report = ConversionReport(model_name, plan.switches, plan.divisor, seconds=seconds)
+    report = ConversionReport(model_name, plan.switches, plan.divisor, seconds=seconds,
+                              padded_output=plan.output_widths)
     for g in table.groups:
         channels = [k * g.unit for k in plan.kept[g.index]]
         report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason, list(g.origins)))

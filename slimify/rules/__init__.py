@@ -62,7 +62,7 @@ _BY_NAME: dict[Callable[..., Any], tuple[str, ...]] = {
     linalg.einsum: ("einsum",),
     linalg.linear_fn: ("linear",),
     linalg.conv_fn: ("conv1d", "conv2d", "conv3d"),
-    linalg.layer_norm_fn: ("layer_norm",),
+    linalg.layer_norm_fn: ("layer_norm", "rms_norm"),  # rms_norm: (x, shape, weight, eps)
     linalg.sdpa: ("scaled_dot_product_attention",),
 }
 

@@ -161,6 +161,7 @@ def _depthwise_fn(ctx: RuleContext, x: TensorVal, w: object, bias: object, group
 
 
 def layer_norm_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    """``F.layer_norm``/``F.rms_norm`` over the channels: the weight (and bias) follow them."""
     x = ctx.tensor(args[0])
     shape_arg = ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs["normalized_shape"]
     n = len(args[1]) if isinstance(args[1], (list, tuple)) else 1
