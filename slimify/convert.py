@@ -22,7 +22,7 @@ from slimify.rules import find_module_rule
 from slimify.rules.caches import cache_attrs, caches_emptied
 from slimify.space import ChannelSpace
 from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
-from slimify.trace import trace, with_stack_traces
+from slimify.trace import trace
 
 __all__ = ["convert", "report", "analyze_model", "Analysis", "default_input"]
 
@@ -57,9 +57,6 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
     with caches_emptied(model):  # the trace sees how a cached tensor is computed, not a constant
         traced = trace(model, example, has_rule=has_rule)
         space = analyze(traced)
-        if any(" at node " in reason or "no channel rule" in reason for _, reason in space.fixes):
-            traced = with_stack_traces(traced, has_rule, example)  # reasons name the code line
-            space = analyze(traced)
     splits_by_count = bool(space.balances)  # planning removes the balances it ties: ask before
     table, plan = _plan(space, switches, divisor, type(model).__name__)
     stuck = _stuck_channels(table, plan)

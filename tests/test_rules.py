@@ -209,3 +209,37 @@ def test_unknown_module_fixes_what_it_touches(monkeypatch: pytest.MonkeyPatch) -
     analysis = analyze_model(model, SWITCHES, 1, torch.randn(1, 3, 4, 4))
     fixed = [g for g in analysis.report.fixed if "0 (output" in " ".join(g.origins)]
     assert fixed and "flip" in fixed[0].reason
+
+
+def test_a_fixed_group_names_the_line_of_model_code() -> None:
+    class Flips(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 1)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.flip(self.conv(x), dims=[1]))  # reverses channels
+
+    analysis = analyze_model(Flips(), SWITCHES, 1, torch.randn(1, 3, 4, 4))
+    reason = next(g.reason for g in analysis.report.fixed if "conv" in " ".join(g.origins))
+    assert f"{__file__}, line" in reason and "in forward: return self.head(torch.flip(" in reason
+
+
+class SliceBySize(nn.Module):
+    """``a[:, :b.shape[1]]``: a slice bound read from another tensor's width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x), self.b(x)
+        return self.head(a[:, :b.shape[1]] + b)
+
+
+def test_slice_bound_read_from_another_width_follows_it() -> None:
+    model = _check(SliceBySize(), torch.randn(2, 3, 4, 4))
+    with slimify.width(model, 0.5):
+        assert model.b.out_channels == 4 and model.head.in_channels == 4
+        assert model.a.out_channels >= 4

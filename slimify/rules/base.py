@@ -1,6 +1,7 @@
 """What a rule sees: analysed values of its inputs and a context to record constraints in."""
 from __future__ import annotations
 
+import linecache
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from slimify.space import FIXED, ChannelSpace
+from slimify.trace import WHERE_KEY
 
 __all__ = ["TensorVal", "ParamVal", "RuleContext", "ModuleRule", "FunctionRule", "tensors_in", "collapse"]
 
@@ -188,7 +190,8 @@ FunctionRule = Callable[[RuleContext, list[Any], dict[str, Any]], Any]
 
 
 def describe(node: fx.Node) -> str:
-    """``node 'add_3' (operator.add) in layer1.0`` plus the source line when fx recorded it."""
+    """``node 'add_3' (operator.add) in layer1.0 [file, line N, in fn: code]``: where the model's
+    code made it (see ``trace.WHERE_KEY``)."""
     target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
     stack = node.meta.get("nn_module_stack") or {}
     where = ""
@@ -196,24 +199,11 @@ def describe(node: fx.Node) -> str:
         last = list(stack.values())[-1]
         where = f" in {last[0] if isinstance(last, tuple) else last}"
     text = f"node '{node.name}' ({node.op} {target}){where}"
-    trace = node.meta.get("stack_trace")
-    if trace:
-        frame = _user_frame(trace)
-        if frame:
-            text += f" [{frame}]"
+    line = node.meta.get(WHERE_KEY)
+    if line:
+        filename, lineno, function = line
+        text += f" [{filename}, line {lineno}, in {function}: {linecache.getline(filename, lineno).strip()}]"
     return text
-
-
-def _user_frame(trace: str) -> str:
-    """The innermost stack frame outside torch.fx / torch.nn plumbing: the model's own line."""
-    lines = trace.rstrip().splitlines()
-    for i in range(len(lines) - 1, -1, -1):
-        line = lines[i].strip()
-        if line.startswith("File ") and "/torch/fx/" not in line and "/torch/nn/modules/module.py" not in line:
-            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-            where = line.replace("File ", "").replace('"', "")
-            return f"{where}: {code}"
-    return ""
 
 
 def is_fixed_label(label: np.ndarray) -> bool:

@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 
 from slimify.rules.base import RuleContext, TensorVal
-from slimify.rules.sizes import follow_literal
+from slimify.rules.sizes import SizeExpr, follow_literal, size_expr, tie_sizes
 from slimify.space import Count
 from slimify.trace import SHAPE_KEY
 
@@ -209,8 +209,9 @@ def getitem(ctx: RuleContext, args: list, kwargs: dict) -> Any:
                 ctx.space.fix(picked if item >= 0 else label, f"channel picked by a constant at {ctx.space.context}")
             label = np.take(label, item if varies else 0, axis=dim)
         elif isinstance(item, slice):
+            item, computed = _computed_bounds(ctx, item)
             if varies:
-                label = _slice_dim(ctx, label, dim, item, carries)
+                label = _slice_dim(ctx, label, dim, item, carries, computed)
             if orig in x.rigid:
                 rigid.add(dim)
             dim += 1
@@ -241,20 +242,51 @@ def _from_end(ids: np.ndarray, bound: Any) -> Any:
     return bound
 
 
-def _slice_dim(ctx: RuleContext, label: np.ndarray, dim: int, item: slice, carries: bool) -> np.ndarray:
+def _computed_bounds(ctx: RuleContext, item: slice) -> tuple[slice, dict[str, SizeExpr | None]]:
+    """``x[:, :n]`` with ``n`` computed in forward code (``n = y.shape[1]``): the slice with the
+    bounds' values, and for each computed bound where its size comes from (None: unknown)."""
+    computed: dict[str, SizeExpr | None] = {}
+    bounds = {}
+    for which in ("start", "stop", "step"):
+        bound = getattr(item, which)
+        if isinstance(bound, fx.Node):
+            computed[which] = size_expr(ctx, bound)
+            bound = ctx.values.get(bound)
+        bounds[which] = bound
+    return slice(bounds["start"], bounds["stop"], bounds["step"]), computed
+
+
+def _slice_dim(ctx: RuleContext, label: np.ndarray, dim: int, item: slice, carries: bool,
+               computed: dict[str, SizeExpr | None] | None = None) -> np.ndarray:
     size = label.shape[dim]
     ids = np.moveaxis(label, dim, 0).reshape(size, -1)[:, 0]
     start, stop, step = item.start, item.stop, item.step
+    computed = computed or {}
     if carries:
         tail = [b for b in (start, stop) if _from_end(ids, b) is not b]  # counted from a fixed tail
         start, stop = (_from_end(ids, b) for b in (start, stop))
         if (step not in (None, 1)) or any(isinstance(b, int) and b < 0 for b in (start, stop)):
             ctx.space.fix(label, f"strided or negative slice of channels at {ctx.space.context}")
-        for bound in (start, stop):
+        for which, bound in (("start", start), ("stop", stop)):
             if tail and bound == size + tail[0]:
                 continue
-            if isinstance(bound, int) and 0 < bound < size:
+            if which in computed and isinstance(bound, int) and 0 < bound <= size:
+                _follow_computed(ctx, label, ids, bound, computed[which])
+            elif isinstance(bound, int) and 0 < bound < size:
                 ctx.space.cut(ids[bound - 1:bound], ids[bound:bound + 1])
                 if not follow_literal(ctx, bound, Count(ids[:bound])):
                     ctx.space.fix(label, f"slice bound {bound} baked in code at {ctx.space.context}")
-    return label[(slice(None),) * dim + (item,)]
+    return label[(slice(None),) * dim + (slice(start, stop, step),)]
+
+
+def _follow_computed(ctx: RuleContext, label: np.ndarray, ids: np.ndarray, bound: int,
+                     source: SizeExpr | None) -> None:
+    """A bound computed from another size keeps as many channels before it as that size holds
+    at every width (a count tie); a bound computed some other way cannot follow: fixed."""
+    if bound < len(ids):
+        ctx.space.cut(ids[bound - 1:bound], ids[bound:bound + 1])
+    if source is not None and source.ids is None:  # a constant after all
+        if bound < len(ids) and not follow_literal(ctx, bound, Count(ids[:bound])):
+            ctx.space.fix(label, f"slice bound {bound} computed from constants at {ctx.space.context}")
+    elif source is None or not tie_sizes(ctx, source, ids[:bound]):
+        ctx.space.fix(label, f"slice bound computed at run time at {ctx.space.context}")
