@@ -67,8 +67,8 @@ def time_sweep(repeats: int) -> None:
             f"{reference.get(lib, float('nan')):.2f} |" for lib, t in medians.items()]
     body = "\n".join([
         f"Command: `python -m benchmarks.convert_time --sweep --repeats {repeats}`  ",
-        f"Machine: {machine()}, nothing else running. Per model the median of {repeats} conversions (trace, shapes",
-        "from one forward, analysis, plan, rewrite) at the input and divisor of the coverage run, switches",
+        f"Machine: {machine()}, nothing else running. Per model the median of {repeats} conversions (trace, shapes from",
+        "one run on the meta device or for real, analysis, plan, rewrite) at the input and divisor of the coverage run, switches",
         "(0.25, 0.5, 0.75, 1.0); models that did not convert there are left out. Torch-Pruning 1.6.0's",
         "DependencyGraph build, same lists, same machine kind, 1 thread: shared/models/README.md.",
         "",
