@@ -1,0 +1,249 @@
+"""Run a traced graph once to note every node's shape (and small python values, for reshape
+rules). Analysis needs shapes, not numbers: the run happens on the meta device where that is
+cheaper, and ops that keep their input's shape skip even their meta kernel.
+
+Forward code may store what it computes on the model (a cache dict, ``self.last = x``): every
+attribute a tracer proxy or meta tensor entered is put back afterwards (``state_kept``).
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._pytree import tree_map
+
+from slimify.errors import SlimifyError
+
+__all__ = ["SHAPE_KEY", "VALUE_KEY", "record_shapes", "record_on_meta", "state_kept", "holds_proxy", "SAME_SHAPE_MODULES"]
+
+SHAPE_KEY = "slimify.shape"  # node.meta key: torch.Size (or a pytree of them) of the node's value
+VALUE_KEY = "slimify.value"  # node.meta key: small non-tensor values (ints, tuples) seen while running
+
+
+def _timm_same_shape() -> tuple[type, ...]:
+    try:
+        import timm.layers as layers
+    except ImportError:
+        return ()
+    names = ("BatchNormAct2d", "FrozenBatchNormAct2d", "GroupNorm", "GroupNorm1", "GroupNormAct", "GroupNorm1Act",
+             "LayerNorm", "LayerNorm2d", "LayerNormAct", "LayerNormAct2d", "RmsNorm", "RmsNorm2d", "RmsNormAct",
+             "RmsNormAct2d", "SimpleNorm", "SimpleNorm2d", "DropPath", "GELU", "GELUTanh", "QuickGELU", "Swish",
+             "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Mish", "PReLU", "HardMish")
+    found = [getattr(layers, n, None) for n in names]
+    from timm.layers import activations
+    found += [getattr(activations, n, None) for n in names]
+    return tuple(c for c in found if isinstance(c, type))
+
+
+# Exact classes (a subclass may change the shape) whose output has their input's shape and dtype.
+SAME_SHAPE_MODULES: frozenset[type] = frozenset((
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm,
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish,
+    nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Hardtanh, nn.PReLU, nn.Softmax,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+) + _timm_same_shape())
+_SAME_SHAPE_FUNCTIONS = frozenset((
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.mish, F.leaky_relu, F.elu, F.softplus,
+    F.dropout, F.layer_norm, F.group_norm, F.batch_norm, F.rms_norm, F.softmax, torch.sigmoid, torch.tanh,
+    torch.relu, torch.softmax, torch.nn.functional.hardtanh,
+))
+_SAME_SHAPE_METHODS = frozenset(("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "softmax", "neg", "exp",
+                                 "sqrt", "rsqrt", "abs"))
+_BINARY_FUNCTIONS = frozenset((operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
+                               operator.imul, torch.add, torch.sub, torch.mul, torch.div))
+_BINARY_METHODS = frozenset(("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"))
+
+
+def _float(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _like(x: torch.Tensor) -> torch.Tensor:
+    """The result of a same-shape op on ``x``: ``x`` itself, or a contiguous one of its shape
+    (norms return contiguous tensors; ``view`` after them must work as it does for real)."""
+    return x if x.is_contiguous() else x.new_empty(x.shape)
+
+
+def _same_shape_binary(args: tuple[Any, ...]) -> torch.Tensor | None:
+    """``a + b`` whose result has ``a``'s shape and dtype: equal shapes and dtypes, or a float
+    tensor with a python number."""
+    if len(args) != 2:
+        return None
+    a, b = args
+    if _float(a) and _float(b):
+        return _like(a) if a.shape == b.shape and a.dtype == b.dtype else None
+    tensor, number = (a, b) if isinstance(a, torch.Tensor) else (b, a)
+    return _like(tensor) if _float(tensor) and type(number) in (int, float) else None
+
+
+def _linear(x: Any, weight: Any) -> torch.Tensor | None:
+    if _float(x) and isinstance(weight, torch.Tensor) and weight.ndim == 2 and x.ndim >= 1 \
+            and x.shape[-1] == weight.shape[1]:
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+    return None
+
+
+def _attention(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``scaled_dot_product_attention(q, k, v, …)``: (batch…, N, d_v), batch dims broadcast."""
+    if len(args) < 3 or not all(_float(t) and t.ndim >= 2 for t in args[:3]) or kwargs.get("enable_gqa"):
+        return None
+    q, _, v = args[:3]
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        return None
+    return q.new_empty((*batch, q.shape[-2], v.shape[-1]))
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph once and writes each node's output shape into ``node.meta`` (like
+    torch.fx.passes.shape_prop, but keeping small python values too, for reshape rules)."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as e:  # add the node to the error, as torch.fx's own passes do
+            raise SlimifyError(f"running node {n.format_node()} failed while recording shapes: {e}") from e
+        n.meta[SHAPE_KEY] = tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, result)
+        if isinstance(result, (int, float, bool, tuple, list, torch.Size)) and not _holds_tensor(result):
+            n.meta[VALUE_KEY] = result
+        return result
+
+
+class _MetaShapeRecorder(_ShapeRecorder):
+    """On the meta device, ops whose result shape is plain (same-shape ops, linear layers,
+    attention) make an empty tensor of that shape: their meta kernels cost 0.1-0.8 ms each
+    (they run torch's Python decompositions), and only the shape is wanted."""
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        module = self.fetch_attr(target)
+        if len(args) == 1 and not kwargs and _float(args[0]):
+            if type(module) in SAME_SHAPE_MODULES:
+                return _like(args[0])
+            if type(module) is nn.Linear and (out := _linear(args[0], module.weight)) is not None:
+                return out
+        return super().call_module(target, args, kwargs)
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        out = None
+        if target in _SAME_SHAPE_FUNCTIONS and args and _float(args[0]) and kwargs.get("dtype") is None:
+            out = _like(args[0])
+        elif target in _BINARY_FUNCTIONS and not kwargs:
+            out = _same_shape_binary(args)
+        elif target is F.linear and len(args) >= 2 and not kwargs:
+            out = _linear(args[0], args[1])
+        elif target is F.scaled_dot_product_attention:
+            out = _attention(args, kwargs)
+        return out if out is not None else super().call_function(target, args, kwargs)
+
+    def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:
+        out = None
+        if target in _SAME_SHAPE_METHODS and args and _float(args[0]) and not kwargs \
+                and len(args) == (2 if target == "softmax" else 1):
+            out = _like(args[0])
+        elif target in _BINARY_METHODS and not kwargs and isinstance(args[0], torch.Tensor):
+            out = _same_shape_binary(args)
+        return out if out is not None else super().call_method(target, args, kwargs)
+
+
+def _holds_tensor(value: Any) -> bool:
+    found = []
+    tree_map(lambda v: found.append(v) if isinstance(v, torch.Tensor) else None, value)
+    return bool(found)
+
+
+def _holds(value: Any, kind: Callable[[Any], bool]) -> bool:
+    if kind(value):
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, (list, tuple)) and any(kind(v) for v in value)
+
+
+def holds_proxy(value: Any) -> bool:
+    return _holds(value, lambda v: isinstance(v, fx.Proxy))
+
+
+def _holds_meta(value: Any) -> bool:
+    return _holds(value, lambda v: isinstance(v, torch.Tensor) and v.is_meta)
+
+
+@contextlib.contextmanager
+def state_kept(model: nn.Module, leftover: Callable[[Any], bool] = holds_proxy) -> Iterator[None]:
+    """Forward code that stores state (a cache dict, ``self.last = x``) would keep fx proxies (or
+    meta tensors) in the user's model after tracing: put back every attribute, or dict's
+    contents, such a value entered."""
+    before = {m: {k: (v, dict(v) if isinstance(v, dict) else None) for k, v in vars(m).items()}
+              for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, attrs in before.items():
+            for name, value in list(vars(m).items()):
+                if not leftover(value):
+                    continue
+                if name not in attrs:
+                    delattr(m, name)
+                elif isinstance(value, dict) and attrs[name][1] is not None and value is attrs[name][0]:
+                    value.clear()
+                    value.update(attrs[name][1])
+                else:
+                    setattr(m, name, attrs[name][0])
+
+
+class _Run(nn.Module):
+    """Runs the shape recorder as a module call, so ``functional_call`` can swap in meta tensors."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return _MetaShapeRecorder(self.gm).run(*inputs)
+
+
+def _tensor_attrs(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Every tensor the graph reads: parameters, buffers and fx's ``_tensor_constant``s."""
+    found = dict(gm.named_parameters(remove_duplicate=False))
+    found.update(gm.named_buffers(remove_duplicate=False))
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.target not in found:
+            owner, _, name = node.target.rpartition(".")
+            value = getattr(gm.get_submodule(owner) if owner else gm, name, None)
+            if isinstance(value, torch.Tensor):
+                found[node.target] = value
+    return found
+
+
+def record_on_meta(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Note every node's shape from a run on the meta device; raises where that cannot work."""
+    meta = {f"gm.{k}": torch.empty_like(v, device="meta") for k, v in _tensor_attrs(gm).items()}
+    with torch.no_grad(), state_kept(gm, _holds_meta), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.func.functional_call(_Run(gm), meta, tuple(x.to("meta") for x in inputs), strict=False)
+
+
+def record_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Note every node's shape: on the meta device (no arithmetic) unless the model has
+    recurrent layers (their meta kernels are far slower than real ones). Ops that need values
+    (``.item()``, data-dependent sizes) or mix devices fail on meta: then one real run records
+    everything. Over the 166 timm models of the coverage list the median recording takes 0.024 s
+    on meta against 0.070 s for real, with identical shapes (``docs/design.md``)."""
+    if not any(isinstance(m, nn.RNNBase) for m in gm.modules()):
+        try:
+            record_on_meta(gm, inputs)
+            return
+        except Exception:  # noqa: BLE001 - any failure means: measure for real
+            for node in gm.graph.nodes:
+                node.meta.pop(SHAPE_KEY, None)
+                node.meta.pop(VALUE_KEY, None)
+    with torch.no_grad():
+        _ShapeRecorder(gm).run(*inputs)
