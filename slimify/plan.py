@@ -70,51 +70,6 @@ def _kept_classes(n: int, unit: int, w: float, divisor: int) -> int:
     return max(1, min(total, make_divisible(total * w, step)) // unit)
 
 
-def _whole_group(table: GroupTable, piece: np.ndarray) -> int | None:
-    """The group ``piece`` covers exactly (every class, one id per channel), else None."""
-    found = np.unique(table.group_of_id[piece])
-    if len(found) != 1 or found[0] < 0:
-        return None
-    group = table.groups[int(found[0])]
-    if group.fixed or len(piece) != group.size or len(np.unique(table.class_of[piece])) != len(group.classes):
-        return None
-    return group.index
-
-
-def _plan_coupled_groups(space: ChannelSpace, table: GroupTable, kept: dict[int, list[int]],
-                         switches: tuple[float, ...], divisor: int) -> None:
-    """Groups whose whole widths must agree (a balance between whole groups: a residual stream
-    and the heads that ``reshape(B, N, C)`` fills it from) are planned together, at a step every
-    one of their units divides, so their counts agree without tying channels position by
-    position (which would make the stream one unit per head and keep it whole)."""
-    parent: dict[int, int] = {}
-
-    def root(g: int) -> int:
-        while parent.setdefault(g, g) != g:
-            g = parent[g]
-        return g
-
-    for pieces in space.balances:
-        groups = [_whole_group(table, np.asarray(p)) for p in pieces]
-        if None in groups or len(set(groups)) < 2:
-            continue
-        for g in groups[1:]:
-            parent[root(g)] = root(groups[0])  # type: ignore[index]
-    components: dict[int, list[int]] = {}
-    for g in parent:
-        components.setdefault(root(g), []).append(g)
-    for members in components.values():
-        sizes = {table.groups[g].size for g in members}
-        step = math.lcm(divisor, *(table.groups[g].unit for g in members))
-        if len(members) < 2 or len(sizes) != 1 or next(iter(sizes)) % step:
-            continue
-        size = next(iter(sizes))
-        for s, w in enumerate(switches):
-            channels = _kept_classes(size // step, step, w, divisor) * step
-            for g in members:
-                kept[g][s] = channels // table.groups[g].unit
-
-
 def _to_index(mask: np.ndarray) -> Index:
     if mask.all():
         return None
@@ -171,7 +126,6 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
     """Raises :class:`NotABox` naming the ids to fix when a tensor could not be served narrow."""
     kept = {g.index: [len(g.classes) if g.fixed else _kept_classes(len(g.classes), g.unit, w, divisor)
                       for w in switches] for g in table.groups}
-    _plan_coupled_groups(space, table, kept, switches, divisor)
     n_groups = len(table.groups)
     plan = Plan(switches, divisor, kept)
     actives = []
