@@ -47,10 +47,6 @@ REFERENCE: dict[str, dict[str, str]] = {
 
 # model → why it stays uncovered (shown next to what was measured)
 EXPLAINED: dict[str, str] = {
-    "eva02_tiny_patch14_224": "returns its features (num_classes=0), which slim and are padded back, but each "
-                              "attention reshapes its output to the stream's width (reshape(B, N, C)) from 3 heads of "
-                              "64: the stream must hold a whole number of heads, and the plan ties unequal counts "
-                              "position by position, which joins the stream into one unit (as for EdgeNeXt)",
     "edgenext_xx_small": "SplitTransposeBlock chunks the channels into n pieces of equal width while its XCA reads the "
                          "same width from 4 heads, which slim whole (XCA's map is channel × channel: an outer product):"
                          " stages.2 could only hold 66 or 88 channels, stages.3 84 or 168; the plan gives groups their "

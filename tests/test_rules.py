@@ -61,9 +61,9 @@ def test_multihead_attention_slims_whole_heads() -> None:
 class Rope(nn.Module):
     """Heads meet a table shared by all of them (rotary sin/cos over head_dim)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rotate_half: bool = False) -> None:
         super().__init__()
-        self.num_heads = 4
+        self.num_heads, self.rotate_half = 4, rotate_half
         self.inp = nn.Conv2d(3, 16, 1)
         self.qkv = nn.Linear(16, 96)
         self.register_buffer("table", torch.randn(5, 8))
@@ -73,13 +73,18 @@ class Rope(nn.Module):
         x = _tokens(self.inp, x)
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, 8).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = q * self.table, k * self.table
+        if self.rotate_half:  # EVA's rotary: pairs of head channels swapped, through stack + reshape
+            q, k = (t * self.table + torch.stack([-t[..., 1::2], t[..., ::2]], -1).reshape(t.shape) * self.table
+                    for t in (q, k))
+        else:
+            q, k = q * self.table, k * self.table
         y = F.scaled_dot_product_attention(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(B, N, -1))
 
 
-def test_table_shared_by_heads_keeps_heads_apart() -> None:
-    model = _check(Rope(), torch.randn(1, 3, 1, 5))
+@pytest.mark.parametrize("rotate_half", [False, True])
+def test_table_shared_by_heads_keeps_heads_apart(rotate_half: bool) -> None:
+    model = _check(Rope(rotate_half), torch.randn(1, 3, 1, 5))
     heads = [g for g in _slim_groups(model) if "qkv" in " ".join(g.origins)]
     assert len(heads) == 1 and heads[0].size // heads[0].unit == 4  # four separate heads, not one unit
 

@@ -64,7 +64,7 @@ def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_
         if not v:
             continue
         real = [o for o in outs if out_shape[o] > 1]
-        if all(d in x.rigid for d in ins if x.shape[d] > 1):
+        if all(d in x.rigid or x.label.shape[d] == 1 for d in ins if x.shape[d] > 1):  # no dim shrinks
             rigid.update(real)
             continue
         if len(real) > 1:
