@@ -176,19 +176,24 @@ def _holds_meta(value: Any) -> bool:
     return _holds(value, lambda v: isinstance(v, torch.Tensor) and v.is_meta)
 
 
+# nn.Module's own bookkeeping (parameter, buffer, submodule and hook dicts): forward code stores
+# no values there, and scanning them on every module was most of the cost
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
 @contextlib.contextmanager
 def state_kept(model: nn.Module, leftover: Callable[[Any], bool] = holds_proxy) -> Iterator[None]:
     """Forward code that stores state (a cache dict, ``self.last = x``) would keep fx proxies (or
     meta tensors) in the user's model after tracing: put back every attribute, or dict's
     contents, such a value entered."""
-    before = {m: {k: (v, dict(v) if isinstance(v, dict) else None) for k, v in vars(m).items()}
-              for m in model.modules()}
+    before = {m: {k: (v, dict(v) if isinstance(v, dict) else None) for k, v in vars(m).items()
+                  if k not in _MODULE_INTERNALS} for m in model.modules()}
     try:
         yield
     finally:
         for m, attrs in before.items():
             for name, value in list(vars(m).items()):
-                if not leftover(value):
+                if name in _MODULE_INTERNALS or not leftover(value):
                     continue
                 if name not in attrs:
                     delattr(m, name)

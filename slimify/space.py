@@ -157,7 +157,10 @@ class ChannelSpace:
         self.read.append(np.asarray(label, np.int64).ravel())
 
     def mark_seen(self, label: np.ndarray) -> None:
-        self.seen.append(np.unique(label))
+        """These ids appear in an activation. Small labels are kept as they are (a ``np.unique``
+        per node cost ~2 ms a conversion); only large ones are deduplicated."""
+        label = np.asarray(label)
+        self.seen.append(np.unique(label) if label.size > 4096 else label.ravel())
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._pairs:

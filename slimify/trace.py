@@ -94,6 +94,17 @@ def _unset_optionals(model: nn.Module, example_input: Any) -> dict[str, Any] | N
     return unset or None
 
 
+def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """A GraphModule whose Python code is generated only if it is ever called: analysis only
+    interprets the graph, and generating and compiling ``forward`` cost ~30 ms a conversion."""
+    try:
+        from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
+    except ImportError:  # a torch without lazy graph modules: the eager one works the same
+        return fx.GraphModule(root, graph, name)
+    with _use_lazy_graph_module(True):
+        return _make_graph_module(root, graph, name)
+
+
 def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
           has_rule: Callable[[nn.Module], bool]) -> TracedModel:
     """Trace ``model`` in eval mode and record shapes by running ``example_input`` through it.
@@ -110,7 +121,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ..
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else ""
             raise SlimifyError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {first}") from e
-        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        gm = graph_module(tracer.root, graph, type(model).__name__)
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         record_shapes(gm, inputs)
     finally:

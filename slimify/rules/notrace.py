@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_map
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.caches import empty_caches
-from slimify.trace import SHAPE_KEY, VALUE_KEY, SlimifyTracer
+from slimify.trace import SHAPE_KEY, VALUE_KEY, SlimifyTracer, graph_module
 
 __all__ = ["ConcreteTracer", "trace_through", "notrace_classes"]
 
@@ -202,7 +202,7 @@ def _concrete_graph(ctx: RuleContext, m: nn.Module, bound: inspect.BoundArgument
         copy(*deepcopy(examples))  # fill such state first, so the trace takes the steady branch
         empty_caches(copy)  # but a cache fills while tracing: its tensors come from parameters, not constants
         graph = tracer.trace(copy, concrete_args=constant or None)
-    gm = fx.GraphModule(copy, graph)
+    gm = graph_module(copy, graph, type(m).__name__)
     state = {n for n, _ in copy.named_parameters()} | {n for n, _ in copy.named_buffers()}
     constants = set()  # tensors fx made attributes (``_tensor_constant0``): computed from constants
     for node in gm.graph.nodes:
