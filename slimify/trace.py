@@ -94,6 +94,14 @@ def _unset_optionals(model: nn.Module, example_input: Any) -> dict[str, Any] | N
     return unset or None
 
 
+def _drop_constants(model: nn.Module) -> None:
+    """fx stores tensors that forward code makes from constants on the traced module
+    (``_tensor_constant0``); the graph module holds its own references, so the user's model
+    gets none of them."""
+    for name in [n for n in vars(model) if n.startswith("_tensor_constant")]:
+        delattr(model, name)
+
+
 def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
     """A GraphModule whose Python code is generated only if it is ever called: analysis only
     interprets the graph, and generating and compiling ``forward`` cost ~30 ms a conversion."""
@@ -122,6 +130,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ..
             first = str(e).splitlines()[0] if str(e) else ""
             raise SlimifyError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {first}") from e
         gm = graph_module(tracer.root, graph, type(model).__name__)
+        _drop_constants(model)
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         record_shapes(gm, inputs)
     finally:

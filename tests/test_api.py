@@ -132,6 +132,21 @@ def test_analysis_does_not_touch_the_model() -> None:
     assert analysis.report.slimmable
 
 
+def test_tracing_leaves_no_tensor_constants_in_the_model() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) * torch.linspace(0.5, 1.0, 8).view(1, 8, 1, 1)  # fx keeps it as a constant
+
+    model = Scaled()
+    before = set(vars(model))
+    analyze_model(model, example_input=torch.randn(1, 3, 4, 4))
+    assert set(vars(model)) == before
+
+
 def test_private_bn_starts_from_original_statistics() -> None:
     model = small()
     nn.init.normal_(model.bn1.running_mean)
