@@ -157,8 +157,20 @@ def summary(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, li
             + (", ".join(narrow) if narrow else "none") + ".", "",
             "Models whose output is padded back to full size at narrow widths (they return features, "
             "`docs/design.md`, *Model outputs*): " + (", ".join(padded) if padded else "none") + ".", ""]
-    out += _failures(results, models) + [""] + _per_model(results, models) + [""]
+    out += _sweep_time(results, models) + _failures(results, models) + [""] + _per_model(results, models) + [""]
     return "\n".join(out)
+
+
+def _sweep_time(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> list[str]:
+    """How long the sweep took, when one run measured every model."""
+    runs = {results[(lib, n)].get("run") for lib, names in models.items() for n in names if (lib, n) in results}
+    if len(runs) != 1 or None in runs:
+        return []
+    rows = list(results.values())
+    start = int(next(iter(runs)).split()[0])
+    minutes = (max(r["finished"] for r in rows if "finished" in r) - start) / 60
+    return [f"The sweep (`{next(iter(runs)).split()[1]}`, {sum(len(v) for v in models.values())} models, one "
+            f"subprocess each) took {minutes:.1f} min wall on this machine.", ""]
 
 
 def _failures(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> list[str]:
@@ -217,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     todo = [] if args.summary_only else [m for m in select(models, args.only) if args.rerun or m not in results]
     torch.set_num_threads(1)
     done = [0]
+    run = f"{time.time():.0f} jobs={max(1, args.jobs)}"  # one sweep: its records give its duration
 
     def record(r: dict[str, Any]) -> None:
+        r = {**r, "run": run, "finished": time.time()}
         results[(r["lib"], r["name"])] = r
         _append(args.out, r)
         done[0] += 1
