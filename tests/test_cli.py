@@ -82,6 +82,11 @@ def test_inspect_file_and_name(slim: Path, capsys) -> None:
     assert code == 0 and report["switches"] == [0.5, 1.0] and any(g["fixed"] for g in report["groups"])
 
 
+def test_inspect_feature_model_shows_its_padded_output(capsys) -> None:
+    code, out, _ = run(["inspect", "vit_tiny_patch16_224", "--num-classes", "0"], capsys)
+    assert code == 0 and "model output: 192 features" in out and "pad the rest with zeros" in out
+
+
 def test_export_each_format(slim: Path, tmp_path, capsys) -> None:
     model = slimify.load(slim)
     x = torch.randn(2, 3, 32, 32)
