@@ -96,7 +96,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     body = "\n".join([
         f"Command: `python -m benchmarks.convert_time --repeats {args.repeats}`  ",
-        f"Machine: {machine()}. Median of {args.repeats} conversions (trace, shapes from one forward at the",
+        f"Machine: {machine()}. Median of {args.repeats} conversions (trace, shapes from one run at the",
         "given input size, analysis, plan, rewrite), switches (0.25, 0.5, 0.75, 1.0), divisor 8.",
         "",
         f"Median over the {len(ZOO)} models: **{statistics.median(times):.3f} s**.",
