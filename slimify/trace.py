@@ -1,4 +1,5 @@
-"""Step 1 of the pipeline: trace a model with torch.fx and record every value's shape.
+"""Step 1 of the pipeline: trace a model with torch.fx and record every value's shape (the
+recording itself lives in ``shapes.py``).
 
 The tracer reuses timm's and torchvision's own leaf/autowrap rules so their models trace, and
 treats every module class that has a channel rule as a leaf (its forward code is then
@@ -115,9 +116,10 @@ def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
 
 def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
           has_rule: Callable[[nn.Module], bool]) -> TracedModel:
-    """Trace ``model`` in eval mode and record shapes by running ``example_input`` through it.
+    """Trace ``model`` in eval mode and record shapes by running ``example_input`` through the
+    graph (on the meta device where possible, ``shapes.record_shapes``).
 
-    The model's training flag is restored; its parameters are not changed.
+    The model's training flag is restored; its parameters, buffers and attributes are not changed.
     """
     tracer = SlimifyTracer(has_rule)
     was_training = model.training
