@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from slimify.space import FIXED, OUTPUT_REASON, ChannelSpace
+from slimify.space import FIXED, UNREAD_OUTPUT_REASON, ChannelSpace
 
 __all__ = ["ChannelGroup", "GroupTable", "find_groups", "connected_labels"]
 
@@ -117,7 +117,7 @@ def _unread_outputs(space: ChannelSpace, class_of: np.ndarray) -> list[tuple[np.
         return []
     read = class_of[np.concatenate(space.read)] if space.read else np.zeros(0, np.int64)
     unread = space.output_ids[~np.isin(class_of[space.output_ids], read) & (space.output_ids != FIXED)]
-    return [(unread, OUTPUT_REASON)] if unread.size else []
+    return [(unread, UNREAD_OUTPUT_REASON)] if unread.size else []
 
 
 def _linked_classes(space: ChannelSpace, class_of: np.ndarray, var_of: np.ndarray,

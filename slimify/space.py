@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["FIXED", "OUTPUT_REASON", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec", "ChannelSpace"]
+__all__ = ["FIXED", "OUTPUT_REASON", "UNREAD_OUTPUT_REASON", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec", "ChannelSpace"]
 
 FIXED = 0  # id of the "never slims" channel
 OUTPUT_REASON = "model output (classifier outputs keep their size)"
+UNREAD_OUTPUT_REASON = "model output that no layer inside the model reads (logits, a final projection)"
 
 
 @dataclass(frozen=True)

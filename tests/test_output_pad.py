@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import slimify
 from slimify.models import create
 from slimify.export import check_onnx, to_onnx
-from slimify.space import OUTPUT_REASON
+from slimify.space import UNREAD_OUTPUT_REASON
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,7 +114,7 @@ def test_outputs_made_only_for_the_caller_keep_their_size(kind: str) -> None:
     model, expected = _converted(model)
     report = slimify.report(model)
     assert report.padded_output is None
-    assert any(g.reason == OUTPUT_REASON and g.size == expected.shape[-1] for g in report.fixed)
+    assert any(g.reason == UNREAD_OUTPUT_REASON and g.size == expected.shape[-1] for g in report.fixed)
     assert report.slimmable  # the stream inside still slims
     with torch.no_grad(), slimify.width(model, 0.25):
         y = model(X)
@@ -158,3 +158,20 @@ def test_functional_rms_norm_serves_its_weight_narrow() -> None:
         with slimify.width(model, 0.5):
             assert model.weight.shape == (8,) and model.normalized_shape == (8,) and model(X).shape == expected.shape
     assert all("rms_norm" not in g.reason for g in slimify.report(model).fixed)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto", "efficientnet_b0"])
+def test_timm_backbones_without_classifier_pad_their_features(name: str) -> None:
+    x = torch.randn(1, 3, 64, 64)
+    model = create(name, num_classes=0).eval()
+    with torch.no_grad():
+        expected = model(x)
+    slimify.convert(model, SWITCHES, example_input=x)
+    widths = slimify.report(model).padded_output
+    assert widths is not None and widths[-1] == expected.shape[-1] and widths[1] == expected.shape[-1] // 2
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+        with slimify.width(model, 0.5):
+            narrow = model(x)
+        assert narrow.shape == expected.shape and torch.all(narrow[:, widths[1]:] == 0)
+        assert torch.allclose(slimify.export(model, 0.5).eval()(x), narrow, atol=1e-5)
