@@ -18,7 +18,7 @@ from slimify.errors import SlimifyError
 from slimify.io import atomic_path, example_input
 from slimify.models import SOURCE_ATTR
 from slimify.nn.batchnorm import BN_TENSORS, SwitchBatchNorm
-from slimify.nn.output_pad import OutputPad, find_output_pad
+from slimify.nn.output_pad import find_output_pad, remove_output_pad
 from slimify.nn.serve import SLIM_KEY, SlimData, restore_class, slim_data
 from slimify.state import STATE_ATTR, get_state, width as at_width
 
@@ -99,8 +99,7 @@ def export(model: nn.Module, width: float) -> nn.Module:
             _strip(plain.get_submodule(path), d, narrow[path])
     plain.__dict__.pop(STATE_ATTR, None)
     plain.__dict__.pop(SOURCE_ATTR, None)
-    for key in [k for k, h in plain._forward_hooks.items() if isinstance(h, OutputPad)]:
-        del plain._forward_hooks[key]
+    remove_output_pad(plain)
     leftover = [f"{p or '<root>'}: {type(m).__module__}.{type(m).__name__}" for p, m in plain.named_modules()
                 if type(m).__module__.startswith("slimify.nn") or SLIM_KEY in m.__dict__]
     if leftover:

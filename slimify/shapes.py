@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_map
 
 from slimify.errors import SlimifyError
 
-__all__ = ["SHAPE_KEY", "VALUE_KEY", "record_shapes", "record_on_meta", "state_kept", "holds_proxy", "SAME_SHAPE_MODULES"]
+__all__ = ["SHAPE_KEY", "VALUE_KEY", "record_shapes", "record_on_meta", "note_value", "holds_tensor", "state_kept", "holds_proxy", "SAME_SHAPE_MODULES"]
 
 SHAPE_KEY = "slimify.shape"  # node.meta key: torch.Size (or a pytree of them) of the node's value
 VALUE_KEY = "slimify.value"  # node.meta key: small non-tensor values (ints, tuples) seen while running
@@ -112,9 +112,7 @@ class _ShapeRecorder(fx.Interpreter):
             result = super().run_node(n)
         except Exception as e:  # add the node to the error, as torch.fx's own passes do
             raise SlimifyError(f"running node {n.format_node()} failed while recording shapes: {e}") from e
-        n.meta[SHAPE_KEY] = tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, result)
-        if isinstance(result, (int, float, bool, tuple, list, torch.Size)) and not _holds_tensor(result):
-            n.meta[VALUE_KEY] = result
+        note_value(n, result)
         return result
 
 
@@ -154,10 +152,18 @@ class _MetaShapeRecorder(_ShapeRecorder):
         return out if out is not None else super().call_method(target, args, kwargs)
 
 
-def _holds_tensor(value: Any) -> bool:
+def holds_tensor(value: Any) -> bool:
     found = []
     tree_map(lambda v: found.append(v) if isinstance(v, torch.Tensor) else None, value)
     return bool(found)
+
+
+def note_value(node: fx.Node, value: Any) -> None:
+    """Write ``value``'s shape (a pytree of them) and, for small python values, the value itself
+    into ``node.meta``: what every recorder leaves for the rules."""
+    node.meta[SHAPE_KEY] = tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, value)
+    if isinstance(value, (int, float, bool, tuple, list, torch.Size)) and not holds_tensor(value):
+        node.meta[VALUE_KEY] = value
 
 
 def _holds(value: Any, kind: Callable[[Any], bool]) -> bool:

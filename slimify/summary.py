@@ -30,7 +30,6 @@ class ConversionReport:
     seconds: float = 0.0
     padded_output: list[int] | None = None  # features computed per switch of a zero-padded output
 
-
     @property
     def fixed(self) -> list[GroupInfo]:
         return [g for g in self.groups if g.fixed]

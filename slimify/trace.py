@@ -23,7 +23,6 @@ from slimify.shapes import SHAPE_KEY, VALUE_KEY, record_shapes, state_kept
 __all__ = ["TracedModel", "SlimifyTracer", "trace", "SHAPE_KEY", "VALUE_KEY", "WHERE_KEY"]
 
 
-
 def _notrace_modules() -> tuple[type, ...]:
     try:
         from timm.layers import _fx as timm_fx

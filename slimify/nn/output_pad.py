@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from slimify.state import SlimState
 
-__all__ = ["OutputPad", "find_output_pad"]
+__all__ = ["OutputPad", "find_output_pad", "remove_output_pad"]
 
 
 class OutputPad:
@@ -38,7 +38,10 @@ class OutputPad:
 
 
 def find_output_pad(model: nn.Module) -> OutputPad | None:
-    for hook in model._forward_hooks.values():
-        if isinstance(hook, OutputPad):
-            return hook
-    return None
+    return next((hook for hook in model._forward_hooks.values() if isinstance(hook, OutputPad)), None)
+
+
+def remove_output_pad(model: nn.Module) -> None:
+    """Take the padding hook off ``model`` (an exported copy pads with a plain module instead)."""
+    for key in [k for k, hook in model._forward_hooks.items() if isinstance(hook, OutputPad)]:
+        del model._forward_hooks[key]

@@ -18,11 +18,11 @@ import torch
 import torch.fx as fx
 import torch.fx._symbolic_trace as fx_trace
 import torch.nn as nn
-from torch.utils._pytree import tree_map
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.caches import empty_caches
-from slimify.trace import SHAPE_KEY, VALUE_KEY, SlimifyTracer, graph_module
+from slimify.shapes import holds_tensor, note_value
+from slimify.trace import VALUE_KEY, SlimifyTracer, graph_module
 
 __all__ = ["ConcreteTracer", "trace_through", "notrace_classes"]
 
@@ -88,10 +88,7 @@ class ConcreteTracer(SlimifyTracer):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         value = self._evaluate(kind, target, self._concrete(args), self._concrete(kwargs))
         self.values[proxy.node] = value
-        proxy.node.meta[SHAPE_KEY] = tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, value)
-        if isinstance(value, (int, float, bool, tuple, list, torch.Size)) and not any(
-                isinstance(v, torch.Tensor) for v in tensors_like(value)):
-            proxy.node.meta[VALUE_KEY] = value
+        note_value(proxy.node, value)
         return proxy
 
     def _concrete(self, value: Any) -> Any:
@@ -133,12 +130,6 @@ class ConcreteTracer(SlimifyTracer):
 
     def keys(self, obj: fx.Proxy) -> Any:
         return self.values[obj.node].keys()
-
-
-def tensors_like(value: Any) -> list[Any]:
-    found: list[Any] = []
-    tree_map(lambda v: found.append(v) if isinstance(v, torch.Tensor) else None, value)
-    return found
 
 
 def _example(value: Any) -> Any:
@@ -232,7 +223,7 @@ def _walk(ctx: RuleContext, gm: fx.GraphModule, tracer: ConcreteTracer, constant
                 value = ctx.fixed(tuple(tensor.shape)) if node in constants else ParamVal(owner, name, tensor)
         elif node.op == "output":
             return fx.node.map_arg(node.args[0], lambda n: ctx.values[n])
-        elif not tensors_like(tracer.values[node]):
+        elif not holds_tensor(tracer.values[node]):
             value = node.meta.get(VALUE_KEY, tracer.values[node])
         else:
             call_args = fx.node.map_arg(node.args, lambda n: ctx.values[n])

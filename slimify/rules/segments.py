@@ -96,7 +96,8 @@ def _chunk_with_short_tail(ctx: RuleContext, segs: list[np.ndarray]) -> None:
     88 → 30, 30, 28). Tying position j of every piece that has it keeps the same split at every
     width: with k positions active the pieces hold k, …, k, min(k, last) = what chunk computes."""
     tail = len(segs[-1])
-    ctx.space.union(np.stack([s[:tail] for s in segs])[:1], np.stack([s[:tail] for s in segs]))
+    common = np.stack([s[:tail] for s in segs])
+    ctx.space.union(common[:1], common)
     extra = np.stack([s[tail:] for s in segs[:-1]])
     ctx.space.union(extra[:1], extra)
 
@@ -268,25 +269,15 @@ def _slice_dim(ctx: RuleContext, label: np.ndarray, dim: int, item: slice, carri
         if (step not in (None, 1)) or any(isinstance(b, int) and b < 0 for b in (start, stop)):
             ctx.space.fix(label, f"strided or negative slice of channels at {ctx.space.context}")
         for which, bound in (("start", start), ("stop", stop)):
-            if tail and bound == size + tail[0]:
+            if (tail and bound == size + tail[0]) or not isinstance(bound, int) or not 0 < bound <= size:
                 continue
-            if which in computed and isinstance(bound, int) and 0 < bound <= size:
-                _follow_computed(ctx, label, ids, bound, computed[which])
-            elif isinstance(bound, int) and 0 < bound < size:
+            if bound < size:
                 ctx.space.cut(ids[bound - 1:bound], ids[bound:bound + 1])
-                if not follow_literal(ctx, bound, Count(ids[:bound])):
-                    ctx.space.fix(label, f"slice bound {bound} baked in code at {ctx.space.context}")
+            source = computed.get(which)
+            if which in computed and (source is None or source.ids is not None):  # read at run time
+                if source is None or not tie_sizes(ctx, source, ids[:bound]):  # ... from another width: a count tie
+                    ctx.space.fix(label, f"slice bound computed at run time at {ctx.space.context}")
+            elif bound < size and not follow_literal(ctx, bound, Count(ids[:bound])):  # a literal or constants
+                ctx.space.fix(label, f"slice bound {bound} baked in code at {ctx.space.context}")
     return label[(slice(None),) * dim + (slice(start, stop, step),)]
 
-
-def _follow_computed(ctx: RuleContext, label: np.ndarray, ids: np.ndarray, bound: int,
-                     source: SizeExpr | None) -> None:
-    """A bound computed from another size keeps as many channels before it as that size holds
-    at every width (a count tie); a bound computed some other way cannot follow: fixed."""
-    if bound < len(ids):
-        ctx.space.cut(ids[bound - 1:bound], ids[bound:bound + 1])
-    if source is not None and source.ids is None:  # a constant after all
-        if bound < len(ids) and not follow_literal(ctx, bound, Count(ids[:bound])):
-            ctx.space.fix(label, f"slice bound {bound} computed from constants at {ctx.space.context}")
-    elif source is None or not tie_sizes(ctx, source, ids[:bound]):
-        ctx.space.fix(label, f"slice bound computed at run time at {ctx.space.context}")

@@ -195,17 +195,22 @@ def _pick_shrinking(ctx: RuleContext, dims: list[int], sizes: _Sizes) -> int | N
     return max(matching) if matching else None
 
 
+def _sizes_a_unit(name: str) -> bool:
+    """``head_dim``, ``dim_head_qk``: an attribute sizing one unit."""
+    low = name.lower()
+    return "head" in low and any(s in low for s in ("dim", "size"))
+
+
 def _is_unit_size(ctx: RuleContext, value: int) -> bool:
-    """Some attribute of this value sizes one unit (``head_dim``, ``dim_head_qk``)."""
-    return any("head" in n.lower() and any(s in n.lower() for s in ("dim", "size"))
-               for _, n, f in attribute_candidates(ctx, value) if f == 1)
+    """Some attribute of this value sizes one unit."""
+    return any(_sizes_a_unit(n) for _, n, f in attribute_candidates(ctx, value) if f == 1)
 
 
 def _is_attribute(ctx: RuleContext, value: int, hint: bool) -> bool:
     names = [n for _, n, f in attribute_candidates(ctx, value) if f == 1]
     if hint:
         return any(counts_units(n) for n in names)
-    return any(not ("head" in n.lower() and any(s in n.lower() for s in ("dim", "size"))) for n in names)  # not head_dim
+    return any(not _sizes_a_unit(n) for n in names)
 
 
 def _union_slabs_in_block(ctx: RuleContext, label: np.ndarray, shrink: int, block: list[int]) -> None:
