@@ -25,9 +25,9 @@ import torch.nn as nn
 
 import slimify
 from benchmarks.results import RESULTS, machine, write_section
-from slimify.nn.serve import slim_data
+from slimify.rewrite.serve import slim_data
 from slimify.train import digits, evaluate, finetune
-from slimify.train.models import DigitsNet, make_divisible
+from slimify.store.digits_net import DigitsNet, make_divisible
 
 __all__ = ["run", "share_batchnorm", "to_markdown", "main"]
 

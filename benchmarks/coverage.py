@@ -25,7 +25,7 @@ import timm  # noqa: F401 - imported once here, inherited by every forked worker
 import torch
 import torchvision  # noqa: F401
 
-import slimify.convert  # noqa: F401
+import slimify.analysis.stages  # noqa: F401
 from benchmarks.coverage_worker import measure
 from benchmarks.results import machine, write_section
 

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import slimify
 from benchmarks.results import machine, write_section
-from slimify.models import create
+from slimify.store.sources import create
 
 MODELS = ("resnet18", "convnext_atto", "efficientnet_b0", "mobilenetv3_small_100", "regnety_002", "densenet121",
           "swin_tiny_patch4_window7_224", "deit_tiny_distilled_patch16_224", "levit_128s", "coatnet_nano_rw_224",

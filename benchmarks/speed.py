@@ -29,8 +29,8 @@ import torch.nn as nn
 
 import slimify
 from benchmarks.results import machine, write_section
-from slimify.export import export
-from slimify.models import create
+from slimify.deploy.extract import export
+from slimify.store.sources import create
 
 MODELS = ["resnet50", "torchvision:mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224"]
 TARGETS = {"slim/export": 1.10, "w1/original": 1.05, "train": 1.15}
@@ -137,7 +137,7 @@ def cache_slices() -> None:
     look private BatchNorm tensors up without ``ModuleList.__getitem__`` (its index checks were
     the largest Python cost of a narrow forward), and with autograd off serve a contiguous copy
     of each cut tensor, cached per switch until the full tensor is replaced or changed in place."""
-    import slimify.nn.serve as serve
+    import slimify.rewrite.serve as serve
 
     def proposed_property(name: str) -> property:
         base = serve._PLAIN_PARAM_PROPERTY(name)

@@ -34,7 +34,7 @@ ORDERINGS: tuple[str, ...] = ("prefix", "l1", "l2", "bn", "taylor")  # prefix = 
 
 
 def _digitsnet() -> nn.Module:
-    from slimify.train.models import DigitsNet
+    from slimify.store.digits_net import DigitsNet
 
     return DigitsNet(channels=(32, 64, 128))
 

@@ -11,8 +11,8 @@ import argparse
 import torch
 
 import slimify
-from slimify.export import active_params
-from slimify.models import create
+from slimify.deploy.extract import active_params
+from slimify.store.sources import create
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,9 +13,9 @@ import onnxruntime as ort
 import torch
 
 import slimify
-from slimify.export import to_onnx
-from slimify.io import example_shape
-from slimify.pick import pick
+from slimify.deploy.extract import to_onnx
+from slimify.store.slimfile import example_shape
+from slimify.deploy.budget import pick
 
 
 def main(argv: list[str] | None = None) -> None:

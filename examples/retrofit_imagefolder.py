@@ -19,7 +19,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 import slimify
-from slimify.models import create, set_source
+from slimify.store.sources import create, set_source
 from slimify.train import evaluate, finetune
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

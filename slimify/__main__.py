@@ -1,4 +1,4 @@
 """``python -m slimify`` runs the CLI."""
-from slimify.cli import main
+from slimify.cli.app import main
 
 main()

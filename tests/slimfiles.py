@@ -7,7 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from slimify.io import META_KEY, read_config, tensors_digest
+from slimify.store.slimfile import META_KEY, read_config, tensors_digest
 
 
 def rewrite_slim(src: Path, dst: Path, config_change: Callable[[dict], None] | None = None,

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torchvision
 
 import slimify
-from slimify.convert import analyze_model
+from slimify.analysis.stages import analyze_model
 from slimify.errors import SlimifyError
 
 

@@ -22,13 +22,13 @@ from safetensors.torch import save_file
 from torch.utils.data import Subset
 
 import slimify
-from slimify.cli import main
+from slimify.cli.app import main
 from slimify.errors import SlimifyError
-from slimify.models import TinyNet, create, read_state_dict
-from slimify.pick import parse_amount
+from slimify.store.sources import TinyNet, create, read_state_dict
+from slimify.deploy.budget import parse_amount
 from slimify.train import digits, evaluate, finetune, load_recipe
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
-from slimify.train.models import DigitsNet
+from slimify.store.digits_net import DigitsNet
 from tests.slimfiles import rewrite_slim
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import slimify
-from slimify.convert import analyze_model
+from slimify.analysis.stages import analyze_model
 from slimify.rules import MODULE_RULES
 from slimify.rules.caches import cache_attrs, per_width_cache
 from slimify.rules.notrace import trace_through

@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 
 import slimify
-from slimify.cli import cli, main
-from slimify.cli_deploy import export_command, pick_command, profile_command
-from slimify.cli_model import convert_command, inspect_command
-from slimify.export import active_params
+from slimify.cli.app import cli, main
+from slimify.cli.deploy import export_command, pick_command, profile_command
+from slimify.cli.model import convert_command, inspect_command
+from slimify.deploy.extract import active_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +61,7 @@ def test_convert_writes_a_loadable_file(slim: Path, capsys) -> None:
 
 
 def test_convert_loads_a_checkpoint(tmp_path, capsys) -> None:
-    from slimify.models import TinyNet
+    from slimify.store.sources import TinyNet
 
     plain = TinyNet(num_classes=3).eval()
     torch.save(plain.state_dict(), tmp_path / "w.pth")

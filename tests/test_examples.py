@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import slimify
-from slimify.io import read_config
-from slimify.models import TinyNet
+from slimify.store.slimfile import read_config
+from slimify.store.sources import TinyNet
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

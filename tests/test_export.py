@@ -12,8 +12,8 @@ import torch.nn as nn
 
 import slimify
 from slimify.errors import SlimifyError
-from slimify.export import active_params, export, to_onnx, to_torch_export
-from slimify.models import TinyNet
+from slimify.deploy.extract import active_params, export, to_onnx, to_torch_export
+from slimify.store.sources import TinyNet
 from tests.test_zoo import DIVISOR
 from tests.zoo import ZOO, build
 

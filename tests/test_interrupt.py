@@ -27,7 +27,7 @@ TOTAL_STEPS = 22
 # the temporary file and before it replaces checkpoint.pt (the worst moment for a crash)
 KILL_IN_WRITE = """
 import os, signal, sys
-from slimify.cli import main
+from slimify.cli.app import main
 calls, real_fsync = [0], os.fsync
 def fsync(fd):
     calls[0] += 1

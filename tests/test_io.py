@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 import slimify
 from slimify.errors import SlimifyError
-from slimify.io import read_config
-from slimify.models import ModelSource, TinyNet, create, source_of
+from slimify.store.slimfile import read_config
+from slimify.store.sources import ModelSource, TinyNet, create, source_of
 from tests.slimfiles import rewrite_slim
 
 pytestmark = pytest.mark.usefixtures("one_thread")

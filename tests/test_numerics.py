@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.utils.data import Subset
 
 import slimify
-from slimify.cli import main
+from slimify.cli.app import main
 from slimify.errors import SlimifyError
 from slimify.train import digits, finetune
 from slimify.train.checkpoint import load_checkpoint

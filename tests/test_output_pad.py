@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import slimify
-from slimify.models import create
-from slimify.export import check_onnx, to_onnx
-from slimify.space import UNREAD_OUTPUT_REASON
+from slimify.store.sources import create
+from slimify.deploy.extract import check_onnx, to_onnx
+from slimify.analysis.space import UNREAD_OUTPUT_REASON
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,10 +13,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import slimify
 from slimify.errors import SlimifyError
-from slimify.export import active_params, export
-from slimify.models import TinyNet
-from slimify.pick import parse_amount, pick
-from slimify.profile import MEMORY_METHOD, ProfileResult, SwitchProfile, input_shape, measure_memory
+from slimify.deploy.extract import active_params, export
+from slimify.store.sources import TinyNet
+from slimify.deploy.budget import parse_amount, pick
+from slimify.deploy.measure import MEMORY_METHOD, ProfileResult, SwitchProfile, input_shape, measure_memory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 import slimify
-from slimify.convert import analyze_model
-from slimify.importance import class_scores
+from slimify.analysis.stages import analyze_model
+from slimify.ordering.scores import class_scores
 from tests.zoo import ZOO, build
 
 reorder_module = importlib.import_module("slimify.reorder")  # slimify.reorder is the function
@@ -233,7 +233,7 @@ def test_reorder_is_idempotent_for_weight_norms() -> None:
 
 # -- the `slimify reorder` command ------------------------------------------------------------------
 def _saved_digitsnet(tmp_path) -> tuple[str, nn.Module]:
-    from slimify.models import create
+    from slimify.store.sources import create
 
     torch.manual_seed(0)
     net = randomize(create("slimify:digitsnet")).eval()
@@ -243,8 +243,8 @@ def _saved_digitsnet(tmp_path) -> tuple[str, nn.Module]:
 
 
 def test_cli_writes_reordered_weights_that_compute_the_same(tmp_path, capsys) -> None:
-    from slimify.cli import main
-    from slimify.models import create
+    from slimify.cli.app import main
+    from slimify.store.sources import create
 
     weights, net = _saved_digitsnet(tmp_path)
     out = tmp_path / "net_l1.safetensors"
@@ -262,7 +262,7 @@ def test_cli_writes_reordered_weights_that_compute_the_same(tmp_path, capsys) ->
 
 
 def test_cli_slim_output_is_converted_and_loads(tmp_path, capsys) -> None:
-    from slimify.cli import main
+    from slimify.cli.app import main
 
     weights, net = _saved_digitsnet(tmp_path)
     out = tmp_path / "net.slim"
@@ -285,7 +285,7 @@ def test_cli_slim_output_is_converted_and_loads(tmp_path, capsys) -> None:
     (["model.slim", "-o", "x.pt"], "already slimmable"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch) -> None:
-    from slimify.cli import main
+    from slimify.cli.app import main
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
@@ -298,7 +298,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys, m
 def test_cli_convert_with_pretrained_weights_reorders_by_default(extra, method, tmp_path, capsys) -> None:
     """Issue 6: pretrained weights in, important channels first unless told otherwise; the
     converted model still computes the checkpoint's function at full width."""
-    from slimify.cli import main
+    from slimify.cli.app import main
 
     weights, net = _saved_digitsnet(tmp_path)
     out = tmp_path / "net.slim"

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import slimify
-from slimify.convert import analyze_model
+from slimify.analysis.stages import analyze_model
 from slimify.rules import MODULE_RULES
 from slimify.rules.notrace import trace_through
 

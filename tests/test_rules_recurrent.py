@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import slimify
-from slimify.export import export
+from slimify.deploy.extract import export
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
 
@@ -182,7 +182,7 @@ def test_unsupported_recurrences_keep_their_size(make, why: str) -> None:
 
 
 def slim_data_of(module: nn.Module):
-    from slimify.nn.serve import slim_data
+    from slimify.rewrite.serve import slim_data
     return slim_data(module)
 
 

@@ -6,8 +6,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from slimify.cli import cli, main
-from slimify.train.cli import calibrate_command, demo_command, eval_command, finetune_command
+from slimify.cli.app import cli, main
+from slimify.cli.train import calibrate_command, demo_command, eval_command, finetune_command
 from slimify.train.testing import has_convert
 
 needs_convert = pytest.mark.skipif(not has_convert(), reason="slimify.convert is not installed yet")

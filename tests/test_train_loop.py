@@ -13,7 +13,7 @@ from slimify.train import digits, finetune
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.losses import distill_loss
 from slimify.train.loop import Trainer
-from slimify.train.models import DigitsNet
+from slimify.store.digits_net import DigitsNet
 from slimify.train.progress import read_log
 from slimify.train.recipe import load_recipe
 from slimify.train.testing import slim_digitsnet

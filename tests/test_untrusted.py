@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import slimify
-from slimify.cli import main
+from slimify.cli.app import main
 from slimify.errors import SlimifyError
-from slimify.io import META_KEY, read_config, tensors_digest
-from slimify.models import TinyNet, create, read_state_dict
+from slimify.store.slimfile import META_KEY, read_config, tensors_digest
+from slimify.store.sources import TinyNet, create, read_state_dict
 from slimify.train.checkpoint import FORMAT, load_checkpoint
 from slimify.train.resolve import load_slimmable
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from slimify.space import FIXED, UNREAD_OUTPUT_REASON, ChannelSpace
+from slimify.analysis.space import FIXED, UNREAD_OUTPUT_REASON, ChannelSpace
 
 __all__ = ["ChannelGroup", "GroupTable", "find_groups", "connected_labels"]
 

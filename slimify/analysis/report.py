@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from slimify.groups import GroupTable
-from slimify.plan import Plan
+from slimify.analysis.groups import GroupTable
+from slimify.analysis.plan import Plan
 
 __all__ = ["GroupInfo", "ConversionReport", "build_report"]
 

@@ -1,4 +1,5 @@
-"""The one place that runs the pipeline in order: trace → analyze → groups → plan → rewrite."""
+"""The read-only stages run in order on a model: trace → analyze → groups → plan. The model is
+never changed; ``slimify.pipeline`` then reorders and rewrites it."""
 from __future__ import annotations
 
 import time
@@ -9,22 +10,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from slimify.analyze import analyze
+from slimify.analysis.walk import analyze
 from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused
-from slimify.groups import GroupTable, find_groups
-from slimify.nn.batchnorm import attach_private_batchnorm
-from slimify.nn.output_pad import OutputPad
-from slimify.nn.serve import SlimData, empty_cache, make_slimmable
-from slimify.plan import NotABox, Plan, Unbalanced, check_switches, make_plan
-from slimify.summary import ConversionReport, build_report
+from slimify.analysis.groups import GroupTable, find_groups
+from slimify.analysis.plan import NotABox, Plan, Unbalanced, check_switches, make_plan
+from slimify.analysis.report import ConversionReport, build_report
 from slimify.rules import find_module_rule
-from slimify.rules.caches import cache_attrs, caches_emptied
-from slimify.space import ChannelSpace
-from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
-from slimify.trace import trace
+from slimify.rules.caches import caches_emptied
+from slimify.analysis.space import ChannelSpace
+from slimify.analysis.trace import trace
 
-__all__ = ["convert", "report", "analyze_model", "Analysis", "default_input"]
+__all__ = ["analyze_model", "Analysis", "default_input"]
 
 
 @dataclass
@@ -89,68 +86,3 @@ def _stuck_channels(table: GroupTable, plan: Plan) -> int:
     a group whose unit (tied by equal-width pieces) is as large as the group itself."""
     return sum(g.size for g in table.groups
                if not g.fixed and g.size > plan.divisor and plan.kept[g.index][0] == len(g.classes))
-
-
-@gc_paused
-def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
-            example_input: torch.Tensor | None = None, reorder: str | None = None,
-            reorder_data: Any = None) -> nn.Module:
-    """Make ``model`` slimmable in place and return it.
-
-    Every switch runs the first channels of each channel group with private BatchNorm; at
-    width 1.0 the model computes exactly what it computed before. ``reorder`` ("l1", "l2", "bn",
-    "taylor" with ``reorder_data`` batches) first moves each group's most important channels
-    first, for pretrained weights (see ``slimify.reorder``).
-    """
-    if is_slimmable(model):
-        raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
-    analysis = analyze_model(model, switches, divisor, example_input)
-    ordering = None
-    if reorder is not None:  # permutes channels within groups: the plan stays valid
-        from slimify.reorder import reorder as reorder_channels
-        ordering = reorder_channels(model, reorder, reorder_data, analysis, example_input=example_input)
-    state = SlimState(analysis.plan.switches)
-    rewrite(model, analysis.plan, state)
-    example_shape = list((default_input(model) if example_input is None else example_input).shape)
-    state.info.update(report=analysis.report, divisor=analysis.plan.divisor, reorder=ordering,
-                      example_shape=example_shape)
-    state.info["analysis"] = analysis
-    setattr(model, STATE_ATTR, state)
-    return model
-
-
-def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
-    """Apply ``plan``: serve narrow parameters and attributes, add private BatchNorms."""
-    data: dict[str, SlimData] = {}
-
-    def for_module(path: str) -> SlimData:
-        return data.setdefault(path, SlimData(state))
-
-    for (path, name), per_switch in plan.params.items():
-        if any(per_switch):
-            for_module(path).params[name] = per_switch
-    for (path, name), values in plan.attrs.items():
-        module = model.get_submodule(path)
-        if any(_differs(v, getattr(module, name, None)) for v in values):
-            for_module(path).attrs[name] = values
-    for path, per_switch in plan.batchnorms.items():
-        module = model.get_submodule(path)
-        for_module(path).bn_slots = attach_private_batchnorm(module, per_switch, plan.switches)
-    for path, module in model.named_modules():  # a cached tensor has the width that computed it
-        for name in cache_attrs(module):
-            for_module(path).forward_caches[name] = (state.index, empty_cache(getattr(module, name)))
-    for path, module_data in data.items():
-        make_slimmable(model.get_submodule(path), module_data)
-    if plan.output_widths is not None:  # a feature output keeps its size: pad narrow switches
-        model.register_forward_hook(OutputPad(state, plan.output_widths, plan.output_widths[-1]))
-
-
-def _differs(value: Any, current: Any) -> bool:
-    if isinstance(value, (list, tuple)) and isinstance(current, (list, tuple)):
-        return list(value) != list(current)
-    return value != current
-
-
-def report(model: nn.Module) -> ConversionReport:
-    """The groups of a converted model, their widths per switch and the fixed ones' reasons."""
-    return get_state(model).info["report"]

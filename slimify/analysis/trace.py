@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
-from slimify.shapes import SHAPE_KEY, VALUE_KEY, record_shapes, state_kept
+from slimify.analysis.shape_pass import SHAPE_KEY, VALUE_KEY, record_shapes, state_kept
 
 __all__ = ["TracedModel", "SlimifyTracer", "trace", "SHAPE_KEY", "VALUE_KEY", "WHERE_KEY"]
 

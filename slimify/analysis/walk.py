@@ -11,8 +11,8 @@ import torch.fx as fx
 from slimify.rules import ParamVal, RuleContext, TensorVal, find_function_rule, find_module_rule, unknown_module
 from slimify.rules.base import describe, tensors_in
 from slimify.rules.elementwise import fixed_output
-from slimify.space import OUTPUT_REASON, ChannelSpace
-from slimify.trace import SHAPE_KEY, VALUE_KEY, TracedModel
+from slimify.analysis.space import OUTPUT_REASON, ChannelSpace
+from slimify.analysis.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 
 __all__ = ["analyze"]
 

@@ -1,6 +1,6 @@
 """The ``slimify`` command line: thin click commands over the public API.
 
-Each family of commands lives beside the code it drives (``slimify/train/cli.py`` …) and is
+Each family of commands is a module of this folder (``slimify/cli/train.py`` …) and is
 registered here, so this file stays a table of contents.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ __all__ = ["main", "one_line"]
 
 # module path → names of click commands it defines (lazy: `slimify --help` imports no torch)
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "slimify.cli_model": ("convert", "inspect"),
-    "slimify.train.cli": ("finetune", "calibrate", "eval", "demo"),
-    "slimify.cli_deploy": ("export", "profile", "pick"),
-    "slimify.cli_reorder": ("reorder",),
+    "slimify.cli.model": ("convert", "inspect"),
+    "slimify.cli.train": ("finetune", "calibrate", "eval", "demo"),
+    "slimify.cli.deploy": ("export", "profile", "pick"),
+    "slimify.cli.reorder": ("reorder",),
 }
 
 

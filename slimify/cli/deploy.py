@@ -1,6 +1,6 @@
 """The deployment commands of the ``slimify`` CLI: ``export`` one width, ``profile`` every switch,
-``pick`` the widest switch within a budget; thin over :mod:`slimify.export`,
-:mod:`slimify.profile` and :mod:`slimify.pick`."""
+``pick`` the widest switch within a budget; thin over :mod:`slimify.deploy.extract`,
+:mod:`slimify.deploy.measure` and :mod:`slimify.deploy.budget`."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from slimify.cli_model import check_output, size_option
+from slimify.cli.model import check_output, size_option
 
 __all__ = ["export_command", "profile_command", "pick_command", "write_export"]
 
@@ -21,8 +21,8 @@ def write_export(net: Any, width: float, out: Path, force: bool, input_size: tup
     """Export switch ``width`` of ``net`` to ``out`` by its suffix; returns a one-line summary."""
     import torch
 
-    from slimify.export import active_params, export, to_onnx, to_torch_export
-    from slimify.io import atomic_path, example_input
+    from slimify.deploy.extract import active_params, export, to_onnx, to_torch_export
+    from slimify.store.slimfile import atomic_path, example_input
 
     example = torch.randn(1, *input_size) if input_size else example_input(net)
     suffix = out.suffix.lower()
@@ -55,7 +55,7 @@ def measure_options(f: F) -> F:
 def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
              threads: int | None, device: str, mode: str) -> tuple[Any, Any]:
     import slimify
-    from slimify.io import example_shape
+    from slimify.store.slimfile import example_shape
 
     net = slimify.load(file)
     shape = (batch_size, *(input_size or example_shape(net)[1:]))
@@ -132,7 +132,7 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
     """Measure every switch of a .slim FILE on this machine and print the widest one within all
     the budgets given (and export it with -o)."""
     from slimify.errors import SlimifyError
-    from slimify.pick import parse_amount, pick
+    from slimify.deploy.budget import parse_amount, pick
 
     if latency_ms is None and flops is None and params is None and memory_mb is None:
         raise click.UsageError("give at least one budget: --latency-ms, --flops, --params or --memory-mb")

@@ -1,5 +1,5 @@
 """The model commands of the ``slimify`` CLI: ``convert`` a model to a ``.slim`` file and
-``inspect`` what a conversion finds; thin over :mod:`slimify.models` and :mod:`slimify.io`."""
+``inspect`` what a conversion finds; thin over :mod:`slimify.store.sources` and :mod:`slimify.store.slimfile`."""
 from __future__ import annotations
 
 import json
@@ -95,8 +95,8 @@ def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], di
     import torch
 
     import slimify
-    from slimify.convert import default_input
-    from slimify.models import create
+    from slimify.analysis.stages import default_input
+    from slimify.store.sources import create
 
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     net = create(model, checkpoint=checkpoint, **kwargs).eval()
@@ -108,7 +108,7 @@ def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], di
 
 def _params_line(net: Any) -> str:
     import slimify
-    from slimify.export import active_params
+    from slimify.deploy.extract import active_params
 
     return "parameters per switch: " + ", ".join(f"{w:g}: {active_params(net, w) / 1e6:.2f} M"
                                                  for w in slimify.switches(net))

@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from slimify.cli_model import check_output, conversion_options
+from slimify.cli.model import check_output, conversion_options
 
 __all__ = ["reorder_command", "WEIGHT_SUFFIXES"]
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth")  # plain state-dict outputs
-METHOD_CHOICES: tuple[str, ...] = ("l1", "l2", "bn", "taylor")  # mirrors slimify.importance.METHODS (no torch import)
+METHOD_CHOICES: tuple[str, ...] = ("l1", "l2", "bn", "taylor")  # mirrors slimify.ordering.scores.METHODS (no torch import)
 
 
 def _taylor_batches(data: str, net: Any, batches: int, batch_size: int) -> list[Any]:
@@ -36,7 +36,7 @@ def _write_weights(net: Any, out: Path, force: bool) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from slimify.io import atomic_path
+    from slimify.store.slimfile import atomic_path
 
     state, seen = {}, set()
     for name, value in net.state_dict().items():
@@ -83,9 +83,9 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     import torch
 
     import slimify
-    from slimify.convert import default_input
+    from slimify.analysis.stages import default_input
     from slimify.errors import SlimifyError
-    from slimify.models import create
+    from slimify.store.sources import create
 
     if Path(model).suffix == ".slim":
         raise SlimifyError(f"{model} is already slimmable: reorder the plain model (name + --checkpoint) "

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from slimify.cli_model import parse_switches, reorder_option, resolve_reorder
+from slimify.cli.model import parse_switches, reorder_option, resolve_reorder
 
 __all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
 
@@ -39,7 +39,7 @@ def _check_classes(net: Any, data: str) -> None:
     """Fail before any work when DATA has more classes than the model has outputs."""
     import torch
 
-    from slimify.io import example_input
+    from slimify.store.slimfile import example_input
     from slimify.train.resolve import count_classes
 
     classes, was_training = count_classes(data), net.training
@@ -109,7 +109,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     if dist_info().is_main:
         if result.eval is not None:
             click.echo(result.eval.table())
-        final = Path(out) / ("model.slim" if has_module("slimify.io") else "model.pt")
+        final = Path(out) / ("model.slim" if has_module("slimify.store.slimfile") else "model.pt")
         click.echo(f"saved {save_model(net, spec, final)} (checkpoint: {result.checkpoint})")
     shutdown()
 
@@ -166,7 +166,7 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
                       device=dev)
     click.echo(result.table(markdown=markdown))
     if json_path:
-        from slimify.io import atomic_path
+        from slimify.store.slimfile import atomic_path
 
         with atomic_path(json_path, overwrite=force) as tmp:
             tmp.write_text(json.dumps(result.to_dict(), indent=2))

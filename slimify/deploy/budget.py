@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from slimify.errors import SlimifyError
-from slimify.profile import ProfileResult, SwitchProfile
+from slimify.deploy.measure import ProfileResult, SwitchProfile
 
 __all__ = ["pick", "parse_amount", "BUDGETS"]
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
-from slimify.io import atomic_path, example_input
-from slimify.models import SOURCE_ATTR
-from slimify.nn.batchnorm import BN_TENSORS, SwitchBatchNorm
-from slimify.nn.output_pad import find_output_pad, remove_output_pad
-from slimify.nn.serve import SLIM_KEY, SlimData, restore_class, slim_data
+from slimify.store.slimfile import atomic_path, example_input
+from slimify.store.sources import SOURCE_ATTR
+from slimify.rewrite.batchnorm import BN_TENSORS, SwitchBatchNorm
+from slimify.rewrite.output_pad import find_output_pad, remove_output_pad
+from slimify.rewrite.serve import SLIM_KEY, SlimData, restore_class, slim_data
 from slimify.state import STATE_ATTR, get_state, width as at_width
 
 __all__ = ["export", "active_params", "to_torch_export", "to_onnx", "check_onnx"]
@@ -101,7 +101,7 @@ def export(model: nn.Module, width: float) -> nn.Module:
     plain.__dict__.pop(SOURCE_ATTR, None)
     remove_output_pad(plain)
     leftover = [f"{p or '<root>'}: {type(m).__module__}.{type(m).__name__}" for p, m in plain.named_modules()
-                if type(m).__module__.startswith("slimify.nn") or SLIM_KEY in m.__dict__]
+                if type(m).__module__.startswith("slimify.rewrite") or SLIM_KEY in m.__dict__]
     if leftover:
         raise SlimifyError(f"export left slimify modules behind: {', '.join(leftover[:3])}")
     return plain if pad is None else nn.Sequential(plain, pad)

@@ -25,8 +25,8 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimify.errors import SlimifyError
-from slimify.export import active_params, export
-from slimify.io import atomic_path
+from slimify.deploy.extract import active_params, export
+from slimify.store.slimfile import atomic_path
 from slimify.state import get_state, width as at_width
 
 __all__ = ["profile", "ProfileResult", "SwitchProfile", "measure_memory", "input_shape", "MEMORY_METHOD"]
@@ -234,7 +234,7 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
         raise SlimifyError(f"mode must be 'export' or 'slim', got {mode!r}")
     if threads is not None and threads < 1:
         raise SlimifyError(f"threads must be >= 1, got {threads}")
-    from slimify.train.common import resolve_device
+    from slimify.device import resolve_device
 
     dev = resolve_device(device or "cpu")  # an unknown device or missing CUDA is a SlimifyError
     shape = input_shape(input_size)

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from slimify.convert import Analysis, analyze_model, default_input
+from slimify.analysis.stages import Analysis, analyze_model, default_input
 from slimify.errors import SlimifyError
-from slimify.groups import GroupTable
-from slimify.importance import METHODS, as_batches, class_scores, tensor_of
-from slimify.space import ChannelSpace
+from slimify.analysis.groups import GroupTable
+from slimify.ordering.scores import METHODS, as_batches, class_scores, tensor_of
+from slimify.analysis.space import ChannelSpace
 from slimify.state import is_slimmable
 
 __all__ = ["reorder", "Reordering", "METHODS"]

@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimify.errors import SlimifyError
-from slimify.groups import GroupTable
-from slimify.space import ChannelSpace
+from slimify.analysis.groups import GroupTable
+from slimify.analysis.space import ChannelSpace
 
 __all__ = ["METHODS", "class_scores", "tensor_of", "as_batches"]
 

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from slimify.nn.batchnorm import BN_TENSORS
-from slimify.nn.slicing import cut
+from slimify.rewrite.batchnorm import BN_TENSORS
+from slimify.rewrite.slicing import cut
+from slimify.rules.caches import empty_cache
 from slimify.state import SlimState
 
-__all__ = ["SlimData", "make_slimmable", "slim_data", "restore_class", "empty_cache", "SLIM_KEY"]
+__all__ = ["SlimData", "make_slimmable", "slim_data", "restore_class", "SLIM_KEY"]
 
 SLIM_KEY = "_slimify"  # instance attribute holding a module's SlimData
 
@@ -84,11 +85,6 @@ def _attr_property(name: str) -> property:
                              "convert a fresh model to change it")
 
     return property(get, set_, doc=f"``{name}`` at the active switch")
-
-
-def empty_cache(value: Any) -> Any:
-    """An empty cache of ``value``'s kind: ``{}`` for a dict, ``None`` for a cached tensor."""
-    return type(value)() if isinstance(value, (dict, list, set)) else None
 
 
 def _cache_property(name: str) -> property:

@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.modules import module_rule
-from slimify.rules.sizes import follow_literal, register_attr
-from slimify.space import Count
+from slimify.rules.literal_sizes import follow_literal, register_attr
+from slimify.analysis.space import Count
 
 __all__ = ["head_units", "multihead_attention", "shifted_window_attention", "relative_position_bias",
            "decomposed_rel_pos"]

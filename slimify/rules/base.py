@@ -11,8 +11,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from slimify.space import FIXED, ChannelSpace
-from slimify.trace import WHERE_KEY
+from slimify.analysis.space import FIXED, ChannelSpace
+from slimify.analysis.trace import WHERE_KEY
 
 __all__ = ["TensorVal", "ParamVal", "RuleContext", "ModuleRule", "FunctionRule", "tensors_in", "collapse"]
 
@@ -102,7 +102,7 @@ class RuleContext:
 
     @property
     def out_shape(self) -> Any:
-        from slimify.trace import SHAPE_KEY
+        from slimify.analysis.trace import SHAPE_KEY
         return self.node.meta.get(SHAPE_KEY)
 
     def owner_paths(self) -> list[str]:

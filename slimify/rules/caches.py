@@ -3,7 +3,7 @@
 
 A derived tensor has the width of the switch that computed it, so a cache must never outlive a
 switch: a converted module serves each declared cache through a property that empties it when
-the width changes (``slimify/nn/serve.py``). Analysis traces with every cache empty, so the
+the width changes (``slimify/rewrite/serve.py``). Analysis traces with every cache empty, so the
 trace sees the computation (whose heads follow the width), never a cached constant.
 """
 from __future__ import annotations
@@ -15,14 +15,17 @@ from typing import Any
 
 import torch.nn as nn
 
-from slimify.nn.serve import empty_cache
-
-__all__ = ["CACHES", "CONVENTIONAL", "per_width_cache", "cache_attrs", "empty_caches", "caches_emptied"]
+__all__ = ["CACHES", "CONVENTIONAL", "empty_cache", "per_width_cache", "cache_attrs", "empty_caches", "caches_emptied"]
 
 CACHES: dict[type, tuple[str, ...]] = {}  # module class → names of its cache attributes (MRO lookup)
 # timm declares its caches as class annotations (``attention_bias_cache: Dict[str, Tensor]`` on
 # LeViT's, EfficientFormer's, EfficientFormerV2's, TinyViT's and EfficientViT's attention)
 CONVENTIONAL = ("attention_bias_cache",)
+
+
+def empty_cache(value: Any) -> Any:
+    """An empty cache of ``value``'s kind: ``{}`` for a dict, ``None`` for a cached tensor."""
+    return type(value)() if isinstance(value, (dict, list, set)) else None
 
 
 def per_width_cache(cls: type[nn.Module], *names: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from slimify.rules.base import RuleContext, TensorVal, tensors_in
-from slimify.space import FIXED
+from slimify.analysis.space import FIXED
 
 __all__ = ["elementwise", "passthrough", "reduction", "creation", "fixed_output"]
 
@@ -68,7 +68,7 @@ def _union_along(ctx: RuleContext, label: np.ndarray, dim: int) -> None:
 
 
 def reshape_fallback(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...]) -> TensorVal:
-    from slimify.rules.shape import reshape_to
+    from slimify.rules.reshape import reshape_to
     return reshape_to(ctx, x, out_shape, None)
 
 

@@ -10,8 +10,8 @@ import torch.fx as fx
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.elementwise import elementwise, passthrough
-from slimify.rules.sizes import follow_literal
-from slimify.space import FIXED, Count
+from slimify.rules.literal_sizes import follow_literal
+from slimify.analysis.space import FIXED, Count
 
 __all__ = ["contract", "matmul", "einsum", "linear_fn", "conv_fn", "layer_norm_fn", "sdpa"]
 
@@ -198,7 +198,7 @@ def sdpa(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
 
 
 def _with_shape(ctx: RuleContext, shape: tuple[int, ...], fn):
-    from slimify.trace import SHAPE_KEY
+    from slimify.analysis.trace import SHAPE_KEY
     saved = ctx.node.meta.get(SHAPE_KEY)
     ctx.node.meta[SHAPE_KEY] = shape
     try:

@@ -14,8 +14,8 @@ import torch.nn as nn
 
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.elementwise import fixed_output, passthrough
-from slimify.rules.sizes import register_attr
-from slimify.space import Count
+from slimify.rules.literal_sizes import register_attr
+from slimify.analysis.space import Count
 
 __all__ = ["MODULE_RULES", "module_rule", "find_module_rule", "find_module_rule_by_mro"]
 
@@ -234,7 +234,7 @@ def unfold_module(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
 
 @module_rule(nn.Flatten)
 def flatten_module(ctx: RuleContext, m: nn.Flatten, path: str, args: list, kwargs: dict) -> TensorVal:
-    from slimify.rules.shape import reshape_to
+    from slimify.rules.reshape import reshape_to
     return reshape_to(ctx, ctx.tensor(args[0]), tuple(ctx.out_shape), None)
 
 

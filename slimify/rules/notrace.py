@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.caches import empty_caches
-from slimify.shapes import holds_tensor, note_value
-from slimify.trace import VALUE_KEY, SlimifyTracer, graph_module
+from slimify.analysis.shape_pass import holds_tensor, note_value
+from slimify.analysis.trace import VALUE_KEY, SlimifyTracer, graph_module
 
 __all__ = ["ConcreteTracer", "trace_through", "notrace_classes"]
 
@@ -207,7 +207,7 @@ def _concrete_graph(ctx: RuleContext, m: nn.Module, bound: inspect.BoundArgument
 def _walk(ctx: RuleContext, gm: fx.GraphModule, tracer: ConcreteTracer, constants: set[fx.Node],
           inputs: list[Any]) -> Any:
     """Run the rule table over the module's graph, as analyze does over the model's."""
-    from slimify.analyze import _run_rule  # the model's own per-node dispatch (no import cycle at load)
+    from slimify.analysis.walk import _run_rule  # the model's own per-node dispatch (no import cycle at load)
     modules = dict(ctx.root.named_modules())
     placeholders = iter(inputs)
     for node in gm.graph.nodes:

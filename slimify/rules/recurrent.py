@@ -20,8 +20,8 @@ import torch.nn as nn
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.elementwise import fixed_output
 from slimify.rules.modules import module_rule
-from slimify.rules.sizes import register_attr
-from slimify.space import Count
+from slimify.rules.literal_sizes import register_attr
+from slimify.analysis.space import Count
 
 __all__ = ["recurrent", "GATES"]
 

@@ -8,9 +8,9 @@ import torch
 import torch.fx as fx
 
 from slimify.rules.base import RuleContext, TensorVal
-from slimify.rules.sizes import (SizeExpr, attribute_candidates, counts_units, follow_literal, is_dynamic, size_expr,
+from slimify.rules.literal_sizes import (SizeExpr, attribute_candidates, counts_units, follow_literal, is_dynamic, size_expr,
                                  tie_sizes)
-from slimify.space import Count
+from slimify.analysis.space import Count
 
 __all__ = ["reshape_to", "view", "flatten", "unflatten", "permute", "transpose", "expand", "repeat",
            "repeat_interleave", "same_shape", "spatial_only", "tensor_unfold"]

@@ -8,9 +8,9 @@ import torch
 import torch.fx as fx
 
 from slimify.rules.base import RuleContext, TensorVal
-from slimify.rules.sizes import SizeExpr, follow_literal, size_expr, tie_sizes
-from slimify.space import Count
-from slimify.trace import SHAPE_KEY
+from slimify.rules.literal_sizes import SizeExpr, follow_literal, size_expr, tie_sizes
+from slimify.analysis.space import Count
+from slimify.analysis.trace import SHAPE_KEY
 
 __all__ = ["cat", "stack", "split", "chunk", "unbind", "getitem", "pad"]
 
@@ -134,7 +134,7 @@ def _chunk_by_position(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int])
     the full piece i: the narrow model is a slimmable network, not a masked copy of the full one.
     That frees ShuffleNetV2, whose channel shuffle followed by ``chunk(2)`` otherwise ties channels
     into units that double every block. Used only when the identity-keeping split cannot slim (see
-    ``slimify.convert.analyze_model``); if the counts cannot match, the plan ties the pieces to the
+    ``slimify.analysis.stages.analyze_model``); if the counts cannot match, the plan ties the pieces to the
     input position by position, which is the identity-keeping split again."""
     ids = ctx.channel_ids(x, d)
     pieces = [ctx.space.new_var(size, f"chunk {i} of {ctx.space.context}") for i, size in enumerate(sizes)]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from slimify.rules.base import FunctionRule, RuleContext, TensorVal
-from slimify.space import Count
+from slimify.analysis.space import Count
 
 __all__ = ["channel_dims", "patch_merging_pad", "unfold", "fold", "pre_pool", "post_pool", "window_functions"]
 
@@ -90,7 +90,7 @@ def pre_pool(ctx: RuleContext, args: list, kwargs: dict) -> tuple:
 
 def post_pool(ctx: RuleContext, args: list, kwargs: dict) -> tuple:
     """MViTv2's ``reshape_post_pool``: back to (B, heads, [cls +] H'·W', head_dim)."""
-    from slimify.rules.sizes import follow_literal
+    from slimify.rules.literal_sizes import follow_literal
     x = ctx.tensor(args[0])
     heads = args[1] if len(args) > 1 else kwargs["num_heads"]
     tok = args[2] if len(args) > 2 else kwargs.get("cls_tok")

@@ -1,5 +1,5 @@
 """The small digits CNN that the demo, the tests and the accuracy benchmark train on 2 CPU cores in
-seconds (``slimify:digitsnet`` in :mod:`slimify.models`), and the channel rounding it shares with
+seconds (``slimify:digitsnet`` in :mod:`slimify.store.sources`), and the channel rounding it shares with
 the conversion plan."""
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
-from slimify.models import ModelSource, build, check_state_dict, source_of
+from slimify.store.sources import ModelSource, build, check_state_dict, source_of
 from slimify.state import get_state
 
 __all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_shape", "plan_digest",
@@ -76,7 +76,7 @@ def example_shape(model: nn.Module) -> tuple[int, ...]:
     shape = get_state(model).info.get("example_shape")
     if shape:
         return tuple(int(s) for s in shape)
-    from slimify.convert import default_input
+    from slimify.analysis.stages import default_input
 
     return tuple(default_input(model).shape)
 
@@ -153,7 +153,7 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 def save(model: nn.Module, path: str | Path, overwrite: bool = False,
          source: ModelSource | str | None = None) -> Path:
     """Write the converted ``model`` to ``path`` (``.slim``) atomically. ``source`` says how to
-    rebuild it (default: what :func:`slimify.models.create` recorded, or inferred)."""
+    rebuild it (default: what :func:`slimify.store.sources.create` recorded, or inferred)."""
     from safetensors.torch import save_file
 
     from slimify import __version__
@@ -191,7 +191,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise SlimifyError(f"{path} is corrupt or not a .slim file (unreadable header)") from None
     if META_KEY not in meta:
         raise SlimifyError(f"{path} is a safetensors file without slimify metadata: plain weights load with "
-                           "--checkpoint / slimify.models.create(spec, checkpoint=...)")
+                           "--checkpoint / slimify.store.sources.create(spec, checkpoint=...)")
     try:
         ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
         config = json.loads(meta[META_KEY])

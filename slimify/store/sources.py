@@ -29,7 +29,10 @@ __all__ = ["ModelSource", "TinyNet", "create", "build", "source_of", "set_source
 SOURCE_ATTR = "_slimify_source"  # attribute on a model: the ModelSource it was built from
 
 # roots of the packages a ``module.path:factory`` spec may import from (the module or below it)
-ALLOWED_MODULES: tuple[str, ...] = ("timm.models", "torchvision.models", "slimify.models", "slimify.train.models")
+ALLOWED_MODULES: tuple[str, ...] = ("timm.models", "torchvision.models", "slimify.store.sources",
+                                    "slimify.store.digits_net")
+# where the slimify model classes lived before the package had a folder per stage: specs written then still load
+MOVED_MODULES: dict[str, str] = {"slimify.models": "slimify.store.sources", "slimify.train.models": "slimify.store.digits_net"}
 # keyword arguments never accepted from a spec: they download, or read files outside our control
 REFUSED_KWARGS: frozenset[str] = frozenset({"pretrained", "weights", "weights_backbone", "checkpoint_path",
                                             "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "progress"})
@@ -60,7 +63,7 @@ class TinyNet(nn.Module):
 
 
 def _digitsnet(**kwargs: Any) -> nn.Module:
-    from slimify.train.models import DigitsNet
+    from slimify.store.digits_net import DigitsNet
 
     return DigitsNet(**kwargs)
 
@@ -117,6 +120,7 @@ def _factory(spec: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
         if name.lower() not in EXAMPLES:
             raise SlimifyError(f"unknown slimify example model {name!r}; known: {sorted(EXAMPLES)}")
         return EXAMPLES[name.lower()], {}
+    prefix = MOVED_MODULES.get(prefix, prefix)
     if not any(prefix == root or prefix.startswith(root + ".") for root in ALLOWED_MODULES):
         raise SlimifyError(f"model source {prefix!r} is not allowed: only factories under {list(ALLOWED_MODULES)} "
                            "can be named (a model file must never import arbitrary code)")
@@ -271,4 +275,4 @@ def source_of(model: nn.Module) -> ModelSource:
                 if _signature(build(spec, **kwargs)) == wanted:
                     return ModelSource(spec, kwargs)
     raise SlimifyError(f"cannot tell how to rebuild {type(model).__name__}: build it with "
-                       "slimify.models.create(SPEC, ...) or record it with slimify.models.set_source(model, SPEC)")
+                       "slimify.store.sources.create(SPEC, ...) or record it with slimify.store.sources.set_source(model, SPEC)")

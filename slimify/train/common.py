@@ -9,22 +9,10 @@ import torch
 import torch.nn as nn
 
 import slimify
+from slimify.device import resolve_device  # noqa: F401 - part of this module's API
 from slimify.errors import SlimifyError
 
 __all__ = ["resolve_device", "model_widths", "at_width", "unwrap"]
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` picks the current CUDA device (``torchrun`` sets it per process) when present, else CPU."""
-    if device is None:
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SlimifyError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SlimifyError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 def unwrap(model: nn.Module) -> nn.Module:

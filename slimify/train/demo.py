@@ -15,7 +15,7 @@ from slimify.errors import SlimifyError
 from slimify.train.data import digits
 from slimify.train.evaluate import EvalResult, evaluate
 from slimify.train.loop import finetune
-from slimify.train.models import DigitsNet
+from slimify.store.digits_net import DigitsNet
 from slimify.train.calibrate import calibrate_bn
 from slimify.train.resolve import convert_spec, has_module
 
@@ -93,7 +93,7 @@ def run_demo(out_dir: str | Path = "slimify-demo", epochs: int = 6, pretrain_epo
     times["finetune"] = time.perf_counter() - start
     assert result.eval is not None
     demo = DemoResult(plain, converted, result.eval, out, times)
-    if has_module("slimify.io"):
+    if has_module("slimify.store.slimfile"):
         import slimify
 
         slimify.save(model, out / "digitsnet.slim", overwrite=True, source="slimify:digitsnet")

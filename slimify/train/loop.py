@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import slimify
 from slimify.errors import SlimifyError
-from slimify.models import check_state_dict
+from slimify.store.sources import check_state_dict
 from slimify.train.calibrate import calibrate_bn
 from slimify.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slimify.train.common import at_width, model_widths, resolve_device

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 import slimify
 from slimify.errors import SlimifyError
-from slimify.models import check_state_dict
+from slimify.store.sources import check_state_dict
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.data import digits, image_folder
 
@@ -33,7 +33,7 @@ def has_module(name: str) -> bool:
 def convert_spec(model: nn.Module, spec: dict[str, Any], reorder: str | None = None) -> nn.Module:
     """``slimify.convert`` with the switches, divisor and input size a spec records; ``reorder``
     (for trained weights: "l1", "l2", "bn") puts each group's most important channels first."""
-    if not has_module("slimify.convert"):
+    if not has_module("slimify.pipeline"):
         raise SlimifyError("slimify.convert is not available in this installation")
     size = spec.get("input_size")
     example = torch.randn(1, *size) if size else None
@@ -50,10 +50,10 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
     the spec's ``reorder`` method runs before converting (a checkpoint's weights, loaded after
     rebuilding, are already in that order)."""
     if "slim" in spec:
-        if not has_module("slimify.io"):
+        if not has_module("slimify.store.slimfile"):
             raise SlimifyError(".slim files need slimify.io, which this installation lacks")
         return slimify.load(spec["slim"])
-    from slimify.models import create
+    from slimify.store.sources import create
 
     classes = spec.get("num_classes")
     model = create(spec["name"], checkpoint=plain_weights, **({"num_classes": classes} if classes else {}))
@@ -118,7 +118,7 @@ def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path, overwri
     if path.exists() and not overwrite:
         raise SlimifyError(f"{path} already exists: pass --force to replace it")
     if path.suffix == ".slim":
-        if not has_module("slimify.io"):
+        if not has_module("slimify.store.slimfile"):
             raise SlimifyError(".slim output needs slimify.io, which this installation lacks; use a .pt path")
         return slimify.save(model, path, overwrite=overwrite)
     save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from slimify.state import STATE_ATTR, SlimState
-from slimify.train.models import DigitsNet
+from slimify.store.digits_net import DigitsNet
 from slimify.train.resolve import convert_spec, has_module
 
 __all__ = ["has_convert", "slim_digitsnet", "fake_slimmable"]
@@ -14,7 +14,7 @@ __all__ = ["has_convert", "slim_digitsnet", "fake_slimmable"]
 
 def has_convert() -> bool:
     """Whether ``slimify.convert`` (the core conversion) is installed."""
-    return has_module("slimify.convert")
+    return has_module("slimify.pipeline")
 
 
 def fake_slimmable(model: nn.Module, switches: tuple[float, ...]) -> nn.Module:

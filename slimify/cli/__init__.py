@@ -1,0 +1,1 @@
+"""The ``slimify`` command line (click). Nothing outside this folder imports click."""

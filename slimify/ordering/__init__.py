@@ -1,0 +1,1 @@
+"""Stage 2 (optional): score channels and permute them so each group's best channels come first."""

@@ -1,0 +1,50 @@
+"""The one place that runs the pipeline in order: analysis (trace → analyze → groups → plan) →
+ordering (optional) → rewrite."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from slimify.analysis.report import ConversionReport
+from slimify.analysis.stages import analyze_model, default_input
+from slimify.errors import SlimifyError
+from slimify.gcpause import gc_paused
+from slimify.ordering.permute import reorder as reorder_channels
+from slimify.rewrite.apply import rewrite
+from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
+
+__all__ = ["convert", "report"]
+
+
+@gc_paused
+def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
+            example_input: torch.Tensor | None = None, reorder: str | None = None,
+            reorder_data: Any = None) -> nn.Module:
+    """Make ``model`` slimmable in place and return it.
+
+    Every switch runs the first channels of each channel group with private BatchNorm; at
+    width 1.0 the model computes exactly what it computed before. ``reorder`` ("l1", "l2", "bn",
+    "taylor" with ``reorder_data`` batches) first moves each group's most important channels
+    first, for pretrained weights (see ``slimify.reorder``).
+    """
+    if is_slimmable(model):
+        raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
+    analysis = analyze_model(model, switches, divisor, example_input)
+    ordering = None
+    if reorder is not None:  # permutes channels within groups: the plan stays valid
+        ordering = reorder_channels(model, reorder, reorder_data, analysis, example_input=example_input)
+    state = SlimState(analysis.plan.switches)
+    rewrite(model, analysis.plan, state)
+    example_shape = list((default_input(model) if example_input is None else example_input).shape)
+    state.info.update(report=analysis.report, divisor=analysis.plan.divisor, reorder=ordering,
+                      example_shape=example_shape)
+    state.info["analysis"] = analysis
+    setattr(model, STATE_ATTR, state)
+    return model
+
+
+def report(model: nn.Module) -> ConversionReport:
+    """The groups of a converted model, their widths per switch and the fixed ones' reasons."""
+    return get_state(model).info["report"]

@@ -1,0 +1,48 @@
+"""The rewrite half of a conversion: apply a plan to the model in place (serve narrow
+parameters and attributes, attach private BatchNorms, pad a feature output). Never traces."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from slimify.analysis.plan import Plan
+from slimify.rewrite.batchnorm import attach_private_batchnorm
+from slimify.rewrite.output_pad import OutputPad
+from slimify.rewrite.serve import SlimData, make_slimmable
+from slimify.rules.caches import cache_attrs, empty_cache
+from slimify.state import SlimState
+
+__all__ = ["rewrite"]
+
+
+def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
+    """Apply ``plan``: serve narrow parameters and attributes, add private BatchNorms."""
+    data: dict[str, SlimData] = {}
+
+    def for_module(path: str) -> SlimData:
+        return data.setdefault(path, SlimData(state))
+
+    for (path, name), per_switch in plan.params.items():
+        if any(per_switch):
+            for_module(path).params[name] = per_switch
+    for (path, name), values in plan.attrs.items():
+        module = model.get_submodule(path)
+        if any(_differs(v, getattr(module, name, None)) for v in values):
+            for_module(path).attrs[name] = values
+    for path, per_switch in plan.batchnorms.items():
+        module = model.get_submodule(path)
+        for_module(path).bn_slots = attach_private_batchnorm(module, per_switch, plan.switches)
+    for path, module in model.named_modules():  # a cached tensor has the width that computed it
+        for name in cache_attrs(module):
+            for_module(path).forward_caches[name] = (state.index, empty_cache(getattr(module, name)))
+    for path, module_data in data.items():
+        make_slimmable(model.get_submodule(path), module_data)
+    if plan.output_widths is not None:  # a feature output keeps its size: pad narrow switches
+        model.register_forward_hook(OutputPad(state, plan.output_widths, plan.output_widths[-1]))
+
+
+def _differs(value: Any, current: Any) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(current, (list, tuple)):
+        return list(value) != list(current)
+    return value != current
