@@ -27,7 +27,8 @@ import slimify
 from benchmarks.results import RESULTS, machine, write_section
 from slimify.rewrite.serve import slim_data
 from slimify.train import digits, evaluate, finetune
-from slimify.store.digits_net import DigitsNet, make_divisible
+from slimify.analysis.plan import make_divisible
+from slimify.store.digits_net import DigitsNet
 
 __all__ = ["run", "share_batchnorm", "to_markdown", "main"]
 

@@ -10,10 +10,9 @@ import slimify
 from slimify import SlimifyError
 from slimify.train import calibrate_bn, digits, evaluate
 from slimify.store.digits_net import DigitsNet
-from slimify.train.testing import has_convert, slim_digitsnet
+from slimify.train.testing import slim_digitsnet
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
-needs_convert = pytest.mark.skipif(not has_convert(), reason="slimify.convert is not installed yet")
 
 
 def bn_stats(model) -> dict[float, list[torch.Tensor]]:
@@ -26,7 +25,6 @@ def bn_stats(model) -> dict[float, list[torch.Tensor]]:
     return stats
 
 
-@needs_convert
 def test_calibrate_changes_only_the_chosen_switch() -> None:
     model = slim_digitsnet(SWITCHES)
     params = {n: p.clone() for n, p in model.named_parameters()}
@@ -57,7 +55,6 @@ def test_calibrate_is_a_cumulative_average_over_batches() -> None:
     assert torch.allclose(first_bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
 
 
-@needs_convert
 def test_calibration_restores_accuracy_after_stats_are_wrecked() -> None:
     torch.manual_seed(0)
     model = slim_digitsnet(SWITCHES)

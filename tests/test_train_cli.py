@@ -8,9 +8,7 @@ from click.testing import CliRunner
 
 from slimify.cli.app import cli, main
 from slimify.cli.train import calibrate_command, demo_command, eval_command, finetune_command
-from slimify.train.testing import has_convert
 
-needs_convert = pytest.mark.skipif(not has_convert(), reason="slimify.convert is not installed yet")
 
 
 @pytest.mark.parametrize("name", ["finetune", "calibrate", "eval", "demo"])
@@ -46,7 +44,6 @@ def test_bad_recipe_key_is_reported(tmp_path, capsys) -> None:
     assert e.value.code == 2 and "unknown key 'learning_rate'" in capsys.readouterr().err
 
 
-@needs_convert
 def test_finetune_then_eval_and_calibrate(tmp_path) -> None:
     runner, out = CliRunner(), tmp_path / "run"
     result = runner.invoke(cli, ["finetune", "slimify:digitsnet", "--data", "digits", "--recipe", "demo",
@@ -64,7 +61,6 @@ def test_finetune_then_eval_and_calibrate(tmp_path) -> None:
     assert (tmp_path / "cal.pt").is_file()
 
 
-@needs_convert
 def test_demo_runs_and_reuses_its_pretrained_cache(tmp_path) -> None:
     runner, out = CliRunner(), tmp_path / "demo"
     args = ["demo", "--epochs", "1", "--pretrain-epochs", "1", "--switches", "0.5,1.0", "-o", str(out)]

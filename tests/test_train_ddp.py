@@ -81,10 +81,6 @@ def test_two_processes_end_with_identical_weights(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_torchrun_cli(tmp_path) -> None:
-    from slimify.train.testing import has_convert
-
-    if not has_convert():
-        pytest.skip("slimify.convert is not installed yet")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(free_port()), "-m", "slimify.train", "finetune", "slimify:digitsnet", "--data", "digits",
            "--recipe", "demo", "--epochs", "1", "--batch-size", "64", "--divisor", "4", "--switches",

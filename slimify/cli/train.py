@@ -88,7 +88,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     from slimify.train.distributed import dist_info, init_from_env, shutdown
     from slimify.train.loop import finetune
     from slimify.train.recipe import load_recipe
-    from slimify.train.resolve import has_module, resolve_data, save_model
+    from slimify.train.resolve import resolve_data, save_model
 
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers).items()
                  if v is not None}
@@ -109,7 +109,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     if dist_info().is_main:
         if result.eval is not None:
             click.echo(result.eval.table())
-        final = Path(out) / ("model.slim" if has_module("slimify.store.slimfile") else "model.pt")
+        final = Path(out) / "model.slim"
         click.echo(f"saved {save_model(net, spec, final)} (checkpoint: {result.checkpoint})")
     shutdown()
 

@@ -1,22 +1,14 @@
 """The small digits CNN that the demo, the tests and the accuracy benchmark train on 2 CPU cores in
-seconds (``slimify:digitsnet`` in :mod:`slimify.store.sources`), and the channel rounding it shares with
-the conversion plan."""
+seconds (``slimify:digitsnet`` in :mod:`slimify.store.sources`), which rounds channels like the conversion plan."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from slimify.analysis.plan import make_divisible
 
-__all__ = ["DigitsNet", "make_divisible"]
 
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """torchvision's channel rounding (the same the conversion plan uses): nearest multiple of
-    ``divisor``, at least ``divisor``, never more than 10% below ``value``."""
-    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if new < 0.9 * value:
-        new += divisor
-    return new
+__all__ = ["DigitsNet"]
 
 
 class DigitsNet(nn.Sequential):

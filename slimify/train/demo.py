@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 
+import slimify
 from slimify.errors import SlimifyError
 from slimify.train.data import digits
 from slimify.train.evaluate import EvalResult, evaluate
 from slimify.train.loop import finetune
 from slimify.store.digits_net import DigitsNet
 from slimify.train.calibrate import calibrate_bn
-from slimify.train.resolve import convert_spec, has_module
+from slimify.train.resolve import convert_spec
 
 __all__ = ["run_demo", "DemoResult", "DEMO_SPEC"]
 
@@ -93,10 +94,7 @@ def run_demo(out_dir: str | Path = "slimify-demo", epochs: int = 6, pretrain_epo
     times["finetune"] = time.perf_counter() - start
     assert result.eval is not None
     demo = DemoResult(plain, converted, result.eval, out, times)
-    if has_module("slimify.store.slimfile"):
-        import slimify
-
-        slimify.save(model, out / "digitsnet.slim", overwrite=True, source="slimify:digitsnet")
+    slimify.save(model, out / "digitsnet.slim", overwrite=True, source="slimify:digitsnet")
     (out / "results.json").write_text(json.dumps({
         "plain": plain.to_dict(), "converted": converted.to_dict(), "finetuned": result.eval.to_dict(),
         "seconds": times, "spec": spec, "checkpoint": str(result.checkpoint)}, indent=2))

@@ -2,7 +2,6 @@
 directory) into a slimmable model and data sets, recording how to rebuild the model as plain data."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +15,14 @@ from slimify.store.sources import check_state_dict
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.data import digits, image_folder
 
-__all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model",
-           "has_module", "DIGITS"]
+__all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model", "DIGITS"]
 
 DIGITS = "digits"  # the data argument that selects the embedded digits set
-
-
-def has_module(name: str) -> bool:
-    """Whether a part of slimify that other issues deliver (``slimify.io``…) is installed yet."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def convert_spec(model: nn.Module, spec: dict[str, Any], reorder: str | None = None) -> nn.Module:
     """``slimify.convert`` with the switches, divisor and input size a spec records; ``reorder``
     (for trained weights: "l1", "l2", "bn") puts each group's most important channels first."""
-    if not has_module("slimify.pipeline"):
-        raise SlimifyError("slimify.convert is not available in this installation")
     size = spec.get("input_size")
     example = torch.randn(1, *size) if size else None
     extra = {"reorder": reorder} if reorder else {}
@@ -50,8 +38,6 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
     the spec's ``reorder`` method runs before converting (a checkpoint's weights, loaded after
     rebuilding, are already in that order)."""
     if "slim" in spec:
-        if not has_module("slimify.store.slimfile"):
-            raise SlimifyError(".slim files need slimify.io, which this installation lacks")
         return slimify.load(spec["slim"])
     from slimify.store.sources import create
 
@@ -112,14 +98,12 @@ def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = N
 
 
 def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path, overwrite: bool = True) -> Path:
-    """Save a model for ``slimify eval``/``calibrate``: ``.slim`` through slimify.io when the
+    """Save a model for ``slimify eval``/``calibrate``: ``.slim`` (slimify.save) when the
     path asks for it, else a model-only training-format checkpoint."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise SlimifyError(f"{path} already exists: pass --force to replace it")
     if path.suffix == ".slim":
-        if not has_module("slimify.store.slimfile"):
-            raise SlimifyError(".slim output needs slimify.io, which this installation lacks; use a .pt path")
         return slimify.save(model, path, overwrite=overwrite)
     save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec})
     return path
