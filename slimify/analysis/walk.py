@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from slimify.rules import ParamVal, RuleContext, TensorVal, find_function_rule, find_module_rule, unknown_module
-from slimify.rules.base import describe, tensors_in
-from slimify.rules.elementwise import fixed_output
+from slimify.rules import ParamVal, RuleContext, TensorVal
+from slimify.rules.base import tensors_in
+from slimify.rules.dispatch import run_rule
 from slimify.analysis.space import OUTPUT_REASON, ChannelSpace
 from slimify.analysis.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 
@@ -54,7 +54,7 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
             env[node] = _python_value(node)
         else:
             args, kwargs = _lookup(node.args, env), _lookup(node.kwargs, env)
-            env[node] = _run_rule(ctx, node, modules, list(args), dict(kwargs))
+            env[node] = run_rule(ctx, node, modules, list(args), dict(kwargs))
             _note_reads(space, node, modules, args, kwargs)
         for t in tensors_in(env.get(node)):
             if isinstance(t, TensorVal):
@@ -104,24 +104,3 @@ def _get_attr(traced: TracedModel, node: fx.Node) -> Any:
     if isinstance(tensor, torch.Tensor):
         return ParamVal(owner, name, tensor)
     return tensor
-
-
-def _run_rule(ctx: RuleContext, node: fx.Node, modules: dict, args: list, kwargs: dict) -> Any:
-    if node.op == "call_module":
-        module = modules[node.target]
-        rule = find_module_rule(module)
-        if rule is None:
-            return unknown_module(ctx, module, node.target, args, kwargs)
-        return rule(ctx, module, node.target, args, kwargs)
-    rule = find_function_rule(node.op, node.target)
-    if node.target is getattr_builtin and args and isinstance(args[0], (TensorVal, ParamVal)):
-        rule = None
-    if rule is not None and rule.__name__ == "getitem" and not isinstance(args[0], (TensorVal, ParamVal)):
-        return args[0][args[1]] if isinstance(args[0], (list, tuple)) else fixed_output(ctx)
-    if rule is None:
-        ctx.fix_all([args, kwargs], f"no channel rule for {describe(node)}")
-        return fixed_output(ctx)
-    return rule(ctx, args, kwargs)
-
-
-getattr_builtin = getattr

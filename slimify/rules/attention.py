@@ -14,7 +14,7 @@ import numpy as np
 import torch.nn as nn
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
-from slimify.rules.modules import module_rule
+from slimify.rules.registry import rule
 from slimify.rules.literal_sizes import follow_literal, register_attr
 from slimify.analysis.space import Count
 
@@ -53,6 +53,7 @@ def _serve(ctx: RuleContext, p: Any, ids: np.ndarray) -> None:
             ctx.fix_all([p], f"a computed bias of unexpected size at {ctx.space.context}")
 
 
+@rule("torchvision.models.swin_transformer:_get_relative_position_bias")
 def relative_position_bias(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """torchvision's ``_get_relative_position_bias(table, index, window)``: a (L, heads) table
     gathered to (1, heads, N, N); one column per head."""
@@ -61,11 +62,13 @@ def relative_position_bias(ctx: RuleContext, args: list, kwargs: dict) -> Tensor
     return ctx.with_dim(table, 1, head_ids, tuple(ctx.out_shape))
 
 
-@module_rule(nn.MultiheadAttention)
-def multihead_attention(ctx: RuleContext, m: nn.MultiheadAttention, path: str, args: list, kwargs: dict) -> Any:
+@rule(nn.MultiheadAttention)
+def multihead_attention(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     """``nn.MultiheadAttention`` (torchvision's ViT): in_proj rows, out_proj columns, bias_k/v
     and ``embed_dim``/``num_heads`` follow the heads; the input width is tied to them because
     ``F.multi_head_attention_forward`` checks ``query.shape[-1] == embed_dim``."""
+    m: nn.MultiheadAttention = ctx.module
+    path = ctx.path
     q, k, v = (ctx.tensor(_arg(args, kwargs, i, n)) for i, n in enumerate(("query", "key", "value")))
     out_shapes = ctx.out_shape
     if not m._qkv_same_embed_dim or m.add_zero_attn or m.in_proj_weight is None:
@@ -97,6 +100,7 @@ def multihead_attention(ctx: RuleContext, m: nn.MultiheadAttention, path: str, a
     return (out, None if out_shapes[1] is None else ctx.fixed(tuple(out_shapes[1])))
 
 
+@rule("torchvision.models.swin_transformer:shifted_window_attention")
 def shifted_window_attention(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """torchvision's Swin/SwinV2 window attention (an fx-wrapped function). It reshapes q/k/v
     with ``C // num_heads`` where C is the input width, so the input is tied to the heads."""
@@ -128,6 +132,7 @@ def shifted_window_attention(ctx: RuleContext, args: list, kwargs: dict) -> Tens
     return ctx.with_dim(x, x.ndim - 1, out_ids, tuple(ctx.out_shape))
 
 
+@rule("timm.models.mvitv2:cal_rel_pos_type")
 def decomposed_rel_pos(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """MViTv2's ``cal_rel_pos_type(attn, q, …, rel_pos_h, rel_pos_w)``: attention logits plus
     ``q · table`` along height and width. The tables are shared by the heads; when a single head's

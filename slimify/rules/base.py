@@ -14,7 +14,7 @@ import torch.nn as nn
 from slimify.analysis.space import FIXED, ChannelSpace
 from slimify.analysis.trace import WHERE_KEY
 
-__all__ = ["TensorVal", "ParamVal", "RuleContext", "ModuleRule", "FunctionRule", "tensors_in", "collapse"]
+__all__ = ["TensorVal", "ParamVal", "RuleContext", "FunctionRule", "tensors_in", "collapse"]
 
 PARAM_ELEMENT_LIMIT = 1 << 22  # parameters read by forward code get one id per element up to this size
 
@@ -90,6 +90,8 @@ class RuleContext:
         self.space = space
         self.root = root
         self.node: fx.Node | None = None
+        self.module: nn.Module | None = None  # the module a module rule runs for, and its path
+        self.path = ""
         self._param_labels: dict[tuple[str, str], TensorVal] = {}
         self.values: dict[fx.Node, Any] = {}  # analysed value of every node so far (filled by analyze)
         self._producer = np.zeros(1, bool)  # id → made by a layer (not a parameter element)
@@ -185,8 +187,7 @@ class RuleContext:
                 self.space.fix(self.tensor(t).label, why)
 
 
-ModuleRule = Callable[[RuleContext, nn.Module, str, list[Any], dict[str, Any]], Any]
-FunctionRule = Callable[[RuleContext, list[Any], dict[str, Any]], Any]
+FunctionRule = Callable[[RuleContext, list[Any], dict[str, Any]], Any]  # every rule's signature
 
 
 def describe(node: fx.Node) -> str:

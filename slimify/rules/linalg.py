@@ -11,6 +11,7 @@ import torch.fx as fx
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.elementwise import elementwise, passthrough
 from slimify.rules.literal_sizes import follow_literal
+from slimify.rules.registry import rule
 from slimify.analysis.space import FIXED, Count
 
 __all__ = ["contract", "matmul", "einsum", "linear_fn", "conv_fn", "layer_norm_fn", "sdpa"]
@@ -84,6 +85,7 @@ def _outer_product(ctx: RuleContext, taking: list) -> list:
     return [t for t, k in zip(taking, keep) if not k]
 
 
+@rule("matmul", "bmm")
 def matmul(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     a, b = ctx.tensor(args[0]), ctx.tensor(args[1])
     if a.ndim < 2 or b.ndim < 2:
@@ -95,6 +97,7 @@ def matmul(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return contract(ctx, [(a, la), (b, lb)], batch + "xz", tuple(ctx.out_shape))
 
 
+@rule("einsum")
 def einsum(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     equation = args[0].replace(" ", "")
     tensors = [ctx.tensor(t) for t in (args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])]
@@ -112,6 +115,7 @@ def _bias(ctx: RuleContext, bias: object, ids: np.ndarray) -> None:
         ctx.space.union(bias.label.reshape(-1), ids) if bias.label.size == len(ids) else ctx.space.union(bias.label, ids[:1])
 
 
+@rule("linear")
 def linear_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``F.linear(x, self.qkv.weight, bias)`` in forward code: the parameter's owner serves it narrow."""
     x, w = ctx.tensor(args[0]), args[1] if len(args) > 1 else kwargs["weight"]
@@ -126,6 +130,7 @@ def linear_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return TensorVal(out_ids.reshape([1] * (x.ndim - 1) + [-1]), tuple(ctx.out_shape))
 
 
+@rule("conv1d", "conv2d", "conv3d")
 def conv_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``F.conv2d(x, self.weight…)``: a dense conv's parameter is served narrow; a depthwise one
     (BlurPool's fixed filter, ``groups=channels``) passes every channel through on its own."""
@@ -160,6 +165,7 @@ def _depthwise_fn(ctx: RuleContext, x: TensorVal, w: object, bias: object, group
     return ctx.with_dim(x, 1, ids, tuple(ctx.out_shape))
 
 
+@rule("layer_norm", "rms_norm")  # rms_norm: (x, shape, weight, eps)
 def layer_norm_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``F.layer_norm``/``F.rms_norm`` over the channels: the weight (and bias) follow them."""
     x = ctx.tensor(args[0])
@@ -185,6 +191,7 @@ def layer_norm_fn(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return passthrough(ctx, [x], {})
 
 
+@rule("scaled_dot_product_attention")
 def sdpa(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``F.scaled_dot_product_attention``: softmax(q kᵀ + mask) v with heads as units."""
     q, k, v = (ctx.tensor(args[i] if len(args) > i else kwargs[name]) for i, name in enumerate(("query", "key", "value")))

@@ -14,37 +14,20 @@ import torch.nn as nn
 
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.elementwise import fixed_output, passthrough
+from slimify.rules.registry import rule
 from slimify.rules.literal_sizes import register_attr
 from slimify.analysis.space import Count
 
-__all__ = ["MODULE_RULES", "module_rule", "find_module_rule", "find_module_rule_by_mro"]
+__all__ = ["unknown_module", "WIDE_GROUP"]
 
-MODULE_RULES: dict[type[nn.Module], Any] = {}  # module class → rule(ctx, module, path, args, kwargs)
 WIDE_GROUP = 32  # channels per group from which a grouped conv slims inside each group (not
 # below: LiteMLA groups q, k, v of each head in 16s, and must keep whole heads)
 
 
-def module_rule(*classes: type[nn.Module]):
-    def register(fn):
-        for cls in classes:
-            MODULE_RULES[cls] = fn
-        return fn
-    return register
-
-
-def find_module_rule(module: nn.Module):
-    return find_module_rule_by_mro(type(module))
-
-
-def find_module_rule_by_mro(cls: type):
-    for base in cls.__mro__:
-        if base in MODULE_RULES:
-            return MODULE_RULES[base]
-    return None
-
-
-@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def conv(ctx: RuleContext, m: nn.Conv2d, path: str, args: list, kwargs: dict) -> TensorVal:
+@rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    m: nn.Conv2d = ctx.module
+    path = ctx.path
     x = ctx.tensor(args[0])
     if any(x.label.shape[d] > 1 for d in range(2, x.ndim)):
         # channels laid out along the conv's length (ECA's Conv1d over the channel axis): one
@@ -91,10 +74,12 @@ def _conv_per_head(ctx: RuleContext, x: TensorVal) -> TensorVal:
     return TensorVal(label.copy(), tuple(ctx.out_shape), frozenset({1}))
 
 
-@module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-def conv_transpose(ctx: RuleContext, m: nn.ConvTranspose2d, path: str, args: list, kwargs: dict) -> TensorVal:
+@rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def conv_transpose(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """Transposed convs keep their weight as (in, out / groups, k…): dense ones slim both
     sides, depthwise ones (LowFormer's upsampling) pass each channel through."""
+    m: nn.ConvTranspose2d = ctx.module
+    path = ctx.path
     x = ctx.tensor(args[0])
     if any(x.label.shape[d] > 1 for d in range(2, x.ndim)) or m.groups not in (1, m.in_channels) or (
             m.groups > 1 and m.out_channels != m.in_channels):
@@ -115,8 +100,10 @@ def conv_transpose(ctx: RuleContext, m: nn.ConvTranspose2d, path: str, args: lis
     return ctx.with_dim(x, 1, out_ids, ctx.out_shape)
 
 
-@module_rule(nn.Linear)
-def linear(ctx: RuleContext, m: nn.Linear, path: str, args: list, kwargs: dict) -> TensorVal:
+@rule(nn.Linear)
+def linear(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    m: nn.Linear = ctx.module
+    path = ctx.path
     x = ctx.tensor(args[0])
     last = x.ndim - 1
     if x.label.shape[last] == 1 and any(s > 1 for s in x.label.shape[:last]):
@@ -133,8 +120,9 @@ def linear(ctx: RuleContext, m: nn.Linear, path: str, args: list, kwargs: dict) 
     return TensorVal(out_ids.reshape([1] * last + [-1]), tuple(ctx.out_shape))
 
 
-@module_rule(nn.modules.batchnorm._BatchNorm)
-def batchnorm(ctx: RuleContext, m: nn.BatchNorm2d, path: str, args: list, kwargs: dict) -> TensorVal:
+@rule(nn.modules.batchnorm._BatchNorm)
+def batchnorm(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    path = ctx.path
     x = ctx.tensor(args[0])
     ids = ctx.channel_ids(x, 1)
     ctx.space.batchnorm(path, ids)
@@ -142,8 +130,10 @@ def batchnorm(ctx: RuleContext, m: nn.BatchNorm2d, path: str, args: list, kwargs
     return passthrough(ctx, [ctx.with_dim(x, 1, ids, x.shape)], {})
 
 
-@module_rule(nn.LayerNorm)
-def layernorm(ctx: RuleContext, m: nn.LayerNorm, path: str, args: list, kwargs: dict) -> TensorVal:
+@rule(nn.LayerNorm)
+def layernorm(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    m: nn.LayerNorm = ctx.module
+    path = ctx.path
     x = ctx.tensor(args[0])
     if len(m.normalized_shape) != 1:
         ctx.fix_all([x], f"{path}: LayerNorm over {len(m.normalized_shape)} dims")
@@ -170,8 +160,10 @@ def _norm_dim(x: TensorVal, size: int) -> int:
     return x.ndim - 1 if last else 1
 
 
-@module_rule(nn.GroupNorm)
-def groupnorm(ctx: RuleContext, m: nn.GroupNorm, path: str, args: list, kwargs: dict) -> TensorVal:
+@rule(nn.GroupNorm)
+def groupnorm(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    m: nn.GroupNorm = ctx.module
+    path = ctx.path
     x = ctx.tensor(args[0])
     ids = ctx.channel_ids(x, 1)
     groups, channels = m.num_groups, m.num_channels
@@ -188,8 +180,10 @@ def groupnorm(ctx: RuleContext, m: nn.GroupNorm, path: str, args: list, kwargs: 
     return passthrough(ctx, [_relabel(x, 1, ids)], {})
 
 
-@module_rule(nn.PReLU)
-def prelu(ctx: RuleContext, m: nn.PReLU, path: str, args: list, kwargs: dict) -> TensorVal:
+@rule(nn.PReLU)
+def prelu(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    m: nn.PReLU = ctx.module
+    path = ctx.path
     x = ctx.tensor(args[0])
     if m.num_parameters > 1:
         ids = ctx.channel_ids(x, 1)
@@ -212,28 +206,30 @@ PASSTHROUGH_MODULES: tuple[type[nn.Module], ...] = (  # channel-wise modules: ou
 )
 
 
-def _passthrough_module(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> Any:
+@rule(*PASSTHROUGH_MODULES)
+def _passthrough_module(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     return passthrough(ctx, args[:1], {})
 
 
-def unknown_module(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> TensorVal:
+def unknown_module(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """No rule: the module is a boundary, every channel it touches keeps its full size."""
+    m: nn.Module = ctx.module
+    path = ctx.path
     ctx.fix_all([args, kwargs], f"{path}: no channel rule for module {type(m).__name__}")
     return fixed_output(ctx)  # nested results too: nn.LSTM returns (output, (h, c))
 
 
-for _cls in PASSTHROUGH_MODULES:
-    MODULE_RULES[_cls] = _passthrough_module
 
 
-@module_rule(nn.Unfold, nn.Fold)
-def unfold_module(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> TensorVal:
+@rule(nn.Unfold, nn.Fold)
+def unfold_module(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    m: nn.Module = ctx.module
     from slimify.rules.windows import fold, unfold
     return (unfold if isinstance(m, nn.Unfold) else fold)(ctx, args, kwargs)
 
 
-@module_rule(nn.Flatten)
-def flatten_module(ctx: RuleContext, m: nn.Flatten, path: str, args: list, kwargs: dict) -> TensorVal:
+@rule(nn.Flatten)
+def flatten_module(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     from slimify.rules.reshape import reshape_to
     return reshape_to(ctx, ctx.tensor(args[0]), tuple(ctx.out_shape), None)
 

@@ -21,6 +21,8 @@ import torch.nn as nn
 
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.caches import empty_caches
+from slimify.rules.dispatch import run_rule
+from slimify.rules.registry import find_module_rule, rule
 from slimify.analysis.shape_pass import holds_tensor, note_value
 from slimify.analysis.trace import VALUE_KEY, SlimifyTracer, graph_module
 
@@ -156,8 +158,10 @@ def _absolute(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
         node.meta["nn_module_stack"] = OrderedDict([(path, (path, type(module)))] + [(p, (p, t)) for p, t in inner])
 
 
-def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs: dict) -> Any:
+def trace_through(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     """Rule for a module fx cannot trace symbolically: trace it concretely, analyse its ops."""
+    m: nn.Module = ctx.module
+    path = ctx.path
     try:
         bound = inspect.signature(m.forward).bind(*args, **kwargs)
     except TypeError as e:
@@ -180,7 +184,6 @@ def trace_through(ctx: RuleContext, m: nn.Module, path: str, args: list, kwargs:
 def _concrete_graph(ctx: RuleContext, m: nn.Module, bound: inspect.BoundArguments
                     ) -> tuple[fx.GraphModule, ConcreteTracer, set[fx.Node]]:
     """The module's graph, traced on a copy with random stand-ins of its analysed inputs."""
-    from slimify.rules import find_module_rule
     examples = [_example(a) for a in bound.arguments.values()]
     # arguments holding no tensor (``patch_coord=None``, flags) are constants: ``is None`` must see them
     constant = {name: value for name, value in bound.arguments.items()  # scalars only: fx splits containers
@@ -207,7 +210,6 @@ def _concrete_graph(ctx: RuleContext, m: nn.Module, bound: inspect.BoundArgument
 def _walk(ctx: RuleContext, gm: fx.GraphModule, tracer: ConcreteTracer, constants: set[fx.Node],
           inputs: list[Any]) -> Any:
     """Run the rule table over the module's graph, as analyze does over the model's."""
-    from slimify.analysis.walk import _run_rule  # the model's own per-node dispatch (no import cycle at load)
     modules = dict(ctx.root.named_modules())
     placeholders = iter(inputs)
     for node in gm.graph.nodes:
@@ -228,7 +230,7 @@ def _walk(ctx: RuleContext, gm: fx.GraphModule, tracer: ConcreteTracer, constant
         else:
             call_args = fx.node.map_arg(node.args, lambda n: ctx.values[n])
             call_kwargs = fx.node.map_arg(node.kwargs, lambda n: ctx.values[n])
-            value = _run_rule(ctx, node, modules, list(call_args), dict(call_kwargs))
+            value = run_rule(ctx, node, modules, list(call_args), dict(call_kwargs))
         ctx.values[node] = value
         for t in tensors_in(value):
             if isinstance(t, TensorVal):
@@ -243,3 +245,6 @@ def notrace_classes() -> tuple[type[nn.Module], ...]:
     except ImportError:
         return ()
     return tuple(timm_fx.get_notrace_modules())
+
+
+rule(*notrace_classes(), fallback=True)(trace_through)  # shape-dependent forward code: traced concretely, on its own

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.elementwise import fixed_output
-from slimify.rules.modules import module_rule
+from slimify.rules.registry import rule
 from slimify.rules.literal_sizes import register_attr
 from slimify.analysis.space import Count
 
@@ -28,8 +28,10 @@ __all__ = ["recurrent", "GATES"]
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}  # row blocks per hidden unit
 
 
-@module_rule(nn.RNNBase)
-def recurrent(ctx: RuleContext, m: nn.RNNBase, path: str, args: list, kwargs: dict) -> Any:
+@rule(nn.RNNBase)
+def recurrent(ctx: RuleContext, args: list, kwargs: dict) -> Any:
+    m: nn.RNNBase = ctx.module
+    path = ctx.path
     x = args[0] if isinstance(args[0], TensorVal) else None  # a PackedSequence has no label
     hx = args[1] if len(args) > 1 else kwargs.get("hx")
     if not _supported(m, x):

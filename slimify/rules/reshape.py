@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 
 from slimify.rules.base import RuleContext, TensorVal
+from slimify.rules.registry import method, rule
 from slimify.rules.literal_sizes import (SizeExpr, attribute_candidates, counts_units, follow_literal, is_dynamic, size_expr,
                                  tie_sizes)
 from slimify.analysis.space import Count
@@ -221,6 +222,7 @@ def _union_slabs_in_block(ctx: RuleContext, label: np.ndarray, shrink: int, bloc
     ctx.space.union(moved[..., :1], moved)
 
 
+@rule("view", "reshape")
 def view(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     x, out_shape = ctx.tensor(args[0]), tuple(ctx.out_shape)
     raw = ctx.node.args[1] if len(ctx.node.args) == 2 else None
@@ -235,6 +237,7 @@ def view(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return reshape_to(ctx, x, out_shape, _size_args(ctx.node, 1))
 
 
+@rule("flatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "squeeze_", "unsqueeze_")
 def same_shape(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """squeeze/unsqueeze/flatten/view_as: sizes come from the tensor, so nothing is baked."""
     return reshape_to(ctx, ctx.tensor(args[0]), tuple(ctx.out_shape), None)
@@ -243,6 +246,7 @@ def same_shape(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
 flatten = same_shape
 
 
+@rule("unflatten")
 def unflatten(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     x = ctx.tensor(args[0])
     dim = args[1] if len(args) > 1 else kwargs["dim"]
@@ -252,6 +256,7 @@ def unflatten(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return reshape_to(ctx, x, tuple(ctx.out_shape), size_args)
 
 
+@rule("permute")
 def permute(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     x = ctx.tensor(args[0])
     dims = args[1:] if len(args) > 2 or isinstance(args[1], int) else args[1]
@@ -260,6 +265,7 @@ def permute(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return TensorVal(np.transpose(x.label, dims).copy(), tuple(ctx.out_shape), rigid)
 
 
+@rule("transpose", "swapaxes", "swapdims", "t")
 def transpose(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     x = ctx.tensor(args[0])
     if x.ndim < 2:
@@ -270,6 +276,7 @@ def transpose(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return permute(ctx, [x, order], {})
 
 
+@rule("expand", "expand_as")
 def expand(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``cls_token.expand(B, -1, -1)``: new dims are not channels; a literal size on a
     channel dim must follow the width."""
@@ -286,6 +293,7 @@ def expand(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return TensorVal(label.copy(), out_shape, rigid)
 
 
+@rule("repeat")
 def repeat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     x = ctx.tensor(args[0])
     reps = _size_args(ctx.node, 1)
@@ -299,6 +307,7 @@ def repeat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return TensorVal(np.tile(label, tiles), tuple(ctx.out_shape), frozenset(r + pad for r in x.rigid))
 
 
+@rule("repeat_interleave")
 def repeat_interleave(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``x.repeat_interleave(r, dim)``: each entry repeated ``r`` times in place (a batch of
     windows sharing one global query); along channels every copy keeps its channel's id."""
@@ -314,6 +323,7 @@ def repeat_interleave(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return TensorVal(label.copy(), tuple(ctx.out_shape), x.rigid)
 
 
+@rule("roll", "flip")
 def spatial_only(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``roll``/``flip`` (Swin's shifted windows): positions move along the given dims; along
     channels that would reorder channels, which a prefix cannot follow."""
@@ -327,6 +337,7 @@ def spatial_only(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return TensorVal(x.label.copy(), tuple(ctx.out_shape), x.rigid)
 
 
+@rule(torch.Tensor.unfold, method("unfold"))  # not F.unfold (rules/windows.py)
 def tensor_unfold(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``x.unfold(dim, size, step)`` (HaloNet's overlapping windows): windows along a spatial
     dim, the window as a new last dim; along channels it would cut channels into windows."""

@@ -4,10 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import operator
+
 import torch
 import torch.fx as fx
 
-from slimify.rules.base import RuleContext, TensorVal
+from slimify.rules.base import ParamVal, RuleContext, TensorVal
+from slimify.rules.registry import method, rule
 from slimify.rules.literal_sizes import SizeExpr, follow_literal, size_expr, tie_sizes
 from slimify.analysis.space import Count
 from slimify.analysis.trace import SHAPE_KEY
@@ -19,6 +22,7 @@ def _dim(args: list, kwargs: dict, pos: int, default: int = 0) -> int:
     return kwargs.get("dim", args[pos] if len(args) > pos else default)
 
 
+@rule("cat", "concat", "concatenate")
 def cat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """Concatenation: along the cat dim the segments follow each other (a consumer of a
     DenseNet concat indexes every segment's active channels); other dims must match."""
@@ -49,6 +53,7 @@ def cat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return TensorVal(np.concatenate(pieces, axis=d), out_shape, rigid)
 
 
+@rule("stack")
 def stack(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     parts = [ctx.tensor(t) for t in args[0]]
     d = _dim(args, kwargs, 1) % len(ctx.out_shape)
@@ -102,6 +107,7 @@ def _chunk_with_short_tail(ctx: RuleContext, segs: list[np.ndarray]) -> None:
     ctx.space.union(extra[:1], extra)
 
 
+@rule("split", "split_with_sizes")
 def split(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
     x = ctx.tensor(args[0])
     d = _dim(args, kwargs, 2) % x.ndim
@@ -114,6 +120,7 @@ def split(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
     return _segments(ctx, x, d, sizes)
 
 
+@rule("chunk")
 def chunk(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
     x = ctx.tensor(args[0])
     d = _dim(args, kwargs, 2) % x.ndim
@@ -144,6 +151,7 @@ def _chunk_by_position(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int])
     return [ctx.with_dim(x, d, p, tuple(shape)) for p, shape in zip(pieces, ctx.out_shape)]
 
 
+@rule("unbind")
 def unbind(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
     x = ctx.tensor(args[0])
     d = _dim(args, kwargs, 1) % x.ndim
@@ -154,6 +162,7 @@ def unbind(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
     return [TensorVal(o.label, o.shape, rigid) for o in outs]
 
 
+@rule("pad")
 def pad(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """Padding space passes channels through. Constant padding of a channel dim (EfficientViT's
     extra row of ones) adds channels that never slim before or after the ones that do."""
@@ -181,9 +190,13 @@ def pad(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return TensorVal(np.concatenate(parts, axis=d), tuple(ctx.out_shape), x.rigid)
 
 
+@rule("getitem", operator.getitem, method("__getitem__"))
 def getitem(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     """``x[:, :n]``, ``x[..., 0]``, ``table[index]``: slices of channel dims follow the width
-    through the attribute holding ``n``; constant picks fix what they pick."""
+    through the attribute holding ``n``; constant picks fix what they pick. An item of a list or
+    tuple (``outs[0]``) is that item."""
+    if not isinstance(args[0], (TensorVal, ParamVal)):
+        return args[0][args[1]] if isinstance(args[0], (list, tuple)) else fixed_output(ctx)
     x = ctx.tensor(args[0])
     raw = ctx.node.args[1]
     index = list(raw) if isinstance(raw, tuple) else [raw]

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch.nn.functional as F
 
 from slimify.rules.base import FunctionRule, RuleContext, TensorVal
 from slimify.analysis.space import Count
+from slimify.rules.registry import rule
 
-__all__ = ["channel_dims", "patch_merging_pad", "unfold", "fold", "pre_pool", "post_pool", "window_functions"]
+__all__ = ["channel_dims", "patch_merging_pad", "unfold", "fold", "pre_pool", "post_pool"]
 
 
 def channel_dims(d_in: int, d_out: int) -> FunctionRule:
@@ -40,6 +42,7 @@ def channel_dims(d_in: int, d_out: int) -> FunctionRule:
     return rule
 
 
+@rule("torchvision.models.swin_transformer:_patch_merging_pad")
 def patch_merging_pad(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """torchvision Swin's ``_patch_merging_pad``: (B, H, W, C) → (B, H/2, W/2, 4C), the four
     2×2 neighbours concatenated: the channel ids repeat four times."""
@@ -49,6 +52,7 @@ def patch_merging_pad(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return ctx.with_dim(x, len(out_shape) - 1, np.tile(ids, out_shape[-1] // len(ids)), out_shape)
 
 
+@rule(F.unfold)  # not Tensor.unfold(dim, size, step): another op
 def unfold(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``F.unfold`` (VOLO's outlooker): (B, C, H, W) → (B, C·k², L), channel-major: every
     channel id repeats k² times."""
@@ -61,6 +65,7 @@ def unfold(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return ctx.with_dim(x, 1, np.repeat(ids, out_shape[1] // x.shape[1]), out_shape)
 
 
+@rule(F.fold)
 def fold(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``F.fold``: (B, C·k², L) → (B, C, H, W); the k² entries of a channel must be one channel."""
     x = ctx.tensor(args[0])
@@ -73,6 +78,7 @@ def fold(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return ctx.with_dim(x, 1, ids[:, 0].copy(), out_shape)
 
 
+@rule("timm.models.mvitv2:reshape_pre_pool")
 def pre_pool(ctx: RuleContext, args: list, kwargs: dict) -> tuple:
     """MViTv2's ``reshape_pre_pool``: (B, heads, [cls +] H·W, head_dim) → heads into the batch,
     head_dim as channels: (B·heads, head_dim, H, W), and the class token (B, heads, 1, head_dim)."""
@@ -88,6 +94,7 @@ def pre_pool(ctx: RuleContext, args: list, kwargs: dict) -> tuple:
     return pooled, tok
 
 
+@rule("timm.models.mvitv2:reshape_post_pool")
 def post_pool(ctx: RuleContext, args: list, kwargs: dict) -> tuple:
     """MViTv2's ``reshape_post_pool``: back to (B, heads, [cls +] H'·W', head_dim)."""
     from slimify.rules.literal_sizes import follow_literal
@@ -108,37 +115,12 @@ def post_pool(ctx: RuleContext, args: list, kwargs: dict) -> tuple:
     return TensorVal(result.copy(), tuple(out), frozenset({3}) if 1 in x.rigid else frozenset()), feat_size
 
 
-def window_functions() -> dict[Callable[..., Any], FunctionRule]:
-    """The wrapped functions of the installed timm and torchvision (window and patch helpers,
-    MViTv2's pooling of heads), each with its rule."""
-    import importlib
-    from slimify.rules.attention import decomposed_rel_pos as _rel_pos
-    last, first = channel_dims(-1, -1), channel_dims(1, 1)
-    table: dict[str, FunctionRule] = {  # "module:function" → rule
-        "timm.models.swin_transformer:window_reverse": last,
-        "timm.models.swin_transformer_v2:window_reverse": last,
-        "timm.models.swin_transformer_v2_cr:window_reverse": last,
-        "timm.models.davit:window_reverse": last,
-        "timm.models.gcvit:window_reverse": last,
-        "timm.models.maxxvit:window_reverse": last,
-        "timm.models.maxxvit:grid_reverse": last,
-        "timm.models.maxxvit:window_reverse_nchw": first,
-        "timm.models.maxxvit:grid_reverse_nchw": first,
-        "timm.models.nest:deblockify": last,
-        "timm.models.naflexvit:global_pool_naflex": last,  # (B, N, C) → (B, C)
-        "timm.layers.pos_embed:resample_abs_pos_embed": last,
-        "timm.layers.pos_embed:resample_abs_pos_embed_nhwc": last,
-        "torchvision.models.swin_transformer:_patch_merging_pad": patch_merging_pad,
-        "timm.models.mvitv2:reshape_pre_pool": pre_pool,
-        "timm.models.mvitv2:reshape_post_pool": post_pool,
-        "timm.models.mvitv2:cal_rel_pos_type": _rel_pos,
-    }
-    found: dict[Callable[..., Any], FunctionRule] = {}
-    for key, rule in table.items():
-        module, name = key.split(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):  # another version of the library: no such function
-            continue
-        found[fn] = rule
-    return found
+# functions model libraries wrap as fx leaves: "module:function" → rule (absent in other library versions: skipped)
+_LAST, _FIRST = channel_dims(-1, -1), channel_dims(1, 1)
+rule("timm.models.swin_transformer:window_reverse", "timm.models.swin_transformer_v2:window_reverse",
+     "timm.models.swin_transformer_v2_cr:window_reverse", "timm.models.davit:window_reverse",
+     "timm.models.gcvit:window_reverse", "timm.models.maxxvit:window_reverse", "timm.models.maxxvit:grid_reverse",
+     "timm.models.nest:deblockify",
+     "timm.models.naflexvit:global_pool_naflex",  # (B, N, C) → (B, C)
+     "timm.layers.pos_embed:resample_abs_pos_embed", "timm.layers.pos_embed:resample_abs_pos_embed_nhwc")(_LAST)
+rule("timm.models.maxxvit:window_reverse_nchw", "timm.models.maxxvit:grid_reverse_nchw")(_FIRST)

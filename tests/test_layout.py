@@ -1,0 +1,173 @@
+"""The package's shape (docs/design.md, *Layout*): a folder per pipeline stage, imports one way.
+
+Every import is read from the source (also those inside functions, and ``slimify.NAME`` uses of
+the lazy public API), so a cycle closed by an import inside a function fails here too.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "slimify"
+
+# stage → rank: a module may import its own stage and the stages of lower rank, never higher ones
+RANKS: dict[str, int] = {
+    "errors": 0, "state": 0, "gcpause": 0, "device": 0,
+    "analysis": 1, "rules": 1,  # one stage in two folders: analysis/walk runs the rules, rules read analysis/space
+    "rewrite": 2,
+    "ordering": 3,
+    "pipeline": 4,
+    "store": 5,
+    "deploy": 6,
+    "train": 7,
+    "cli": 8,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES: dict[str, Path] = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _lazy_names() -> dict[str, str]:
+    """``slimify.NAME`` → the module that defines it (the ``_LAZY`` table of ``slimify/__init__.py``)."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "_LAZY":
+            return ast.literal_eval(node.value)
+    raise AssertionError("slimify/__init__.py has no _LAZY table")
+
+
+LAZY = _lazy_names()
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[ast.AST]:
+    """Imports under ``if TYPE_CHECKING:``: read by type checkers, never run."""
+    skipped: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            skipped.update(n for stmt in node.body for n in ast.walk(stmt))
+    return skipped
+
+
+def _target(name: str) -> str | None:
+    """The slimify module an imported dotted name lives in (a module, else its parent)."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def imports_of(module: str) -> dict[str, set[str]]:
+    """Imported (module, other modules): every import statement, wherever it stands."""
+    tree = ast.parse(MODULES[module].read_text())
+    skipped = _type_checking_nodes(tree)
+    found: dict[str, set[str]] = {}
+    root_imported = False
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+            root_imported |= any(a.name == "slimify" and a.asname is None for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.split(".")[0] == "slimify":
+                if name.rpartition(".")[2] in LAZY and _target(name) == "slimify":
+                    name = f"{LAZY[name.rpartition('.')[2]]}.{name.rpartition('.')[2]}"
+                target = _target(name)
+                if target and target != module:
+                    found.setdefault(target, set()).add(name)
+            else:
+                found.setdefault(name.split(".")[0], set()).add(name)
+    if root_imported:  # ``import slimify`` then ``slimify.convert(...)``: a use of the module behind the name
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "slimify" and node.attr in LAZY:
+                target = LAZY[node.attr]
+                if target != module:
+                    found.setdefault(target, set()).add(f"slimify.{node.attr}")
+    return found
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def import_graph() -> nx.DiGraph:
+    graph = nx.DiGraph()
+    for module in MODULES:
+        graph.add_node(module)
+        for target, names in imports_of(module).items():
+            if target in MODULES:
+                graph.add_edge(module, target, names=sorted(names))
+    return graph
+
+
+def test_every_module_belongs_to_a_stage() -> None:
+    stray = [m for m in MODULES if m not in ("slimify", "slimify.__main__") and _stage(m) not in RANKS]
+    assert not stray, f"modules outside every stage of docs/design.md: {stray}"
+
+
+def test_no_import_cycles() -> None:
+    cycles = list(nx.simple_cycles(import_graph()))
+    assert not cycles, f"import cycles: {cycles[:5]}"
+
+
+def test_imports_go_one_way() -> None:
+    wrong = []
+    for source, target, data in import_graph().edges(data=True):
+        if source == "slimify" or source.endswith(".__main__") or target == "slimify":  # entry points
+            continue
+        if RANKS[_stage(target)] > RANKS[_stage(source)]:
+            wrong.append(f"{source} → {target} ({', '.join(data['names'])})")
+    assert not wrong, "imports against the pipeline's direction:\n" + "\n".join(wrong)
+
+
+def test_only_the_cli_knows_click() -> None:
+    users = [m for m in MODULES if "click" in imports_of(m) and _stage(m) != "cli"]
+    assert not users, f"click imported below slimify/cli/: {users}"
+
+
+def test_rewrite_never_traces() -> None:
+    for module in MODULES:
+        if _stage(module) == "rewrite":
+            found = imports_of(module)
+            assert "slimify.analysis.trace" not in found and "slimify.analysis.shape_pass" not in found, module
+            assert not any(n.startswith("torch.fx") for names in found.values() for n in names), module
+
+
+def test_the_walker_sees_imports_inside_functions(tmp_path: Path) -> None:
+    """The check itself: an import inside a function is an edge (a cycle hidden there would fail)."""
+    assert "slimify.ordering.permute" in imports_of("slimify.pipeline")
+    assert "slimify.analysis.stages" in imports_of("slimify.cli.model")  # imported inside _convert
+
+
+HELP_COMMANDS = [[], ["convert"], ["inspect"], ["reorder"], ["export"], ["profile"], ["pick"], ["finetune"],
+                 ["calibrate"], ["eval"], ["demo"]]
+
+
+@pytest.mark.parametrize("args", HELP_COMMANDS, ids=lambda a: " ".join(a) or "slimify")
+def test_help_imports_no_torch(args: list[str]) -> None:
+    code = ("import sys\nfrom slimify.cli.app import main\n"
+            f"try:\n    main({args + ['--help']!r})\nexcept SystemExit:\n    pass\n"
+            "import slimify\n"
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert "Usage:" in out.stdout, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]
