@@ -11,7 +11,7 @@ Every public name is imported on first use (PEP 562), so ``import slimify`` and 
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import pkgutil
 from typing import TYPE_CHECKING, Any
 
 from slimify.errors import SlimifyError
@@ -56,7 +56,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later lookups skip __getattr__
         return value
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a subpackage: ``slimify.state.get_state``
+    if name in {m.name for m in pkgutil.iter_modules(__path__)}:  # a submodule: ``slimify.state.get_state``
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'slimify' has no attribute {name!r}")
 

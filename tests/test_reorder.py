@@ -11,10 +11,10 @@ import torch.nn as nn
 
 import slimify
 from slimify.analysis.stages import analyze_model
-from slimify.ordering.scores import class_scores
+from slimify.ordering.registry import class_scores
 from tests.zoo import ZOO, build
 
-reorder_module = importlib.import_module("slimify.reorder")  # slimify.reorder is the function
+reorder_module = importlib.import_module("slimify.ordering.permute")
 
 SIZE: dict[str, int] = {"tv:inception_v3": 96}  # input size where 64 px is too small for the model
 

@@ -1,48 +1,54 @@
 """The ``slimify`` command line: thin click commands over the public API.
 
-Each family of commands is a module of this folder (``slimify/cli/train.py`` …) and is
-registered here, so this file stays a table of contents.
+Each family of commands is a module of this folder (``slimify/cli/train.py`` …) that registers
+its commands with :func:`command`; a new module here is a new command, nothing else to edit.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from slimify.errors import SlimifyError
 
-__all__ = ["main", "one_line"]
+__all__ = ["main", "one_line", "command", "COMMANDS"]
 
-# module path → names of click commands it defines (lazy: `slimify --help` imports no torch)
-COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "slimify.cli.model": ("convert", "inspect"),
-    "slimify.cli.train": ("finetune", "calibrate", "eval", "demo"),
-    "slimify.cli.deploy": ("export", "profile", "pick"),
-    "slimify.cli.reorder": ("reorder",),
-}
+COMMANDS: dict[str, click.Command] = {}  # name → click command, filled by @command in this folder's modules
 
 
-class LazyGroup(click.Group):
-    """A click group whose commands are imported only when used."""
+def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    """``@click.command(name, …)`` that also registers the command (the one way to add one)."""
+    def register(fn: Callable[..., Any]) -> click.Command:
+        cmd = click.command(name, **kwargs)(fn)
+        COMMANDS[name] = cmd
+        return cmd
+    return register
+
+
+def load_command_files() -> None:
+    """Import every module of ``slimify/cli/``: each registers its commands on import. They
+    import click only (torch inside the commands), so listing them is instant."""
+    for info in pkgutil.iter_modules(importlib.import_module(__name__.rpartition(".")[0]).__path__):
+        importlib.import_module(f"{__name__.rpartition('.')[0]}.{info.name}")
+
+
+class RegistryGroup(click.Group):
+    """A click group whose commands come from the command registry."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(name for names in COMMAND_MODULES.values() for name in names)
+        load_command_files()
+        return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        for module_name, names in COMMAND_MODULES.items():
-            if name in names:
-                try:
-                    module = importlib.import_module(module_name)
-                except ModuleNotFoundError as e:
-                    if e.name == module_name:
-                        return None
-                    raise
-                return getattr(module, name.replace("-", "_") + "_command", None)
-        return None
+        load_command_files()
+        return COMMANDS.get(name)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="slimify")
 def cli() -> None:
     """slimify: turn a PyTorch image model into a slimmable network and deploy any width."""

@@ -9,34 +9,23 @@ from typing import Any
 
 import click
 
+from slimify.cli.app import command
 from slimify.cli.model import check_output, size_option
+from slimify.deploy.formats import FORMATS
 
 __all__ = ["export_command", "profile_command", "pick_command", "write_export"]
 
 F = Callable[..., Any]
-EXPORT_SUFFIXES = (".pt", ".pt2", ".onnx")
 
 
 def write_export(net: Any, width: float, out: Path, force: bool, input_size: tuple[int, int, int] | None) -> str:
     """Export switch ``width`` of ``net`` to ``out`` by its suffix; returns a one-line summary."""
     import torch
 
-    from slimify.deploy.extract import active_params, export, to_onnx, to_torch_export
-    from slimify.store.slimfile import atomic_path, example_input
+    from slimify.deploy.formats import write_width
 
-    example = torch.randn(1, *input_size) if input_size else example_input(net)
-    suffix = out.suffix.lower()
-    if suffix == ".pt":
-        with atomic_path(out, force) as tmp:
-            torch.save(export(net, width).eval(), tmp)
-        how = "torch.save of the plain module; load with torch.load(path, weights_only=False)"
-    elif suffix == ".pt2":
-        to_torch_export(net, width, out, example, overwrite=force)
-        how = "torch.export program; load with torch.export.load(path).module()"
-    else:
-        to_onnx(net, width, out, example, overwrite=force)
-        how = f"ONNX opset 17, dynamic batch, checked with onnxruntime on {list(example.shape)}"
-    return f"wrote {out}: width {width:g}, {active_params(net, width):,} parameters ({how})"
+    example = torch.randn(1, *input_size) if input_size else None
+    return write_width(net, width, out, example, overwrite=force)
 
 
 def measure_options(f: F) -> F:
@@ -63,7 +52,7 @@ def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int
                                 mode=mode)
 
 
-@click.command("export", epilog="""\b
+@command("export", epilog="""\b
 Examples:
   slimify export rn50.slim --width 0.5 -o rn50_w050.pt2
   slimify export rn50.slim --width 0.25 -o rn50_w025.onnx --input-size 224
@@ -71,7 +60,7 @@ Examples:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--width", type=float, required=True, help="The switch to export (one of the model's widths).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Output: .pt (pickled plain module), .pt2 (torch.export) or .onnx.")
+              help="Output, by suffix: " + "; ".join(f"{e.name}: {e.help}" for e in FORMATS) + ".")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @size_option
 def export_command(file: str, width: float, output: str, force: bool, input_size: tuple[int, int, int] | None) -> None:
@@ -79,7 +68,7 @@ def export_command(file: str, width: float, output: str, force: bool, input_size
     run it); the example input for .pt2/.onnx is the conversion's input size unless --input-size."""
     import slimify
 
-    out = check_output(output, force, EXPORT_SUFFIXES)
+    out = check_output(output, force, FORMATS.names())
     net = slimify.load(file)
     if all(abs(width - w) > 1e-9 for w in slimify.switches(net)):
         raise click.BadParameter(f"{width:g} is not a switch of {file}; choose one of "
@@ -87,7 +76,7 @@ def export_command(file: str, width: float, output: str, force: bool, input_size
     click.echo(write_export(net, width, out, force, input_size))
 
 
-@click.command("profile", epilog="""\b
+@command("profile", epilog="""\b
 Examples:
   slimify profile rn50.slim
   slimify profile rn50.slim --input-size 160 --batch-size 8 --threads 4 --json prof.json --plot prof.png
@@ -113,7 +102,7 @@ def profile_command(file: str, input_size: tuple[int, int, int] | None, batch_si
         click.echo(f"wrote {out}")
 
 
-@click.command("pick", epilog="""\b
+@command("pick", epilog="""\b
 Examples:
   slimify pick rn50.slim --latency-ms 5
   slimify pick rn50.slim --flops 1G --memory-mb 150 -o rn50_fit.onnx
@@ -124,7 +113,7 @@ Examples:
 @click.option("--params", help="Parameter budget, e.g. 5M.")
 @click.option("--memory-mb", type=click.FloatRange(min=0, min_open=True), help="Peak memory budget (MB).")
 @measure_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also export the picked width (.pt/.pt2/.onnx).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help=f"Also export the picked width ({'/'.join(FORMATS.names())}).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def pick_command(file: str, latency_ms: float | None, flops: str | None, params: str | None, memory_mb: float | None,
                  input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
@@ -142,7 +131,7 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
                        params=parse_amount(params) if params is not None else None)
     except SlimifyError as e:
         raise click.BadParameter(str(e), param_hint="--flops/--params") from None
-    out = check_output(output, force, (".pt", ".pt2", ".onnx")) if output else None
+    out = check_output(output, force, FORMATS.names()) if output else None
     net, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode)
     click.echo(result.table())
     best = pick(result, **budgets)

@@ -9,19 +9,44 @@ from typing import Any
 
 import click
 
+from slimify.cli.app import command
+
 __all__ = ["convert_command", "inspect_command", "parse_switches", "parse_input_size", "check_output",
-           "size_option"]
+           "size_option", "RegistryChoice"]
 
 F = Callable[..., Any]
 
 # importance score used when pretrained weights are given and --reorder is left at "auto": BatchNorm |gamma|
 # beat keeping the prefix at widths 0.25 and 0.5 on both zero-shot benchmarks (benchmarks/RESULTS.md), L1 did not
 PRETRAINED_REORDER = "bn"
-REORDER_CHOICES = ("auto", "none", "l1", "l2", "bn")
+
+
+class RegistryChoice(click.Choice):
+    """A ``click.Choice`` over a registry's names, read when used: an entry registered after this
+    module was imported is a choice too."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self._names = names
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self._names()
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+
+def _reorder_choices() -> tuple[str, ...]:
+    """auto, none and every importance score that needs no data (convert has none to give)."""
+    from slimify.ordering.registry import SCORES
+
+    return ("auto", "none", *SCORES.names(lambda e: not e.options.get("needs_data")))
 
 
 def reorder_option(f: F) -> F:
-    return click.option("--reorder", type=click.Choice(REORDER_CHOICES), default="auto", show_default=True,
+    return click.option("--reorder", type=RegistryChoice(_reorder_choices), default="auto", show_default=True,
                         help=f"Put each group's most important channels first before converting. auto: "
                              f"'{PRETRAINED_REORDER}' with --checkpoint (pretrained weights), none without.")(f)
 
@@ -114,7 +139,7 @@ def _params_line(net: Any) -> str:
                                                  for w in slimify.switches(net))
 
 
-@click.command("convert", epilog="""\b
+@command("convert", epilog="""\b
 Examples:
   slimify convert resnet50 -o rn50.slim
   slimify convert torchvision:mobilenet_v2 --switches 0.35,0.5,0.75,1.0 --input-size 160 -o mbv2.slim
@@ -146,7 +171,7 @@ def convert_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     click.echo(f"saved {out}  (see the groups with: slimify inspect {out})")
 
 
-@click.command("inspect", epilog="""\b
+@command("inspect", epilog="""\b
 Examples:
   slimify inspect rn50.slim
   slimify inspect torchvision:resnet18 --switches 0.5,1.0 --max-rows 100

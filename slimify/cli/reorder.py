@@ -7,12 +7,13 @@ from typing import Any
 
 import click
 
-from slimify.cli.model import check_output, conversion_options
+from slimify.cli.app import command
+from slimify.cli.model import RegistryChoice, check_output, conversion_options
+from slimify.ordering.registry import SCORES
 
 __all__ = ["reorder_command", "WEIGHT_SUFFIXES"]
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth")  # plain state-dict outputs
-METHOD_CHOICES: tuple[str, ...] = ("l1", "l2", "bn", "taylor")  # mirrors slimify.ordering.scores.METHODS (no torch import)
 
 
 def _taylor_batches(data: str, net: Any, batches: int, batch_size: int) -> list[Any]:
@@ -52,7 +53,7 @@ def _write_weights(net: Any, out: Path, force: bool) -> None:
             torch.save(state, tmp)
 
 
-@click.command("reorder", epilog="""\b
+@command("reorder", epilog="""\b
 Examples:
   slimify reorder resnet18 --checkpoint rn18.pth -o rn18_l1.safetensors
   slimify reorder torchvision:mobilenet_v2 --checkpoint mbv2.pth --method bn -o mbv2.slim
@@ -62,9 +63,10 @@ Examples:
 @conversion_options
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="Pretrained plain weights to reorder (.safetensors, or a torch file read with weights_only).")
-@click.option("--method", type=click.Choice(METHOD_CHOICES), default="bn", show_default=True,
-              help="Importance score: weight L1/L2 norm, BatchNorm |gamma|, or Taylor |activation x gradient|.")
-@click.option("--data", help="Data for --method taylor: 'digits' or an image folder.")
+@click.option("--method", type=RegistryChoice(SCORES.names), default="bn", show_default=True,
+              help="Importance score: " + "; ".join(f"{e.name}: {e.help}" for e in SCORES) + ".")
+@click.option("--data", help="Data for a --method that needs it (" + ", ".join(SCORES.names(lambda e: e.options.get(
+    "needs_data"))) + "): 'digits' or an image folder.")
 @click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True,
               help="Batches of --data the Taylor score sums over.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -90,8 +92,8 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     if Path(model).suffix == ".slim":
         raise SlimifyError(f"{model} is already slimmable: reorder the plain model (name + --checkpoint) "
                            "before converting")
-    if method == "taylor" and data is None:
-        raise click.UsageError("--method taylor needs --data ('digits' or an image folder)")
+    if SCORES.get(method).options.get("needs_data") and data is None:
+        raise click.UsageError(f"--method {method} needs --data ('digits' or an image folder)")
     out = check_output(output, force, WEIGHT_SUFFIXES + (".slim",))
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     net = create(model, checkpoint=checkpoint, **kwargs).eval()

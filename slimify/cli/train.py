@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from slimify.cli.app import command
 from slimify.cli.model import parse_switches, reorder_option, resolve_reorder
 
 __all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
@@ -61,7 +62,7 @@ def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, 
                           reorder=resolve_reorder(reorder, checkpoint))
 
 
-@click.command("finetune", epilog="""\b
+@command("finetune", epilog="""\b
 Examples:
   slimify finetune torchvision:resnet18 --data digits --recipe demo -o runs/rn18
   slimify finetune resnet50 --checkpoint rn50.pth --reorder l1 --data ~/imagenet --recipe retrofit
@@ -114,7 +115,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     shutdown()
 
 
-@click.command("calibrate", epilog="""\b
+@command("calibrate", epilog="""\b
 Example:
   slimify calibrate runs/rn18/model.pt --data ~/imagenet --batches 100 -o rn18-calibrated.pt""")
 @model_options
@@ -138,7 +139,7 @@ def calibrate_command(model: str, data: str, batches: int, batch_size: int, outp
     click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output, overwrite=force)}")
 
 
-@click.command("eval", epilog="""\b
+@command("eval", epilog="""\b
 Examples:
   slimify eval runs/rn18/model.pt --data digits
   slimify eval rn50.slim --data ~/imagenet/val --widths 0.5,1.0 --markdown""")
@@ -172,7 +173,7 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
             tmp.write_text(json.dumps(result.to_dict(), indent=2))
 
 
-@click.command("demo", epilog="""\b
+@command("demo", epilog="""\b
 Examples:
   slimify demo                      # about a minute on a laptop CPU
   slimify demo --epochs 2 --out /tmp/slimify-demo""")

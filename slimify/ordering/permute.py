@@ -28,11 +28,12 @@ import torch.nn as nn
 from slimify.analysis.stages import Analysis, analyze_model, default_input
 from slimify.errors import SlimifyError
 from slimify.analysis.groups import GroupTable
-from slimify.ordering.scores import METHODS, as_batches, class_scores, tensor_of
+from slimify.ordering.registry import SCORES, class_scores
+from slimify.ordering.scores import as_batches, tensor_of
 from slimify.analysis.space import ChannelSpace
 from slimify.state import is_slimmable
 
-__all__ = ["reorder", "Reordering", "METHODS"]
+__all__ = ["reorder", "Reordering"]
 
 CHECK_TOLERANCE = 1e-4  # full-width outputs may differ by this much (relative to max |y|), else revert
 
@@ -253,16 +254,16 @@ def _permute_checked(model: nn.Module, analysis: Analysis, result: Reordering, e
 def reorder(model: nn.Module, method: str = "l1", data: Any = None, analysis: Analysis | None = None, *,
             example_input: torch.Tensor | None = None, batches: int = 8, check: bool = True) -> Reordering:
     """Permute each slimmable channel group of the *unconverted* ``model`` in place so its most
-    important channels come first (``method``: "l1", "l2", "bn" or "taylor"; ``data`` yields a
-    few batches of inputs or (inputs, targets) for "taylor", at most ``batches`` of them).
+    important channels come first (``method``: a score of ``ordering/registry.py``: "l1", "l2", "bn",
+    "taylor"…; ``data`` yields a few batches of inputs or (inputs, targets) for scores that need
+    data, such as "taylor", at most ``batches`` of them).
 
     ``analysis`` is reused when given (``convert(..., reorder=...)`` passes its own), else the
     model is analysed on ``example_input``. With ``check``, the full-width output on the example
     input is compared before and after; a difference undoes the permutation and warns (that
     would be an analysis bug, never a reason to return a changed network).
     """
-    if method not in METHODS:
-        raise SlimifyError(f"unknown reorder method {method!r}: use one of {', '.join(METHODS)}")
+    SCORES.get(method)  # an unknown name fails here, before any work
     if not isinstance(model, nn.Module):
         raise SlimifyError(f"reorder needs a torch.nn.Module, got {type(model).__name__}")
     if is_slimmable(model):

@@ -1,6 +1,7 @@
 """How much each channel class matters, so reordering can put the best channels first.
 
-A score is one number per channel *class* (the ids that are active together), indexed by the
+The scores ``reorder`` understands are registered in ``ordering/registry.py`` (by name, with
+their help); this module computes them. A score is one number per channel *class* (the ids that are active together), indexed by the
 class label (``GroupTable.class_of``). Every method reads only the analysis data and the
 model's tensors; none changes the model.
 
@@ -30,9 +31,7 @@ from slimify.errors import SlimifyError
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import ChannelSpace
 
-__all__ = ["METHODS", "class_scores", "tensor_of", "as_batches"]
-
-METHODS: tuple[str, ...] = ("l1", "l2", "bn", "taylor")  # importance scores reorder understands
+__all__ = ["norm_scores", "bn_scores", "taylor_scores", "tensor_of", "as_batches"]
 
 
 def tensor_of(model: nn.Module, path: str, name: str) -> torch.Tensor | None:
@@ -55,7 +54,7 @@ def _producers(model: nn.Module, space: ChannelSpace) -> list[tuple[torch.Tensor
     return found
 
 
-def _norm_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, p: int) -> np.ndarray:
+def norm_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, p: int) -> np.ndarray:
     scores = np.zeros(len(table.class_of), np.float64)
     with torch.no_grad():
         for t, ids in _producers(model, space):
@@ -64,7 +63,7 @@ def _norm_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, p: in
     return scores
 
 
-def _bn_scores(model: nn.Module, space: ChannelSpace, table: GroupTable) -> np.ndarray:
+def bn_scores(model: nn.Module, space: ChannelSpace, table: GroupTable) -> np.ndarray:
     """|gamma| per class; groups without any BatchNorm get their ``l1`` scores instead."""
     scores = np.zeros(len(table.class_of), np.float64)
     has_bn = np.zeros(len(table.groups), bool)
@@ -76,7 +75,7 @@ def _bn_scores(model: nn.Module, space: ChannelSpace, table: GroupTable) -> np.n
         groups = table.group_of_id[spec.ids]
         has_bn[np.unique(groups[groups >= 0])] = True
     if not has_bn.all():
-        fallback = _norm_scores(model, space, table, 1)
+        fallback = norm_scores(model, space, table, 1)
         for g in table.groups:
             if not has_bn[g.index]:
                 scores[g.classes] = fallback[g.classes]
@@ -159,7 +158,7 @@ def _per_sample(out: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor
     return prod.abs().sum(0)
 
 
-def _taylor_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, data: Any, batches: int) -> np.ndarray:
+def taylor_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, data: Any, batches: int) -> np.ndarray:
     if data is None:
         raise SlimifyError("taylor scores need data: pass a few batches (reorder_data=/data=, or --data)")
     owners = _channel_owners(space, table)
@@ -194,17 +193,3 @@ def _taylor_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, dat
     if used == 0:
         raise SlimifyError("taylor data yielded no batches: pass at least one batch")
     return scores
-
-
-def class_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, method: str,
-                 data: Any = None, batches: int = 8) -> np.ndarray:
-    """Importance of every channel class (indexed by class label) by ``method`` (see METHODS)."""
-    if method == "l1":
-        return _norm_scores(model, space, table, 1)
-    if method == "l2":
-        return _norm_scores(model, space, table, 2)
-    if method == "bn":
-        return _bn_scores(model, space, table)
-    if method == "taylor":
-        return _taylor_scores(model, space, table, data, batches)
-    raise SlimifyError(f"unknown reorder method {method!r}: use one of {', '.join(METHODS)}")
