@@ -1,5 +1,5 @@
 """The training commands of the ``slimify`` CLI (finetune, calibrate, eval, demo), thin over
-``slimify.train``; ``slimify/cli.py`` loads them lazily by name."""
+``slimify.train``; each registers with ``slimify.cli.app.command``."""
 from __future__ import annotations
 
 import json
