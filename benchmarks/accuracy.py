@@ -25,10 +25,10 @@ import torch.nn as nn
 
 import slimify
 from benchmarks.results import RESULTS, machine, write_section
-from slimify.rewrite.serve import slim_data
-from slimify.train import digits, evaluate, finetune
 from slimify.analysis.plan import make_divisible
+from slimify.rewrite.serve import slim_data
 from slimify.store.digits_net import DigitsNet
+from slimify.train import digits, evaluate, finetune
 
 __all__ = ["run", "share_batchnorm", "to_markdown", "main"]
 

@@ -114,6 +114,7 @@ def _first_line(e: BaseException) -> str:
 def _export_check(model: nn.Module, x: torch.Tensor, result: dict[str, Any]) -> None:
     """Exported width 0.5 == slimmable width 0.5, once ``slimify.export`` exists."""
     import importlib.util
+
     import slimify
     if importlib.util.find_spec("slimify.export") is None:
         result["export_ok"] = None

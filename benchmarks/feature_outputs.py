@@ -62,7 +62,7 @@ def main() -> None:
         rows.append(measure(name))
         print(rows[-1], flush=True)
     body = "\n".join([
-        f"Command: `python -m benchmarks.feature_outputs --write`  ",
+        "Command: `python -m benchmarks.feature_outputs --write`  ",
         f"Machine: {machine()}; {time.perf_counter() - start:.0f} s. Random init, 224 px, switches (0.25, 0.5, "
         "0.75, 1.0), divisor 8. The output's features per switch when narrow switches pad it back with zeros "
         "(`docs/design.md`, *Model outputs*), else why it keeps its size.", "",

@@ -22,9 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import slimify
-from slimify.train import calibrate_bn, digits, evaluate
-
 from benchmarks.results import machine, write_section
+from slimify.train import calibrate_bn, digits, evaluate
 
 __all__ = ["MODELS", "ORDERINGS", "train_plain", "zero_shot", "run", "main"]
 

@@ -13,9 +13,9 @@ import onnxruntime as ort
 import torch
 
 import slimify
+from slimify.deploy.budget import pick
 from slimify.deploy.extract import to_onnx
 from slimify.store.slimfile import example_shape
-from slimify.deploy.budget import pick
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused
 from slimify.ordering.permute import reorder as reorder_channels
 from slimify.rewrite.apply import rewrite
-from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
+from slimify.state import STATE_ATTR, ConversionRecord, SlimState, get_state, is_slimmable
 
 __all__ = ["convert", "report"]
 
@@ -38,13 +38,12 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
     state = SlimState(analysis.plan.switches)
     rewrite(model, analysis.plan, state)
     example_shape = list((default_input(model) if example_input is None else example_input).shape)
-    state.info.update(report=analysis.report, divisor=analysis.plan.divisor, reorder=ordering,
-                      example_shape=example_shape)
-    state.info["analysis"] = analysis
+    state.record = ConversionRecord(report=analysis.report, analysis=analysis, divisor=analysis.plan.divisor,
+                                    reorder=ordering, example_shape=example_shape)
     setattr(model, STATE_ATTR, state)
     return model
 
 
 def report(model: nn.Module) -> ConversionReport:
     """The groups of a converted model, their widths per switch and the fixed ones' reasons."""
-    return get_state(model).info["report"]
+    return get_state(model).record.report

@@ -1,22 +1,40 @@
 """The one width setting a converted model shares with all of its slimmable parts.
 
 Every slimmable module holds a reference to the same :class:`SlimState`; switching width is one
-assignment, never a walk over the modules (STYLE.md lesson 8).
+assignment, never a walk over the modules.
 """
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
 
-__all__ = ["SlimState", "get_state", "is_slimmable", "switches", "set_width", "width", "get_width"]
+if TYPE_CHECKING:
+    from slimify.analysis.report import ConversionReport
+    from slimify.analysis.stages import Analysis
+    from slimify.ordering.permute import Reordering
+
+__all__ = ["SlimState", "ConversionRecord", "get_state", "is_slimmable", "switches", "set_width", "width", "get_width"]
 
 STATE_ATTR = "_slimify_state"
+
+
+@dataclass
+class ConversionRecord:
+    """What a conversion found and chose, kept on the converted model: the report and analysis
+    (``slimify.report``, ``save``), the divisor, the channel reordering and the example input's
+    shape (what ``save`` records so ``load`` rebuilds the same plan)."""
+
+    report: ConversionReport | None = None
+    analysis: Analysis | None = None
+    divisor: int = 8
+    reorder: Reordering | None = None
+    example_shape: list[int] | None = None
 
 
 @dataclass
@@ -30,7 +48,7 @@ class SlimState:
     switches: tuple[float, ...]
     index: int = -1  # index into ``switches``; -1 is the widest
     on_switch: list[Callable[[int], None]] = field(default_factory=list, repr=False)
-    info: dict[str, Any] = field(default_factory=dict, repr=False)  # conversion settings, plan
+    record: ConversionRecord = field(default_factory=ConversionRecord, repr=False)
 
     def __post_init__(self) -> None:
         self.index = len(self.switches) - 1

@@ -23,12 +23,12 @@ from torch.utils.data import Subset
 
 import slimify
 from slimify.cli.app import main
-from slimify.errors import SlimifyError
-from slimify.store.sources import TinyNet, create, read_state_dict
 from slimify.deploy.budget import parse_amount
+from slimify.errors import SlimifyError
+from slimify.store.digits_net import DigitsNet
+from slimify.store.sources import TinyNet, create, read_state_dict
 from slimify.train import digits, evaluate, finetune, load_recipe
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
-from slimify.store.digits_net import DigitsNet
 from tests.slimfiles import rewrite_slim
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -271,7 +271,7 @@ def files(tmp_path_factory) -> Path:
     """A directory of every damaged, hostile or mismatched input the tables refer to."""
     root = tmp_path_factory.mktemp("inputs")
     model = slimify.convert(create("slimify:tinynet", num_classes=5), example_input=torch.randn(1, 3, 32, 32))
-    slimify.state.get_state(model).info["example_shape"] = [1, 3, 32, 32]
+    slimify.state.get_state(model).record.example_shape = [1, 3, 32, 32]
     slimify.save(model, root / "ok.slim")
     _write_slim_variants(root, root / "ok.slim")
     _write_checkpoints(root)

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 import slimify
-from slimify.errors import SlimifyError
 from slimify.deploy.extract import active_params, export, to_onnx, to_torch_export
+from slimify.errors import SlimifyError
 from slimify.store.sources import TinyNet
 from tests.test_zoo import DIVISOR
 from tests.zoo import ZOO, build

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import slimify
@@ -34,7 +35,7 @@ def _randomize(model: nn.Module) -> nn.Module:
 
 def _tiny(switches: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)) -> nn.Module:
     model = slimify.convert(create("slimify:tinynet", num_classes=7), switches, example_input=X32[:1])
-    slimify.state.get_state(model).info["example_shape"] = [1, 3, 32, 32]
+    slimify.state.get_state(model).record.example_shape = [1, 3, 32, 32]
     return _randomize(model).eval()
 
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import slimify
-from slimify.store.sources import create
-from slimify.deploy.extract import check_onnx, to_onnx
 from slimify.analysis.space import UNREAD_OUTPUT_REASON
+from slimify.deploy.extract import check_onnx, to_onnx
+from slimify.store.sources import create
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,7 +89,7 @@ def test_reordering_leaves_returned_features_in_their_order() -> None:
     slimify.convert(model, SWITCHES, divisor=1, example_input=X, reorder="l1")
     with torch.no_grad():
         assert torch.allclose(model(X), expected, atol=1e-5)
-    skipped = model._slimify_state.info["reorder"].skipped
+    skipped = model._slimify_state.record.reorder.skipped
     assert any("in this order" in reason for reason in skipped.values())
 
 

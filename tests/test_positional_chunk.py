@@ -85,14 +85,14 @@ def test_shufflenet_like_blocks_slim_and_stay_exact() -> None:
     plain = slimify.export(model, 0.5)
     assert plain.blocks[3].branch[0].in_channels == 8  # really narrower, every block
     assert torch.allclose(plain(x), narrow, atol=1e-5)
-    analysis = slimify.state.get_state(model).info["analysis"]
+    analysis = slimify.state.get_state(model).record.analysis
     assert analysis.space.ordered, "the stacked shuffles need chunk by position"
 
 
 def test_reorder_leaves_position_matched_groups_in_order() -> None:
     model, x, expected = _tiny_shufflenet()
     slimify.convert(model, divisor=2, example_input=x[:1], reorder="l1")
-    result = slimify.state.get_state(model).info["reorder"]
+    result = slimify.state.get_state(model).record.reorder
     assert any("matched by position" in why for why in result.skipped.values())
     with torch.no_grad():
         assert (model(x) - expected).abs().max() <= 1e-5 * expected.abs().max()
@@ -104,7 +104,7 @@ def test_a_plain_chunk_keeps_identities() -> None:
     x = torch.randn(2, 3, 8, 8)
     expected = model(x)
     slimify.convert(model, divisor=2, example_input=x[:1])
-    analysis = slimify.state.get_state(model).info["analysis"]
+    analysis = slimify.state.get_state(model).record.analysis
     assert not analysis.space.ordered
     with torch.no_grad():
         assert torch.allclose(model(x), expected, atol=1e-6)

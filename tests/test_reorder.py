@@ -133,7 +133,7 @@ def test_narrow_switch_keeps_the_best_channels() -> None:
     x = torch.randn(2, 3, 64, 64)
     slimify.convert(plain, example_input=x[:1])
     slimify.convert(ordered, example_input=x[:1], reorder="l1")
-    result = slimify.state.get_state(ordered).info["reorder"]
+    result = slimify.state.get_state(ordered).record.reorder
     report = slimify.report(ordered)
     half = report.switches.index(0.5)
     # the classes kept at 0.5 are the highest-scoring ones, and not the old prefix
@@ -155,7 +155,7 @@ def test_convert_with_taylor_data_and_report() -> None:
         expected = model(x)
     data = [(x, torch.tensor([0, 1, 2, 3]))]
     slimify.convert(model, (0.5, 1.0), divisor=4, example_input=x[:1], reorder="taylor", reorder_data=data)
-    result = slimify.state.get_state(model).info["reorder"]
+    result = slimify.state.get_state(model).record.reorder
     assert result.method == "taylor" and result.moved > 0
     with torch.no_grad():
         assert_same(model(x), expected)

@@ -8,9 +8,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 import slimify
-from slimify.rules import find_module_rule
 from slimify.analysis.shape_pass import SHAPE_KEY, VALUE_KEY, _ShapeRecorder, record_on_meta
 from slimify.analysis.trace import trace
+from slimify.rules import find_module_rule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

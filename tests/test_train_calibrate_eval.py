@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader, Subset
 
 import slimify
 from slimify import SlimifyError
-from slimify.train import calibrate_bn, digits, evaluate
 from slimify.store.digits_net import DigitsNet
+from slimify.train import calibrate_bn, digits, evaluate
 from slimify.train.testing import slim_digitsnet
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)

@@ -10,7 +10,6 @@ from slimify.cli.app import cli, main
 from slimify.cli.train import calibrate_command, demo_command, eval_command, finetune_command
 
 
-
 @pytest.mark.parametrize("name", ["finetune", "calibrate", "eval", "demo"])
 def test_help_has_an_example(name) -> None:
     result = CliRunner().invoke(cli, [name, "--help"])

@@ -9,11 +9,11 @@ from torch.utils.data import Subset
 
 import slimify
 from slimify import SlimifyError
+from slimify.store.digits_net import DigitsNet
 from slimify.train import digits, finetune
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
-from slimify.train.losses import distill_loss
 from slimify.train.loop import Trainer
-from slimify.store.digits_net import DigitsNet
+from slimify.train.losses import distill_loss
 from slimify.train.progress import read_log
 from slimify.train.recipe import load_recipe
 from slimify.train.testing import slim_digitsnet

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from slimify import SlimifyError
+from slimify.store.digits_net import DigitsNet
 from slimify.train.optim import lr_factor, param_groups
 from slimify.train.recipe import RECIPE_DIR, Recipe, load_recipe, recipe_names
-from slimify.store.digits_net import DigitsNet
 
 
 def test_shipped_recipes_hold_paper_settings() -> None:

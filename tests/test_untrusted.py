@@ -48,7 +48,7 @@ def _hostile_slim_configs(root: Path, marker: Path) -> None:
     check stands between the file and the import)."""
     ok, weights = root / "ok.slim", root / "w.pt"
     model = slimify.convert(create("slimify:tinynet"), (0.5, 1.0), example_input=torch.randn(1, 3, 32, 32))
-    slimify.state.get_state(model).info["example_shape"] = [1, 3, 32, 32]
+    slimify.state.get_state(model).record.example_shape = [1, 3, 32, 32]
     slimify.save(model, ok)
     sources = {"os_system": {"spec": "os:system", "kwargs": {"command": f"touch {marker}"}},
                "subprocess": {"spec": "subprocess:run", "kwargs": {"args": ["touch", str(marker)]}},

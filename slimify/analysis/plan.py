@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from slimify.errors import SlimifyError
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import ChannelSpace, Count
+from slimify.errors import SlimifyError
 
 __all__ = ["make_divisible", "check_switches", "Plan", "make_plan", "Index"]
 

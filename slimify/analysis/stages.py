@@ -6,20 +6,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from slimify.analysis.walk import analyze
-from slimify.errors import SlimifyError
-from slimify.gcpause import gc_paused
 from slimify.analysis.groups import GroupTable, find_groups
 from slimify.analysis.plan import NotABox, Plan, Unbalanced, check_switches, make_plan
 from slimify.analysis.report import ConversionReport, build_report
-from slimify.rules import find_module_rule
-from slimify.rules.caches import caches_emptied
 from slimify.analysis.space import ChannelSpace
 from slimify.analysis.trace import trace
+from slimify.analysis.walk import analyze
+from slimify.errors import SlimifyError
+from slimify.gcpause import gc_paused
+from slimify.rules import find_module_rule
+from slimify.rules.caches import caches_emptied
 
 __all__ = ["analyze_model", "Analysis", "default_input"]
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx as fx
 
+from slimify.analysis.space import OUTPUT_REASON, ChannelSpace
+from slimify.analysis.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 from slimify.rules import ParamVal, RuleContext, TensorVal
 from slimify.rules.base import tensors_in
 from slimify.rules.dispatch import run_rule
-from slimify.analysis.space import OUTPUT_REASON, ChannelSpace
-from slimify.analysis.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 
 __all__ = ["analyze"]
 

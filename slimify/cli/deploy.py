@@ -120,8 +120,8 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
                  threads: int | None, device: str, mode: str, output: str | None, force: bool) -> None:
     """Measure every switch of a .slim FILE on this machine and print the widest one within all
     the budgets given (and export it with -o)."""
-    from slimify.errors import SlimifyError
     from slimify.deploy.budget import parse_amount, pick
+    from slimify.errors import SlimifyError
 
     if latency_ms is None and flops is None and params is None and memory_mb is None:
         raise click.UsageError("give at least one budget: --latency-ms, --flops, --params or --memory-mb")

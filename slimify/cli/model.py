@@ -127,7 +127,7 @@ def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], di
     net = create(model, checkpoint=checkpoint, **kwargs).eval()
     example = torch.randn(1, *input_size) if input_size else default_input(net)
     slimify.convert(net, switches=switches, divisor=divisor, example_input=example, reorder=reorder)
-    slimify.state.get_state(net).info["example_shape"] = list(example.shape)
+    slimify.state.get_state(net).record.example_shape = list(example.shape)
     return net
 
 

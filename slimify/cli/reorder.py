@@ -103,8 +103,8 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
         slimify.convert(net, switches=switches, divisor=divisor, example_input=example, reorder=method,
                         reorder_data=batches_)
         state = slimify.state.get_state(net)
-        state.info["example_shape"] = list(example.shape)
-        result = state.info["reorder"]
+        state.record.example_shape = list(example.shape)
+        result = state.record.reorder
         slimify.save(net, out, overwrite=force)
     else:
         result = slimify.reorder(net, method, batches_, example_input=example, batches=batches)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from slimify.errors import SlimifyError
 from slimify.deploy.measure import ProfileResult, SwitchProfile
+from slimify.errors import SlimifyError
 
 __all__ = ["pick", "parse_amount", "BUDGETS"]
 

@@ -15,12 +15,13 @@ import torch
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
-from slimify.store.slimfile import atomic_path, example_input
-from slimify.store.sources import SOURCE_ATTR
 from slimify.rewrite.batchnorm import BN_TENSORS, SwitchBatchNorm
 from slimify.rewrite.output_pad import find_output_pad, remove_output_pad
 from slimify.rewrite.serve import SLIM_KEY, SlimData, restore_class, slim_data
-from slimify.state import STATE_ATTR, get_state, width as at_width
+from slimify.state import STATE_ATTR, get_state
+from slimify.state import width as at_width
+from slimify.store.slimfile import atomic_path, example_input
+from slimify.store.sources import SOURCE_ATTR
 
 __all__ = ["export", "active_params", "to_torch_export", "to_onnx", "check_onnx"]
 

@@ -24,10 +24,11 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from slimify.errors import SlimifyError
 from slimify.deploy.extract import active_params, export
+from slimify.errors import SlimifyError
+from slimify.state import get_state
+from slimify.state import width as at_width
 from slimify.store.slimfile import atomic_path
-from slimify.state import get_state, width as at_width
 
 __all__ = ["profile", "ProfileResult", "SwitchProfile", "measure_memory", "input_shape", "MEMORY_METHOD"]
 

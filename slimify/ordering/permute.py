@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from slimify.analysis.groups import GroupTable
+from slimify.analysis.space import ChannelSpace
 from slimify.analysis.stages import Analysis, analyze_model, default_input
 from slimify.errors import SlimifyError
-from slimify.analysis.groups import GroupTable
 from slimify.ordering.registry import SCORES, class_scores
 from slimify.ordering.scores import as_batches, tensor_of
-from slimify.analysis.space import ChannelSpace
 from slimify.state import is_slimmable
 
 __all__ = ["reorder", "Reordering"]

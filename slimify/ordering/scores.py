@@ -27,9 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimify.errors import SlimifyError
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import ChannelSpace
+from slimify.errors import SlimifyError
 
 __all__ = ["norm_scores", "bn_scores", "taylor_scores", "tensor_of", "as_batches"]
 

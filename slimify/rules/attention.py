@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch.nn as nn
 
-from slimify.rules.base import ParamVal, RuleContext, TensorVal
-from slimify.rules.registry import rule
-from slimify.rules.literal_sizes import follow_literal, register_attr
 from slimify.analysis.space import Count
+from slimify.rules.base import ParamVal, RuleContext, TensorVal
+from slimify.rules.literal_sizes import follow_literal, register_attr
+from slimify.rules.registry import rule
 
 __all__ = ["head_units", "multihead_attention", "shifted_window_attention", "relative_position_bias",
            "decomposed_rel_pos"]

@@ -8,7 +8,6 @@ import numpy as np
 
 from slimify.rules.base import RuleContext, TensorVal, tensors_in
 from slimify.rules.registry import rule
-from slimify.analysis.space import FIXED
 
 __all__ = ["elementwise", "passthrough", "reduction", "creation", "fixed_output"]
 
@@ -18,7 +17,9 @@ def _aligned(t: TensorVal, ndim: int) -> tuple[np.ndarray, tuple[int, ...]]:
     return t.label.reshape((1,) * pad + t.label.shape), (1,) * pad + tuple(t.shape)
 
 
-@rule("add", "sub", "mul", "div", "truediv", "true_divide", "floordiv", "pow", "maximum", "minimum", "where", "clamp", "clip", "clamp_min", "clamp_max", "lerp", "addcmul", "addcdiv", "masked_fill", "iadd", "isub", "imul", "itruediv", "add_", "sub_", "mul_", "div_", "clamp_", "masked_fill_", "rsub", "fmod", "remainder", "atan2", "hypot")
+@rule("add", "sub", "mul", "div", "truediv", "true_divide", "floordiv", "pow", "maximum", "minimum", "where", "clamp",
+      "clip", "clamp_min", "clamp_max", "lerp", "addcmul", "addcdiv", "masked_fill", "iadd", "isub", "imul", "itruediv",
+      "add_", "sub_", "mul_", "div_", "clamp_", "masked_fill_", "rsub", "fmod", "remainder", "atan2", "hypot")
 def elementwise(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """Broadcasting math (residual add, SE gating mul…): elements meeting at one output
     position must be active together. An operand broadcast across channels (a drop-path mask,
@@ -31,7 +32,7 @@ def elementwise(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     all_rigid = set().union(*(r for _, _, r in operands))
     shared = ctx.shared_across([lab for lab, _, _ in operands], [real for _, real, _ in operands], all_rigid)
     taking = []
-    for (lab, real, rigid), is_shared in zip(operands, shared):
+    for (lab, _real, rigid), is_shared in zip(operands, shared):
         if is_shared:  # a scalar gain, a spatial map, a rotary table shared by all heads
             ctx.space.fix(lab, f"broadcast across channels at {ctx.space.context}")
             continue
@@ -50,7 +51,16 @@ def elementwise(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     return TensorVal(label.copy(), out_shape, rigid)
 
 
-@rule("relu", "relu_", "relu6", "gelu", "silu", "silu_", "hardswish", "hardsigmoid", "mish", "leaky_relu", "elu", "selu", "celu", "softplus", "hardtanh", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "exp_", "log", "sqrt", "rsqrt", "abs", "neg", "erf", "sin", "cos", "reciprocal", "sign", "square", "logit", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "softmax", "log_softmax", "normalize", "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "lp_pool2d", "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type_as", "type", "zeros_like", "ones_like", "empty_like", "rand_like", "randn_like", "full_like", "pos", "nan_to_num", "pixel_shuffle_free", "hard_sigmoid", "hard_swish", "swish", "requires_grad_", "torchvision.ops:stochastic_depth")
+@rule("relu", "relu_", "relu6", "gelu", "silu", "silu_", "hardswish", "hardsigmoid", "mish", "leaky_relu", "elu",
+      "selu", "celu", "softplus", "hardtanh", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "exp_", "log", "sqrt",
+      "rsqrt", "abs", "neg", "erf", "sin", "cos", "reciprocal", "sign", "square", "logit", "dropout", "dropout1d",
+      "dropout2d", "dropout3d", "alpha_dropout", "softmax", "log_softmax", "normalize", "interpolate", "upsample",
+      "upsample_nearest", "upsample_bilinear", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d",
+      "max_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+      "adaptive_max_pool2d", "lp_pool2d", "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to",
+      "type_as", "type", "zeros_like", "ones_like", "empty_like", "rand_like", "randn_like", "full_like", "pos",
+      "nan_to_num", "pixel_shuffle_free", "hard_sigmoid", "hard_swish", "swish", "requires_grad_",
+      "torchvision.ops:stochastic_depth")
 def passthrough(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """One tensor in, same channels out (activations, pooling, dropout, interpolation)."""
     x = ctx.tensor(next(tensors_in(args)))
@@ -107,7 +117,8 @@ def reduction(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     return result
 
 
-@rule("zeros", "ones", "full", "empty", "arange", "rand", "randn", "randint", "linspace", "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "tensor", "bernoulli_", "bernoulli", "div_by_keep", "eye", "meshgrid")
+@rule("zeros", "ones", "full", "empty", "arange", "rand", "randn", "randint", "linspace", "new_zeros", "new_ones",
+      "new_full", "new_empty", "new_tensor", "tensor", "bernoulli_", "bernoulli", "div_by_keep", "eye", "meshgrid")
 def creation(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """``torch.zeros``, ``new_ones``, ``arange``…: new tensors that are not channels."""
     return fixed_output(ctx)

@@ -8,11 +8,11 @@ import string
 import numpy as np
 import torch.fx as fx
 
+from slimify.analysis.space import Count
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.elementwise import elementwise, passthrough
 from slimify.rules.literal_sizes import follow_literal
 from slimify.rules.registry import rule
-from slimify.analysis.space import FIXED, Count
 
 __all__ = ["contract", "matmul", "einsum", "linear_fn", "conv_fn", "layer_norm_fn", "sdpa"]
 

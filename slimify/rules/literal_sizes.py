@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch.fx as fx
 
-from slimify.rules.base import ParamVal, RuleContext, TensorVal
-from slimify.analysis.trace import VALUE_KEY
 from slimify.analysis.space import Count
+from slimify.analysis.trace import VALUE_KEY
+from slimify.rules.base import ParamVal, RuleContext, TensorVal
 
 __all__ = ["is_dynamic", "follow_literal", "counts_units", "attribute_candidates", "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
 

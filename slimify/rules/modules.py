@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch.nn as nn
 
+from slimify.analysis.space import Count
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.elementwise import fixed_output, passthrough
-from slimify.rules.registry import rule
 from slimify.rules.literal_sizes import register_attr
-from slimify.analysis.space import Count
+from slimify.rules.registry import rule
 
 __all__ = ["unknown_module", "WIDE_GROUP"]
 

@@ -7,11 +7,10 @@ runs the ordinary rule table over that graph, as if the module had been traced i
 from __future__ import annotations
 
 import inspect
-import types
 import math
-from copy import deepcopy
-import operator
+import types
 from collections import OrderedDict
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -19,12 +18,12 @@ import torch.fx as fx
 import torch.fx._symbolic_trace as fx_trace
 import torch.nn as nn
 
+from slimify.analysis.shape_pass import holds_tensor, note_value
+from slimify.analysis.trace import VALUE_KEY, SlimifyTracer, graph_module
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.caches import empty_caches
 from slimify.rules.dispatch import run_rule
 from slimify.rules.registry import find_module_rule, rule
-from slimify.analysis.shape_pass import holds_tensor, note_value
-from slimify.analysis.trace import VALUE_KEY, SlimifyTracer, graph_module
 
 __all__ = ["ConcreteTracer", "trace_through", "notrace_classes"]
 

@@ -7,11 +7,18 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from slimify.rules.base import RuleContext, TensorVal
-from slimify.rules.registry import method, rule
-from slimify.rules.literal_sizes import (SizeExpr, attribute_candidates, counts_units, follow_literal, is_dynamic, size_expr,
-                                 tie_sizes)
 from slimify.analysis.space import Count
+from slimify.rules.base import RuleContext, TensorVal
+from slimify.rules.literal_sizes import (
+    SizeExpr,
+    attribute_candidates,
+    counts_units,
+    follow_literal,
+    is_dynamic,
+    size_expr,
+    tie_sizes,
+)
+from slimify.rules.registry import method, rule
 
 __all__ = ["reshape_to", "view", "flatten", "unflatten", "permute", "transpose", "expand", "repeat",
            "repeat_interleave", "same_shape", "spatial_only", "tensor_unfold"]
@@ -55,7 +62,7 @@ def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_
     varying = [any(x.label.shape[d] > 1 for d in ins) for ins, _ in blocks]
     expand_dims = [d for (ins, _), v in zip(blocks, varying) if v for d in ins]
     target = [1] * len(out_shape)
-    for (ins, outs), v in zip(blocks, varying):
+    for (_ins, outs), v in zip(blocks, varying):
         for o in outs:
             target[o] = out_shape[o] if v else 1
     label = np.ascontiguousarray(x.expanded(expand_dims)).reshape(target)

@@ -1,19 +1,19 @@
 """Rules for ops that join or cut the channel dim: cat, stack, split/chunk/unbind, indexing, pad."""
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
-import operator
-
 import torch
 import torch.fx as fx
 
-from slimify.rules.base import ParamVal, RuleContext, TensorVal
-from slimify.rules.registry import method, rule
-from slimify.rules.literal_sizes import SizeExpr, follow_literal, size_expr, tie_sizes
 from slimify.analysis.space import Count
 from slimify.analysis.trace import SHAPE_KEY
+from slimify.rules.base import ParamVal, RuleContext, TensorVal
+from slimify.rules.elementwise import fixed_output
+from slimify.rules.literal_sizes import SizeExpr, follow_literal, size_expr, tie_sizes
+from slimify.rules.registry import method, rule
 
 __all__ = ["cat", "stack", "split", "chunk", "unbind", "getitem", "pad"]
 

@@ -6,14 +6,11 @@ its output); the other dims of the input must carry no channels, else the channe
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import torch.nn.functional as F
 
-from slimify.rules.base import FunctionRule, RuleContext, TensorVal
 from slimify.analysis.space import Count
+from slimify.rules.base import FunctionRule, RuleContext, TensorVal
 from slimify.rules.registry import rule
 
 __all__ = ["channel_dims", "patch_merging_pad", "unfold", "fold", "pre_pool", "post_pool"]

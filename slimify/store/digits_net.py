@@ -2,11 +2,9 @@
 seconds (``slimify:digitsnet`` in :mod:`slimify.store.sources`), which rounds channels like the conversion plan."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from slimify.analysis.plan import make_divisible
-
 
 __all__ = ["DigitsNet"]
 

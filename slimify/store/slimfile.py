@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
-from slimify.store.sources import ModelSource, build, check_state_dict, source_of
 from slimify.state import get_state
+from slimify.store.sources import ModelSource, build, check_state_dict, source_of
 
 __all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_shape", "plan_digest",
            "tensors_digest", "FORMAT", "VERSION"]
@@ -73,7 +73,7 @@ def _umask() -> int:
 
 def example_shape(model: nn.Module) -> tuple[int, ...]:
     """The input shape ``model`` was converted with (recorded in its state), else its default."""
-    shape = get_state(model).info.get("example_shape")
+    shape = get_state(model).record.example_shape
     if shape:
         return tuple(int(s) for s in shape)
     from slimify.analysis.stages import default_input
@@ -117,7 +117,7 @@ def _feed(h: Any, obj: Any) -> None:
 def plan_digest(model: nn.Module) -> str:
     """SHA-256 of the conversion plan (widths, every tensor's cut, attributes, BatchNorms per
     switch): equal digests mean a rebuilt model slims exactly like the saved one."""
-    analysis = get_state(model).info.get("analysis")
+    analysis = get_state(model).record.analysis
     if analysis is None:
         raise SlimifyError(f"{type(model).__name__} has no conversion plan: convert it with slimify.convert")
     plan = analysis.plan
@@ -162,7 +162,7 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
     src = source_of(model) if source is None else ModelSource(source) if isinstance(source, str) else source
     tensors = _state_tensors(model)
     config = {"format": FORMAT, "version": VERSION, "slimify_version": __version__, "source": src.to_dict(),
-              "conversion": {"switches": list(state.switches), "divisor": int(state.info.get("divisor", 8)),
+              "conversion": {"switches": list(state.switches), "divisor": int(state.record.divisor),
                              "example_shape": list(example_shape(model))},
               "plan_sha256": plan_digest(model), "tensors_sha256": tensors_digest(tensors),
               "width": state.width, "model": type(model).__name__}
@@ -244,7 +244,7 @@ def load(path: str | Path) -> nn.Module:
     x = torch.randn(conv["example_shape"], generator=torch.Generator().manual_seed(0))
     slimify.convert(model, switches=tuple(conv["switches"]), divisor=conv["divisor"], example_input=x)
     state = get_state(model)
-    state.info["example_shape"] = list(x.shape)
+    state.record.example_shape = list(x.shape)
     if plan_digest(model) != config["plan_sha256"]:
         raise SlimifyError(f"{path}: the rebuilt model slims differently from the saved one (plan digest "
                            "mismatch; saved with another slimify/timm/torchvision version?)")

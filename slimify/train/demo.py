@@ -13,11 +13,11 @@ import torch
 
 import slimify
 from slimify.errors import SlimifyError
+from slimify.store.digits_net import DigitsNet
+from slimify.train.calibrate import calibrate_bn
 from slimify.train.data import digits
 from slimify.train.evaluate import EvalResult, evaluate
 from slimify.train.loop import finetune
-from slimify.store.digits_net import DigitsNet
-from slimify.train.calibrate import calibrate_bn
 from slimify.train.resolve import convert_spec
 
 __all__ = ["run_demo", "DemoResult", "DEMO_SPEC"]

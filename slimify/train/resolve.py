@@ -29,7 +29,7 @@ def convert_spec(model: nn.Module, spec: dict[str, Any], reorder: str | None = N
     model = slimify.convert(model, switches=tuple(spec["switches"]), divisor=spec["divisor"], example_input=example,
                             **extra)
     if size:
-        slimify.state.get_state(model).info["example_shape"] = [1, *size]  # what slimify.save records
+        slimify.state.get_state(model).record.example_shape = [1, *size]  # what slimify.save records
     return model
 
 
