@@ -67,6 +67,7 @@ def test_every_rule_file_registers_by_being_imported_from_the_registry() -> None
 
 
 def test_score_recipe(recwarn: pytest.WarningsRecorder) -> None:
+    import slimify.cli.reorder  # noqa: F401 - the CLI imported before the score exists: choices and help follow
     @SCORES.register("toy_last_first", help="later channels first (a toy)")
     def toy(model, space, table, data, batches):  # noqa: ANN001, ANN202 - the recipe's signature
         return np.arange(len(table.class_of), dtype=np.float64)
@@ -101,6 +102,8 @@ def test_export_format_recipe(slim: Path) -> None:
         return "state dict; load with torch.load"
 
     try:
+        for name in ("export", "pick"):  # help lists the new suffix, even with the CLI imported before
+            assert ".toyweights" in CliRunner().invoke(cli, [name, "--help"], terminal_width=200).output
         out = slim.parent / "w050.TOYWEIGHTS"  # suffixes match without case
         result = CliRunner().invoke(cli, ["export", str(slim), "--width", "0.5", "-o", str(out)],
                                     catch_exceptions=False)

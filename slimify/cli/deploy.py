@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import check_output, size_option
+from slimify.cli.model import LiveHelpOption, check_output, size_option
 from slimify.deploy.formats import FORMATS
 
 __all__ = ["export_command", "profile_command", "pick_command", "write_export"]
@@ -59,8 +59,8 @@ Examples:
   slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--width", type=float, required=True, help="The switch to export (one of the model's widths).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Output, by suffix: " + "; ".join(f"{e.name}: {e.help}" for e in FORMATS) + ".")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), cls=LiveHelpOption,
+              help_fn=lambda: "Output, by suffix: " + "; ".join(f"{e.name}: {e.help}" for e in FORMATS) + ".")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @size_option
 def export_command(file: str, width: float, output: str, force: bool, input_size: tuple[int, int, int] | None) -> None:
@@ -113,7 +113,8 @@ Examples:
 @click.option("--params", help="Parameter budget, e.g. 5M.")
 @click.option("--memory-mb", type=click.FloatRange(min=0, min_open=True), help="Peak memory budget (MB).")
 @measure_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help=f"Also export the picked width ({'/'.join(FORMATS.names())}).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), cls=LiveHelpOption,
+              help_fn=lambda: f"Also export the picked width ({'/'.join(FORMATS.names())}).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def pick_command(file: str, latency_ms: float | None, flops: str | None, params: str | None, memory_mb: float | None,
                  input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,

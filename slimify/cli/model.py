@@ -12,7 +12,7 @@ import click
 from slimify.cli.app import command
 
 __all__ = ["convert_command", "inspect_command", "parse_switches", "parse_input_size", "check_output",
-           "size_option", "RegistryChoice"]
+           "size_option", "RegistryChoice", "LiveHelpOption"]
 
 F = Callable[..., Any]
 
@@ -35,6 +35,23 @@ class RegistryChoice(click.Choice):
 
     @choices.setter
     def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+
+class LiveHelpOption(click.Option):
+    """A ``click.Option`` whose help text is written when shown (``help_fn``), so it lists what a
+    registry holds then."""
+
+    def __init__(self, *args: Any, help_fn: Callable[[], str], **kwargs: Any) -> None:
+        self._help_fn = help_fn
+        super().__init__(*args, **kwargs)
+
+    @property
+    def help(self) -> str:  # type: ignore[override]
+        return self._help_fn()
+
+    @help.setter
+    def help(self, value: Any) -> None:  # click.Option.__init__ assigns it
         pass
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import RegistryChoice, check_output, conversion_options
+from slimify.cli.model import LiveHelpOption, RegistryChoice, check_output, conversion_options
 from slimify.ordering.registry import SCORES
 
 __all__ = ["reorder_command", "WEIGHT_SUFFIXES"]
@@ -63,10 +63,10 @@ Examples:
 @conversion_options
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="Pretrained plain weights to reorder (.safetensors, or a torch file read with weights_only).")
-@click.option("--method", type=RegistryChoice(SCORES.names), default="bn", show_default=True,
-              help="Importance score: " + "; ".join(f"{e.name}: {e.help}" for e in SCORES) + ".")
-@click.option("--data", help="Data for a --method that needs it (" + ", ".join(SCORES.names(lambda e: e.options.get(
-    "needs_data"))) + "): 'digits' or an image folder.")
+@click.option("--method", type=RegistryChoice(SCORES.names), default="bn", show_default=True, cls=LiveHelpOption,
+              help_fn=lambda: "Importance score: " + "; ".join(f"{e.name}: {e.help}" for e in SCORES) + ".")
+@click.option("--data", cls=LiveHelpOption, help_fn=lambda: "Data for a --method that needs it (" + ", ".join(
+    SCORES.names(lambda e: e.options.get("needs_data"))) + "): 'digits' or an image folder.")
 @click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True,
               help="Batches of --data the Taylor score sums over.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
