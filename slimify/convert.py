@@ -12,11 +12,11 @@ import torch.nn as nn
 from slimify.analyze import analyze
 from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused
-from slimify.groups import GroupTable, find_groups
+from slimify.groups import GroupTable, cut_around, find_groups
 from slimify.nn.batchnorm import attach_private_batchnorm
 from slimify.nn.output_pad import OutputPad
 from slimify.nn.serve import SlimData, empty_cache, make_slimmable
-from slimify.plan import NotABox, Plan, Unbalanced, check_switches, make_plan
+from slimify.plan import EmptyPiece, NotABox, Plan, Unbalanced, check_switches, make_plan
 from slimify.summary import ConversionReport, build_report
 from slimify.rules import find_module_rule
 from slimify.rules.caches import cache_attrs, caches_emptied
@@ -45,7 +45,7 @@ def default_input(model: nn.Module) -> torch.Tensor:
 
 
 @gc_paused
-def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
+def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int | None = None,
                   example_input: torch.Tensor | None = None) -> Analysis:
     """Trace, find channel groups and plan widths without touching ``model``."""
     switches, divisor = check_switches(switches, divisor)
@@ -69,8 +69,9 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
     return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
 
 
-def _plan(space: ChannelSpace, switches: tuple[float, ...], divisor: int, name: str) -> tuple[GroupTable, Plan]:
+def _plan(space: ChannelSpace, switches: tuple[float, ...], divisor: int | None, name: str) -> tuple[GroupTable, Plan]:
     """Groups and widths; each failed check adds a constraint to ``space`` and plans again."""
+    emptied: set[bytes] = set()
     for _ in range(64):
         table = find_groups(space)
         try:
@@ -81,6 +82,11 @@ def _plan(space: ChannelSpace, switches: tuple[float, ...], divisor: int, name: 
             space.balances = [b for b in space.balances if b is not e.pieces]
         except NotABox as e:
             space.fix(e.ids, e.reason)
+        except EmptyPiece as e:  # a piece read as a size kept no channel: its own group, once
+            if e.ids.tobytes() in emptied:
+                space.fix(e.ids, f"{e.origin} would count no channels at a narrow switch")
+            emptied.add(e.ids.tobytes())
+            cut_around(space, table, e.ids)
     raise SlimifyError(f"could not plan widths for {name}")
 
 
@@ -88,17 +94,18 @@ def _stuck_channels(table: GroupTable, plan: Plan) -> int:
     """Channels of slimmable groups that keep their full width even at the narrowest switch:
     a group whose unit (tied by equal-width pieces) is as large as the group itself."""
     return sum(g.size for g in table.groups
-               if not g.fixed and g.size > plan.divisor and plan.kept[g.index][0] == len(g.classes))
+               if not g.fixed and g.size > plan.group_divisors.get(g.index, plan.divisor) and plan.kept[g.index][0] == len(g.classes))
 
 
 @gc_paused
-def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
+def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int | None = None,
             example_input: torch.Tensor | None = None, reorder: str | None = None,
             reorder_data: Any = None) -> nn.Module:
     """Make ``model`` slimmable in place and return it.
 
     Every switch runs the first channels of each channel group with private BatchNorm; at
-    width 1.0 the model computes exactly what it computed before. ``reorder`` ("l1", "l2", "bn",
+    width 1.0 the model computes exactly what it computed before. ``divisor``: every width a multiple
+    of it; ``None`` (default) uses 8, or a smaller power of two for a group too narrow for 8. ``reorder`` ("l1", "l2", "bn",
     "taylor" with ``reorder_data`` batches) first moves each group's most important channels
     first, for pretrained weights (see ``slimify.reorder``).
     """
@@ -112,7 +119,8 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
     state = SlimState(analysis.plan.switches)
     rewrite(model, analysis.plan, state)
     example_shape = list((default_input(model) if example_input is None else example_input).shape)
-    state.info.update(report=analysis.report, divisor=analysis.plan.divisor, reorder=ordering,
+    state.info.update(report=analysis.report, divisor=None if analysis.plan.auto_divisor else analysis.plan.divisor,
+                      reorder=ordering,
                       example_shape=example_shape)
     state.info["analysis"] = analysis
     setattr(model, STATE_ATTR, state)
