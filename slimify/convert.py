@@ -20,6 +20,7 @@ from slimify.plan import EmptyPiece, NotABox, Plan, Unbalanced, check_switches, 
 from slimify.summary import ConversionReport, build_report
 from slimify.rules import find_module_rule
 from slimify.rules.caches import cache_attrs, caches_emptied
+from slimify.selfcheck import self_check, unexpected
 from slimify.space import ChannelSpace
 from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
 from slimify.trace import trace
@@ -47,7 +48,8 @@ def default_input(model: nn.Module) -> torch.Tensor:
 @gc_paused
 def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int | None = None,
                   example_input: torch.Tensor | None = None) -> Analysis:
-    """Trace, find channel groups and plan widths without touching ``model``."""
+    """Trace, find channel groups and plan widths without touching ``model``; every switch of the
+    plan is run once on a copy (``selfcheck.py``) before it is returned."""
     switches, divisor = check_switches(switches, divisor)
     if not isinstance(model, nn.Module):
         raise SlimifyError(f"convert needs a torch.nn.Module, got {type(model).__name__}")
@@ -65,6 +67,8 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
         other_table, other_plan = _plan(other, switches, divisor, type(model).__name__)
         if _stuck_channels(other_table, other_plan) < stuck:
             space, table, plan = other, other_table, other_plan
+    table, plan = self_check(model, example, space, table, plan,
+                             lambda trial: _plan(trial, switches, divisor, type(model).__name__))
     seconds = time.perf_counter() - start
     return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
 
@@ -111,7 +115,12 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
     """
     if is_slimmable(model):
         raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
-    analysis = analyze_model(model, switches, divisor, example_input)
+    try:
+        analysis = analyze_model(model, switches, divisor, example_input)
+    except SlimifyError:
+        raise
+    except Exception as e:  # noqa: BLE001 - never a raw traceback: one error naming the line
+        raise unexpected(model, e) from e
     ordering = None
     if reorder is not None:  # permutes channels within groups: the plan stays valid
         from slimify.reorder import reorder as reorder_channels

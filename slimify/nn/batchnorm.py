@@ -23,14 +23,18 @@ class SwitchBatchNorm(nn.Module):
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, index: np.ndarray) -> None:
         super().__init__()
         take = torch.as_tensor(index, dtype=torch.long)
+
+        def pick(full: torch.Tensor) -> torch.Tensor:  # meta (the self-check's copy): the size is all
+            return torch.empty(len(index), dtype=full.dtype, device="meta") if full.is_meta else full.detach()[take.to(full.device)].clone()
+
         for name in ("weight", "bias"):
             full = bn._parameters.get(name)
             if full is not None:
-                self.register_parameter(name, nn.Parameter(full.detach()[take.to(full.device)].clone()))
+                self.register_parameter(name, nn.Parameter(pick(full)))
         for name in ("running_mean", "running_var"):
             full = bn._buffers.get(name)
             if full is not None:
-                self.register_buffer(name, full.detach()[take.to(full.device)].clone())
+                self.register_buffer(name, pick(full))
         count = bn._buffers.get("num_batches_tracked")
         if count is not None:
             self.register_buffer("num_batches_tracked", count.detach().clone())

@@ -1,0 +1,330 @@
+"""The last step of the pipeline: before ``convert`` hands a model out, every switch runs once.
+
+Analysis can miss a constraint (a size baked into a computed shape tuple, a split size read from
+a tensor that no longer matches, code nobody has thought of), and a model that is exact at full
+width but crashes at 0.5 is the worst thing this tool could hand out. So the plan is tried on a
+*skeleton* of the model (its module tree copied shallowly: the copy's own dicts, the tensors on
+the meta device, or the user's own tensors when meta cannot run the model) and every switch must
+run and give the original output's structure and shapes.
+
+A switch that fails names a place (the model's source line, the innermost module). The groups
+that touch that module are the suspects; fixing a prefix of them and planning again, a binary
+search finds one whose fixing makes the failure go away. It is fixed with a reason naming the op
+and the line, and everything runs again. If even fixing every group cannot make the switch run,
+one :class:`SlimifyError` names the line. The user's model is never touched: the rewrite runs on
+the skeleton, and ``convert`` rewrites the model only after the check passed.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import linecache
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_map
+
+from slimify.errors import SlimifyError
+from slimify.metarun import FastMeta
+from slimify.groups import GroupTable
+from slimify.plan import Plan
+from slimify.rules.caches import empty_caches
+from slimify.space import ChannelSpace
+from slimify.state import SlimState
+
+__all__ = ["self_check", "Failure", "Runner", "skeleton", "source_line", "structure", "unexpected"]
+
+Replan = Callable[[ChannelSpace], tuple[GroupTable, Plan]]
+MAX_ROUNDS = 16  # groups the check may fix before it gives up (each is one binary search)
+_PLUMBING = ("/torch/", "/slimify/", "/contextlib.py", "/functools.py")
+_INTERNALS = frozenset(vars(nn.Module()))  # the module's own dicts, sets and flags
+
+
+@dataclass
+class Failure:
+    """One switch that did not run like the original: where, and what happened."""
+
+    width: float
+    module: str  # innermost module whose forward raised ("" for the model itself / its output)
+    line: str  # "file, line N: code" of the model's source, or "" when not known
+    message: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The place, for telling one failure from another while fixing groups."""
+        return self.module, self.line
+
+    def describe(self) -> str:
+        where = f" in {self.module}" if self.module else ""
+        at = f" at {self.line}" if self.line else ""
+        return f"width {self.width:g} failed{where}{at}: {self.message}"
+
+
+# -- skeleton -------------------------------------------------------------------------------
+def _meta(t: torch.Tensor) -> torch.Tensor:
+    empty = torch.empty(t.shape, dtype=t.dtype, device="meta")  # empty_like runs a Python ref on meta
+    return nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+
+
+def skeleton(model: nn.Module, meta: bool, tensors: dict[int, torch.Tensor] | None = None) -> nn.Module:
+    """A copy of ``model``'s module tree that the rewrite and forward code may change freely: every
+    module a new object with its own parameter, buffer, submodule and hook dicts (and its own copy
+    of each dict, list or set attribute, which forward code may fill); its tensors empty on the
+    meta device (``meta``; ``tensors`` keeps them from one copy to the next) or the user's own
+    (shared, never written: eval mode, no grad)."""
+    memo: dict[int, Any] = {}
+    tensors = {} if tensors is None else tensors
+
+    def tensor(t: torch.Tensor) -> torch.Tensor:
+        if not meta:
+            return t
+        if id(t) not in tensors:
+            tensors[id(t)] = _meta(t)
+        return tensors[id(t)]
+
+    def module(m: nn.Module) -> nn.Module:
+        if id(m) in memo:
+            return memo[id(m)]
+        new = type(m).__new__(type(m))
+        memo[id(m)] = new
+        state = dict(m.__dict__)
+        for name in _INTERNALS:
+            value = state.get(name)
+            if isinstance(value, (dict, set)):
+                state[name] = copy.copy(value)
+        state["_parameters"] = {k: None if p is None else tensor(p) for k, p in m._parameters.items()}
+        state["_buffers"] = {k: None if b is None else tensor(b) for k, b in m._buffers.items()}
+        state["_modules"] = {k: None if c is None else module(c) for k, c in m._modules.items()}
+        for k, v in state.items():
+            if k in _INTERNALS:
+                continue
+            if isinstance(v, torch.Tensor):  # on meta too, or the meta run would mix devices
+                state[k] = tensor(v)
+            elif isinstance(v, (dict, list, set)):  # what forward code may fill in place (one copy each)
+                state[k] = memo.setdefault(id(v), copy.copy(v))
+        new.__dict__.update(state)
+        return new
+
+    return module(model)
+
+
+# -- running ----------------------------------------------------------------------------------
+def structure(value: Any) -> Any:
+    """What the check compares: containers, keys and dataclass fields as they are, tensors as
+    (shape, dtype), anything else as its type."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype)
+    if isinstance(value, dict):
+        return (type(value), {k: structure(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return (type(value), [structure(v) for v in value])
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value), {f.name: structure(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    return type(value)
+
+
+def _difference(ref: Any, got: Any, where: str, loose_first: bool) -> str:
+    """Where ``got``'s structure departs from ``ref``'s ("" when it does not). ``loose_first``:
+    sizes along the first dim may differ (a real run's detections: box counts vary with width)."""
+    if isinstance(ref, tuple) and len(ref) == 3 and ref[0] == "tensor":
+        if not (isinstance(got, tuple) and len(got) == 3 and got[0] == "tensor"):
+            return f"{where or 'output'} is no longer a tensor"
+        a, b = ref[1], got[1]
+        same = len(a) == len(b) and all(x == y or (d == 0 and loose_first) for d, (x, y) in enumerate(zip(a, b)))
+        return "" if same and ref[2] == got[2] else f"{where or 'output'} has shape {list(b)} instead of {list(a)}"
+    if isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[1], (dict, list)):
+        if not (isinstance(got, tuple) and len(got) == 2 and got[0] is ref[0]):
+            return f"{where or 'output'} is a {getattr(got, '__name__', type(got).__name__)} instead of {ref[0].__name__}"
+        items_ref = ref[1].items() if isinstance(ref[1], dict) else enumerate(ref[1])
+        keys_got = list(got[1]) if isinstance(got[1], dict) else list(range(len(got[1])))
+        if list(dict(items_ref)) != keys_got:
+            return f"{where or 'output'} has entries {keys_got} instead of {list(dict(items_ref))}"
+        items_ref = ref[1].items() if isinstance(ref[1], dict) else enumerate(ref[1])
+        for k, sub in items_ref:
+            diff = _difference(sub, got[1][k], f"{where or 'output'}[{k!r}]", loose_first)
+            if diff:
+                return diff
+        return ""
+    return "" if ref == got else f"{where or 'output'} is a {got} instead of {ref}"
+
+
+def source_line(tb: Any) -> tuple[str, str]:
+    """The innermost module (its path via ``paths``) and model source line in a traceback."""
+    frames = traceback.extract_tb(tb)
+    for f in reversed(frames):
+        if not any(p in f.filename for p in _PLUMBING):
+            code = (f.line or linecache.getline(f.filename, f.lineno)).strip()
+            return f.filename, f"{f.filename}, line {f.lineno}, in {f.name}: {code}"
+    return "", ""
+
+
+def _innermost_module(tb: Any, paths: dict[int, str]) -> str:
+    found = ""
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in paths:
+            found = paths[id(owner)]
+        tb = tb.tb_next
+    return found
+
+
+class Runner:
+    """Runs ``model``'s skeletons on ``example``: the original once (its output structure is the
+    reference), then each plan's switches. On the meta device where the original runs there
+    (models with recurrent layers run for real: their meta kernels are slower than real ones)."""
+
+    def __init__(self, model: nn.Module, example: Any) -> None:
+        self.model, self.example = model, example
+        self.tensors: dict[int, torch.Tensor] = {}  # the model's tensors → their meta copies
+        self.meta = not any(isinstance(m, nn.RNNBase) for m in model.modules())
+        if self.meta:
+            try:
+                self.reference = self._run(self._skeleton())
+                return
+            except Exception:  # noqa: BLE001 - .item(), data-dependent sizes, mixed devices: run for real
+                self.meta = False
+        try:
+            self.reference = self._run(self._skeleton())
+        except Exception as e:
+            _, line = source_line(e.__traceback__)
+            raise SlimifyError(f"{type(model).__name__} does not run on the example input"
+                               f"{f' ({line})' if line else ''}: {type(e).__name__}: {_first_line(e)}; give "
+                               "example_input= a batch the model accepts (input size, channels)") from e
+
+    def _skeleton(self) -> nn.Module:
+        net = skeleton(self.model, self.meta, self.tensors).eval()
+        empty_caches(net)  # the copy's own empty caches: the model's stay as they are
+        return net
+
+    def _run(self, net: nn.Module) -> Any:
+        inputs = self.example if isinstance(self.example, tuple) else (self.example,)
+        if self.meta:
+            inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, inputs)
+        with torch.no_grad(), warnings.catch_warnings(), FastMeta() if self.meta else contextlib.nullcontext():
+            warnings.simplefilter("ignore")
+            return structure(net(*inputs))
+
+    def switches(self, plan: Plan, first: int | None = None) -> Failure | None:
+        """Rewrite a skeleton with ``plan`` and run every switch narrower than 1.0 (width 1.0 serves
+        the original tensors and attributes: it is the original model); the first failure,
+        trying switch ``first`` first."""
+        from slimify.convert import rewrite  # the pipeline's rewrite, run on the skeleton
+
+        net = self._skeleton()
+        state = SlimState(plan.switches)
+        rewrite(net, plan, state)
+        order = [i for i, w in enumerate(plan.switches) if w < 1.0] or [len(plan.switches) - 1]
+        if first in order:
+            order.remove(first)
+            order.insert(0, first)
+        for i in order:
+            state.select(plan.switches[i])
+            try:
+                got = self._run(net)
+            except Exception as e:  # noqa: BLE001 - any failure is what the check looks for
+                paths = {id(m): p for p, m in net.named_modules()}
+                return Failure(plan.switches[i], _innermost_module(e.__traceback__, paths),
+                               source_line(e.__traceback__)[1], f"{type(e).__name__}: {_first_line(e)}")
+            diff = _difference(self.reference, got, "", loose_first=not self.meta)
+            if diff:
+                return Failure(plan.switches[i], "", "", f"the {diff}")
+        return None
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [""])[0][:300]
+
+
+# -- fixing ------------------------------------------------------------------------------------
+def _with_fixes(space: ChannelSpace, ids: list[np.ndarray], reason: str) -> ChannelSpace:
+    """A copy of ``space`` with ``ids`` fixed (planning may add constraints: the copy takes them)."""
+    trial = copy.copy(space)
+    trial.fixes = list(space.fixes)
+    trial._pairs = list(space._pairs)
+    trial.cuts = list(space.cuts)
+    trial.balances = list(space.balances)
+    for group_ids in ids:
+        trial.fix(group_ids, reason)
+    return trial
+
+
+def _suspects(space: ChannelSpace, table: GroupTable, module: str) -> list[int]:
+    """Slimmable groups whose channels a module (or its children) produces, reads as parameters
+    or counts in attributes: those of the innermost module that has any, else every group."""
+    live = [g.index for g in table.groups if not g.fixed]
+    path = module
+    while path:
+        inside = lambda p: p == path or p.startswith(path + ".")  # noqa: E731
+        ids = [s.ids for s in space.batchnorms if inside(s.module)]
+        for (owner, _), spec in space.params.items():
+            if inside(owner):
+                ids += list(spec.dims.values()) + ([spec.elementwise] if spec.elementwise is not None else [])
+        ids += [np.arange(v.start, v.start + v.size) for v in space.vars if inside(v.origin.split(" ")[0])]
+        if ids:
+            groups = set(np.unique(table.group_of_id[np.concatenate([np.ravel(i) for i in ids])]).tolist())
+            found = [g for g in live if g in groups]
+            if found:
+                return found
+        path = path.rpartition(".")[0]
+    return live
+
+
+def _group_ids(table: GroupTable, groups: list[int]) -> list[np.ndarray]:
+    return [np.nonzero(table.group_of_id == g)[0] for g in groups]
+
+
+def self_check(model: nn.Module, example: Any, space: ChannelSpace, table: GroupTable, plan: Plan,
+               replan: Replan) -> tuple[GroupTable, Plan]:
+    """Run every switch; fix the groups a failing one needs and plan again until all run."""
+    runner = Runner(model, example)
+    failure = runner.switches(plan)
+    for _ in range(MAX_ROUNDS):
+        if failure is None:
+            return table, plan
+        first = plan.switches.index(failure.width)
+        reason = f"self-check: {failure.describe()}"
+
+        def still_fails(groups: list[int]) -> bool:
+            trial_table, trial_plan = replan(_with_fixes(space, _group_ids(table, groups), reason))
+            found = runner.switches(trial_plan, first)
+            return found is not None and found.key == failure.key
+
+        suspects = _suspects(space, table, failure.module)
+        if still_fails(suspects):
+            suspects = [g.index for g in table.groups if not g.fixed]
+            if not suspects or still_fails(suspects):
+                raise SlimifyError(_give_up(model, failure))
+        low, high = 0, len(suspects)  # fixing suspects[:high] cures this failure, [:low] does not
+        while high - low > 1:
+            mid = (low + high) // 2
+            if still_fails(suspects[:mid]):
+                low = mid
+            else:
+                high = mid
+        for ids in _group_ids(table, [suspects[high - 1]]):
+            space.fix(ids, reason)
+        table, plan = replan(space)
+        failure = runner.switches(plan, first)
+    raise SlimifyError(_give_up(model, failure))
+
+
+def _give_up(model: nn.Module, failure: Failure) -> str:
+    return (f"{type(model).__name__} cannot be converted: {failure.describe()}, and keeping every channel group "
+            "at full size does not cure it, so its sizes depend on the data or on randomness, not only on the "
+            "widths. Make that code's sizes depend on the input's shape (not its values), or pass a fixed "
+            "example_input= that takes the same path every time")
+
+
+def unexpected(model: nn.Module, error: Exception) -> SlimifyError:
+    """Any other exception inside ``convert`` becomes one :class:`SlimifyError` naming the model's
+    source line (a bug of slimify's when there is none: then the message says so)."""
+    _, line = source_line(error.__traceback__)
+    where = f" at {line}" if line else " inside slimify (please report it)"
+    return SlimifyError(f"converting {type(model).__name__} failed{where}: {type(error).__name__}: {_first_line(error)}")
