@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from slimify.rules import elementwise as ew
-from slimify.rules import attention, linalg, notrace, recurrent, segments, shape, windows  # noqa: F401 - module rules
+from slimify.rules import attention, linalg, notrace, recurrent, segments, shape, transformer, windows  # noqa: F401 - module rules
+from slimify.rules import detection, mvit, norms, pixel
 from slimify.rules.base import FunctionRule, ParamVal, RuleContext, TensorVal
 from slimify.rules.modules import MODULE_RULES, find_module_rule, find_module_rule_by_mro, module_rule, unknown_module
 
@@ -35,10 +36,11 @@ _BY_NAME: dict[Callable[..., Any], tuple[str, ...]] = {
         "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
         "adaptive_max_pool2d", "lp_pool2d", "contiguous", "clone", "detach", "float", "half", "double",
         "bfloat16", "to", "type_as", "type", "zeros_like", "ones_like", "empty_like", "rand_like",
-        "randn_like", "full_like", "pos", "nan_to_num", "pixel_shuffle_free", "hard_sigmoid", "hard_swish",
+        "randn_like", "full_like", "pos", "nan_to_num", "hard_sigmoid", "hard_swish",
         "swish", "requires_grad_",
     ),
-    ew.reduction: ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "prod", "norm"),
+    ew.reduction: ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "prod"),
+    norms.p_norm: ("norm",),  # (x, p, dim, keepdim): p comes first
     ew.creation: ("zeros", "ones", "full", "empty", "arange", "rand", "randn", "randint", "linspace",
                   "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "tensor", "bernoulli_",
                   "bernoulli", "div_by_keep", "eye", "meshgrid"),
@@ -100,6 +102,9 @@ def _extra_targets() -> dict[Callable[..., Any], list[Any]]:
     }
     for target, rule in windows.window_functions().items():
         by_rule.setdefault(rule, []).append(target)
+    for family in (detection, mvit, norms, pixel):  # torchvision ops, MViT helpers, p-norms, pixel shuffle
+        for target, rule in family.function_rules().items():
+            by_rule.setdefault(rule, []).append(target)
     return by_rule
 
 
