@@ -23,7 +23,7 @@ from slimify.rules.caches import cache_attrs, caches_emptied
 from slimify.selfcheck import self_check, unexpected
 from slimify.space import ChannelSpace
 from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
-from slimify.trace import trace
+from slimify.trace import SHAPE_KEY, trace
 
 __all__ = ["convert", "report", "analyze_model", "Analysis", "default_input"]
 
@@ -67,8 +67,10 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
         other_table, other_plan = _plan(other, switches, divisor, type(model).__name__)
         if _stuck_channels(other_table, other_plan) < stuck:
             space, table, plan = other, other_table, other_plan
+    output = next((n for n in reversed(traced.graph.nodes) if n.op == "output"), None)
     table, plan = self_check(model, example, space, table, plan,
-                             lambda trial: _plan(trial, switches, divisor, type(model).__name__))
+                             lambda trial: _plan(trial, switches, divisor, type(model).__name__),
+                             None if output is None else output.meta.get(SHAPE_KEY))
     seconds = time.perf_counter() - start
     return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
 
@@ -139,25 +141,26 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
 def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
     """Apply ``plan``: serve narrow parameters and attributes, add private BatchNorms."""
     data: dict[str, SlimData] = {}
+    modules = dict(model.named_modules(remove_duplicate=False))  # one walk, not one per lookup
 
     def for_module(path: str) -> SlimData:
-        return data.setdefault(path, SlimData(state))
+        found = data.get(path)
+        return found if found is not None else data.setdefault(path, SlimData(state))
 
     for (path, name), per_switch in plan.params.items():
         if any(per_switch):
             for_module(path).params[name] = per_switch
     for (path, name), values in plan.attrs.items():
-        module = model.get_submodule(path)
+        module = modules[path]
         if any(_differs(v, getattr(module, name, None)) for v in values):
             for_module(path).attrs[name] = values
     for path, per_switch in plan.batchnorms.items():
-        module = model.get_submodule(path)
-        for_module(path).bn_slots = attach_private_batchnorm(module, per_switch, plan.switches)
+        for_module(path).bn_slots = attach_private_batchnorm(modules[path], per_switch, plan.switches)
     for path, module in model.named_modules():  # a cached tensor has the width that computed it
         for name in cache_attrs(module):
             for_module(path).forward_caches[name] = (state.index, empty_cache(getattr(module, name)))
     for path, module_data in data.items():
-        make_slimmable(model.get_submodule(path), module_data)
+        make_slimmable(modules[path], module_data)
     if plan.output_widths is not None:  # a feature output keeps its size: pad narrow switches
         model.register_forward_hook(OutputPad(state, plan.output_widths, plan.output_widths[-1]))
 

@@ -4,7 +4,7 @@ The self-check runs every switch on the meta device. There, many ops cost 0.5-9 
 torch computes their meta result with Python decompositions (``batch_norm`` 9 ms, ``add`` 1 ms),
 while only the output's shape, dtype and the checks that a real kernel would make matter.
 :class:`FastMeta` answers the common ones (element-wise arithmetic, activations, norms,
-convolutions, linear layers, reductions, adaptive pooling) directly: the same broadcasting rules
+convolutions, linear layers, reductions, adaptive pooling, cat) directly: the same broadcasting rules
 and the same size checks as the real op (a wrong size still raises), an empty meta tensor as the
 result. Everything else runs its ordinary meta kernel.
 """
@@ -191,6 +191,24 @@ def _reduce(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | Non
     return _empty(shape, x)
 
 
+def _cat(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``cat(tensors, dim)`` (DenseNet's concatenations: 1 ms each as a meta decomposition)."""
+    tensors = args[0] if args else kwargs.get("tensors")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if not isinstance(tensors, (list, tuple)) or not tensors or set(kwargs) - {"tensors", "dim"} or not all(
+            _is_meta_float(t) for t in tensors) or len({(t.ndim, t.dtype) for t in tensors}) != 1 or not isinstance(dim, int):
+        return None
+    first = tensors[0]
+    d = dim % first.ndim
+    for t in tensors[1:]:
+        if any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != d):
+            raise RuntimeError(f"Sizes of tensors must match except in dimension {d}. Expected size "
+                               f"{list(first.shape)} but got size {list(t.shape)} for a tensor in the list")
+    shape = list(first.shape)
+    shape[d] = sum(t.shape[d] for t in tensors)
+    return _empty(shape, first)
+
+
 def _adaptive_pool(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
     x = args[0] if args else kwargs.get("input")
     size = args[1] if len(args) > 1 else kwargs.get("output_size")
@@ -209,6 +227,7 @@ _NORMS: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], torch.Tensor | Non
     F.conv1d: _conv, F.conv2d: _conv, F.conv3d: _conv, F.linear: _linear,
     F.adaptive_avg_pool1d: _adaptive_pool, F.adaptive_avg_pool2d: _adaptive_pool, F.adaptive_avg_pool3d: _adaptive_pool,
     **{getattr(ns, name): _reduce for ns in (torch, torch.Tensor) for name in ("mean", "sum", "amax", "amin")},
+    torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
 }
 
 

@@ -95,20 +95,14 @@ def skeleton(model: nn.Module, meta: bool, tensors: dict[int, torch.Tensor] | No
         new = type(m).__new__(type(m))
         memo[id(m)] = new
         state = dict(m.__dict__)
-        for name in _INTERNALS:
-            value = state.get(name)
-            if isinstance(value, (dict, set)):
-                state[name] = copy.copy(value)
+        for k, v in state.items():
+            if isinstance(v, (dict, list, set)):  # hook dicts; what forward code may fill in place
+                state[k] = v.copy() if k in _INTERNALS else memo.setdefault(id(v), v.copy())
+            elif isinstance(v, torch.Tensor):  # on meta too, or the meta run would mix devices
+                state[k] = tensor(v)
         state["_parameters"] = {k: None if p is None else tensor(p) for k, p in m._parameters.items()}
         state["_buffers"] = {k: None if b is None else tensor(b) for k, b in m._buffers.items()}
         state["_modules"] = {k: None if c is None else module(c) for k, c in m._modules.items()}
-        for k, v in state.items():
-            if k in _INTERNALS:
-                continue
-            if isinstance(v, torch.Tensor):  # on meta too, or the meta run would mix devices
-                state[k] = tensor(v)
-            elif isinstance(v, (dict, list, set)):  # what forward code may fill in place (one copy each)
-                state[k] = memo.setdefault(id(v), copy.copy(v))
         new.__dict__.update(state)
         return new
 
@@ -130,15 +124,29 @@ def structure(value: Any) -> Any:
     return type(value)
 
 
+def recorded_structure(shapes: Any) -> Any:
+    """:func:`structure` of the output the trace recorded (a pytree of ``torch.Size``, ``None`` for
+    anything else): dtypes and non-tensor leaves are not known, so not compared."""
+    if isinstance(shapes, torch.Size):
+        return ("tensor", tuple(shapes), None)
+    if isinstance(shapes, dict):
+        return (type(shapes), {k: recorded_structure(v) for k, v in shapes.items()})
+    if isinstance(shapes, (list, tuple)):
+        return (type(shapes), [recorded_structure(v) for v in shapes])
+    return None
+
+
 def _difference(ref: Any, got: Any, where: str, loose_first: bool) -> str:
     """Where ``got``'s structure departs from ``ref``'s ("" when it does not). ``loose_first``:
     sizes along the first dim may differ (a real run's detections: box counts vary with width)."""
+    if ref is None:  # not recorded: anything but a tensor
+        return f"{where or 'output'} is a tensor where the original has none" if _is_tensor(got) else ""
     if isinstance(ref, tuple) and len(ref) == 3 and ref[0] == "tensor":
         if not (isinstance(got, tuple) and len(got) == 3 and got[0] == "tensor"):
             return f"{where or 'output'} is no longer a tensor"
         a, b = ref[1], got[1]
         same = len(a) == len(b) and all(x == y or (d == 0 and loose_first) for d, (x, y) in enumerate(zip(a, b)))
-        return "" if same and ref[2] == got[2] else f"{where or 'output'} has shape {list(b)} instead of {list(a)}"
+        return "" if same and ref[2] in (None, got[2]) else f"{where or 'output'} has shape {list(b)} instead of {list(a)}"
     if isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[1], (dict, list)):
         if not (isinstance(got, tuple) and len(got) == 2 and got[0] is ref[0]):
             return f"{where or 'output'} is a {getattr(got, '__name__', type(got).__name__)} instead of {ref[0].__name__}"
@@ -153,6 +161,10 @@ def _difference(ref: Any, got: Any, where: str, loose_first: bool) -> str:
                 return diff
         return ""
     return "" if ref == got else f"{where or 'output'} is a {got} instead of {ref}"
+
+
+def _is_tensor(structured: Any) -> bool:
+    return isinstance(structured, tuple) and len(structured) == 3 and structured[0] == "tensor"
 
 
 def source_line(tb: Any) -> tuple[str, str]:
@@ -176,32 +188,62 @@ def _innermost_module(tb: Any, paths: dict[int, str]) -> str:
 
 
 class Runner:
-    """Runs ``model``'s skeletons on ``example``: the original once (its output structure is the
-    reference), then each plan's switches. On the meta device where the original runs there
-    (models with recurrent layers run for real: their meta kernels are slower than real ones)."""
+    """Runs skeletons of ``model`` on ``example``: each plan's switches narrower than 1.0, compared
+    with the reference output structure (the one the trace recorded, else the original's, run
+    here). On the meta device where the model runs there; when a meta run fails, the original's
+    full width (the rewritten skeleton at 1.0 serves the original tensors and attributes) tells a
+    model meta cannot run (then everything runs for real) from a failing switch. Models with
+    recurrent layers run for real: their meta kernels are slower than real ones."""
 
-    def __init__(self, model: nn.Module, example: Any) -> None:
-        self.model, self.example = model, example
+    def __init__(self, model: nn.Module, example: Any, plan: Plan, recorded: Any = None) -> None:
+        self.model, self.example, self.reference = model, example, recorded
         self.tensors: dict[int, torch.Tensor] = {}  # the model's tensors → their meta copies
         self.meta = not any(isinstance(m, nn.RNNBase) for m in model.modules())
-        if self.meta:
+        self.settled = False  # meta or real decided by a run of the original
+        if recorded is None:
+            self._settle(plan)
+
+    def _settle(self, plan: Plan) -> None:
+        """Run the original once (meta first where allowed): the device, and a reference."""
+        self.settled = True
+        error: Exception | None = None
+        for self.meta in ([True, False] if self.meta else [False]):
             try:
-                self.reference = self._run(self._skeleton())
+                reference = self._full_width(plan)
+                self.reference = reference if self.reference is None else self.reference
                 return
-            except Exception:  # noqa: BLE001 - .item(), data-dependent sizes, mixed devices: run for real
-                self.meta = False
-        try:
-            self.reference = self._run(self._skeleton())
+            except Exception as e:  # noqa: BLE001 - on meta: .item(), data-dependent sizes; then for real
+                error = e
+        try:  # the original itself, for real: does the model run on this input at all?
+            self._run(self._skeleton())
         except Exception as e:
-            _, line = source_line(e.__traceback__)
-            raise SlimifyError(f"{type(model).__name__} does not run on the example input"
-                               f"{f' ({line})' if line else ''}: {type(e).__name__}: {_first_line(e)}; give "
-                               "example_input= a batch the model accepts (input size, channels)") from e
+            error = e
+        else:
+            raise SlimifyError(f"{type(self.model).__name__}: the converted model fails at full width where the "
+                               f"original runs ({type(error).__name__}: {_first_line(error)}): a slimify bug, "
+                               "please report it") from error
+        _, line = source_line(error.__traceback__)
+        raise SlimifyError(f"{type(self.model).__name__} does not run on the example input"
+                           f"{f' ({line})' if line else ''}: {type(error).__name__}: {_first_line(error)}; give "
+                           "example_input= a batch the model accepts (input size, channels)") from error
 
     def _skeleton(self) -> nn.Module:
         net = skeleton(self.model, self.meta, self.tensors).eval()
         empty_caches(net)  # the copy's own empty caches: the model's stay as they are
         return net
+
+    def _rewritten(self, plan: Plan) -> tuple[nn.Module, SlimState]:
+        from slimify.convert import rewrite  # the pipeline's rewrite, run on the skeleton
+
+        net, state = self._skeleton(), SlimState(plan.switches)
+        rewrite(net, plan, state)
+        return net, state
+
+    def _full_width(self, plan: Plan) -> Any:
+        if plan.switches[-1] < 1.0:
+            return self._run(self._skeleton())
+        net, state = self._rewritten(plan)
+        return self._run(net)
 
     def _run(self, net: nn.Module) -> Any:
         inputs = self.example if isinstance(self.example, tuple) else (self.example,)
@@ -212,15 +254,10 @@ class Runner:
             return structure(net(*inputs))
 
     def switches(self, plan: Plan, first: int | None = None) -> Failure | None:
-        """Rewrite a skeleton with ``plan`` and run every switch narrower than 1.0 (width 1.0 serves
-        the original tensors and attributes: it is the original model); the first failure,
-        trying switch ``first`` first."""
-        from slimify.convert import rewrite  # the pipeline's rewrite, run on the skeleton
-
-        net = self._skeleton()
-        state = SlimState(plan.switches)
-        rewrite(net, plan, state)
-        order = [i for i, w in enumerate(plan.switches) if w < 1.0] or [len(plan.switches) - 1]
+        """Run every switch of ``plan`` narrower than 1.0 on a rewritten skeleton; the first
+        failure, trying switch ``first`` first."""
+        net, state = self._rewritten(plan)
+        order = [i for i, w in enumerate(plan.switches) if w < 1.0]
         if first in order:
             order.remove(first)
             order.insert(0, first)
@@ -229,6 +266,11 @@ class Runner:
             try:
                 got = self._run(net)
             except Exception as e:  # noqa: BLE001 - any failure is what the check looks for
+                if not self.settled:  # a model meta cannot run, or a failing switch? Ask the original
+                    meta = self.meta
+                    self._settle(plan)
+                    if self.meta != meta:
+                        return self.switches(plan, first)
                 paths = {id(m): p for p, m in net.named_modules()}
                 return Failure(plan.switches[i], _innermost_module(e.__traceback__, paths),
                                source_line(e.__traceback__)[1], f"{type(e).__name__}: {_first_line(e)}")
@@ -281,9 +323,10 @@ def _group_ids(table: GroupTable, groups: list[int]) -> list[np.ndarray]:
 
 
 def self_check(model: nn.Module, example: Any, space: ChannelSpace, table: GroupTable, plan: Plan,
-               replan: Replan) -> tuple[GroupTable, Plan]:
-    """Run every switch; fix the groups a failing one needs and plan again until all run."""
-    runner = Runner(model, example)
+               replan: Replan, recorded: Any = None) -> tuple[GroupTable, Plan]:
+    """Run every switch; fix the groups a failing one needs and plan again until all run.
+    ``recorded``: the output's shapes as the trace recorded them (saves running the original)."""
+    runner = Runner(model, example, plan, None if recorded is None else recorded_structure(recorded))
     failure = runner.switches(plan)
     for _ in range(MAX_ROUNDS):
         if failure is None:

@@ -148,6 +148,7 @@ def test_skeleton_shares_nothing_the_rewrite_changes() -> None:
     lambda x, w: torch.nn.functional.linear(x.flatten(1), w[0, 0]),
     lambda x, w: torch.nn.functional.layer_norm(x, (5,)),
     lambda x, w: torch.nn.functional.group_norm(x, 3),
+    lambda x, w: torch.cat([x, w], 1),
 ])
 def test_fast_meta_raises_where_the_op_does(op) -> None:
     x, w = torch.randn(1, 4, 6, 6), torch.randn(8, 4, 3, 3)
@@ -165,7 +166,8 @@ def test_fast_meta_shapes_match() -> None:
            lambda x, w, b: torch.nn.functional.adaptive_avg_pool2d(x, (2, None)),
            lambda x, w, b: torch.nn.functional.gelu(x).sum(-1), lambda x, w, b: 2.0 * x.relu_() + 1,
            lambda x, w, b: torch.nn.functional.batch_norm(x, b[:4], b[:4].abs()),
-           lambda x, w, b: torch.nn.functional.linear(x, w.flatten(1)[:, :7], b)]
+           lambda x, w, b: torch.nn.functional.linear(x, w.flatten(1)[:, :7], b),
+           lambda x, w, b: torch.cat([x, x[:, :1]], dim=-3)]
     for op in ops:
         with FastMeta():
             got = op(x.to("meta"), w.to("meta"), b.to("meta"))
