@@ -23,7 +23,7 @@ from slimify.rules.caches import cache_attrs, caches_emptied
 from slimify.selfcheck import self_check, unexpected
 from slimify.space import ChannelSpace
 from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
-from slimify.trace import SHAPE_KEY, trace
+from slimify.trace import trace
 
 __all__ = ["convert", "report", "analyze_model", "Analysis", "default_input"]
 
@@ -69,8 +69,7 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
             space, table, plan = other, other_table, other_plan
     output = next((n for n in reversed(traced.graph.nodes) if n.op == "output"), None)
     table, plan = self_check(model, example, space, table, plan,
-                             lambda trial: _plan(trial, switches, divisor, type(model).__name__),
-                             None if output is None else output.meta.get(SHAPE_KEY))
+                             lambda trial: _plan(trial, switches, divisor, type(model).__name__), output)
     seconds = time.perf_counter() - start
     return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
 
@@ -110,10 +109,11 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
     """Make ``model`` slimmable in place and return it.
 
     Every switch runs the first channels of each channel group with private BatchNorm; at
-    width 1.0 the model computes exactly what it computed before. ``divisor``: every width a multiple
-    of it; ``None`` (default) uses 8, or a smaller power of two for a group too narrow for 8. ``reorder`` ("l1", "l2", "bn",
-    "taylor" with ``reorder_data`` batches) first moves each group's most important channels
-    first, for pretrained weights (see ``slimify.reorder``).
+    width 1.0 the model computes exactly what it computed before, and every switch has run once
+    before it returns (``selfcheck.py``). ``divisor``: every width a multiple of it; ``None``
+    (default) uses 8, or a smaller power of two for a group too narrow for 8. ``reorder`` ("l1",
+    "l2", "bn", "taylor" with ``reorder_data`` batches) first moves each group's most important
+    channels first, for pretrained weights (see ``slimify.reorder``).
     """
     if is_slimmable(model):
         raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
@@ -128,11 +128,13 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
         from slimify.reorder import reorder as reorder_channels
         ordering = reorder_channels(model, reorder, reorder_data, analysis, example_input=example_input)
     state = SlimState(analysis.plan.switches)
-    rewrite(model, analysis.plan, state)
+    try:  # the self-check already rewrote a copy of the model with this plan
+        rewrite(model, analysis.plan, state)
+    except Exception as e:  # noqa: BLE001
+        raise unexpected(model, e) from e
     example_shape = list((default_input(model) if example_input is None else example_input).shape)
     state.info.update(report=analysis.report, divisor=None if analysis.plan.auto_divisor else analysis.plan.divisor,
-                      reorder=ordering,
-                      example_shape=example_shape)
+                      reorder=ordering, example_shape=example_shape)
     state.info["analysis"] = analysis
     setattr(model, STATE_ATTR, state)
     return model

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
@@ -36,13 +37,14 @@ from slimify.metarun import FastMeta
 from slimify.groups import GroupTable
 from slimify.plan import Plan
 from slimify.rules.caches import empty_caches
-from slimify.space import ChannelSpace
+from slimify.space import ChannelSpace, Count
 from slimify.state import SlimState
+from slimify.trace import SHAPE_KEY, WHERE_KEY
 
 __all__ = ["self_check", "Failure", "Runner", "skeleton", "source_line", "structure", "unexpected"]
 
 Replan = Callable[[ChannelSpace], tuple[GroupTable, Plan]]
-MAX_ROUNDS = 16  # groups the check may fix before it gives up (each is one binary search)
+MAX_ROUNDS = 64  # groups the check may fix before it gives up (each is one binary search)
 _PLUMBING = ("/torch/", "/slimify/", "/contextlib.py", "/functools.py")
 _INTERNALS = frozenset(vars(nn.Module()))  # the module's own dicts, sets and flags
 
@@ -195,8 +197,8 @@ class Runner:
     model meta cannot run (then everything runs for real) from a failing switch. Models with
     recurrent layers run for real: their meta kernels are slower than real ones."""
 
-    def __init__(self, model: nn.Module, example: Any, plan: Plan, recorded: Any = None) -> None:
-        self.model, self.example, self.reference = model, example, recorded
+    def __init__(self, model: nn.Module, example: Any, plan: Plan, recorded: Any = None, output_line: str = "") -> None:
+        self.model, self.example, self.reference, self.output_line = model, example, recorded, output_line
         self.tensors: dict[int, torch.Tensor] = {}  # the model's tensors → their meta copies
         self.meta = not any(isinstance(m, nn.RNNBase) for m in model.modules())
         self.settled = False  # meta or real decided by a run of the original
@@ -276,7 +278,7 @@ class Runner:
                                source_line(e.__traceback__)[1], f"{type(e).__name__}: {_first_line(e)}")
             diff = _difference(self.reference, got, "", loose_first=not self.meta)
             if diff:
-                return Failure(plan.switches[i], "", "", f"the {diff}")
+                return Failure(plan.switches[i], "", self.output_line, f"the {diff}")
         return None
 
 
@@ -299,7 +301,8 @@ def _with_fixes(space: ChannelSpace, ids: list[np.ndarray], reason: str) -> Chan
 
 def _suspects(space: ChannelSpace, table: GroupTable, module: str) -> list[int]:
     """Slimmable groups whose channels a module (or its children) produces, reads as parameters
-    or counts in attributes: those of the innermost module that has any, else every group."""
+    or BatchNorm, or counts in attributes: those of the innermost module that has any, else
+    every group."""
     live = [g.index for g in table.groups if not g.fixed]
     path = module
     while path:
@@ -308,6 +311,7 @@ def _suspects(space: ChannelSpace, table: GroupTable, module: str) -> list[int]:
         for (owner, _), spec in space.params.items():
             if inside(owner):
                 ids += list(spec.dims.values()) + ([spec.elementwise] if spec.elementwise is not None else [])
+        ids += [c.ids for (owner, _), spec in space.attrs.items() if inside(owner) for c in _counts(spec.template)]
         ids += [np.arange(v.start, v.start + v.size) for v in space.vars if inside(v.origin.split(" ")[0])]
         if ids:
             groups = set(np.unique(table.group_of_id[np.concatenate([np.ravel(i) for i in ids])]).tolist())
@@ -318,15 +322,24 @@ def _suspects(space: ChannelSpace, table: GroupTable, module: str) -> list[int]:
     return live
 
 
+def _counts(template: Any) -> list[Count]:
+    if isinstance(template, Count):
+        return [template]
+    return [c for t in template for c in _counts(t)] if isinstance(template, (list, tuple)) else []
+
+
 def _group_ids(table: GroupTable, groups: list[int]) -> list[np.ndarray]:
     return [np.nonzero(table.group_of_id == g)[0] for g in groups]
 
 
 def self_check(model: nn.Module, example: Any, space: ChannelSpace, table: GroupTable, plan: Plan,
-               replan: Replan, recorded: Any = None) -> tuple[GroupTable, Plan]:
+               replan: Replan, output: fx.Node | None = None) -> tuple[GroupTable, Plan]:
     """Run every switch; fix the groups a failing one needs and plan again until all run.
-    ``recorded``: the output's shapes as the trace recorded them (saves running the original)."""
-    runner = Runner(model, example, plan, None if recorded is None else recorded_structure(recorded))
+    ``output``: the traced graph's output node (its recorded shapes spare a run of the original;
+    the line that made the output names an output that changed)."""
+    recorded = None if output is None else output.meta.get(SHAPE_KEY)
+    runner = Runner(model, example, plan, None if recorded is None else recorded_structure(recorded),
+                    _output_line(output))
     failure = runner.switches(plan)
     for _ in range(MAX_ROUNDS):
         if failure is None:
@@ -356,6 +369,15 @@ def self_check(model: nn.Module, example: Any, space: ChannelSpace, table: Group
         table, plan = replan(space)
         failure = runner.switches(plan, first)
     raise SlimifyError(_give_up(model, failure))
+
+
+def _output_line(output: fx.Node | None) -> str:
+    """"FILE, line N, in fn: code" of the model code that made the (first) output tensor."""
+    made = [n for n in (output.all_input_nodes if output is not None else []) if n.meta.get(WHERE_KEY)]
+    if not made:
+        return ""
+    filename, lineno, function = made[0].meta[WHERE_KEY]
+    return f"{filename}, line {lineno}, in {function}: {linecache.getline(filename, lineno).strip()}"
 
 
 def _give_up(model: nn.Module, failure: Failure) -> str:
