@@ -20,7 +20,7 @@ from slimify.plan import EmptyPiece, NotABox, Plan, Unbalanced, check_switches, 
 from slimify.summary import ConversionReport, build_report
 from slimify.rules import find_module_rule
 from slimify.rules.caches import cache_attrs, caches_emptied
-from slimify.selfcheck import self_check, unexpected
+from slimify.selfcheck import self_check, unexpected, with_line
 from slimify.space import ChannelSpace
 from slimify.state import STATE_ATTR, SlimState, get_state, is_slimmable
 from slimify.trace import trace
@@ -119,8 +119,8 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
         raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
     try:
         analysis = analyze_model(model, switches, divisor, example_input)
-    except SlimifyError:
-        raise
+    except SlimifyError as e:
+        raise with_line(e) from e.__cause__
     except Exception as e:  # noqa: BLE001 - never a raw traceback: one error naming the line
         raise unexpected(model, e) from e
     ordering = None
@@ -158,7 +158,11 @@ def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
             for_module(path).attrs[name] = values
     for path, per_switch in plan.batchnorms.items():
         for_module(path).bn_slots = attach_private_batchnorm(modules[path], per_switch, plan.switches)
-    for path, module in model.named_modules():  # a cached tensor has the width that computed it
+    seen: set[int] = set()
+    for path, module in modules.items():  # a cached tensor has the width that computed it
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
         for name in cache_attrs(module):
             for_module(path).forward_caches[name] = (state.index, empty_cache(getattr(module, name)))
     for path, module_data in data.items():

@@ -41,7 +41,7 @@ from slimify.space import ChannelSpace, Count
 from slimify.state import SlimState
 from slimify.trace import SHAPE_KEY, WHERE_KEY
 
-__all__ = ["self_check", "Failure", "Runner", "skeleton", "source_line", "structure", "unexpected"]
+__all__ = ["self_check", "Failure", "Runner", "skeleton", "source_line", "structure", "unexpected", "with_line"]
 
 Replan = Callable[[ChannelSpace], tuple[GroupTable, Plan]]
 MAX_ROUNDS = 64  # groups the check may fix before it gives up (each is one binary search)
@@ -393,3 +393,13 @@ def unexpected(model: nn.Module, error: Exception) -> SlimifyError:
     _, line = source_line(error.__traceback__)
     where = f" at {line}" if line else " inside slimify (please report it)"
     return SlimifyError(f"converting {type(model).__name__} failed{where}: {type(error).__name__}: {_first_line(error)}")
+
+
+def with_line(error: SlimifyError) -> SlimifyError:
+    """``error`` naming the model's line that raised its cause (a trace that failed inside the
+    model's code), when its message names none."""
+    cause = error.__cause__
+    if cause is None or ", line " in str(error):
+        return error
+    _, line = source_line(cause.__traceback__)
+    return SlimifyError(f"{error} (at {line})") if line else error

@@ -199,3 +199,29 @@ def test_fast_meta_shapes_match() -> None:
             got = op(x.to("meta"), w.to("meta"), b.to("meta"))
         want = op(x.clone(), w, b)
         assert got.shape == want.shape and got.dtype == want.dtype and got.is_meta
+
+
+class DataDependent(nn.Module):
+    """How many channels it returns depends on the input's values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return x[:, : int(x.mean() > 0) * 8 + 8]
+
+
+def test_data_dependent_channels_name_the_line_or_run() -> None:
+    model, x = DataDependent().eval(), torch.randn(1, 3, 8, 8)
+    expected = model(x).shape
+    try:
+        slimify.convert(model, SWITCHES, example_input=x)
+    except SlimifyError as e:  # one line naming the model's code
+        assert "test_selfcheck.py, line" in str(e) and "\n" not in str(e)
+        assert not slimify.is_slimmable(model)
+        return
+    for w in SWITCHES:  # or a model whose every switch runs like the original
+        with slimify.width(model, w):
+            assert model(x).shape == expected
