@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -13,7 +12,7 @@ import slimify
 from slimify import SlimifyError
 from slimify.convert import _plan
 from slimify.metarun import FastMeta
-from slimify.selfcheck import skeleton
+from slimify.skeleton import skeleton
 from slimify.space import ChannelSpace, Count
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
