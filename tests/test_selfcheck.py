@@ -224,3 +224,32 @@ def test_data_dependent_channels_name_the_line_or_run() -> None:
     for w in SWITCHES:  # or a model whose every switch runs like the original
         with slimify.width(model, w):
             assert model(x).shape == expected
+
+
+class Detections(nn.Module):
+    """Output sizes that depend on values (a detector's kept boxes): meta cannot run it, so the
+    check runs for real, and the count of kept entries may differ between widths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU())
+        self.score, self.cls = nn.Conv2d(16, 1, 1), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.body(x)
+        scores = self.score(f).flatten(1)
+        keep = torch.nonzero(scores[0] > 0).squeeze(1)
+        return self.cls(f.mean((2, 3))), scores[0][keep]
+
+
+def test_value_dependent_output_sizes_run_for_real() -> None:
+    model, x = Detections().eval(), torch.randn(1, 3, 12, 12)
+    logits, kept = model(x)
+    slimify.convert(model, SWITCHES, example_input=x)
+    report = slimify.report(model)
+    assert not [g for g in report.fixed if g.reason.startswith("self-check")]
+    assert any(g.channels[0] < 16 for g in report.slimmable)
+    for w in SWITCHES:
+        with slimify.width(model, w):
+            got_logits, got_kept = model(x)
+        assert got_logits.shape == logits.shape and got_kept.ndim == 1
