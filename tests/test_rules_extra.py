@@ -193,3 +193,28 @@ def test_mvit_unsqueeze_helpers() -> None:
 
     model = _check(Net(), torch.randn(2, 3, 2, 4, 4))
     assert _widths(model, "embed") == [8, 16, 24, 32] and _widths(model, "mix") == [8, 16, 24, 32]
+
+
+def test_mvit_relative_positions() -> None:
+    from torchvision.models.video import mvit
+
+    class Attention(nn.Module):
+        """MViT's attention with decomposed relative positions, on a 2×2×2 grid plus a class token."""
+
+        def __init__(self, dim: int = 32, heads: int = 4) -> None:
+            super().__init__()
+            self.num_heads, self.head_dim = heads, dim // heads
+            self.embed, self.qkv, self.proj = nn.Linear(3, dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, 5)
+            self.rel_pos_h, self.rel_pos_w, self.rel_pos_t = (nn.Parameter(torch.randn(3, dim // heads)) for _ in range(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b = x.shape[0]
+            tokens = self.embed(torch.cat([x.flatten(2).mean(2, keepdim=True), x.flatten(2)], 2).transpose(1, 2))
+            q, k, v = self.qkv(tokens).reshape(b, 9, 3, self.num_heads, self.head_dim).transpose(1, 3).unbind(dim=2)
+            attn = mvit._add_rel_pos(q @ k.transpose(-1, -2), q, (2, 2, 2), (2, 2, 2), self.rel_pos_h, self.rel_pos_w,
+                                     self.rel_pos_t)
+            out = (attn.softmax(-1) @ v).transpose(1, 2).flatten(2)
+            return self.proj(out.mean(1))
+
+    model = _check(Attention(), torch.randn(2, 3, 2, 2, 2))
+    assert _widths(model, "qkv")[1] == 48  # half of the heads: 2 of 4 in each of q, k, v
