@@ -1,5 +1,5 @@
 """The one place that runs the pipeline in order: analysis (trace → analyze → groups → plan) →
-ordering (optional) → rewrite."""
+self-check (every switch runs once on a copy) → ordering (optional) → rewrite."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from slimify.analysis.report import ConversionReport
 from slimify.analysis.stages import analyze_model, default_input
+from slimify.check.selfcheck import self_check, unexpected, with_line
 from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused
 from slimify.ordering.permute import reorder as reorder_channels
@@ -19,26 +20,37 @@ __all__ = ["convert", "report"]
 
 
 @gc_paused
-def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
+def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int | None = None,
             example_input: torch.Tensor | None = None, reorder: str | None = None,
             reorder_data: Any = None) -> nn.Module:
     """Make ``model`` slimmable in place and return it.
 
     Every switch runs the first channels of each channel group with private BatchNorm; at
-    width 1.0 the model computes exactly what it computed before. ``reorder`` ("l1", "l2", "bn",
-    "taylor" with ``reorder_data`` batches) first moves each group's most important channels
-    first, for pretrained weights (see ``slimify.reorder``).
+    width 1.0 the model computes exactly what it computed before, and every switch has run once
+    before it returns (``check/selfcheck.py``). ``divisor``: every width a multiple of it; ``None``
+    (default) uses 8, or a smaller power of two for a group too narrow for 8. ``reorder`` ("l1",
+    "l2", "bn", "taylor" with ``reorder_data`` batches) first moves each group's most important
+    channels first, for pretrained weights (see ``slimify.reorder``).
     """
     if is_slimmable(model):
         raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
-    analysis = analyze_model(model, switches, divisor, example_input)
+    try:
+        analysis = analyze_model(model, switches, divisor, example_input, check=self_check)
+    except SlimifyError as e:
+        raise with_line(e) from e.__cause__
+    except Exception as e:  # noqa: BLE001 - never a raw traceback: one error naming the line
+        raise unexpected(model, e) from e
     ordering = None
     if reorder is not None:  # permutes channels within groups: the plan stays valid
         ordering = reorder_channels(model, reorder, reorder_data, analysis, example_input=example_input)
     state = SlimState(analysis.plan.switches)
-    rewrite(model, analysis.plan, state)
+    try:  # the self-check already rewrote a copy of the model with this plan
+        rewrite(model, analysis.plan, state)
+    except Exception as e:  # noqa: BLE001
+        raise unexpected(model, e) from e
     example_shape = list((default_input(model) if example_input is None else example_input).shape)
-    state.record = ConversionRecord(report=analysis.report, analysis=analysis, divisor=analysis.plan.divisor,
+    divisor = None if analysis.plan.auto_divisor else analysis.plan.divisor  # None: automatic, per group
+    state.record = ConversionRecord(report=analysis.report, analysis=analysis, divisor=divisor,
                                     reorder=ordering, example_shape=example_shape)
     setattr(model, STATE_ATTR, state)
     return model

@@ -27,12 +27,12 @@ STATE_ATTR = "_slimify_state"
 @dataclass
 class ConversionRecord:
     """What a conversion found and chose, kept on the converted model: the report and analysis
-    (``slimify.report``, ``save``), the divisor, the channel reordering and the example input's
+    (``slimify.report``, ``save``), the divisor (``None``: automatic, per group), the channel reordering and the example input's
     shape (what ``save`` records so ``load`` rebuilds the same plan)."""
 
     report: ConversionReport | None = None
     analysis: Analysis | None = None
-    divisor: int = 8
+    divisor: int | None = 8
     reorder: Reordering | None = None
     example_shape: list[int] | None = None
 

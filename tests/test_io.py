@@ -130,7 +130,9 @@ def test_round_trip_is_exact_at_every_switch(tmp_path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     config = read_config(path)
     assert config["source"] == {"spec": "slimify:tinynet", "kwargs": {"num_classes": 7}}
-    assert config["conversion"] == {"switches": [0.25, 0.5, 0.75, 1.0], "divisor": 8, "example_shape": [1, 3, 32, 32]}
+    divisors = [g.divisor for g in slimify.report(model).groups]
+    assert config["conversion"] == {"switches": [0.25, 0.5, 0.75, 1.0], "divisor": None, "example_shape": [1, 3, 32, 32],
+                                    "group_divisors": divisors}  # None: automatic, per group
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.slim"]
 
 

@@ -21,12 +21,13 @@ RANKS: dict[str, int] = {
     "errors": 0, "state": 0, "gcpause": 0, "device": 0, "registry": 0,
     "analysis": 1, "rules": 1,  # one stage in two folders: analysis/walk runs the rules, rules read analysis/space
     "rewrite": 2,
-    "ordering": 3,
-    "pipeline": 4,
-    "store": 5,
-    "deploy": 6,
-    "train": 7,
-    "cli": 8,
+    "check": 3,  # the self-check: runs a rewritten copy of the model, reads the trace's records
+    "ordering": 4,
+    "pipeline": 5,
+    "store": 6,
+    "deploy": 7,
+    "train": 8,
+    "cli": 9,
 }
 
 

@@ -179,3 +179,15 @@ def _set_units_and_origins(space: ChannelSpace, groups: list[ChannelGroup], grou
         grp.unit = max(sorted(set(found), reverse=True), key=found.count)
         if not grp.fixed and grp.index not in seen_groups:
             grp.fixed, grp.reason = True, "only parameters, no activation uses these channels"
+
+
+def cut_around(space: ChannelSpace, table: GroupTable, ids: np.ndarray) -> None:
+    """Give the classes of ``ids`` a group of their own: a cut wherever one of them sits next to
+    a class outside them in some producer's output (``ChannelSpace.cut``)."""
+    member = np.isin(table.class_of, np.unique(table.class_of[np.asarray(ids, np.int64)]))
+    for v in space.vars:
+        if v.producer and v.size > 1:
+            here = np.arange(v.start, v.start + v.size - 1)
+            edge = here[member[here] != member[here + 1]]
+            if edge.size:
+                space.cut(edge, edge + 1)

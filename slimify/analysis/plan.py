@@ -9,10 +9,14 @@ from typing import Any
 import numpy as np
 
 from slimify.analysis.groups import GroupTable
-from slimify.analysis.space import ChannelSpace, Count
+from slimify.analysis.space import FIXED, ChannelSpace, Count
 from slimify.errors import SlimifyError
 
-__all__ = ["make_divisible", "check_switches", "Plan", "make_plan", "Index"]
+__all__ = ["make_divisible", "check_switches", "Plan", "make_plan", "Index", "group_divisor", "DEFAULT_DIVISOR",
+           "EmptyPiece"]
+
+DEFAULT_DIVISOR = 8  # ``divisor=None``: 8, or the largest smaller power of two a narrow group needs
+AUTO_TOLERANCE = 0.1  # an automatic divisor keeps every switch within 10% of C·w where one can
 
 Index = slice | np.ndarray | None  # how one dim of a tensor is cut at one switch (None: whole)
 
@@ -26,7 +30,7 @@ def make_divisible(value: float, divisor: int, min_value: int | None = None) -> 
     return new
 
 
-def check_switches(switches: Any, divisor: Any) -> tuple[tuple[float, ...], int]:
+def check_switches(switches: Any, divisor: Any) -> tuple[tuple[float, ...], int | None]:
     try:
         values = tuple(float(s) for s in switches)
     except (TypeError, ValueError) as e:
@@ -38,8 +42,8 @@ def check_switches(switches: Any, divisor: Any) -> tuple[tuple[float, ...], int]
         raise SlimifyError(f"switches must lie in (0, 1]; got {bad}")
     if len(set(values)) != len(values):
         raise SlimifyError(f"switches contain duplicates: {list(values)}")
-    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
-        raise SlimifyError(f"divisor must be an integer >= 1, got {divisor!r}")
+    if divisor is not None and (isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1):
+        raise SlimifyError(f"divisor must be an integer >= 1 (or None: automatic), got {divisor!r}")
     return tuple(sorted(values)), divisor
 
 
@@ -49,13 +53,15 @@ class Plan:
     parameter, a value per width-dependent attribute and the channels of each BatchNorm."""
 
     switches: tuple[float, ...]
-    divisor: int
+    divisor: int  # the divisor asked for (``DEFAULT_DIVISOR`` when automatic)
     kept: dict[int, list[int]]  # group index → classes kept per switch
     params: dict[tuple[str, str], list[dict[int, Index]]] = field(default_factory=dict)
     attrs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     batchnorms: dict[str, list[np.ndarray]] = field(default_factory=dict)
     # a feature output that narrow switches pad back with zeros: its active features per switch
     output_widths: list[int] | None = None
+    auto_divisor: bool = False  # ``divisor=None``: narrow groups may use a smaller one
+    group_divisors: dict[int, int] = field(default_factory=dict)  # group index → divisor it used
 
 
 def _kept_classes(n: int, unit: int, w: float, divisor: int) -> int:
@@ -68,6 +74,24 @@ def _kept_classes(n: int, unit: int, w: float, divisor: int) -> int:
     if step > divisor:  # whole heads or conv groups: the nearest count (ties to fewer), never none
         return max(step // unit, min(n, math.floor(total * w / step + 0.5 - 1e-9) * (step // unit)))
     return max(1, min(total, make_divisible(total * w, step)) // unit)
+
+
+def group_divisor(n: int, unit: int, switches: tuple[float, ...], divisor: int, auto: bool) -> int:
+    """``divisor`` itself unless ``auto``; then the largest power of two up to it that keeps every
+    switch within ``AUTO_TOLERANCE`` of C·w (a 24-channel layer at 0.25 keeps 6, not 8), else the
+    one that comes closest (whole heads: every divisor gives the same count, the largest is kept)."""
+    if not auto:
+        return divisor
+    total, best = n * unit, (math.inf, divisor)
+    d = 1 << (divisor.bit_length() - 1)
+    while d >= 1:
+        error = max(abs(_kept_classes(n, unit, w, d) * unit - total * w) / (total * w) for w in switches)
+        if error <= AUTO_TOLERANCE:
+            return d
+        if error < best[0] - 1e-9:
+            best = (error, d)
+        d //= 2
+    return best[1]
 
 
 def _to_index(mask: np.ndarray) -> Index:
@@ -85,6 +109,17 @@ class Unbalanced(Exception):
     def __init__(self, pieces: list[np.ndarray]) -> None:
         super().__init__("unbalanced pieces")
         self.pieces = pieces
+
+
+class EmptyPiece(Exception):
+    """A size that forward code reads (a conv's ``groups``, one of a list of split sizes) would be
+    0 at a narrow switch: the piece of a group it counts kept none of its channels. Planning cuts
+    the piece's channels into a group of their own, which keeps at least one unit."""
+
+    def __init__(self, ids: np.ndarray, origin: str) -> None:
+        super().__init__("empty piece")
+        self.ids = ids
+        self.origin = origin
 
 
 class NotABox(Exception):
@@ -111,23 +146,29 @@ def _elementwise_index(label: np.ndarray, active: np.ndarray) -> dict[int, Index
     return dims
 
 
-def _value(template: Any, active: np.ndarray) -> Any:
+def _value(template: Any, active: np.ndarray, origin: str = "") -> Any:
     if isinstance(template, Count):
         n = int(active[template.ids].sum())
         if n % template.unit:
             raise NotABox(template.ids)
+        if n == 0 and template.ids.size and (template.ids != FIXED).any():
+            raise EmptyPiece(template.ids, origin)
         return n // template.unit
     if isinstance(template, (list, tuple)):
-        return type(template)(_value(t, active) for t in template)
+        return type(template)(_value(t, active, origin) for t in template)
     return template
 
 
-def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...], divisor: int) -> Plan:
-    """Raises :class:`NotABox` naming the ids to fix when a tensor could not be served narrow."""
-    kept = {g.index: [len(g.classes) if g.fixed else _kept_classes(len(g.classes), g.unit, w, divisor)
+def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...], divisor: int | None) -> Plan:
+    """Raises :class:`NotABox` naming the ids to fix when a tensor could not be served narrow.
+    ``divisor=None`` picks one per group (``group_divisor``)."""
+    auto, base = divisor is None, DEFAULT_DIVISOR if divisor is None else divisor
+    divisors = {g.index: base if g.fixed else group_divisor(len(g.classes), g.unit, switches, base, auto)
+                for g in table.groups}
+    kept = {g.index: [len(g.classes) if g.fixed else _kept_classes(len(g.classes), g.unit, w, divisors[g.index])
                       for w in switches] for g in table.groups}
     n_groups = len(table.groups)
-    plan = Plan(switches, divisor, kept)
+    plan = Plan(switches, base, kept, auto_divisor=auto, group_divisors=divisors)
     actives = []
     for s in range(len(switches)):
         limit = np.array([kept[g][s] for g in range(n_groups)] + [np.iinfo(np.int64).max], np.int64)
@@ -154,7 +195,7 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
             per_switch.append({d: i for d, i in dims.items() if i is not None})
         plan.params[key] = per_switch
     for key, spec in space.attrs.items():
-        plan.attrs[key] = [_value(spec.template, active) for active in actives]
+        plan.attrs[key] = [_value(spec.template, active, f"{key[0]}.{key[1]}") for active in actives]
     for bn in space.batchnorms:
         plan.batchnorms[bn.module] = [np.nonzero(active[bn.ids])[0] for active in actives]
     if space.output_ids is not None:

@@ -19,6 +19,7 @@ class GroupInfo:
     fixed: bool
     reason: str
     origins: list[str]  # layers producing these channels
+    divisor: int = 8  # every width a multiple of it (smaller than asked for a narrow group, automatic divisor)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ConversionReport:
     groups: list[GroupInfo] = field(default_factory=list)
     seconds: float = 0.0
     padded_output: list[int] | None = None  # features computed per switch of a zero-padded output
+    auto_divisor: bool = False  # ``divisor=None``: ``divisor`` is the largest, narrow groups use less
 
     @property
     def fixed(self) -> list[GroupInfo]:
@@ -45,12 +47,13 @@ class ConversionReport:
         """Readable summary: slimmable groups (largest first) then every fixed group's reason."""
         head = " | ".join(f"w={w:g}" for w in self.switches)
         lines = [f"{self.model}: {len(self.groups)} channel groups, {len(self.slimmable)} slimmable, "
-                 f"{len(self.fixed)} fixed (switches {list(self.switches)}, divisor {self.divisor})",
-                 "", f"{'group':>5} | {'size':>5} | {'unit':>4} | {head} | produced by"]
+                 f"{len(self.fixed)} fixed (switches {list(self.switches)}, {self._divisor_text()})",
+                 "", f"{'group':>5} | {'size':>5} | {'unit':>4} | {'div':>3} | {head} | produced by"]
         shown = sorted(self.slimmable, key=lambda g: -g.size)
         for g in shown[:max_rows]:
             widths = " | ".join(f"{c:>{len(f'w={w:g}')}}" for c, w in zip(g.channels, self.switches))
-            lines.append(f"{g.index:>5} | {g.size:>5} | {g.unit:>4} | {widths} | {', '.join(g.origins[:3])}")
+            lines.append(f"{g.index:>5} | {g.size:>5} | {g.unit:>4} | {g.divisor:>3} | {widths} | "
+                         f"{', '.join(g.origins[:3])}")
         if len(shown) > max_rows:
             lines.append(f"  … {len(shown) - max_rows} more slimmable groups")
         if self.padded_output is not None:
@@ -63,14 +66,21 @@ class ConversionReport:
                 lines.append(f"  group {g.index} ({g.size} ch, {', '.join(g.origins[:2]) or '-'}): {g.reason}")
         return "\n".join(lines)
 
+    def _divisor_text(self) -> str:
+        if not self.auto_divisor:
+            return f"divisor {self.divisor}"
+        smaller = sum(g.divisor < self.divisor for g in self.slimmable)
+        return f"divisor {self.divisor}, automatic: {smaller} narrow groups use a smaller one"
+
     def __str__(self) -> str:
         return self.table()
 
 
 def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float) -> ConversionReport:
     report = ConversionReport(model_name, plan.switches, plan.divisor, seconds=seconds,
-                              padded_output=plan.output_widths)
+                              padded_output=plan.output_widths, auto_divisor=plan.auto_divisor)
     for g in table.groups:
         channels = [k * g.unit for k in plan.kept[g.index]]
-        report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason, list(g.origins)))
+        report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason, list(g.origins),
+                                       plan.group_divisors.get(g.index, plan.divisor)))
     return report

@@ -8,6 +8,7 @@ attribute a tracer proxy or meta tensor entered is put back afterwards (``state_
 from __future__ import annotations
 
 import contextlib
+import linecache
 import operator
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,9 +22,11 @@ from torch.utils._pytree import tree_map
 
 from slimify.errors import SlimifyError
 
-__all__ = ["SHAPE_KEY", "VALUE_KEY", "record_shapes", "record_on_meta", "note_value", "holds_tensor", "state_kept", "holds_proxy", "SAME_SHAPE_MODULES"]
+__all__ = ["SHAPE_KEY", "WHERE_KEY", "VALUE_KEY",
+           "record_shapes", "record_on_meta", "note_value", "holds_tensor", "state_kept", "holds_proxy", "SAME_SHAPE_MODULES"]
 
 SHAPE_KEY = "slimify.shape"  # node.meta key: torch.Size (or a pytree of them) of the node's value
+WHERE_KEY = "slimify.where"  # node.meta key: (file, line, function) of the model code that made the node (trace.py)
 VALUE_KEY = "slimify.value"  # node.meta key: small non-tensor values (ints, tuples) seen while running
 
 
@@ -107,13 +110,28 @@ class _ShapeRecorder(fx.Interpreter):
     """Runs the graph once and writes each node's output shape into ``node.meta`` (like
     torch.fx.passes.shape_prop, but keeping small python values too, for reshape rules)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra_traceback = False  # the error names the model's line (``_cannot_run``), not fx's node dump
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
-        except Exception as e:  # add the node to the error, as torch.fx's own passes do
-            raise SlimifyError(f"running node {n.format_node()} failed while recording shapes: {e}") from e
+        except Exception as e:  # name the model's line, as torch.fx's own passes name the node
+            raise SlimifyError(_cannot_run(self.module, n, e)) from e
         note_value(n, result)
         return result
+
+
+def _cannot_run(gm: fx.GraphModule, node: fx.Node, error: Exception) -> str:
+    """One line: the model does not run on the example input, where, and what to try."""
+    where = node.meta.get(WHERE_KEY)
+    code = f"{where[0]}, line {where[1]}, in {where[2]}: {linecache.getline(where[0], where[1]).strip()}" \
+        if where else node.format_node()
+    module = f" ({node.target})" if node.op == "call_module" else ""
+    first = (str(error).splitlines() or [""])[0][:300]
+    return (f"{type(gm).__name__} does not run on the example input: {code}{module}: {type(error).__name__}: {first}; "
+            "give example_input= a batch the model accepts (its input size and channels)")
 
 
 class _MetaShapeRecorder(_ShapeRecorder):

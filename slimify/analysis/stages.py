@@ -1,16 +1,19 @@
-"""The read-only stages run in order on a model: trace → analyze → groups → plan. The model is
-never changed; ``slimify.pipeline`` then reorders and rewrites it."""
+"""The read-only stages run in order on a model: trace → analyze → groups → plan (→ the
+self-check the caller passes in). The model is never changed; ``slimify.pipeline`` then reorders
+and rewrites it."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
-from slimify.analysis.groups import GroupTable, find_groups
-from slimify.analysis.plan import NotABox, Plan, Unbalanced, check_switches, make_plan
+from slimify.analysis.groups import GroupTable, cut_around, find_groups
+from slimify.analysis.plan import EmptyPiece, NotABox, Plan, Unbalanced, check_switches, make_plan
 from slimify.analysis.report import ConversionReport, build_report
 from slimify.analysis.space import ChannelSpace
 from slimify.analysis.trace import trace
@@ -20,7 +23,13 @@ from slimify.gcpause import gc_paused
 from slimify.rules import find_module_rule
 from slimify.rules.caches import caches_emptied
 
-__all__ = ["analyze_model", "Analysis", "default_input"]
+__all__ = ["analyze_model", "Analysis", "default_input", "Check"]
+
+Replan = Callable[[ChannelSpace], tuple[GroupTable, Plan]]
+# (model, example, space, table, plan, replan, traced output node) -> the table and plan that ran:
+# the self-check (``slimify.check.selfcheck.self_check``). It rewrites a copy of the model, a later
+# stage than analysis, so the callers above (``convert``, ``reorder``) hand it in.
+Check = Callable[[nn.Module, Any, ChannelSpace, GroupTable, Plan, Replan, "fx.Node | None"], tuple[GroupTable, Plan]]
 
 
 @dataclass
@@ -41,9 +50,11 @@ def default_input(model: nn.Module) -> torch.Tensor:
 
 
 @gc_paused
-def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
-                  example_input: torch.Tensor | None = None) -> Analysis:
-    """Trace, find channel groups and plan widths without touching ``model``."""
+def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int | None = None,
+                  example_input: torch.Tensor | None = None, check: Check | None = None) -> Analysis:
+    """Trace, find channel groups and plan widths without touching ``model``. ``check`` (the
+    self-check, ``slimify/check/selfcheck.py``; ``convert`` and ``reorder`` pass it) runs every
+    switch of the plan once on a copy and fixes what fails before the plan is returned."""
     switches, divisor = check_switches(switches, divisor)
     if not isinstance(model, nn.Module):
         raise SlimifyError(f"convert needs a torch.nn.Module, got {type(model).__name__}")
@@ -61,12 +72,17 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
         other_table, other_plan = _plan(other, switches, divisor, type(model).__name__)
         if _stuck_channels(other_table, other_plan) < stuck:
             space, table, plan = other, other_table, other_plan
+    if check is not None:
+        output = next((n for n in reversed(traced.graph.nodes) if n.op == "output"), None)
+        table, plan = check(model, example, space, table, plan,
+                            lambda trial: _plan(trial, switches, divisor, type(model).__name__), output)
     seconds = time.perf_counter() - start
     return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
 
 
-def _plan(space: ChannelSpace, switches: tuple[float, ...], divisor: int, name: str) -> tuple[GroupTable, Plan]:
+def _plan(space: ChannelSpace, switches: tuple[float, ...], divisor: int | None, name: str) -> tuple[GroupTable, Plan]:
     """Groups and widths; each failed check adds a constraint to ``space`` and plans again."""
+    emptied: set[bytes] = set()
     for _ in range(64):
         table = find_groups(space)
         try:
@@ -77,6 +93,11 @@ def _plan(space: ChannelSpace, switches: tuple[float, ...], divisor: int, name: 
             space.balances = [b for b in space.balances if b is not e.pieces]
         except NotABox as e:
             space.fix(e.ids, e.reason)
+        except EmptyPiece as e:  # a piece read as a size kept no channel: its own group, once
+            if e.ids.tobytes() in emptied:
+                space.fix(e.ids, f"{e.origin} would count no channels at a narrow switch")
+            emptied.add(e.ids.tobytes())
+            cut_around(space, table, e.ids)
     raise SlimifyError(f"could not plan widths for {name}")
 
 
@@ -84,4 +105,5 @@ def _stuck_channels(table: GroupTable, plan: Plan) -> int:
     """Channels of slimmable groups that keep their full width even at the narrowest switch:
     a group whose unit (tied by equal-width pieces) is as large as the group itself."""
     return sum(g.size for g in table.groups
-               if not g.fixed and g.size > plan.divisor and plan.kept[g.index][0] == len(g.classes))
+               if not g.fixed and g.size > plan.group_divisors.get(g.index, plan.divisor)
+               and plan.kept[g.index][0] == len(g.classes))

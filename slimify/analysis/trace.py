@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from slimify.analysis.shape_pass import SHAPE_KEY, VALUE_KEY, record_shapes, state_kept
+from slimify.analysis.shape_pass import SHAPE_KEY, VALUE_KEY, WHERE_KEY, record_shapes, state_kept
 from slimify.errors import SlimifyError
 
 __all__ = ["TracedModel", "SlimifyTracer", "trace", "SHAPE_KEY", "VALUE_KEY", "WHERE_KEY"]
@@ -39,7 +39,6 @@ def _notrace_functions() -> tuple[Callable[..., Any], ...]:
     return tuple(timm_fx.get_notrace_functions())
 
 
-WHERE_KEY = "slimify.where"  # node.meta key: (file, line, function) of the model code that made the node
 _PLUMBING = ("/torch/fx/", "/torch/nn/modules/module.py", "/torch/overrides.py", "/torch/_tensor.py",
              "/torch/_ops.py", "/torch/utils/_device.py", "/slimify/analysis/trace.py", "/slimify/rules/")
 

@@ -125,8 +125,9 @@ def conversion_options(f: F) -> F:
     f = size_option(f)
     f = click.option("--num-classes", type=click.IntRange(min=0),
                      help="Classes of the classifier head; 0: none (timm models then return their features).")(f)
-    f = click.option("--divisor", type=click.IntRange(min=1), default=8, show_default=True,
-                     help="Channel counts at narrow switches are multiples of this.")(f)
+    f = click.option("--divisor", type=click.IntRange(min=1), default=None,
+                     help="Channel counts at narrow switches are multiples of this  [default: 8, smaller for "
+                          "layers too narrow for 8]")(f)
     f = click.option("--switches", callback=parse_switches, default="0.25,0.5,0.75,1.0", show_default=True,
                      help="Widths the model can run at.")(f)
     return f

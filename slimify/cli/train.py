@@ -20,8 +20,8 @@ F = Callable[..., Any]
 def model_options(f: F) -> F:
     """MODEL plus the options that say how to build and convert it from a name."""
     f = click.option("--num-classes", type=click.IntRange(min=1), help="Classes of the head (default: from DATA).")(f)
-    f = click.option("--divisor", type=click.IntRange(min=1), default=8, show_default=True,
-                     help="Channel counts are multiples of this.")(f)
+    f = click.option("--divisor", type=click.IntRange(min=1), default=None,
+                     help="Channel counts are multiples of this  [default: 8, smaller for layers too narrow for 8]")(f)
     f = click.option("--switches", callback=parse_switches, help="Widths to convert to  [default: 0.25,0.5,0.75,1.0]")(f)
     f = click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
                      help="Plain pretrained weights (.safetensors / .pt / .pth) for a model name.")(f)

@@ -28,6 +28,7 @@ import torch.nn as nn
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import ChannelSpace
 from slimify.analysis.stages import Analysis, analyze_model, default_input
+from slimify.check.selfcheck import self_check
 from slimify.errors import SlimifyError
 from slimify.ordering.registry import SCORES, class_scores
 from slimify.ordering.scores import as_batches, tensor_of
@@ -273,7 +274,7 @@ def reorder(model: nn.Module, method: str = "l1", data: Any = None, analysis: An
         example_input = _first_input(data)
     example = default_input(model) if example_input is None else example_input
     if analysis is None:
-        analysis = analyze_model(model, example_input=example)
+        analysis = analyze_model(model, example_input=example, check=self_check)  # the groups convert would find
     result = Reordering(method)
     _orders(analysis.table, class_scores(model, analysis.space, analysis.table, method, data, batches), result,
             analysis.space)

@@ -19,25 +19,30 @@ __all__ = ["rewrite"]
 def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
     """Apply ``plan``: serve narrow parameters and attributes, add private BatchNorms."""
     data: dict[str, SlimData] = {}
+    modules = dict(model.named_modules(remove_duplicate=False))  # one walk, not one per lookup
 
     def for_module(path: str) -> SlimData:
-        return data.setdefault(path, SlimData(state))
+        found = data.get(path)
+        return found if found is not None else data.setdefault(path, SlimData(state))
 
     for (path, name), per_switch in plan.params.items():
         if any(per_switch):
             for_module(path).params[name] = per_switch
     for (path, name), values in plan.attrs.items():
-        module = model.get_submodule(path)
+        module = modules[path]
         if any(_differs(v, getattr(module, name, None)) for v in values):
             for_module(path).attrs[name] = values
     for path, per_switch in plan.batchnorms.items():
-        module = model.get_submodule(path)
-        for_module(path).bn_slots = attach_private_batchnorm(module, per_switch, plan.switches)
-    for path, module in model.named_modules():  # a cached tensor has the width that computed it
+        for_module(path).bn_slots = attach_private_batchnorm(modules[path], per_switch, plan.switches)
+    seen: set[int] = set()
+    for path, module in modules.items():  # a cached tensor has the width that computed it
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
         for name in cache_attrs(module):
             for_module(path).forward_caches[name] = (state.index, empty_cache(getattr(module, name)))
     for path, module_data in data.items():
-        make_slimmable(model.get_submodule(path), module_data)
+        make_slimmable(modules[path], module_data)
     if plan.output_widths is not None:  # a feature output keeps its size: pad narrow switches
         model.register_forward_hook(OutputPad(state, plan.output_widths, plan.output_widths[-1]))
 

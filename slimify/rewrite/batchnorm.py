@@ -22,18 +22,27 @@ class SwitchBatchNorm(nn.Module):
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, index: np.ndarray) -> None:
         super().__init__()
-        take = torch.as_tensor(index, dtype=torch.long)
+        take: list[torch.Tensor] = []
+
+        def pick(full: torch.Tensor) -> torch.Tensor:  # meta (the self-check's copy): the size is all
+            if full.is_meta:
+                return torch.empty(len(index), dtype=full.dtype, device="meta")
+            if not take:
+                take.append(torch.as_tensor(index, dtype=torch.long))
+            return full.detach()[take[0].to(full.device)].clone()
+
+        # straight into the dicts: fixed names, and register_* costs a failed attribute lookup each
         for name in ("weight", "bias"):
             full = bn._parameters.get(name)
             if full is not None:
-                self.register_parameter(name, nn.Parameter(full.detach()[take.to(full.device)].clone()))
+                self._parameters[name] = nn.Parameter(pick(full))
         for name in ("running_mean", "running_var"):
             full = bn._buffers.get(name)
             if full is not None:
-                self.register_buffer(name, full.detach()[take.to(full.device)].clone())
+                self._buffers[name] = pick(full)
         count = bn._buffers.get("num_batches_tracked")
         if count is not None:
-            self.register_buffer("num_batches_tracked", count.detach().clone())
+            self._buffers["num_batches_tracked"] = count.detach().clone()
 
     def extra_repr(self) -> str:
         t = self._buffers.get("running_mean")

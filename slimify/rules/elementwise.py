@@ -59,7 +59,7 @@ def elementwise(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
       "max_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
       "adaptive_max_pool2d", "lp_pool2d", "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to",
       "type_as", "type", "zeros_like", "ones_like", "empty_like", "rand_like", "randn_like", "full_like", "pos",
-      "nan_to_num", "pixel_shuffle_free", "hard_sigmoid", "hard_swish", "swish", "requires_grad_",
+      "nan_to_num", "hard_sigmoid", "hard_swish", "swish", "requires_grad_",
       "torchvision.ops:stochastic_depth")
 def passthrough(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """One tensor in, same channels out (activations, pooling, dropout, interpolation)."""
@@ -85,7 +85,7 @@ def reshape_fallback(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...])
     return reshape_to(ctx, x, out_shape, None)
 
 
-@rule("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "prod", "norm")
+@rule("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "prod")  # norm: norms.p_norm (p comes first)
 def reduction(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     """``mean``/``sum``/``amax``… over some dims. Reducing across channels (CBAM's channel
     mean) gives a value that is no channel at all; reducing a dim inside a unit (head_dim)

@@ -162,13 +162,19 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
     src = source_of(model) if source is None else ModelSource(source) if isinstance(source, str) else source
     tensors = _state_tensors(model)
     config = {"format": FORMAT, "version": VERSION, "slimify_version": __version__, "source": src.to_dict(),
-              "conversion": {"switches": list(state.switches), "divisor": int(state.record.divisor),
-                             "example_shape": list(example_shape(model))},
+              "conversion": {"switches": list(state.switches), "divisor": _divisor(state.record.divisor),
+                             "example_shape": list(example_shape(model)),
+                             "group_divisors": [g.divisor for g in state.record.report.groups]},
               "plan_sha256": plan_digest(model), "tensors_sha256": tensors_digest(tensors),
               "width": state.width, "model": type(model).__name__}
     with atomic_path(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(config)})
     return Path(path)
+
+
+def _divisor(divisor: int | None) -> int | None:
+    """``None``: the automatic divisor (a file without ``group_divisors`` always has an int)."""
+    return None if divisor is None else int(divisor)
 
 
 def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -220,7 +226,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     try:
         switches = [float(s) for s in conv["switches"]]
         divisor, shape = conv["divisor"], [int(s) for s in conv["example_shape"]]
-        ok = isinstance(divisor, int) and 2 <= len(shape) <= 5 and all(0 < s <= 4096 for s in shape)
+        ok = (divisor is None or isinstance(divisor, int)) and 2 <= len(shape) <= 5 and all(0 < s <= 4096 for s in shape)
         ok = ok and float(config.get("width", 1.0)) in switches and isinstance(config.get("plan_sha256"), str)
     except (TypeError, KeyError, ValueError):
         ok = False

@@ -49,7 +49,7 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
 
 
 def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[float, ...] | None = None,
-                   divisor: int = 8, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
+                   divisor: int | None = None, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
                    reorder: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A slimmable model and its spec from ``source``: a ``.slim`` file, a slimify training
     checkpoint (``.pt``), or a model name converted with ``switches`` (``checkpoint`` = plain

@@ -1,0 +1,265 @@
+"""Run a plan's switches on a *skeleton* of the model: its module tree copied shallowly (the
+copy's own dicts; its tensors empty on the meta device, or the user's own when the model cannot
+run on meta), rewritten with the plan. What the self-check (``selfcheck.py``) runs; the user's
+model is never written."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import linecache
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_map
+
+from slimify.analysis.plan import Plan
+from slimify.check.metarun import FastMeta
+from slimify.errors import SlimifyError
+from slimify.rewrite.apply import rewrite  # the pipeline's rewrite, run on the skeleton
+from slimify.rules.caches import empty_caches
+from slimify.state import SlimState
+
+__all__ = ["Failure", "Runner", "skeleton", "structure", "recorded_structure", "source_line", "first_line"]
+
+_PLUMBING = ("/torch/", "/slimify/", "/contextlib.py", "/functools.py")
+_INTERNALS = frozenset(vars(nn.Module()))  # the module's own dicts, sets and flags
+
+
+@dataclass
+class Failure:
+    """One switch that did not run like the original: where, and what happened."""
+
+    width: float
+    module: str  # innermost module whose forward raised ("" for the model itself / its output)
+    line: str  # "file, line N: code" of the model's source, or "" when not known
+    message: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The place, for telling one failure from another while fixing groups."""
+        return self.module, self.line
+
+    def describe(self) -> str:
+        where = f" in {self.module}" if self.module else ""
+        at = f" at {self.line}" if self.line else ""
+        return f"width {self.width:g} failed{where}{at}: {self.message}"
+
+
+# -- skeleton -------------------------------------------------------------------------------
+def _meta(t: torch.Tensor) -> torch.Tensor:
+    empty = torch.empty(t.shape, dtype=t.dtype, device="meta")  # empty_like runs a Python ref on meta
+    return nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+
+
+def skeleton(model: nn.Module, meta: bool, tensors: dict[int, torch.Tensor] | None = None) -> nn.Module:
+    """A copy of ``model``'s module tree that the rewrite and forward code may change freely: every
+    module a new object with its own parameter, buffer, submodule and hook dicts (and its own copy
+    of each dict, list or set attribute, which forward code may fill); its tensors empty on the
+    meta device (``meta``; ``tensors`` keeps them from one copy to the next) or the user's own
+    (shared, never written: eval mode, no grad)."""
+    memo: dict[int, Any] = {}
+    tensors = {} if tensors is None else tensors
+
+    def tensor(t: torch.Tensor) -> torch.Tensor:
+        if not meta:
+            return t
+        if id(t) not in tensors:
+            tensors[id(t)] = _meta(t)
+        return tensors[id(t)]
+
+    def module(m: nn.Module) -> nn.Module:
+        if id(m) in memo:
+            return memo[id(m)]
+        new = type(m).__new__(type(m))
+        memo[id(m)] = new
+        state = dict(m.__dict__)
+        for k, v in state.items():
+            if isinstance(v, (dict, list, set)):  # hook dicts; what forward code may fill in place
+                state[k] = v.copy() if k in _INTERNALS else memo.setdefault(id(v), v.copy())
+            elif isinstance(v, torch.Tensor):  # on meta too, or the meta run would mix devices
+                state[k] = tensor(v)
+        state["_parameters"] = {k: None if p is None else tensor(p) for k, p in m._parameters.items()}
+        state["_buffers"] = {k: None if b is None else tensor(b) for k, b in m._buffers.items()}
+        state["_modules"] = {k: None if c is None else module(c) for k, c in m._modules.items()}
+        new.__dict__.update(state)
+        return new
+
+    return module(model)
+
+
+# -- running ----------------------------------------------------------------------------------
+def structure(value: Any) -> Any:
+    """What the check compares: containers, keys and dataclass fields as they are, tensors as
+    (shape, dtype), anything else as its type."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype)
+    if isinstance(value, dict):
+        return (type(value), {k: structure(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return (type(value), [structure(v) for v in value])
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value), {f.name: structure(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    return type(value)
+
+
+def recorded_structure(shapes: Any) -> Any:
+    """:func:`structure` of the output the trace recorded (a pytree of ``torch.Size``, ``None`` for
+    anything else): dtypes and non-tensor leaves are not known, so not compared."""
+    if isinstance(shapes, torch.Size):
+        return ("tensor", tuple(shapes), None)
+    if isinstance(shapes, dict):
+        return (type(shapes), {k: recorded_structure(v) for k, v in shapes.items()})
+    if isinstance(shapes, (list, tuple)):
+        return (type(shapes), [recorded_structure(v) for v in shapes])
+    return None
+
+
+def _difference(ref: Any, got: Any, where: str, loose_first: bool) -> str:
+    """Where ``got``'s structure departs from ``ref``'s ("" when it does not). ``loose_first``:
+    sizes along the first dim may differ (a real run's detections: box counts vary with width)."""
+    if ref is None:  # not recorded: anything but a tensor
+        return f"{where or 'output'} is a tensor where the original has none" if _is_tensor(got) else ""
+    if isinstance(ref, tuple) and len(ref) == 3 and ref[0] == "tensor":
+        if not (isinstance(got, tuple) and len(got) == 3 and got[0] == "tensor"):
+            return f"{where or 'output'} is no longer a tensor"
+        a, b = ref[1], got[1]
+        same = len(a) == len(b) and all(x == y or (d == 0 and loose_first) for d, (x, y) in enumerate(zip(a, b)))
+        return "" if same and ref[2] in (None, got[2]) else f"{where or 'output'} has shape {list(b)} instead of {list(a)}"
+    if isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[1], (dict, list)):
+        if not (isinstance(got, tuple) and len(got) == 2 and got[0] is ref[0]):
+            return f"{where or 'output'} is a {getattr(got, '__name__', type(got).__name__)} instead of {ref[0].__name__}"
+        items_ref = ref[1].items() if isinstance(ref[1], dict) else enumerate(ref[1])
+        keys_got = list(got[1]) if isinstance(got[1], dict) else list(range(len(got[1])))
+        if list(dict(items_ref)) != keys_got:
+            return f"{where or 'output'} has entries {keys_got} instead of {list(dict(items_ref))}"
+        items_ref = ref[1].items() if isinstance(ref[1], dict) else enumerate(ref[1])
+        for k, sub in items_ref:
+            diff = _difference(sub, got[1][k], f"{where or 'output'}[{k!r}]", loose_first)
+            if diff:
+                return diff
+        return ""
+    return "" if ref == got else f"{where or 'output'} is a {got} instead of {ref}"
+
+
+def _is_tensor(structured: Any) -> bool:
+    return isinstance(structured, tuple) and len(structured) == 3 and structured[0] == "tensor"
+
+
+def source_line(tb: Any) -> tuple[str, str]:
+    """The innermost module (its path via ``paths``) and model source line in a traceback."""
+    frames = traceback.extract_tb(tb)
+    for f in reversed(frames):
+        if not any(p in f.filename for p in _PLUMBING):
+            code = (f.line or linecache.getline(f.filename, f.lineno)).strip()
+            return f.filename, f"{f.filename}, line {f.lineno}, in {f.name}: {code}"
+    return "", ""
+
+
+def _innermost_module(tb: Any, paths: dict[int, str]) -> str:
+    found = ""
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in paths:
+            found = paths[id(owner)]
+        tb = tb.tb_next
+    return found
+
+
+class Runner:
+    """Runs skeletons of ``model`` on ``example``: each plan's switches narrower than 1.0, compared
+    with the reference output structure (the one the trace recorded, else the original's, run
+    here). On the meta device where the model runs there; when a meta run fails, the original's
+    full width (the rewritten skeleton at 1.0 serves the original tensors and attributes) tells a
+    model meta cannot run (then everything runs for real) from a failing switch. Models with
+    recurrent layers run for real: their meta kernels are slower than real ones."""
+
+    def __init__(self, model: nn.Module, example: Any, plan: Plan, recorded: Any = None, output_line: str = "") -> None:
+        self.model, self.example, self.reference, self.output_line = model, example, recorded, output_line
+        self.tensors: dict[int, torch.Tensor] = {}  # the model's tensors → their meta copies
+        self.meta = not any(isinstance(m, nn.RNNBase) for m in model.modules())
+        self.settled = False  # meta or real decided by a run of the original
+        if recorded is None:
+            self._settle(plan)
+
+    def _settle(self, plan: Plan) -> None:
+        """Run the original once (meta first where allowed): the device, and a reference."""
+        self.settled = True
+        error: Exception | None = None
+        for meta in ([True, False] if self.meta else [False]):
+            self.meta = meta
+            try:
+                reference = self._full_width(plan)
+                self.reference = reference if self.reference is None else self.reference
+                return
+            except Exception as e:  # noqa: BLE001 - on meta: .item(), data-dependent sizes; then for real
+                error = e
+        try:  # the original itself, for real: does the model run on this input at all?
+            self._run(self._skeleton())
+        except Exception as e:
+            error = e
+        else:
+            raise SlimifyError(f"{type(self.model).__name__}: the converted model fails at full width where the "
+                               f"original runs ({type(error).__name__}: {first_line(error)}): a slimify bug, "
+                               "please report it") from error
+        _, line = source_line(error.__traceback__)
+        raise SlimifyError(f"{type(self.model).__name__} does not run on the example input"
+                           f"{f' ({line})' if line else ''}: {type(error).__name__}: {first_line(error)}; give "
+                           "example_input= a batch the model accepts (input size, channels)") from error
+
+    def _skeleton(self) -> nn.Module:
+        net = skeleton(self.model, self.meta, self.tensors).eval()
+        empty_caches(net)  # the copy's own empty caches: the model's stay as they are
+        return net
+
+    def _rewritten(self, plan: Plan) -> tuple[nn.Module, SlimState]:
+        net, state = self._skeleton(), SlimState(plan.switches)
+        rewrite(net, plan, state)
+        return net, state
+
+    def _full_width(self, plan: Plan) -> Any:
+        if plan.switches[-1] < 1.0:
+            return self._run(self._skeleton())
+        net, state = self._rewritten(plan)
+        return self._run(net)
+
+    def _run(self, net: nn.Module) -> Any:
+        inputs = self.example if isinstance(self.example, tuple) else (self.example,)
+        if self.meta:
+            inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, inputs)
+        with torch.no_grad(), warnings.catch_warnings(), FastMeta() if self.meta else contextlib.nullcontext():
+            warnings.simplefilter("ignore")
+            return structure(net(*inputs))
+
+    def switches(self, plan: Plan, first: int | None = None) -> Failure | None:
+        """Run every switch of ``plan`` narrower than 1.0 on a rewritten skeleton; the first
+        failure, trying switch ``first`` first."""
+        net, state = self._rewritten(plan)
+        order = [i for i, w in enumerate(plan.switches) if w < 1.0]
+        if first in order:
+            order.remove(first)
+            order.insert(0, first)
+        for i in order:
+            state.select(plan.switches[i])
+            try:
+                got = self._run(net)
+            except Exception as e:  # noqa: BLE001 - any failure is what the check looks for
+                if not self.settled:  # a model meta cannot run, or a failing switch? Ask the original
+                    meta = self.meta
+                    self._settle(plan)
+                    if self.meta != meta:
+                        return self.switches(plan, first)
+                paths = {id(m): p for p, m in net.named_modules()}
+                return Failure(plan.switches[i], _innermost_module(e.__traceback__, paths),
+                               source_line(e.__traceback__)[1], f"{type(e).__name__}: {first_line(e)}")
+            diff = _difference(self.reference, got, "", loose_first=not self.meta)
+            if diff:
+                return Failure(plan.switches[i], "", self.output_line, f"the {diff}")
+        return None
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [""])[0][:300]
