@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from slimify.cli_model import parse_switches, reorder_option, resolve_reorder
+from slimify.cli_model import parse_input_size, parse_switches, reorder_option, resolve_reorder
 
 __all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
 
@@ -26,6 +26,9 @@ def model_options(f: F) -> F:
                      help="Plain pretrained weights (.safetensors / .pt / .pth) for a model name.")(f)
     f = reorder_option(f)
     f = click.option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")(f)
+    f = click.option("--input-size", callback=parse_input_size,
+                     help="Image size H=W (e.g. 224) or CxHxW for the data pipeline (and for converting a model "
+                          "name).  [default: the size the model was converted with]")(f)
     return click.argument("model")(f)
 
 
@@ -52,12 +55,13 @@ def _check_classes(net: Any, data: str) -> None:
 
 
 def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-          num_classes: int | None, reorder: str | None) -> tuple[Any, dict[str, Any]]:
+          num_classes: int | None, reorder: str | None,
+          input_size: tuple[int, int, int] | None = None) -> tuple[Any, dict[str, Any]]:
     from slimify.train.resolve import count_classes, load_slimmable
 
     classes = num_classes or count_classes(data)
     return load_slimmable(model, checkpoint, switches, divisor, classes,
-                          input_size=(3, 32, 32) if data == "digits" else None,
+                          input_size=input_size or ((3, 32, 32) if data == "digits" else None),
                           reorder=resolve_reorder(reorder, checkpoint))
 
 
@@ -82,7 +86,8 @@ Examples:
 def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool, force: bool,
                      epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
                      progress: bool | None, checkpoint: str | None, switches: tuple[float, ...] | None,
-                     divisor: int, num_classes: int | None, device: str | None, reorder: str | None) -> None:
+                     divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
+                     input_size: tuple[int, int, int] | None) -> None:
     """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
     from slimify.train.distributed import dist_info, init_from_env, shutdown
@@ -99,13 +104,13 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     import torch
 
     torch.manual_seed(r.seed)  # the same seed builds the same initial weights
-    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
+    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     _check_classes(net, data)
-    train = resolve_data(data, net, train=True)
+    train = resolve_data(data, net, train=True, input_size=input_size)
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
-    val = resolve_data(val_data or data, net, train=False, split="val") if has_val else None
+    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
     result = finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
-                      progress=progress, model_spec=spec)
+                      progress=progress, model_spec=spec, echo=click.echo)
     if dist_info().is_main:
         if result.eval is not None:
             click.echo(result.eval.table())
@@ -125,16 +130,18 @@ Example:
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def calibrate_command(model: str, data: str, batches: int, batch_size: int, output: str, force: bool,
                       checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-                      num_classes: int | None, device: str | None, reorder: str | None) -> None:
+                      num_classes: int | None, device: str | None, reorder: str | None,
+                      input_size: tuple[int, int, int] | None) -> None:
     """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it."""
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
     from slimify.train.resolve import resolve_data, save_model
 
     _fresh_output(output, force)
-    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
+    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     net.to(resolve_device(device))
-    calibrate_bn(net, resolve_data(data, net, train=True), batches=batches, batch_size=batch_size)
+    calibrate_bn(net, resolve_data(data, net, train=True, input_size=input_size), batches=batches,
+                 batch_size=batch_size)
     click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output, overwrite=force)}")
 
 
@@ -151,7 +158,8 @@ Examples:
 @click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
 def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_size: int, markdown: bool,
                  json_path: str | None, force: bool, checkpoint: str | None, switches: tuple[float, ...] | None,
-                 divisor: int, num_classes: int | None, device: str | None, reorder: str | None) -> None:
+                 divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
+                 input_size: tuple[int, int, int] | None) -> None:
     """Top-1 / top-5 / loss of every switch of MODEL on DATA."""
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
@@ -159,11 +167,11 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
 
     if json_path:
         _fresh_output(json_path, force)
-    net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
+    net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     _check_classes(net, data)
     dev = resolve_device(device)
-    result = evaluate(net.to(dev), resolve_data(data, net, train=False), widths=widths, batch_size=batch_size,
-                      device=dev)
+    result = evaluate(net.to(dev), resolve_data(data, net, train=False, input_size=input_size), widths=widths,
+                      batch_size=batch_size, device=dev)
     click.echo(result.table(markdown=markdown))
     if json_path:
         from slimify.io import atomic_path

@@ -11,7 +11,7 @@ import itertools
 import math
 import random
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from slimify.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from slimify.train.common import at_width, model_widths, resolve_device
 from slimify.train.distributed import DistInfo, barrier, init_from_env, wrap_ddp
 from slimify.train.evaluate import EvalResult, evaluate
-from slimify.train.loader import train_loader
+from slimify.train.loader import train_loader, usable_workers
 from slimify.train.losses import step_widths, switch_loss
 from slimify.train.optim import build_optimizer, build_scheduler
 from slimify.train.progress import LossMeter, RunLog, progress_bar, show_progress
@@ -131,7 +131,7 @@ class Trainer:
             return itertools.islice(self.data, self.batch, None)
         r = self.recipe
         return train_loader(self.data, r.batch_size, r.seed, self.epoch, self.batch, self.info.rank,
-                            self.info.world, r.workers, pin_memory=self.device.type == "cuda")
+                            self.info.world, usable_workers(r.workers), pin_memory=self.device.type == "cuda")
 
     def run_epoch(self, stop_after: int | None) -> LossMeter:
         """Train until the epoch ends or ``stop_after`` steps have been taken in total."""
@@ -235,6 +235,8 @@ def finetune(
     stop_after: int | None = None,
     progress: bool | None = None,
     model_spec: dict[str, Any] | None = None,
+    baseline: bool = True,
+    echo: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train all switches of a converted ``model`` jointly, in place.
@@ -247,6 +249,8 @@ def finetune(
     ``checkpoint_every`` steps) and ``log.jsonl``; ``resume=True`` continues from that
     checkpoint when it exists, ``resume=PATH`` from a given one. ``stop_after=k`` stops (with a
     checkpoint) once k optimizer steps are done in total. A plain model trains as one switch.
+    With ``val_data`` and ``baseline``, a fresh run first evaluates every switch as converted
+    (logged as "baseline", passed to ``echo``): the figure fine-tuning has to beat.
     """
     r = load_recipe(recipe, **overrides)
     out = Path(out_dir) if out_dir is not None else None
@@ -257,7 +261,13 @@ def finetune(
     else:
         _seed_everything(r.seed)
         trainer.log.write("start", recipe=r.to_dict(), switches=list(trainer.widths),
-                          world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch)
+                          world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch,
+                          workers=usable_workers(r.workers))
+        if baseline and val_data is not None:
+            before = evaluate(trainer.model, val_data, batch_size=r.batch_size, device=trainer.device)
+            trainer.log.write("baseline", top1=before.top1(), metrics=before.to_dict())
+            if echo is not None and trainer.info.is_main:
+                echo(f"before fine-tuning:\n{before.table()}")
     losses: dict[float, float] = {}
     path: Path | None = None
     while trainer.epoch < r.epochs:
@@ -274,7 +284,7 @@ def finetune(
             return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path)
     if r.calibrate_batches > 0:
         calib = train_data if isinstance(train_data, DataLoader) else \
-            train_loader(train_data, r.batch_size, r.seed, r.epochs, workers=r.workers)
+            train_loader(train_data, r.batch_size, r.seed, r.epochs, workers=usable_workers(r.workers))
         calibrate_bn(model, calib, batches=r.calibrate_batches)
         trainer.log.write("calibrate", batches=r.calibrate_batches)
     result = _maybe_validate(trainer, val_data, final=True)

@@ -53,7 +53,7 @@ class Recipe:
     eval_every: int = 1  # epochs between validation passes (when validation data is given)
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at epoch ends)
     log_every: int = 10  # steps between JSONL log lines
-    workers: int = 4  # DataLoader worker processes per training process
+    workers: int | None = None  # DataLoader workers per process; None: up to 8; always capped at the CPUs there are
     seed: int = 0  # seeds data order, augmentation, sandwich widths and torch/numpy/python RNGs
     notes: str = ""  # free text: where the settings come from
 
@@ -138,7 +138,7 @@ def _check_values(r: Recipe) -> None:
             raise SlimifyError(f"key {name!r} must be > 0, got {value!r}")
     non_negative = {"weight_decay": r.weight_decay, "min_lr": r.min_lr, "warmup_epochs": r.warmup_epochs,
                     "calibrate_batches": r.calibrate_batches, "checkpoint_every": r.checkpoint_every,
-                    "workers": r.workers, "eval_every": r.eval_every, "momentum": r.momentum}
+                    "workers": r.workers or 0, "eval_every": r.eval_every, "momentum": r.momentum}
     for name, value in non_negative.items():
         if value < 0:
             raise SlimifyError(f"key {name!r} must be >= 0, got {value!r}")

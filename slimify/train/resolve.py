@@ -14,7 +14,7 @@ import slimify
 from slimify.errors import SlimifyError
 from slimify.models import check_state_dict
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
-from slimify.train.data import digits, image_folder
+from slimify.train.data import digits, image_folder, recorded_input_size
 
 __all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model",
            "has_module", "DIGITS"]
@@ -99,16 +99,21 @@ def count_classes(data: str) -> int | None:
     return len([p for p in root.iterdir() if p.is_dir()]) or None
 
 
-def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = None) -> Dataset:
+def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = None,
+                 input_size: tuple[int, int, int] | None = None) -> Dataset:
     """``digits`` or an ImageFolder directory (with ``train``/``val`` sub-folders, the one
-    ``split`` names, default by ``train``) preprocessed for ``model``."""
+    ``split`` names, default by ``train``) preprocessed for ``model`` at ``input_size`` (default:
+    the size the model was converted with)."""
     split = split or ("train" if train else "val")
     if data == DIGITS:
-        return digits(split, augment=train)
+        _, h, w = input_size or recorded_input_size(model) or (3, 32, 32)
+        if h != w:
+            raise SlimifyError(f"the digits data set is square: input size {h}x{w} does not fit it")
+        return digits(split, size=h, augment=train)
     root = Path(data)
     if (root / split).is_dir():
         root = root / split
-    return image_folder(root, model, train=train)
+    return image_folder(root, model, train=train, input_size=input_size)
 
 
 def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path, overwrite: bool = True) -> Path:
