@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from slimify.cli_model import parse_input_size, parse_switches, reorder_option, resolve_reorder
+from slimify.cli_model import (check_weights_options, parse_input_size, parse_switches, pretrained_options,
+                               reorder_option, resolve_reorder)
 
 __all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
 
@@ -55,22 +56,32 @@ def _check_classes(net: Any, data: str) -> None:
 
 
 def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-          num_classes: int | None, reorder: str | None,
-          input_size: tuple[int, int, int] | None = None) -> tuple[Any, dict[str, Any]]:
+          num_classes: int | None, reorder: str | None, input_size: tuple[int, int, int] | None = None,
+          pretrained: bool = False, pretrained_tag: str | None = None) -> tuple[Any, dict[str, Any]]:
     from slimify.train.resolve import count_classes, load_slimmable
 
     classes = num_classes or count_classes(data)
     return load_slimmable(model, checkpoint, switches, divisor, classes,
                           input_size=input_size or ((3, 32, 32) if data == "digits" else None),
-                          reorder=resolve_reorder(reorder, checkpoint))
+                          reorder=resolve_reorder(reorder, checkpoint or pretrained), pretrained=pretrained,
+                          pretrained_tag=pretrained_tag)
+
+
+def _warn_random_init(model: str, checkpoint: str | None, pretrained: bool) -> None:
+    """A model name with neither --pretrained nor --checkpoint is random init: say so before training."""
+    if not (checkpoint or pretrained or Path(model).suffix == ".slim" or Path(model).is_file()):
+        click.echo(f"warning: {model} starts from random weights (neither --pretrained nor --checkpoint): this "
+                   "trains it from scratch, not a retrofit of trained weights")  # stdout: stderr is for the one error line
 
 
 @click.command("finetune", epilog="""\b
 Examples:
   slimify finetune torchvision:resnet18 --data digits --recipe demo -o runs/rn18
   slimify finetune resnet50 --checkpoint rn50.pth --reorder l1 --data ~/imagenet --recipe retrofit
+  slimify finetune resnet50 --pretrained --pretrained-tag a1_in1k --data ~/imagenet -o runs/rn50
   torchrun --nproc_per_node 4 -m slimify.train finetune rn50.slim --data ~/imagenet --resume""")
 @model_options
+@pretrained_options
 @click.option("--data", required=True, help="'digits' or an ImageFolder directory (or one with train/ and val/).")
 @click.option("--val", "val_data", help="Validation data (default: DATA's val/ sub-folder, or digits' val split).")
 @click.option("--recipe", default="retrofit", show_default=True, help="Shipped recipe name or YAML file.")
@@ -87,7 +98,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
                      epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
                      progress: bool | None, checkpoint: str | None, switches: tuple[float, ...] | None,
                      divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
-                     input_size: tuple[int, int, int] | None) -> None:
+                     input_size: tuple[int, int, int] | None, pretrained: bool, pretrained_tag: str | None) -> None:
     """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
     from slimify.train.distributed import dist_info, init_from_env, shutdown
@@ -98,14 +109,18 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers).items()
                  if v is not None}
     r = load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
+    check_weights_options(checkpoint, pretrained, pretrained_tag)
     if not (resume or force) and any((Path(out) / n).exists() for n in ("checkpoint.pt", "model.slim", "model.pt")):
         raise click.UsageError(f"{out} already holds a run: pass --resume to continue it or --force to start over")
     init_from_env()
     import torch
 
     torch.manual_seed(r.seed)  # the same seed builds the same initial weights
-    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
+    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size, pretrained,
+                      pretrained_tag)
     _check_classes(net, data)
+    if dist_info().is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
+        _warn_random_init(model, checkpoint, pretrained)
     train = resolve_data(data, net, train=True, input_size=input_size)
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
     val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None

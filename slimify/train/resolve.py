@@ -64,11 +64,16 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
 
 def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[float, ...] | None = None,
                    divisor: int = 8, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
-                   reorder: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                   reorder: str | None = None, pretrained: bool = False,
+                   pretrained_tag: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A slimmable model and its spec from ``source``: a ``.slim`` file, a slimify training
     checkpoint (``.pt``), or a model name converted with ``switches`` (``checkpoint`` = plain
-    pretrained weights to load, and channels to ``reorder``, before converting)."""
+    pretrained weights to load, or ``pretrained`` = the published ones, and channels to
+    ``reorder``, before converting)."""
     path = Path(source)
+    if pretrained and (path.suffix == ".slim" or path.is_file()):
+        raise SlimifyError(f"--pretrained loads published weights for a model name; {source} is a file that "
+                           "carries its own weights")
     if path.suffix == ".slim":
         if not path.is_file():
             raise SlimifyError(f"model file {source!r} does not exist")
@@ -85,6 +90,13 @@ def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[f
         return model, spec
     spec = {"name": source, "num_classes": num_classes, "switches": list(switches or (0.25, 0.5, 0.75, 1.0)),
             "divisor": divisor, "input_size": list(input_size) if input_size else None, "reorder": reorder}
+    if pretrained:
+        from slimify.models import source_of
+        from slimify.pretrained import create_pretrained
+
+        plain = create_pretrained(source, pretrained_tag, **({"num_classes": num_classes} if num_classes else {}))
+        spec["name"] = spec["pretrained"] = source_of(plain).spec  # rebuilt from it, weights from the checkpoint
+        return convert_spec(plain, spec, reorder), spec
     return model_from_spec(spec, plain_weights=checkpoint), spec
 
 
