@@ -57,14 +57,23 @@ def _check_classes(net: Any, data: str) -> None:
 
 def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
           num_classes: int | None, reorder: str | None, input_size: tuple[int, int, int] | None = None,
-          pretrained: bool = False, pretrained_tag: str | None = None) -> tuple[Any, dict[str, Any]]:
+          pretrained: bool = False, pretrained_tag: str | None = None,
+          model_kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     from slimify.train.resolve import count_classes, load_slimmable
 
     classes = num_classes or count_classes(data)
     return load_slimmable(model, checkpoint, switches, divisor, classes,
                           input_size=input_size or ((3, 32, 32) if data == "digits" else None),
                           reorder=resolve_reorder(reorder, checkpoint or pretrained), pretrained=pretrained,
-                          pretrained_tag=pretrained_tag)
+                          pretrained_tag=pretrained_tag, model_kwargs=model_kwargs)
+
+
+def _build_kwargs(model: str, drop_path: float | None) -> dict[str, Any]:
+    """Factory arguments a recipe implies for a timm model name: stochastic depth must exist in the
+    built model (timm builds Identity where the rate is 0) before the recipe can set its rate."""
+    source = model.rpartition(":")[0]
+    is_name = not (Path(model).suffix == ".slim" or Path(model).is_file())
+    return {"drop_path_rate": drop_path} if drop_path and is_name and source in ("", "timm") else {}
 
 
 def _warn_random_init(model: str, checkpoint: str | None, pretrained: bool) -> None:
@@ -102,6 +111,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
     from slimify.train.distributed import dist_info, init_from_env, shutdown
+    from slimify.train.augment import augment_args
     from slimify.train.loop import finetune
     from slimify.train.recipe import load_recipe
     from slimify.train.resolve import has_module, resolve_data, save_model
@@ -117,11 +127,11 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
 
     torch.manual_seed(r.seed)  # the same seed builds the same initial weights
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size, pretrained,
-                      pretrained_tag)
+                      pretrained_tag, _build_kwargs(model, r.drop_path))
     _check_classes(net, data)
     if dist_info().is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
         _warn_random_init(model, checkpoint, pretrained)
-    train = resolve_data(data, net, train=True, input_size=input_size)
+    train = resolve_data(data, net, train=True, input_size=input_size, augment=augment_args(r))
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
     val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
     result = finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
@@ -129,8 +139,13 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     if dist_info().is_main:
         if result.eval is not None:
             click.echo(result.eval.table())
-        final = Path(out) / ("model.slim" if has_module("slimify.io") else "model.pt")
+        suffix = ".slim" if has_module("slimify.io") else ".pt"
+        final = Path(out) / f"model{suffix}"
         click.echo(f"saved {save_model(net, spec, final)} (checkpoint: {result.checkpoint})")
+        if result.ema_model is not None:
+            if result.eval_ema is not None:
+                click.echo(f"EMA weights:\n{result.eval_ema.table()}")
+            click.echo(f"saved {save_model(result.ema_model, spec, Path(out) / f'model_ema{suffix}')} (EMA weights)")
     shutdown()
 
 

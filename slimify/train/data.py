@@ -105,18 +105,23 @@ def _size3(size: int | tuple[int, ...] | list[int]) -> tuple[int, int, int]:
     raise SlimifyError(f"input size must be H, (H, W) or (C, H, W), got {size!r}")
 
 
-def _timm_transform(model: nn.Module, train: bool, size: tuple[int, int, int] | None) -> Callable[[Any], torch.Tensor] | None:
+def _timm_transform(model: nn.Module, train: bool, size: tuple[int, int, int] | None,
+                    augment: dict[str, Any]) -> Callable[[Any], torch.Tensor] | None:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if not cfg:
+    if not cfg and not (train and augment):
         return None
     from timm.data import create_transform, resolve_data_config
 
-    data_cfg = resolve_data_config({"input_size": size} if size else {}, model=model)
-    return create_transform(**data_cfg, is_training=train)
+    if not cfg:  # a recipe's augmentation on a non-timm model: timm's pipeline with ImageNet statistics
+        data_cfg: dict[str, Any] = {"input_size": size or (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    else:
+        data_cfg = resolve_data_config({"input_size": size} if size else {}, model=model)
+    return create_transform(**data_cfg, is_training=train, **(augment if train else {}))
 
 
 def model_transform(model: nn.Module, train: bool, weights: str | None = None,
-                    input_size: int | tuple[int, ...] | None = None) -> Callable[[Any], torch.Tensor]:
+                    input_size: int | tuple[int, ...] | None = None,
+                    augment: dict[str, Any] | None = None) -> Callable[[Any], torch.Tensor]:
     """The preprocessing ``model`` expects at its input size: timm's data config for timm models,
     the torchvision weights' transforms when ``weights`` names them (e.g.
     ``"ResNet18_Weights.IMAGENET1K_V1"``), else ImageNet defaults (random-resized crop + flip for
@@ -124,11 +129,12 @@ def model_transform(model: nn.Module, train: bool, weights: str | None = None,
 
     The size is ``input_size`` if given, else the one the model was converted with (so a model
     converted at 32 px is trained and evaluated at 32 px, not at timm's 224), else the model's
-    own default (timm's config; 224 otherwise)."""
+    own default (timm's config; 224 otherwise). ``augment`` adds ``timm.data.create_transform``
+    training arguments (RandAugment, random erasing: see :func:`slimify.train.augment.augment_args`)."""
     from torchvision import transforms as T
 
     size = _size3(input_size) if input_size is not None else recorded_input_size(model)
-    timm_tf = _timm_transform(model, train, size)
+    timm_tf = _timm_transform(model, train, size, augment or {})
     if timm_tf is not None:
         return timm_tf
     _, h, w = size or (3, 224, 224)
@@ -155,7 +161,7 @@ def load_image(path: str) -> Any:
 
 
 def image_folder(root: str | Path, model: nn.Module, train: bool, weights: str | None = None,
-                 input_size: int | tuple[int, ...] | None = None) -> Dataset:
+                 input_size: int | tuple[int, ...] | None = None, augment: dict[str, Any] | None = None) -> Dataset:
     """A torchvision ImageFolder at ``root`` (one sub-folder per class) with the model's transform
     (at ``input_size``, default the model's recorded size: see :func:`model_transform`)."""
     from torchvision.datasets import ImageFolder
@@ -164,6 +170,6 @@ def image_folder(root: str | Path, model: nn.Module, train: bool, weights: str |
     if not root.is_dir():
         raise SlimifyError(f"data directory {str(root)!r} does not exist")
     try:
-        return ImageFolder(str(root), transform=model_transform(model, train, weights, input_size), loader=load_image)
+        return ImageFolder(str(root), transform=model_transform(model, train, weights, input_size, augment), loader=load_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise SlimifyError(f"{root}: not an image folder (one sub-folder of images per class): {e}") from e

@@ -56,7 +56,8 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
     from slimify.models import create
 
     classes = spec.get("num_classes")
-    model = create(spec["name"], checkpoint=plain_weights, **({"num_classes": classes} if classes else {}))
+    kwargs = {**({"num_classes": classes} if classes else {}), **spec.get("model_kwargs", {})}
+    model = create(spec["name"], checkpoint=plain_weights, **kwargs)
     if spec.get("switches"):
         model = convert_spec(model, spec, spec.get("reorder") if plain_weights is not None else None)
     return model
@@ -64,12 +65,13 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
 
 def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[float, ...] | None = None,
                    divisor: int = 8, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
-                   reorder: str | None = None, pretrained: bool = False,
-                   pretrained_tag: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                   reorder: str | None = None, pretrained: bool = False, pretrained_tag: str | None = None,
+                   model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A slimmable model and its spec from ``source``: a ``.slim`` file, a slimify training
     checkpoint (``.pt``), or a model name converted with ``switches`` (``checkpoint`` = plain
     pretrained weights to load, or ``pretrained`` = the published ones, and channels to
-    ``reorder``, before converting)."""
+    ``reorder``, before converting; ``model_kwargs`` such as ``drop_path_rate`` go to the model's
+    factory and are recorded in the spec)."""
     path = Path(source)
     if pretrained and (path.suffix == ".slim" or path.is_file()):
         raise SlimifyError(f"--pretrained loads published weights for a model name; {source} is a file that "
@@ -89,12 +91,14 @@ def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[f
         model.load_state_dict(state["model"])
         return model, spec
     spec = {"name": source, "num_classes": num_classes, "switches": list(switches or (0.25, 0.5, 0.75, 1.0)),
-            "divisor": divisor, "input_size": list(input_size) if input_size else None, "reorder": reorder}
+            "divisor": divisor, "input_size": list(input_size) if input_size else None, "reorder": reorder,
+            **({"model_kwargs": dict(model_kwargs)} if model_kwargs else {})}
     if pretrained:
         from slimify.models import source_of
         from slimify.pretrained import create_pretrained
 
-        plain = create_pretrained(source, pretrained_tag, **({"num_classes": num_classes} if num_classes else {}))
+        plain = create_pretrained(source, pretrained_tag, **({"num_classes": num_classes} if num_classes else {}),
+                                  **(model_kwargs or {}))
         spec["name"] = spec["pretrained"] = source_of(plain).spec  # rebuilt from it, weights from the checkpoint
         return convert_spec(plain, spec, reorder), spec
     return model_from_spec(spec, plain_weights=checkpoint), spec
@@ -112,10 +116,11 @@ def count_classes(data: str) -> int | None:
 
 
 def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = None,
-                 input_size: tuple[int, int, int] | None = None) -> Dataset:
+                 input_size: tuple[int, int, int] | None = None, augment: dict[str, Any] | None = None) -> Dataset:
     """``digits`` or an ImageFolder directory (with ``train``/``val`` sub-folders, the one
     ``split`` names, default by ``train``) preprocessed for ``model`` at ``input_size`` (default:
-    the size the model was converted with)."""
+    the size the model was converted with); ``augment``: timm training-transform arguments for
+    image folders (digits, in-memory tensors, keep their own random shifts)."""
     split = split or ("train" if train else "val")
     if data == DIGITS:
         _, h, w = input_size or recorded_input_size(model) or (3, 32, 32)
@@ -125,7 +130,7 @@ def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = N
     root = Path(data)
     if (root / split).is_dir():
         root = root / split
-    return image_folder(root, model, train=train, input_size=input_size)
+    return image_folder(root, model, train=train, input_size=input_size, augment=augment)
 
 
 def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path, overwrite: bool = True) -> Path:
