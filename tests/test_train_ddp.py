@@ -92,6 +92,6 @@ def test_torchrun_cli(tmp_path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("width") == 2  # only rank 0 prints the tables (baseline and final)
+    assert proc.stdout.count("width") == 3  # only rank 0 prints the tables (baseline, before and after BN calibration)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert records[0]["world"] == 2 and records[0]["steps_per_epoch"] == 1437 // 2 // 64

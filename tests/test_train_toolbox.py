@@ -161,6 +161,7 @@ def test_augment_keys_reach_timms_training_transform() -> None:
     ({"auto_augment": "randaug"}, "'auto_augment' must be a timm policy"),
     ({"compile": ""}, "'compile' must be true, false or a torch.compile backend"),
     ({"mixup_alpha": 0.2}, "unknown key 'mixup_alpha'"),
+    ({"cutmix": 1.0, "batch_size": 63}, "must be even with mixup/cutmix"),
 ])
 def test_bad_toolbox_values_name_the_key(data, message) -> None:
     with pytest.raises(SlimifyError) as e:

@@ -33,6 +33,16 @@ def model_options(f: F) -> F:
     return click.argument("model")(f)
 
 
+def workers_option(f: F) -> F:
+    return click.option("--workers", type=click.IntRange(min=0),
+                        help="DataLoader workers (default: one per CPU, up to 8; 0 for digits).")(f)
+
+
+def _workers(workers: int | None, data: str) -> int | None:
+    """None lets the loader use the CPUs there are; the digits set is in memory: no workers."""
+    return 0 if workers is None and data == "digits" else workers
+
+
 def _fresh_output(path: str, force: bool) -> None:
     """Fail before any work if ``path`` exists and ``--force`` was not given."""
     if Path(path).exists() and not force:
@@ -138,7 +148,8 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
                       progress=progress, model_spec=spec, echo=click.echo)
     if dist_info().is_main:
         if result.eval is not None:
-            click.echo(result.eval.table())
+            click.echo(f"{'after BN calibration' if r.calibrate_batches else 'after fine-tuning'}:\n"
+                       f"{result.eval.table()}")
         suffix = ".slim" if has_module("slimify.io") else ".pt"
         final = Path(out) / f"model{suffix}"
         click.echo(f"saved {save_model(net, spec, final)} (checkpoint: {result.checkpoint})")
@@ -158,20 +169,33 @@ Example:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--val", "val_data", help="Validation data for the accuracy before and after (default: DATA's val/ "
+                                        "sub-folder, or digits' val split; none: no accuracy printed).")
+@workers_option
 def calibrate_command(model: str, data: str, batches: int, batch_size: int, output: str, force: bool,
-                      checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-                      num_classes: int | None, device: str | None, reorder: str | None,
-                      input_size: tuple[int, int, int] | None) -> None:
-    """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it."""
+                      val_data: str | None, workers: int | None, checkpoint: str | None,
+                      switches: tuple[float, ...] | None, divisor: int, num_classes: int | None, device: str | None,
+                      reorder: str | None, input_size: tuple[int, int, int] | None) -> None:
+    """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it;
+    with validation data, print every switch's accuracy before and after."""
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
+    from slimify.train.evaluate import evaluate
     from slimify.train.resolve import resolve_data, save_model
 
     _fresh_output(output, force)
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
-    net.to(resolve_device(device))
+    dev = resolve_device(device)
+    net.to(dev)
+    has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
+    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
+    n = _workers(workers, data)
+    if val is not None:
+        click.echo(f"before BN calibration:\n{evaluate(net, val, batch_size=batch_size, device=dev, workers=n).table()}")
     calibrate_bn(net, resolve_data(data, net, train=True, input_size=input_size), batches=batches,
-                 batch_size=batch_size)
+                 batch_size=batch_size, workers=n, device=dev)
+    if val is not None:
+        click.echo(f"after BN calibration:\n{evaluate(net, val, batch_size=batch_size, device=dev, workers=n).table()}")
     click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output, overwrite=force)}")
 
 
@@ -186,8 +210,10 @@ Examples:
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
 @click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
+@workers_option
 def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_size: int, markdown: bool,
-                 json_path: str | None, force: bool, checkpoint: str | None, switches: tuple[float, ...] | None,
+                 json_path: str | None, force: bool, workers: int | None, checkpoint: str | None,
+                 switches: tuple[float, ...] | None,
                  divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
                  input_size: tuple[int, int, int] | None) -> None:
     """Top-1 / top-5 / loss of every switch of MODEL on DATA."""
@@ -201,7 +227,7 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
     _check_classes(net, data)
     dev = resolve_device(device)
     result = evaluate(net.to(dev), resolve_data(data, net, train=False, input_size=input_size), widths=widths,
-                      batch_size=batch_size, device=dev)
+                      batch_size=batch_size, device=dev, workers=_workers(workers, data))
     click.echo(result.table(markdown=markdown))
     if json_path:
         from slimify.io import atomic_path

@@ -84,6 +84,7 @@ class Trainer:
         self.scaler = grad_scaler(device, self.dtype)
         self.ema = SwitchEma(self.model, recipe.ema_decay) if recipe.ema_decay else None
         self.mixup: Any = None  # built at the first batch, when the number of classes is known
+        self.last_eval: tuple[int, EvalResult] | None = None  # (step, metrics) of the latest validation
         self.step = self.epoch = self.batch = self.micro = 0  # micro: batches accumulated toward the next step
         main_dir = out_dir if self.info.is_main else None
         self.out_dir, self.ckpt_dir = out_dir, main_dir
@@ -325,7 +326,8 @@ def finetune(
                           world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch,
                           workers=usable_workers(r.workers))
         if baseline and val_data is not None:
-            before = evaluate(trainer.model, val_data, batch_size=r.batch_size, device=trainer.device)
+            before = evaluate(trainer.model, val_data, batch_size=r.batch_size, device=trainer.device,
+                              workers=r.workers)
             trainer.log.write("baseline", top1=before.top1(), metrics=before.to_dict())
             if echo is not None and trainer.info.is_main:
                 echo(f"before fine-tuning:\n{before.table()}")
@@ -345,14 +347,16 @@ def finetune(
             path = trainer.save() if trainer.batch else path  # (an epoch end has just saved)
             return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path, _ema(trainer))
     if r.calibrate_batches > 0:
+        before = trainer.last_eval if trainer.last_eval is not None and trainer.last_eval[0] == trainer.step \
+            else (trainer.step, _maybe_validate(trainer, val_data, final=True))
+        if before[1] is not None and echo is not None and trainer.info.is_main:
+            echo(f"before BN calibration:\n{before[1].table()}")
         for net in (model, _ema(trainer)):
-            if net is None:
-                continue
-            calib = train_data if isinstance(train_data, DataLoader) else \
-                train_loader(train_data, r.batch_size, r.seed, r.epochs, workers=usable_workers(r.workers))
-            calibrate_bn(net, calib, batches=r.calibrate_batches)
+            if net is not None:  # a Dataset is sharded across processes, a loader of yours is not
+                calibrate_bn(net, train_data, batches=r.calibrate_batches, batch_size=r.batch_size, seed=r.seed,
+                             workers=r.workers, device=trainer.device)
         trainer.log.write("calibrate", batches=r.calibrate_batches)
-    result = _maybe_validate(trainer, val_data, final=True)
+    result = _maybe_validate(trainer, val_data, final=True)  # the caller prints it (TrainResult.eval)
     ema_result = _maybe_validate(trainer, val_data, final=True, ema=True)
     path = trainer.save()
     return TrainResult(model, trainer.step, trainer.epoch, True, losses, result, path, _ema(trainer), ema_result)
@@ -369,7 +373,10 @@ def _maybe_validate(trainer: Trainer, val_data: Dataset | Iterable[Any] | None, 
     net = _ema(trainer) if ema else trainer.model
     if net is None or val_data is None or (not final and (every == 0 or trainer.epoch % every)):
         return None
-    result = evaluate(net, val_data, batch_size=trainer.recipe.batch_size, device=trainer.device)
+    result = evaluate(net, val_data, batch_size=trainer.recipe.batch_size, device=trainer.device,
+                      workers=trainer.recipe.workers)
     trainer.log.write("eval_ema" if ema else "eval", epoch=trainer.epoch, step=trainer.step, final=final,
                       top1=result.top1(), metrics=result.to_dict())
+    if not ema:
+        trainer.last_eval = (trainer.step, result)
     return result

@@ -202,6 +202,8 @@ def _check_toolbox(r: Recipe) -> None:
                         "color_jitter": r.color_jitter}.items():
         if value is not None and value < 0:
             raise SlimifyError(f"key {name!r} must be >= 0, got {value!r}")
+    if (r.mixup > 0 or r.cutmix > 0) and r.batch_size % 2:
+        raise SlimifyError(f"key 'batch_size' must be even with mixup/cutmix (timm mixes pairs), got {r.batch_size}")
     if r.opt_betas is not None and (len(r.opt_betas) != 2 or not all(0 <= b < 1 for b in r.opt_betas)):
         raise SlimifyError(f"key 'opt_betas' must be two numbers in [0, 1), got {r.opt_betas!r}")
     if r.opt is not None:
