@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = ["ResumableSampler", "SeededDataset", "train_loader", "eval_loader", "as_batches", "sample_seed",
-           "usable_workers", "cpus_available"]
+           "usable_workers", "cpus_available", "is_loader"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 AUTO_MAX_WORKERS = 8  # workers per process when a recipe leaves ``workers`` unset and CPUs allow
@@ -102,6 +102,14 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int = 0, pin_memory:
     generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator,
                       num_workers=workers, pin_memory=pin_memory)
+
+
+def is_loader(data: Any) -> bool:
+    """A DataLoader, or a loader-like iterable with a length that is not a Dataset (timm's
+    PrefetchLoader, which wraps one and normalises on the device): batches are the caller's."""
+    if isinstance(data, DataLoader):
+        return True
+    return not isinstance(data, Dataset) and hasattr(data, "__iter__") and hasattr(data, "__len__")
 
 
 def as_batches(data: Dataset | Iterable[Batch], batch_size: int = 64, workers: int = 0,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import random
+import shutil
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from slimify.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from slimify.train.common import at_width, model_widths, resolve_device
 from slimify.train.distributed import DistInfo, barrier, init_from_env, wrap_ddp
 from slimify.train.evaluate import EvalResult, evaluate
-from slimify.train.loader import train_loader, usable_workers
+from slimify.train.loader import is_loader, train_loader, usable_workers
 from slimify.train.losses import step_widths, switch_loss
 from slimify.train.drop_path import set_drop_path
 from slimify.train.ema import SwitchEma
@@ -38,11 +40,13 @@ from slimify.train.mixing import build_mixup, smoothing, uses_mixing
 from slimify.train.precision import amp_dtype, autocast, grad_scaler, to_channels_last
 from slimify.train.timm_optim import create_optimizer, create_schedule, global_lr
 from slimify.train.progress import LossMeter, RunLog, progress_bar, show_progress
+from slimify.train.watch import MetricsLog, progress_line
 from slimify.train.recipe import Recipe, load_recipe
 
-__all__ = ["finetune", "Trainer", "TrainResult", "CHECKPOINT_NAME", "LOG_NAME"]
+__all__ = ["finetune", "Trainer", "TrainResult", "CHECKPOINT_NAME", "BEST_NAME", "LOG_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"  # latest checkpoint in a run directory
+BEST_NAME = "best.pt"  # the checkpoint with the best mean top-1 over switches so far
 LOG_NAME = "log.jsonl"  # the run's JSON-lines log
 
 
@@ -89,11 +93,14 @@ class Trainer:
         main_dir = out_dir if self.info.is_main else None
         self.out_dir, self.ckpt_dir = out_dir, main_dir
         self.log = RunLog(main_dir / LOG_NAME if main_dir is not None else None)
+        self.metrics = MetricsLog(main_dir, recipe.tensorboard)
         self.progress = progress and self.info.is_main
+        self.echo: Callable[[str], None] | None = None  # periodic lines when there is no progress bar
+        self.best: float | None = None  # best mean top-1 over switches (BEST_NAME holds that checkpoint)
 
     def _steps_per_epoch(self) -> int:
-        if isinstance(self.data, DataLoader):
-            return len(self.data)
+        if is_loader(self.data):
+            return len(self.data)  # type: ignore[arg-type]
         per_rank = len(self.data) // self.info.world  # type: ignore[arg-type]
         steps = per_rank // self.recipe.batch_size
         if steps == 0:
@@ -179,8 +186,11 @@ class Trainer:
                            "grad_clip or check the data")
 
     def _epoch_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(self.data, DataLoader):  # the caller's loader: order is the caller's business
-            return itertools.islice(self.data, self.batch, None)
+        if is_loader(self.data):  # the caller's loader: order is the caller's business, the epoch ours to tell
+            sampler = getattr(self.data, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
+                sampler.set_epoch(self.epoch)  # type: ignore[union-attr]
+            return itertools.islice(self.data, self.batch, None)  # type: ignore[call-overload]
         r = self.recipe
         return train_loader(self.data, r.batch_size, r.seed, self.epoch, self.batch, self.info.rank,
                             self.info.world, usable_workers(r.workers), pin_memory=self.device.type == "cuda")
@@ -210,8 +220,13 @@ class Trainer:
     def _after_step(self, losses: dict[float, float], meter: LossMeter) -> None:
         r = self.recipe
         if self.step % r.log_every == 0:
-            self.log.write("train", step=self.step, epoch=self.epoch, lr=self.scheduler.get_last_lr()[0],
-                           loss=losses, img_per_s=round(meter.throughput(), 1))
+            lr = self.scheduler.get_last_lr()[0]
+            self.log.write("train", step=self.step, epoch=self.epoch, lr=lr, loss=losses,
+                           img_per_s=round(meter.throughput(), 1))
+            self.metrics.train(self.epoch, self.step, lr, losses, meter.throughput())
+            if self.echo is not None and not self.progress and self.info.is_main:
+                self.echo(progress_line(self.epoch, r.epochs, self.batch, self.steps_per_epoch, self.step, lr,
+                                        meter.means(), meter.throughput()))
         if r.checkpoint_every and self.step % r.checkpoint_every == 0:
             self.save()
 
@@ -222,7 +237,7 @@ class Trainer:
                 "data": {"seed": self.recipe.seed, "epoch": self.epoch, "batch": self.batch,
                          "world": self.info.world, "steps_per_epoch": self.steps_per_epoch},
                 "recipe": self.recipe.to_dict(), "model_spec": self.model_spec, "switches": list(self.widths),
-                **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
+                "best": self.best, **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def save(self) -> Path | None:
         """Checkpoint (main process only); every process waits until it is on disk."""
@@ -237,6 +252,26 @@ class Trainer:
             self.log.write("checkpoint", step=self.step, epoch=self.epoch, path=str(path))
         barrier()
         return path
+
+    def improves(self, result: EvalResult | None) -> bool:
+        """Whether ``result``'s mean top-1 over switches beats the best so far (then it is the best)."""
+        if result is None:
+            return False
+        score = sum(r.top1 for r in result.rows) / len(result.rows)
+        if self.best is not None and score <= self.best:
+            return False
+        self.best = score
+        return True
+
+    def keep_best(self, checkpoint: Path | None) -> None:
+        """Copy the checkpoint just written (at the best validation so far) to BEST_NAME."""
+        if checkpoint is None:
+            return
+        best = checkpoint.with_name(BEST_NAME)
+        tmp = best.with_name(f".{BEST_NAME}.tmp")
+        shutil.copyfile(checkpoint, tmp)
+        os.replace(tmp, best)  # readers see the old best or the new one
+        self.log.write("best", step=self.step, epoch=self.epoch, mean_top1=self.best, path=str(best))
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -254,6 +289,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self.best = state.get("best")
         if self.ema is not None:
             if "ema" in state:
                 self.ema.load_state_dict(state["ema"])
@@ -318,6 +354,7 @@ def finetune(
     out = Path(out_dir) if out_dir is not None else None
     ckpt = _resume_path(resume, out)
     trainer = Trainer(model, train_data, r, resolve_device(device), out, show_progress(progress), model_spec)
+    trainer.echo = echo
     if ckpt is not None:
         trainer.load(ckpt)
     else:
@@ -329,6 +366,7 @@ def finetune(
             before = evaluate(trainer.model, val_data, batch_size=r.batch_size, device=trainer.device,
                               workers=r.workers)
             trainer.log.write("baseline", top1=before.top1(), metrics=before.to_dict())
+            trainer.metrics.eval("baseline", 0, 0, before.to_dict())
             if echo is not None and trainer.info.is_main:
                 echo(f"before fine-tuning:\n{before.table()}")
     losses: dict[float, float] = {}
@@ -340,11 +378,14 @@ def finetune(
             trainer.epoch, trainer.batch = trainer.epoch + 1, 0
             trainer.log.write("epoch", epoch=trainer.epoch, step=trainer.step, loss=losses,
                               img_per_s=round(meter.throughput(), 1))
-            _maybe_validate(trainer, val_data, final=False)
+            improved = trainer.improves(_maybe_validate(trainer, val_data, final=False))
             _maybe_validate(trainer, val_data, final=False, ema=True)
-            path = trainer.save()
+            path = trainer.save()  # records the best score; the copy follows
+            if improved:
+                trainer.keep_best(path)
         if stop_after is not None and trainer.step >= stop_after and trainer.epoch < r.epochs:
             path = trainer.save() if trainer.batch else path  # (an epoch end has just saved)
+            trainer.metrics.close()
             return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path, _ema(trainer))
     if r.calibrate_batches > 0:
         before = trainer.last_eval if trainer.last_eval is not None and trainer.last_eval[0] == trainer.step \
@@ -359,6 +400,7 @@ def finetune(
     result = _maybe_validate(trainer, val_data, final=True)  # the caller prints it (TrainResult.eval)
     ema_result = _maybe_validate(trainer, val_data, final=True, ema=True)
     path = trainer.save()
+    trainer.metrics.close()
     return TrainResult(model, trainer.step, trainer.epoch, True, losses, result, path, _ema(trainer), ema_result)
 
 
@@ -375,8 +417,10 @@ def _maybe_validate(trainer: Trainer, val_data: Dataset | Iterable[Any] | None, 
         return None
     result = evaluate(net, val_data, batch_size=trainer.recipe.batch_size, device=trainer.device,
                       workers=trainer.recipe.workers)
-    trainer.log.write("eval_ema" if ema else "eval", epoch=trainer.epoch, step=trainer.step, final=final,
-                      top1=result.top1(), metrics=result.to_dict())
+    event = "eval_ema" if ema else "eval"
+    trainer.log.write(event, epoch=trainer.epoch, step=trainer.step, final=final, top1=result.top1(),
+                      metrics=result.to_dict())
+    trainer.metrics.eval(event, trainer.epoch, trainer.step, result.to_dict())
     if not ema:
         trainer.last_eval = (trainer.step, result)
     return result
