@@ -115,12 +115,15 @@ def test_accumulating_two_half_batches_equals_one_full_batch() -> None:
     assert torch.allclose(weights[0], weights[1], atol=1e-5)
 
 
-def test_compile_with_a_test_backend_saves_plain_keys(tmp_path) -> None:
+def test_compile_with_a_test_backend_saves_plain_keys_and_resumes_uncompiled(tmp_path) -> None:
     model = slim_digitsnet(switches=(0.5, 1.0))
     finetune(model, digits("train"), "demo", out_dir=tmp_path, epochs=1, stop_after=2, compile="aot_eager",
              calibrate_batches=0)
     keys = list(load_checkpoint(tmp_path / "checkpoint.pt")["model"])
     assert keys and not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
+    resumed = finetune(slim_digitsnet(switches=(0.5, 1.0)), digits("train"), "demo", out_dir=tmp_path, epochs=1,
+                       stop_after=3, resume=True, calibrate_batches=0)
+    assert resumed.step == 3
     with pytest.raises(SlimifyError, match="unknown torch.compile backend"):
         finetune(slim_digitsnet(), digits("train"), "demo", compile="no-such-backend", stop_after=1)
 
@@ -167,3 +170,25 @@ def test_bad_toolbox_values_name_the_key(data, message) -> None:
     with pytest.raises(SlimifyError) as e:
         load_recipe(data)
     assert message in str(e.value)
+
+
+def test_no_graph_breaks_at_any_switch_in_training_or_no_grad_inference() -> None:
+    from torch import _dynamo
+
+    import slimify
+
+    model, x = slim_digitsnet(switches=(0.5, 1.0)), torch.randn(2, 3, 32, 32)
+    for w in (1.0, 0.5):
+        for grad, train in ((True, True), (False, False)):
+            _dynamo.reset()
+            with slimify.width(model, w), torch.set_grad_enabled(grad):
+                explained = _dynamo.explain(model.train(train))(x)
+            assert (explained.graph_count, explained.graph_break_count) == (1, 0), (w, grad)
+
+
+def test_wrapper_prefixes_are_stripped() -> None:
+    from slimify.train.compile import strip_wrapper_prefixes
+
+    t = torch.zeros(1)
+    assert strip_wrapper_prefixes({"module._orig_mod.a": t, "module._orig_mod.b": t}) == {"a": t, "b": t}
+    assert strip_wrapper_prefixes({"_orig_mod.a": t, "c": t}) == {"_orig_mod.a": t, "c": t}  # not every key

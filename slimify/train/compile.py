@@ -10,9 +10,18 @@ import torch.nn as nn
 
 from slimify.errors import SlimifyError
 
-__all__ = ["compile_model", "GRAPHS_PER_SWITCH"]
+__all__ = ["compile_model", "strip_wrapper_prefixes", "GRAPHS_PER_SWITCH", "WRAPPER_PREFIXES"]
 
 GRAPHS_PER_SWITCH = 4  # train and eval mode, with and without gradients
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DistributedDataParallel's key prefixes
+
+
+def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict with the prefixes that compiled / DDP wrappers add removed (when every key has one)."""
+    for prefix in WRAPPER_PREFIXES * 2:  # either order: DDP over a compiled model or the reverse
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def compile_model(model: nn.Module, setting: bool | str, switches: int = 8) -> Any:

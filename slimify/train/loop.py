@@ -27,7 +27,7 @@ import slimify
 from slimify.errors import SlimifyError
 from slimify.models import check_state_dict
 from slimify.train.calibrate import calibrate_bn
-from slimify.train.compile import compile_model
+from slimify.train.compile import compile_model, strip_wrapper_prefixes
 from slimify.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slimify.train.common import at_width, model_widths, resolve_device
 from slimify.train.distributed import DistInfo, barrier, init_from_env, wrap_ddp
@@ -279,6 +279,7 @@ class Trainer:
                    if k not in state]
         if missing:
             raise SlimifyError(f"cannot resume from {path}: it is not a training-run checkpoint (no {missing[0]!r})")
+        state["model"] = strip_wrapper_prefixes(state["model"])  # written by a compiled or DDP model of yours
         check_state_dict(self.model.state_dict(), state["model"], f"checkpoint {path} (resume needs the same "
                          "model and switches)")
         if state["data"]["world"] != self.info.world:
