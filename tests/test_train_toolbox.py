@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from torch.utils.data import Subset
 
 from slimify.errors import SlimifyError
 from slimify.train import digits, finetune
@@ -192,3 +193,15 @@ def test_wrapper_prefixes_are_stripped() -> None:
     t = torch.zeros(1)
     assert strip_wrapper_prefixes({"module._orig_mod.a": t, "module._orig_mod.b": t}) == {"a": t, "b": t}
     assert strip_wrapper_prefixes({"_orig_mod.a": t, "c": t}) == {"_orig_mod.a": t, "c": t}  # not every key
+
+
+@pytest.mark.parametrize("name", ["retrofit_resnet50_imagenet", "retrofit_mobilenet_v2_imagenet",
+                                  "retrofit_deit_small_imagenet", "retrofit_convnext_tiny_imagenet"])
+def test_shipped_retrofit_recipes_run_a_step(name) -> None:
+    """Each key of the ImageNet retrofit recipes works together (one step of a tiny timm model; no compile)."""
+    import timm
+
+    model = timm.create_model("test_convnext", num_classes=10, drop_path_rate=0.05)
+    result = finetune(model, Subset(digits("train"), range(64)), name, epochs=1, batch_size=16, stop_after=2,
+                      compile=False, workers=0, calibrate_batches=0)
+    assert result.step == 2 and all(torch.isfinite(torch.tensor(v)) for v in result.losses.values())
