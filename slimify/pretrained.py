@@ -97,7 +97,7 @@ def _missing_timm(full: str, cfg: Any, e: BaseException) -> str:
 
 
 def _torchvision(name: str, tag: str | None, kwargs: dict[str, Any]) -> nn.Module:
-    from torchvision.models import get_model, get_model_weights
+    from torchvision.models import get_model_weights
 
     try:
         enum = get_model_weights(name)

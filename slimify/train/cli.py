@@ -90,7 +90,7 @@ def _warn_random_init(model: str, checkpoint: str | None, pretrained: bool) -> N
     """A model name with neither --pretrained nor --checkpoint is random init: say so before training."""
     if not (checkpoint or pretrained or Path(model).suffix == ".slim" or Path(model).is_file()):
         click.echo(f"warning: {model} starts from random weights (neither --pretrained nor --checkpoint): this "
-                   "trains it from scratch, not a retrofit of trained weights")  # stdout: stderr is for the one error line
+                   "trains it from scratch, not a retrofit of trained weights")  # stdout: stderr holds only errors
 
 
 @click.command("finetune", epilog="""\b
@@ -190,12 +190,16 @@ def calibrate_command(model: str, data: str, batches: int, batch_size: int, outp
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
     val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
     n = _workers(workers, data)
-    if val is not None:
-        click.echo(f"before BN calibration:\n{evaluate(net, val, batch_size=batch_size, device=dev, workers=n).table()}")
+
+    def accuracy(when: str) -> None:
+        if val is not None:
+            click.echo(f"{when} BN calibration:\n"
+                       f"{evaluate(net, val, batch_size=batch_size, device=dev, workers=n).table()}")
+
+    accuracy("before")
     calibrate_bn(net, resolve_data(data, net, train=True, input_size=input_size), batches=batches,
                  batch_size=batch_size, workers=n, device=dev)
-    if val is not None:
-        click.echo(f"after BN calibration:\n{evaluate(net, val, batch_size=batch_size, device=dev, workers=n).table()}")
+    accuracy("after")
     click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output, overwrite=force)}")
 
 

@@ -170,6 +170,7 @@ def image_folder(root: str | Path, model: nn.Module, train: bool, weights: str |
     if not root.is_dir():
         raise SlimifyError(f"data directory {str(root)!r} does not exist")
     try:
-        return ImageFolder(str(root), transform=model_transform(model, train, weights, input_size, augment), loader=load_image)
+        transform = model_transform(model, train, weights, input_size, augment)
+        return ImageFolder(str(root), transform=transform, loader=load_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise SlimifyError(f"{root}: not an image folder (one sub-folder of images per class): {e}") from e

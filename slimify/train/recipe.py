@@ -57,9 +57,9 @@ class Recipe:
     seed: int = 0  # seeds data order, augmentation, sandwich widths and torch/numpy/python RNGs
     notes: str = ""  # free text: where the settings come from
     # timm's training toolbox, keys named as in timm's train.py; None defers to the older key named
-    opt: str | None = None  # timm optimizer (create_optimizer_v2): sgd (Nesterov), momentum, adamw, lamb …; None: optimizer
+    opt: str | None = None  # timm optimizer (create_optimizer_v2): sgd (Nesterov), momentum, adamw …; None: optimizer
     opt_eps: float | None = None  # optimizer epsilon (None: the optimizer's default)
-    opt_betas: list[float] | None = None  # Adam-family betas (None: (momentum, 0.999) for the older adamw, else default)
+    opt_betas: list[float] | None = None  # Adam-family betas (None: (momentum, 0.999) for the older adamw)
     layer_decay: float | None = None  # layer-wise lr decay (timm models, via their group_matcher)
     sched: str | None = None  # timm scheduler, stepped per update: cosine, tanh, step, multistep, poly; None: schedule
     warmup_lr: float | None = None  # lr at the start of warm-up (None: warmup_factor x lr)

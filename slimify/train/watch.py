@@ -27,8 +27,8 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise SlimifyError("recipe key 'tensorboard' needs the tensorboard package (pip install "
-                                   "tensorboard), or set it to false; log.csv and log.jsonl are written anyway") from None
+                raise SlimifyError("recipe key 'tensorboard' needs the tensorboard package (pip install tensorboard), "
+                                   "or set it to false; log.csv and log.jsonl are written anyway") from None
             self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
 
     def _rows(self, rows: list[dict[str, Any]]) -> None:
