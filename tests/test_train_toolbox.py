@@ -159,7 +159,7 @@ def test_augment_keys_reach_timms_training_transform() -> None:
 @pytest.mark.parametrize("data, message", [
     ({"opt": "adamz"}, "did you mean 'adam'"),
     ({"sched": "cosinus"}, "'sched' must be one of"),
-    ({"amp_dtype": "fp8"}, "'amp_dtype' must be one of"),
+    ({"amp_dtype": "fp8"}, "'amp_dtype' must be one of null, float16, bfloat16, float32"),
     ({"mixup": -0.1}, "'mixup' must be >= 0"),
     ({"ema_decay": 1.5}, "'ema_decay' must be in [0, 1]"),
     ({"auto_augment": "randaug"}, "'auto_augment' must be a timm policy"),

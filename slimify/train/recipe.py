@@ -165,7 +165,7 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
 def _check_values(r: Recipe) -> None:
     for name, allowed in CHOICES.items():
         if getattr(r, name) not in allowed:
-            shown = ", ".join("null" if a is None else repr(a) for a in allowed)
+            shown = ", ".join("null" if a is None else (a or "''") for a in allowed)
             raise SlimifyError(f"key {name!r} must be one of {shown}; got {getattr(r, name)!r}")
     positive = {"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr, "log_every": r.log_every,
                 "distill_temperature": r.distill_temperature, "lr_base": r.lr_base, "lr_base_size": r.lr_base_size,
