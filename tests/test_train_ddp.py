@@ -73,7 +73,7 @@ def test_two_processes_end_with_identical_weights(tmp_path) -> None:
     assert info[0]["allreduces"] == info[1]["allreduces"] == STEPS  # once per step, not once per switch
     assert info[0]["changed"] > 0 and info[0]["top1"] == info[1]["top1"]
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "log.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "log.csv", "log.jsonl"]
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "train"] == list(range(1, STEPS + 1))  # rank 0 only
     assert records[0]["world"] == 2
