@@ -137,4 +137,4 @@ def test_huge_learning_rate_on_the_command_line(tmp_path: Path, capsys: pytest.C
                      err), err
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     assert finite(state["model"]) and state["step"] >= 1
-    assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT_NAME, "log.jsonl"]  # no model.slim, no temps
+    assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT_NAME, "log.csv", "log.jsonl"]  # no model, no temps

@@ -48,6 +48,7 @@ def test_finetune_then_eval_and_calibrate(tmp_path) -> None:
     result = runner.invoke(cli, ["finetune", "slimify:digitsnet", "--data", "digits", "--recipe", "demo",
                                  "--epochs", "1", "--switches", "0.5,1.0", "--divisor", "4", "-o", str(out)])
     assert result.exit_code == 0, result.output
+    assert "starts from random weights (neither --pretrained nor --checkpoint)" in result.output
     assert (out / "checkpoint.pt").is_file() and (out / "log.jsonl").is_file()
     saved = next(p for p in out.iterdir() if p.name.startswith("model."))
     evaluated = runner.invoke(cli, ["eval", str(saved), "--data", "digits", "--json", str(tmp_path / "m.json")])

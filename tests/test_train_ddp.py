@@ -73,7 +73,7 @@ def test_two_processes_end_with_identical_weights(tmp_path) -> None:
     assert info[0]["allreduces"] == info[1]["allreduces"] == STEPS  # once per step, not once per switch
     assert info[0]["changed"] > 0 and info[0]["top1"] == info[1]["top1"]
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "log.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "log.csv", "log.jsonl"]
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "train"] == list(range(1, STEPS + 1))  # rank 0 only
     assert records[0]["world"] == 2
@@ -88,6 +88,6 @@ def test_torchrun_cli(tmp_path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("width") == 1  # only rank 0 prints the table
+    assert proc.stdout.count("width") == 3  # only rank 0 prints the tables (baseline, before and after BN calibration)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert records[0]["world"] == 2 and records[0]["steps_per_epoch"] == 1437 // 2 // 64

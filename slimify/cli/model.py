@@ -12,7 +12,7 @@ import click
 from slimify.cli.app import command
 
 __all__ = ["convert_command", "inspect_command", "parse_switches", "parse_input_size", "check_output",
-           "size_option", "RegistryChoice", "LiveHelpOption"]
+           "size_option", "RegistryChoice", "LiveHelpOption", "pretrained_options", "check_weights_options"]
 
 F = Callable[..., Any]
 
@@ -65,11 +65,30 @@ def _reorder_choices() -> tuple[str, ...]:
 def reorder_option(f: F) -> F:
     return click.option("--reorder", type=RegistryChoice(_reorder_choices), default="auto", show_default=True,
                         help=f"Put each group's most important channels first before converting. auto: "
-                             f"'{PRETRAINED_REORDER}' with --checkpoint (pretrained weights), none without.")(f)
+                             f"'{PRETRAINED_REORDER}' with --checkpoint or --pretrained (trained weights), none "
+                             "without.")(f)
 
 
-def resolve_reorder(choice: str | None, checkpoint: str | None) -> str | None:
-    """The reorder method ``slimify.convert`` gets for a CLI choice."""
+def pretrained_options(f: F) -> F:
+    """``--pretrained [--pretrained-tag TAG]``: published weights through timm's/torchvision's loaders."""
+    f = click.option("--pretrained-tag", metavar="TAG",
+                     help="Which published weights: a timm tag (a1_in1k) or a torchvision name (IMAGENET1K_V2).")(f)
+    return click.option("--pretrained", is_flag=True,
+                        help="Start from the published weights (timm's / torchvision's own loaders and caches; "
+                             "HF_HUB_OFFLINE=1 uses only cached copies).")(f)
+
+
+def check_weights_options(checkpoint: str | None, pretrained: bool, tag: str | None) -> None:
+    """--checkpoint and --pretrained exclude each other; a tag needs --pretrained."""
+    if checkpoint and pretrained:
+        raise click.UsageError("--checkpoint and --pretrained both give starting weights: pass one of them")
+    if tag and not pretrained:
+        raise click.UsageError("--pretrained-tag picks published weights: pass --pretrained with it")
+
+
+def resolve_reorder(choice: str | None, checkpoint: str | bool | None) -> str | None:
+    """The reorder method ``slimify.convert`` gets for a CLI choice (``checkpoint``: whether
+    trained weights are loaded, from a file or published ones)."""
     if choice in (None, "auto"):
         return PRETRAINED_REORDER if checkpoint else None
     return None if choice == "none" else choice
@@ -134,15 +153,18 @@ def conversion_options(f: F) -> F:
 
 
 def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], divisor: int,
-             num_classes: int | None, input_size: tuple[int, int, int] | None, reorder: str | None = None) -> Any:
+             num_classes: int | None, input_size: tuple[int, int, int] | None, reorder: str | None = None,
+             pretrained: bool = False, tag: str | None = None) -> Any:
     import torch
 
     import slimify
     from slimify.analysis.stages import default_input
+    from slimify.store.pretrained import create_pretrained
     from slimify.store.sources import create
 
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
-    net = create(model, checkpoint=checkpoint, **kwargs).eval()
+    net = (create_pretrained(model, tag, **kwargs) if pretrained else create(model, checkpoint=checkpoint,
+                                                                             **kwargs)).eval()
     example = torch.randn(1, *input_size) if input_size else default_input(net)
     slimify.convert(net, switches=switches, divisor=divisor, example_input=example, reorder=reorder)
     slimify.state.get_state(net).record.example_shape = list(example.shape)
@@ -161,24 +183,28 @@ def _params_line(net: Any) -> str:
 Examples:
   slimify convert resnet50 -o rn50.slim
   slimify convert torchvision:mobilenet_v2 --switches 0.35,0.5,0.75,1.0 --input-size 160 -o mbv2.slim
-  slimify convert resnet18 --checkpoint my_resnet18.pth --num-classes 10 -o rn18.slim --force""")
+  slimify convert resnet18 --checkpoint my_resnet18.pth --num-classes 10 -o rn18.slim --force
+  slimify convert resnet50 --pretrained --pretrained-tag a1_in1k -o rn50.slim""")
 @click.argument("model")
 @conversion_options
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="Plain weights to start from (.safetensors, or a torch file read with weights_only).")
+@pretrained_options
 @reorder_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write (.slim).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def convert_command(model: str, switches: tuple[float, ...], divisor: int, num_classes: int | None,
-                    input_size: tuple[int, int, int] | None, checkpoint: str | None, reorder: str, output: str,
-                    force: bool) -> None:
+                    input_size: tuple[int, int, int] | None, checkpoint: str | None, pretrained: bool,
+                    pretrained_tag: str | None, reorder: str, output: str, force: bool) -> None:
     """Convert MODEL (a timm name, 'torchvision:NAME' or 'slimify:NAME') into a slimmable model
     and save it as a .slim file (config + safetensors weights, never pickled code)."""
     import slimify
 
     out = check_output(output, force, (".slim",))
-    method = resolve_reorder(reorder, checkpoint)
-    net = _convert(model, checkpoint, switches, divisor, num_classes, input_size, reorder=method)
+    check_weights_options(checkpoint, pretrained, pretrained_tag)
+    method = resolve_reorder(reorder, checkpoint or pretrained)
+    net = _convert(model, checkpoint, switches, divisor, num_classes, input_size, reorder=method,
+                   pretrained=pretrained, tag=pretrained_tag)
     rep = slimify.report(net)
     slimify.save(net, out, overwrite=force)
     click.echo(f"{rep.model}: {len(rep.groups)} channel groups, {len(rep.slimmable)} slimmable, {len(rep.fixed)} fixed "

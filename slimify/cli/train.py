@@ -10,7 +10,14 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import parse_switches, reorder_option, resolve_reorder
+from slimify.cli.model import (
+    check_weights_options,
+    parse_input_size,
+    parse_switches,
+    pretrained_options,
+    reorder_option,
+    resolve_reorder,
+)
 
 __all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
 
@@ -27,7 +34,20 @@ def model_options(f: F) -> F:
                      help="Plain pretrained weights (.safetensors / .pt / .pth) for a model name.")(f)
     f = reorder_option(f)
     f = click.option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")(f)
+    f = click.option("--input-size", callback=parse_input_size,
+                     help="Image size H=W (e.g. 224) or CxHxW for the data pipeline (and for converting a model "
+                          "name).  [default: the size the model was converted with]")(f)
     return click.argument("model")(f)
+
+
+def workers_option(f: F) -> F:
+    return click.option("--workers", type=click.IntRange(min=0),
+                        help="DataLoader workers (default: one per CPU, up to 8; 0 for digits).")(f)
+
+
+def _workers(workers: int | None, data: str) -> int | None:
+    """None lets the loader use the CPUs there are; the digits set is in memory: no workers."""
+    return 0 if workers is None and data == "digits" else workers
 
 
 def _fresh_output(path: str, force: bool) -> None:
@@ -53,21 +73,41 @@ def _check_classes(net: Any, data: str) -> None:
 
 
 def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-          num_classes: int | None, reorder: str | None) -> tuple[Any, dict[str, Any]]:
+          num_classes: int | None, reorder: str | None, input_size: tuple[int, int, int] | None = None,
+          pretrained: bool = False, pretrained_tag: str | None = None,
+          model_kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     from slimify.train.resolve import count_classes, load_slimmable
 
     classes = num_classes or count_classes(data)
     return load_slimmable(model, checkpoint, switches, divisor, classes,
-                          input_size=(3, 32, 32) if data == "digits" else None,
-                          reorder=resolve_reorder(reorder, checkpoint))
+                          input_size=input_size or ((3, 32, 32) if data == "digits" else None),
+                          reorder=resolve_reorder(reorder, checkpoint or pretrained), pretrained=pretrained,
+                          pretrained_tag=pretrained_tag, model_kwargs=model_kwargs)
+
+
+def _build_kwargs(model: str, drop_path: float | None) -> dict[str, Any]:
+    """Factory arguments a recipe implies for a timm model name: stochastic depth must exist in the
+    built model (timm builds Identity where the rate is 0) before the recipe can set its rate."""
+    source = model.rpartition(":")[0]
+    is_name = not (Path(model).suffix == ".slim" or Path(model).is_file())
+    return {"drop_path_rate": drop_path} if drop_path and is_name and source in ("", "timm") else {}
+
+
+def _warn_random_init(model: str, checkpoint: str | None, pretrained: bool) -> None:
+    """A model name with neither --pretrained nor --checkpoint is random init: say so before training."""
+    if not (checkpoint or pretrained or Path(model).suffix == ".slim" or Path(model).is_file()):
+        click.echo(f"warning: {model} starts from random weights (neither --pretrained nor --checkpoint): this "
+                   "trains it from scratch, not a retrofit of trained weights")  # stdout: stderr holds only errors
 
 
 @command("finetune", epilog="""\b
 Examples:
   slimify finetune torchvision:resnet18 --data digits --recipe demo -o runs/rn18
   slimify finetune resnet50 --checkpoint rn50.pth --reorder l1 --data ~/imagenet --recipe retrofit
+  slimify finetune resnet50 --pretrained --pretrained-tag a1_in1k --data ~/imagenet -o runs/rn50
   torchrun --nproc_per_node 4 -m slimify.train finetune rn50.slim --data ~/imagenet --resume""")
 @model_options
+@pretrained_options
 @click.option("--data", required=True, help="'digits' or an ImageFolder directory (or one with train/ and val/).")
 @click.option("--val", "val_data", help="Validation data (default: DATA's val/ sub-folder, or digits' val split).")
 @click.option("--recipe", default="retrofit", show_default=True, help="Shipped recipe name or YAML file.")
@@ -83,9 +123,11 @@ Examples:
 def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool, force: bool,
                      epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
                      progress: bool | None, checkpoint: str | None, switches: tuple[float, ...] | None,
-                     divisor: int, num_classes: int | None, device: str | None, reorder: str | None) -> None:
+                     divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
+                     input_size: tuple[int, int, int] | None, pretrained: bool, pretrained_tag: str | None) -> None:
     """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
+    from slimify.train.augment import augment_args
     from slimify.train.distributed import dist_info, init_from_env, shutdown
     from slimify.train.loop import finetune
     from slimify.train.recipe import load_recipe
@@ -94,24 +136,33 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers).items()
                  if v is not None}
     r = load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
+    check_weights_options(checkpoint, pretrained, pretrained_tag)
     if not (resume or force) and any((Path(out) / n).exists() for n in ("checkpoint.pt", "model.slim", "model.pt")):
         raise click.UsageError(f"{out} already holds a run: pass --resume to continue it or --force to start over")
     init_from_env()
     import torch
 
     torch.manual_seed(r.seed)  # the same seed builds the same initial weights
-    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
+    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size, pretrained,
+                      pretrained_tag, _build_kwargs(model, r.drop_path))
     _check_classes(net, data)
-    train = resolve_data(data, net, train=True)
+    if dist_info().is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
+        _warn_random_init(model, checkpoint, pretrained)
+    train = resolve_data(data, net, train=True, input_size=input_size, augment=augment_args(r))
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
-    val = resolve_data(val_data or data, net, train=False, split="val") if has_val else None
+    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
     result = finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
-                      progress=progress, model_spec=spec)
+                      progress=progress, model_spec=spec, echo=click.echo)
     if dist_info().is_main:
         if result.eval is not None:
-            click.echo(result.eval.table())
+            click.echo(f"{'after BN calibration' if r.calibrate_batches else 'after fine-tuning'}:\n"
+                       f"{result.eval.table()}")
         final = Path(out) / "model.slim"
         click.echo(f"saved {save_model(net, spec, final)} (checkpoint: {result.checkpoint})")
+        if result.ema_model is not None:
+            if result.eval_ema is not None:
+                click.echo(f"EMA weights:\n{result.eval_ema.table()}")
+            click.echo(f"saved {save_model(result.ema_model, spec, Path(out) / 'model_ema.slim')} (EMA weights)")
     shutdown()
 
 
@@ -124,18 +175,37 @@ Example:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--val", "val_data", help="Validation data for the accuracy before and after (default: DATA's val/ "
+                                        "sub-folder, or digits' val split; none: no accuracy printed).")
+@workers_option
 def calibrate_command(model: str, data: str, batches: int, batch_size: int, output: str, force: bool,
-                      checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-                      num_classes: int | None, device: str | None, reorder: str | None) -> None:
-    """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it."""
+                      val_data: str | None, workers: int | None, checkpoint: str | None,
+                      switches: tuple[float, ...] | None, divisor: int, num_classes: int | None, device: str | None,
+                      reorder: str | None, input_size: tuple[int, int, int] | None) -> None:
+    """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it;
+    with validation data, print every switch's accuracy before and after."""
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
+    from slimify.train.evaluate import evaluate
     from slimify.train.resolve import resolve_data, save_model
 
     _fresh_output(output, force)
-    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
-    net.to(resolve_device(device))
-    calibrate_bn(net, resolve_data(data, net, train=True), batches=batches, batch_size=batch_size)
+    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
+    dev = resolve_device(device)
+    net.to(dev)
+    has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
+    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
+    n = _workers(workers, data)
+
+    def accuracy(when: str) -> None:
+        if val is not None:
+            click.echo(f"{when} BN calibration:\n"
+                       f"{evaluate(net, val, batch_size=batch_size, device=dev, workers=n).table()}")
+
+    accuracy("before")
+    calibrate_bn(net, resolve_data(data, net, train=True, input_size=input_size), batches=batches,
+                 batch_size=batch_size, workers=n, device=dev)
+    accuracy("after")
     click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output, overwrite=force)}")
 
 
@@ -150,9 +220,12 @@ Examples:
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
 @click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
+@workers_option
 def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_size: int, markdown: bool,
-                 json_path: str | None, force: bool, checkpoint: str | None, switches: tuple[float, ...] | None,
-                 divisor: int, num_classes: int | None, device: str | None, reorder: str | None) -> None:
+                 json_path: str | None, force: bool, workers: int | None, checkpoint: str | None,
+                 switches: tuple[float, ...] | None,
+                 divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
+                 input_size: tuple[int, int, int] | None) -> None:
     """Top-1 / top-5 / loss of every switch of MODEL on DATA."""
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
@@ -160,11 +233,11 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
 
     if json_path:
         _fresh_output(json_path, force)
-    net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
+    net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     _check_classes(net, data)
     dev = resolve_device(device)
-    result = evaluate(net.to(dev), resolve_data(data, net, train=False), widths=widths, batch_size=batch_size,
-                      device=dev)
+    result = evaluate(net.to(dev), resolve_data(data, net, train=False, input_size=input_size), widths=widths,
+                      batch_size=batch_size, device=dev, workers=_workers(workers, data))
     click.echo(result.table(markdown=markdown))
     if json_path:
         from slimify.store.slimfile import atomic_path

@@ -35,6 +35,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the user's usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -43,6 +44,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed mid-write
         stale.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

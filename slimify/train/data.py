@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 
 from slimify.errors import SlimifyError
 
-__all__ = ["DigitsDataset", "digits", "image_folder", "load_image", "model_transform", "IMAGENET_MEAN",
-           "IMAGENET_STD"]
+__all__ = ["DigitsDataset", "digits", "image_folder", "load_image", "model_transform", "recorded_input_size",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,34 +82,71 @@ def digits(split: str = "train", size: int = 32, augment: bool | None = None) ->
     return DigitsDataset(split, size=size, augment=augment)
 
 
-def _timm_transform(model: nn.Module, train: bool) -> Callable[[Any], torch.Tensor] | None:
+def recorded_input_size(model: nn.Module) -> tuple[int, int, int] | None:
+    """The (C, H, W) a slimmable model was converted with (``example_shape`` in its state and in
+    its ``.slim`` file), or None for a plain model or one without a recorded image shape."""
+    import slimify
+
+    if not slimify.is_slimmable(model):
+        return None
+    shape = slimify.state.get_state(model).record.example_shape
+    if not shape or len(shape) != 4:
+        return None
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def _size3(size: int | tuple[int, ...] | list[int]) -> tuple[int, int, int]:
+    if isinstance(size, int):
+        return 3, size, size
+    if len(size) == 2:
+        return 3, int(size[0]), int(size[1])
+    if len(size) == 3:
+        return int(size[0]), int(size[1]), int(size[2])
+    raise SlimifyError(f"input size must be H, (H, W) or (C, H, W), got {size!r}")
+
+
+def _timm_transform(model: nn.Module, train: bool, size: tuple[int, int, int] | None,
+                    augment: dict[str, Any]) -> Callable[[Any], torch.Tensor] | None:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if not cfg:
+    if not cfg and not (train and augment):
         return None
     from timm.data import create_transform, resolve_data_config
 
-    data_cfg = resolve_data_config({}, model=model)
-    return create_transform(**data_cfg, is_training=train)
+    if not cfg:  # a recipe's augmentation on a non-timm model: timm's pipeline with ImageNet statistics
+        data_cfg: dict[str, Any] = {"input_size": size or (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    else:
+        data_cfg = resolve_data_config({"input_size": size} if size else {}, model=model)
+    return create_transform(**data_cfg, is_training=train, **(augment if train else {}))
 
 
 def model_transform(model: nn.Module, train: bool, weights: str | None = None,
-                    input_size: int = 224) -> Callable[[Any], torch.Tensor]:
-    """The preprocessing ``model`` expects: timm's data config for timm models, the torchvision
-    weights' transforms when ``weights`` names them (e.g. ``"ResNet18_Weights.IMAGENET1K_V1"``),
-    else ImageNet defaults (random-resized crop + flip for training, resize + center crop else)."""
+                    input_size: int | tuple[int, ...] | None = None,
+                    augment: dict[str, Any] | None = None) -> Callable[[Any], torch.Tensor]:
+    """The preprocessing ``model`` expects at its input size: timm's data config for timm models,
+    the torchvision weights' transforms when ``weights`` names them (e.g.
+    ``"ResNet18_Weights.IMAGENET1K_V1"``), else ImageNet defaults (random-resized crop + flip for
+    training, resize + center crop else).
+
+    The size is ``input_size`` if given, else the one the model was converted with (so a model
+    converted at 32 px is trained and evaluated at 32 px, not at timm's 224), else the model's
+    own default (timm's config; 224 otherwise). ``augment`` adds ``timm.data.create_transform``
+    training arguments (RandAugment, random erasing: see :func:`slimify.train.augment.augment_args`)."""
     from torchvision import transforms as T
 
-    timm_tf = _timm_transform(model, train)
+    size = _size3(input_size) if input_size is not None else recorded_input_size(model)
+    timm_tf = _timm_transform(model, train, size, augment or {})
     if timm_tf is not None:
         return timm_tf
+    _, h, w = size or (3, 224, 224)
     if weights is not None and not train:
         from torchvision.models import get_weight
 
-        return get_weight(weights).transforms()
+        preset = get_weight(weights).transforms
+        return preset() if size is None else preset(crop_size=h, resize_size=int(round(h / 0.875)))
     normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if train:
-        return T.Compose([T.RandomResizedCrop(input_size), T.RandomHorizontalFlip(), *normalize])
-    return T.Compose([T.Resize(int(round(input_size / 0.875))), T.CenterCrop(input_size), *normalize])
+        return T.Compose([T.RandomResizedCrop((h, w)), T.RandomHorizontalFlip(), *normalize])
+    return T.Compose([T.Resize(int(round(min(h, w) / 0.875))), T.CenterCrop((h, w)), *normalize])
 
 
 def load_image(path: str) -> Any:
@@ -123,14 +160,17 @@ def load_image(path: str) -> Any:
         raise SlimifyError(f"{path} is not a readable image ({type(e).__name__}): remove or replace it") from None
 
 
-def image_folder(root: str | Path, model: nn.Module, train: bool, weights: str | None = None) -> Dataset:
-    """A torchvision ImageFolder at ``root`` (one sub-folder per class) with the model's transform."""
+def image_folder(root: str | Path, model: nn.Module, train: bool, weights: str | None = None,
+                 input_size: int | tuple[int, ...] | None = None, augment: dict[str, Any] | None = None) -> Dataset:
+    """A torchvision ImageFolder at ``root`` (one sub-folder per class) with the model's transform
+    (at ``input_size``, default the model's recorded size: see :func:`model_transform`)."""
     from torchvision.datasets import ImageFolder
 
     root = Path(root)
     if not root.is_dir():
         raise SlimifyError(f"data directory {str(root)!r} does not exist")
     try:
-        return ImageFolder(str(root), transform=model_transform(model, train, weights), loader=load_image)
+        transform = model_transform(model, train, weights, input_size, augment)
+        return ImageFolder(str(root), transform=transform, loader=load_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise SlimifyError(f"{root}: not an image folder (one sub-folder of images per class): {e}") from e

@@ -1,6 +1,7 @@
 """Accuracy per switch: top-1 / top-5 / loss for each width, as data and as a printable table."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset, Subset
 from slimify.errors import SlimifyError
 from slimify.train.common import at_width, model_widths, resolve_device
 from slimify.train.distributed import all_reduce_sum, dist_info
-from slimify.train.loader import Batch, as_batches
+from slimify.train.loader import Batch, as_batches, usable_workers
 
 __all__ = ["evaluate", "EvalResult", "SwitchMetrics"]
 
@@ -66,21 +67,26 @@ class EvalResult:
         return self.table()
 
 
+def _batch_totals(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """correct top-1, correct top-5, loss sum and count of one batch (float64, on the batch's device)."""
+    logits = logits.float()
+    topk = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+    hits = topk.eq(labels.unsqueeze(-1))
+    return torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), F.cross_entropy(logits, labels, reduction="sum"),
+                        torch.tensor(labels.numel(), device=labels.device)]).double()
+
+
 @torch.no_grad()
-def _evaluate_one(model: nn.Module, batches: Iterable[Batch], device: torch.device,
+def _evaluate_all(model: nn.Module, widths: tuple[float, ...], batches: Iterable[Batch], device: torch.device,
                   max_batches: int | None) -> torch.Tensor:
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, count
-    for i, (images, labels) in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
+    """One pass over the data, each batch run at every switch: (switches, 4) totals. Decoding and
+    augmenting images costs far more than a forward pass, so it is done once, not once per switch."""
+    totals = torch.zeros(len(widths), 4, dtype=torch.float64, device=device)
+    for images, labels in itertools.islice(batches, max_batches):  # no batch read beyond max_batches
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = model(images).float()
-        k = min(5, logits.shape[-1])
-        topk = logits.topk(k, dim=-1).indices
-        hits = topk.eq(labels.unsqueeze(-1))
-        totals += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(),
-                               F.cross_entropy(logits, labels, reduction="sum"),
-                               torch.tensor(labels.numel(), device=device)]).double()
+        for j, w in enumerate(widths):
+            with at_width(model, w):
+                totals[j] += _batch_totals(model(images), labels)
     return totals
 
 
@@ -92,12 +98,16 @@ def evaluate(
     batch_size: int = 256,
     device: str | torch.device | None = None,
     max_batches: int | None = None,
+    workers: int | None = 0,
+    pin_memory: bool | None = None,
 ) -> EvalResult:
     """Top-1, top-5 and loss of each switch (all by default, widest first) in eval mode.
 
-    A plain model is evaluated as one width-1.0 row. Under ``torchrun`` each process evaluates
-    every world-th image of a Dataset (a loader you pass should hold that process's shard) and
-    the counts are summed over processes.
+    Every image is decoded once: one pass over the data, each batch run at every switch. A
+    Dataset is loaded with ``workers`` DataLoader workers (None: as many as the CPUs allow) and
+    pinned memory on CUDA (``pin_memory`` None). A plain model is evaluated as one width-1.0
+    row. Under ``torchrun`` each process evaluates every world-th image of a Dataset (a loader
+    you pass should hold that process's shard) and the counts are summed over processes.
     """
     info = dist_info()
     if info.enabled and isinstance(data, Dataset):
@@ -105,17 +115,18 @@ def evaluate(
     param = next(model.parameters(), None)
     dev = resolve_device(device) if device is not None else (param.device if param is not None else
                                                             torch.device("cpu"))
+    pin = dev.type == "cuda" if pin_memory is None else pin_memory
+    chosen = model_widths(model, widths)
     was_training = model.training
     model.eval()
-    rows = []
     try:
-        for w in model_widths(model, widths):
-            with at_width(model, w):
-                totals = all_reduce_sum(_evaluate_one(model, as_batches(data, batch_size), dev, max_batches))
-            c1, c5, loss, n = totals.tolist()
-            if n == 0:
-                raise SlimifyError("evaluation data is empty")
-            rows.append(SwitchMetrics(w, 100.0 * c1 / n, 100.0 * c5 / n, loss / n, int(n)))
+        batches = as_batches(data, batch_size, workers=usable_workers(workers), pin_memory=pin)
+        totals = all_reduce_sum(_evaluate_all(model, chosen, batches, dev, max_batches))
     finally:
         model.train(was_training)
+    rows = []
+    for w, (c1, c5, loss, n) in zip(chosen, totals.tolist()):
+        if n == 0:
+            raise SlimifyError("evaluation data is empty")
+        rows.append(SwitchMetrics(w, 100.0 * c1 / n, 100.0 * c5 / n, loss / n, int(n)))
     return EvalResult(rows)

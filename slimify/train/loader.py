@@ -3,6 +3,7 @@ stopped mid-epoch resumes exactly and every process of a distributed run sees it
 """
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -11,9 +12,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["ResumableSampler", "SeededDataset", "train_loader", "eval_loader", "as_batches", "sample_seed"]
+__all__ = ["ResumableSampler", "SeededDataset", "train_loader", "eval_loader", "as_batches", "sample_seed",
+           "usable_workers", "cpus_available", "is_loader"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+AUTO_MAX_WORKERS = 8  # workers per process when a recipe leaves ``workers`` unset and CPUs allow
+
+
+def cpus_available() -> int:
+    """CPUs this process may run on (its affinity mask under a job scheduler), as DataLoader counts them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def usable_workers(requested: int | None) -> int:
+    """DataLoader workers per process: ``requested`` (``None``: up to AUTO_MAX_WORKERS), capped at
+    this process's share of the CPUs, so a recipe written for a big machine runs without
+    oversubscribing (and without DataLoader's warning) on a small one."""
+    local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, cpus_available() // local_world)
+    return min(AUTO_MAX_WORKERS if requested is None else requested, share)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -82,6 +102,14 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int = 0, pin_memory:
     generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator,
                       num_workers=workers, pin_memory=pin_memory)
+
+
+def is_loader(data: Any) -> bool:
+    """A DataLoader, or a loader-like iterable with a length that is not a Dataset (timm's
+    PrefetchLoader, which wraps one and normalises on the device): batches are the caller's."""
+    if isinstance(data, DataLoader):
+        return True
+    return not isinstance(data, Dataset) and hasattr(data, "__iter__") and hasattr(data, "__len__")
 
 
 def as_batches(data: Dataset | Iterable[Batch], batch_size: int = 64, workers: int = 0,

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import random
+import shutil
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +29,24 @@ from slimify.store.sources import check_state_dict
 from slimify.train.calibrate import calibrate_bn
 from slimify.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slimify.train.common import at_width, model_widths, resolve_device
+from slimify.train.compile import compile_model, strip_wrapper_prefixes
 from slimify.train.distributed import DistInfo, barrier, init_from_env, wrap_ddp
+from slimify.train.drop_path import set_drop_path
+from slimify.train.ema import SwitchEma
 from slimify.train.evaluate import EvalResult, evaluate
-from slimify.train.loader import train_loader
+from slimify.train.loader import is_loader, train_loader, usable_workers
 from slimify.train.losses import step_widths, switch_loss
-from slimify.train.optim import build_optimizer, build_scheduler
+from slimify.train.mixing import build_mixup, smoothing, uses_mixing
+from slimify.train.precision import amp_dtype, autocast, grad_scaler, to_channels_last
 from slimify.train.progress import LossMeter, RunLog, progress_bar, show_progress
 from slimify.train.recipe import Recipe, load_recipe
+from slimify.train.timm_optim import create_optimizer, create_schedule, global_lr
+from slimify.train.watch import MetricsLog, progress_line
 
-__all__ = ["finetune", "Trainer", "TrainResult", "CHECKPOINT_NAME", "LOG_NAME"]
+__all__ = ["finetune", "Trainer", "TrainResult", "CHECKPOINT_NAME", "BEST_NAME", "LOG_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"  # latest checkpoint in a run directory
+BEST_NAME = "best.pt"  # the checkpoint with the best mean top-1 over switches so far
 LOG_NAME = "log.jsonl"  # the run's JSON-lines log
 
 
@@ -52,6 +61,8 @@ class TrainResult:
     losses: dict[float, float] = field(default_factory=dict)  # mean loss per switch, last epoch
     eval: EvalResult | None = None  # final validation metrics (with ``val_data``)
     checkpoint: Path | None = None  # the last checkpoint written
+    ema_model: nn.Module | None = None  # the weights' moving average (recipe ``ema_decay``), a slimmable model
+    eval_ema: EvalResult | None = None  # its final validation metrics
 
 
 class Trainer:
@@ -59,25 +70,37 @@ class Trainer:
 
     def __init__(self, model: nn.Module, data: Dataset | DataLoader, recipe: Recipe, device: torch.device,
                  out_dir: Path | None, progress: bool, model_spec: dict[str, Any] | None):
-        self.recipe, self.data, self.device, self.model_spec = recipe, data, device, model_spec or {}
+        self.data, self.device, self.model_spec = data, device, model_spec or {}
         self.info: DistInfo = init_from_env(device)
+        self.recipe = recipe = recipe.replace(lr=global_lr(recipe, self.info.world))  # timm's batch scaling
         self.model = model.to(device)
+        if recipe.channels_last:
+            to_channels_last(self.model)
+        if recipe.drop_path is not None:
+            set_drop_path(self.model, recipe.drop_path)
         self.widths = model_widths(model)
         self.ddp = wrap_ddp(self.model, device, self.info, slimify.is_slimmable(model))
-        self.optimizer = build_optimizer(self.model, recipe)
-        self.steps_per_epoch = self._steps_per_epoch()
-        self.scheduler = build_scheduler(self.optimizer, recipe, self.steps_per_epoch)
-        self.amp = recipe.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.step = self.epoch = self.batch = 0
+        self.forward = compile_model(self.ddp, recipe.compile, len(self.widths))  # state dicts: self.model's
+        self.optimizer = create_optimizer(self.model, recipe)
+        self.steps_per_epoch = self._steps_per_epoch()  # batches; optimizer updates: see updates_per_epoch
+        self.scheduler = create_schedule(self.optimizer, recipe, self.updates_per_epoch)
+        self.dtype = amp_dtype(recipe, device)
+        self.scaler = grad_scaler(device, self.dtype)
+        self.ema = SwitchEma(self.model, recipe.ema_decay) if recipe.ema_decay else None
+        self.mixup: Any = None  # built at the first batch, when the number of classes is known
+        self.last_eval: tuple[int, EvalResult] | None = None  # (step, metrics) of the latest validation
+        self.step = self.epoch = self.batch = self.micro = 0  # micro: batches accumulated toward the next step
         main_dir = out_dir if self.info.is_main else None
         self.out_dir, self.ckpt_dir = out_dir, main_dir
         self.log = RunLog(main_dir / LOG_NAME if main_dir is not None else None)
+        self.metrics = MetricsLog(main_dir, recipe.tensorboard)
         self.progress = progress and self.info.is_main
+        self.echo: Callable[[str], None] | None = None  # periodic lines when there is no progress bar
+        self.best: float | None = None  # best mean top-1 over switches (BEST_NAME holds that checkpoint)
 
     def _steps_per_epoch(self) -> int:
-        if isinstance(self.data, DataLoader):
-            return len(self.data)
+        if is_loader(self.data):
+            return len(self.data)  # type: ignore[arg-type]
         per_rank = len(self.data) // self.info.world  # type: ignore[arg-type]
         steps = per_rank // self.recipe.batch_size
         if steps == 0:
@@ -85,36 +108,72 @@ class Trainer:
                                f"{self.recipe.batch_size} per process ({self.info.world} processes)")
         return steps
 
+    @property
+    def updates_per_epoch(self) -> int:
+        """Optimizer updates per epoch: one per ``accum_steps`` batches (a last partial group steps too)."""
+        return -(-self.steps_per_epoch // self.recipe.accum_steps)
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[float, float]:
-        """One optimizer step: forward + backward at each width, widest first, then one update."""
+        """Forward + backward at each width, widest first, on one batch; every ``accum_steps``
+        batches (and at the end of an epoch) one optimizer update."""
         r = self.recipe
         widths = step_widths(self.widths, r.sandwich, r.seed, self.step)
-        self.optimizer.zero_grad(set_to_none=True)
+        update = self.micro + 1 >= r.accum_steps or self.batch + 1 >= self.steps_per_epoch
+        if self.micro == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        images, targets = self._mix(images, labels)
+        if r.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         teacher: torch.Tensor | None = None
         losses: dict[float, torch.Tensor] = {}
         for i, w in enumerate(widths):
-            last = i == len(widths) - 1  # DDP all-reduces gradients once, after the last switch
+            last = update and i == len(widths) - 1  # DDP all-reduces gradients once, before the update
             sync = contextlib.nullcontext() if last or not self.info.enabled else self.ddp.no_sync()
             with sync, at_width(self.model, w):
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                    logits = self.ddp(images)
-                    loss = switch_loss(logits, labels, teacher, r.narrow_loss, r.label_smoothing,
-                                       r.distill_temperature)
-                self.scaler.scale(loss).backward()
+                with autocast(self.device, self.dtype):
+                    logits = self.forward(images)
+                    loss = switch_loss(logits, targets, teacher, r.narrow_loss, smoothing(r), r.distill_temperature)
+                self.scaler.scale(loss / r.accum_steps).backward()
             if teacher is None and r.narrow_loss == "distill":
                 teacher = logits.detach()
             losses[w] = loss.detach()
         values = torch.stack(list(losses.values()))  # one device sync per step, not one per switch
         if not bool(torch.isfinite(values).all()):  # stop before a NaN/inf reaches the weights
             self._diverged(dict(zip(losses, values.tolist())))
+        self.micro += 1
+        if update:
+            self._update()
+        return dict(zip(losses, values.tolist()))
+
+    def _update(self) -> None:
+        """One optimizer update from the accumulated gradients, then schedule and EMA."""
         self.scaler.unscale_(self.optimizer)
-        if r.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+        if self.recipe.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return dict(zip(losses, values.tolist()))
+        self.micro = 0
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+
+    def _mix(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup/CutMix images and soft targets when the recipe asks for them, else the labels."""
+        if not uses_mixing(self.recipe):
+            return images, labels
+        if self.mixup is None:
+            self.mixup = build_mixup(self.recipe, self._num_classes(images))
+        return self.mixup(images, labels)
+
+    @torch.no_grad()
+    def _num_classes(self, images: torch.Tensor) -> int:
+        """Outputs of the model (one image in eval mode: no BatchNorm statistics change)."""
+        self.model.eval()
+        try:
+            return int(self.model(images[:1]).shape[-1])
+        finally:
+            self.model.train()
 
     def _diverged(self, losses: dict[float, float]) -> None:
         """Stop the run: a switch's loss is NaN or infinite; the weights were not updated with it."""
@@ -127,11 +186,14 @@ class Trainer:
                            "grad_clip or check the data")
 
     def _epoch_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(self.data, DataLoader):  # the caller's loader: order is the caller's business
-            return itertools.islice(self.data, self.batch, None)
+        if is_loader(self.data):  # the caller's loader: order is the caller's business, the epoch ours to tell
+            sampler = getattr(self.data, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
+                sampler.set_epoch(self.epoch)  # type: ignore[union-attr]
+            return itertools.islice(self.data, self.batch, None)  # type: ignore[call-overload]
         r = self.recipe
         return train_loader(self.data, r.batch_size, r.seed, self.epoch, self.batch, self.info.rank,
-                            self.info.world, r.workers, pin_memory=self.device.type == "cuda")
+                            self.info.world, usable_workers(r.workers), pin_memory=self.device.type == "cuda")
 
     def run_epoch(self, stop_after: int | None) -> LossMeter:
         """Train until the epoch ends or ``stop_after`` steps have been taken in total."""
@@ -148,6 +210,8 @@ class Trainer:
                 meter.update(losses, images.shape[0] * self.info.world)
                 bar.set_postfix(meter.postfix(), refresh=False)
                 bar.update()
+                if self.micro:  # mid-accumulation: no update yet, nothing to log, save or stop at
+                    continue
                 self._after_step(losses, meter)
                 if stop_after is not None and self.step >= stop_after:
                     break
@@ -156,8 +220,13 @@ class Trainer:
     def _after_step(self, losses: dict[float, float], meter: LossMeter) -> None:
         r = self.recipe
         if self.step % r.log_every == 0:
-            self.log.write("train", step=self.step, epoch=self.epoch, lr=self.scheduler.get_last_lr()[0],
-                           loss=losses, img_per_s=round(meter.throughput(), 1))
+            lr = self.scheduler.get_last_lr()[0]
+            self.log.write("train", step=self.step, epoch=self.epoch, lr=lr, loss=losses,
+                           img_per_s=round(meter.throughput(), 1))
+            self.metrics.train(self.epoch, self.step, lr, losses, meter.throughput())
+            if self.echo is not None and not self.progress and self.info.is_main:
+                self.echo(progress_line(self.epoch, r.epochs, self.batch, self.steps_per_epoch, self.step, lr,
+                                        meter.means(), meter.throughput()))
         if r.checkpoint_every and self.step % r.checkpoint_every == 0:
             self.save()
 
@@ -167,7 +236,8 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": rng_state(),
                 "data": {"seed": self.recipe.seed, "epoch": self.epoch, "batch": self.batch,
                          "world": self.info.world, "steps_per_epoch": self.steps_per_epoch},
-                "recipe": self.recipe.to_dict(), "model_spec": self.model_spec, "switches": list(self.widths)}
+                "recipe": self.recipe.to_dict(), "model_spec": self.model_spec, "switches": list(self.widths),
+                "best": self.best, **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def save(self) -> Path | None:
         """Checkpoint (main process only); every process waits until it is on disk."""
@@ -183,12 +253,33 @@ class Trainer:
         barrier()
         return path
 
+    def improves(self, result: EvalResult | None) -> bool:
+        """Whether ``result``'s mean top-1 over switches beats the best so far (then it is the best)."""
+        if result is None:
+            return False
+        score = sum(r.top1 for r in result.rows) / len(result.rows)
+        if self.best is not None and score <= self.best:
+            return False
+        self.best = score
+        return True
+
+    def keep_best(self, checkpoint: Path | None) -> None:
+        """Copy the checkpoint just written (at the best validation so far) to BEST_NAME."""
+        if checkpoint is None:
+            return
+        best = checkpoint.with_name(BEST_NAME)
+        tmp = best.with_name(f".{BEST_NAME}.tmp")
+        shutil.copyfile(checkpoint, tmp)
+        os.replace(tmp, best)  # readers see the old best or the new one
+        self.log.write("best", step=self.step, epoch=self.epoch, mean_top1=self.best, path=str(best))
+
     def load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
         missing = [k for k in ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "batch", "rng", "data")
                    if k not in state]
         if missing:
             raise SlimifyError(f"cannot resume from {path}: it is not a training-run checkpoint (no {missing[0]!r})")
+        state["model"] = strip_wrapper_prefixes(state["model"])  # written by a compiled or DDP model of yours
         check_state_dict(self.model.state_dict(), state["model"], f"checkpoint {path} (resume needs the same "
                          "model and switches)")
         if state["data"]["world"] != self.info.world:
@@ -199,6 +290,14 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self.best = state.get("best")
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                warnings.warn(f"{path} holds no EMA weights: the average restarts from the resumed weights",
+                              stacklevel=3)
+                self.ema = SwitchEma(self.model, self.recipe.ema_decay)
         set_rng_state(state["rng"])
         self.log.write("resume", step=self.step, epoch=self.epoch, path=str(path))
 
@@ -235,6 +334,8 @@ def finetune(
     stop_after: int | None = None,
     progress: bool | None = None,
     model_spec: dict[str, Any] | None = None,
+    baseline: bool = True,
+    echo: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train all switches of a converted ``model`` jointly, in place.
@@ -247,17 +348,28 @@ def finetune(
     ``checkpoint_every`` steps) and ``log.jsonl``; ``resume=True`` continues from that
     checkpoint when it exists, ``resume=PATH`` from a given one. ``stop_after=k`` stops (with a
     checkpoint) once k optimizer steps are done in total. A plain model trains as one switch.
+    With ``val_data`` and ``baseline``, a fresh run first evaluates every switch as converted
+    (logged as "baseline", passed to ``echo``): the figure fine-tuning has to beat.
     """
     r = load_recipe(recipe, **overrides)
     out = Path(out_dir) if out_dir is not None else None
     ckpt = _resume_path(resume, out)
     trainer = Trainer(model, train_data, r, resolve_device(device), out, show_progress(progress), model_spec)
+    trainer.echo = echo
     if ckpt is not None:
         trainer.load(ckpt)
     else:
         _seed_everything(r.seed)
-        trainer.log.write("start", recipe=r.to_dict(), switches=list(trainer.widths),
-                          world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch)
+        trainer.log.write("start", recipe=trainer.recipe.to_dict(), switches=list(trainer.widths),
+                          world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch,
+                          workers=usable_workers(r.workers))
+        if baseline and val_data is not None:
+            before = evaluate(trainer.model, val_data, batch_size=r.batch_size, device=trainer.device,
+                              workers=r.workers)
+            trainer.log.write("baseline", top1=before.top1(), metrics=before.to_dict())
+            trainer.metrics.eval("baseline", 0, 0, before.to_dict())
+            if echo is not None and trainer.info.is_main:
+                echo(f"before fine-tuning:\n{before.table()}")
     losses: dict[float, float] = {}
     path: Path | None = None
     while trainer.epoch < r.epochs:
@@ -267,26 +379,49 @@ def finetune(
             trainer.epoch, trainer.batch = trainer.epoch + 1, 0
             trainer.log.write("epoch", epoch=trainer.epoch, step=trainer.step, loss=losses,
                               img_per_s=round(meter.throughput(), 1))
-            _maybe_validate(trainer, val_data, final=False)
-            path = trainer.save()
+            improved = trainer.improves(_maybe_validate(trainer, val_data, final=False))
+            _maybe_validate(trainer, val_data, final=False, ema=True)
+            path = trainer.save()  # records the best score; the copy follows
+            if improved:
+                trainer.keep_best(path)
         if stop_after is not None and trainer.step >= stop_after and trainer.epoch < r.epochs:
             path = trainer.save() if trainer.batch else path  # (an epoch end has just saved)
-            return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path)
+            trainer.metrics.close()
+            return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path, _ema(trainer))
     if r.calibrate_batches > 0:
-        calib = train_data if isinstance(train_data, DataLoader) else \
-            train_loader(train_data, r.batch_size, r.seed, r.epochs, workers=r.workers)
-        calibrate_bn(model, calib, batches=r.calibrate_batches)
+        before = trainer.last_eval if trainer.last_eval is not None and trainer.last_eval[0] == trainer.step \
+            else (trainer.step, _maybe_validate(trainer, val_data, final=True))
+        if before[1] is not None and echo is not None and trainer.info.is_main:
+            echo(f"before BN calibration:\n{before[1].table()}")
+        for net in (model, _ema(trainer)):
+            if net is not None:  # a Dataset is sharded across processes, a loader of yours is not
+                calibrate_bn(net, train_data, batches=r.calibrate_batches, batch_size=r.batch_size, seed=r.seed,
+                             workers=r.workers, device=trainer.device)
         trainer.log.write("calibrate", batches=r.calibrate_batches)
-    result = _maybe_validate(trainer, val_data, final=True)
+    result = _maybe_validate(trainer, val_data, final=True)  # the caller prints it (TrainResult.eval)
+    ema_result = _maybe_validate(trainer, val_data, final=True, ema=True)
     path = trainer.save()
-    return TrainResult(model, trainer.step, trainer.epoch, True, losses, result, path)
+    trainer.metrics.close()
+    return TrainResult(model, trainer.step, trainer.epoch, True, losses, result, path, _ema(trainer), ema_result)
 
 
-def _maybe_validate(trainer: Trainer, val_data: Dataset | Iterable[Any] | None, final: bool) -> EvalResult | None:
+def _ema(trainer: Trainer) -> nn.Module | None:
+    return trainer.ema.module if trainer.ema is not None else None
+
+
+def _maybe_validate(trainer: Trainer, val_data: Dataset | Iterable[Any] | None, final: bool,
+                    ema: bool = False) -> EvalResult | None:
+    """Evaluate every switch of the raw weights (or of the EMA, when there is one) on schedule."""
     every = trainer.recipe.eval_every
-    if val_data is None or (not final and (every == 0 or trainer.epoch % every)):
+    net = _ema(trainer) if ema else trainer.model
+    if net is None or val_data is None or (not final and (every == 0 or trainer.epoch % every)):
         return None
-    result = evaluate(trainer.model, val_data, batch_size=trainer.recipe.batch_size, device=trainer.device)
-    trainer.log.write("eval", epoch=trainer.epoch, step=trainer.step, final=final,
-                      top1=result.top1(), metrics=result.to_dict())
+    result = evaluate(net, val_data, batch_size=trainer.recipe.batch_size, device=trainer.device,
+                      workers=trainer.recipe.workers)
+    event = "eval_ema" if ema else "eval"
+    trainer.log.write(event, epoch=trainer.epoch, step=trainer.step, final=final, top1=result.top1(),
+                      metrics=result.to_dict())
+    trainer.metrics.eval(event, trainer.epoch, trainer.step, result.to_dict())
+    if not ema:
+        trainer.last_eval = (trainer.step, result)
     return result

@@ -15,7 +15,10 @@ __all__ = ["label_loss", "distill_loss", "switch_loss", "step_widths"]
 
 
 def label_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy with the labels (optionally smoothed)."""
+    """Cross-entropy with the labels (optionally smoothed), or with soft targets (a float
+    (batch, classes) tensor from Mixup/CutMix, smoothing already folded in)."""
+    if target.is_floating_point():
+        return torch.sum(-target.float() * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
     return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
 

@@ -15,19 +15,22 @@ __all__ = ["build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (ndim > 1) with decay; norms, biases and other vectors without."""
+    """Two groups: weights (ndim > 1) with decay; norms, biases, other vectors and the tensors a
+    timm model lists in ``no_weight_decay()`` (position embeddings, class tokens) without."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
+            (decay if p.ndim > 1 and name not in skip else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     groups = param_groups(model, recipe.weight_decay)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999))
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
+        betas = tuple(recipe.opt_betas) if recipe.opt_betas is not None else (recipe.momentum, 0.999)
+        return torch.optim.AdamW(groups, lr=float(recipe.lr), betas=betas)
+    return torch.optim.SGD(groups, lr=float(recipe.lr), momentum=recipe.momentum,
                            nesterov=recipe.nesterov and recipe.momentum > 0)
 
 
@@ -45,7 +48,7 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
         return recipe.gamma ** math.floor(epoch)
     total = max(1e-9, recipe.epochs - recipe.warmup_epochs)
     progress = min(1.0, (epoch - recipe.warmup_epochs) / total)
-    floor = recipe.min_lr / recipe.lr
+    floor = recipe.min_lr / float(recipe.lr)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

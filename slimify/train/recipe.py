@@ -33,7 +33,7 @@ class Recipe:
     epochs: int = 1  # passes over the training data
     batch_size: int = 64  # images per process per step (total batch = batch_size x processes)
     optimizer: str = "sgd"  # "sgd" or "adamw"
-    lr: float = 0.1  # peak learning rate (after warm-up)
+    lr: float | None = None  # peak learning rate (after warm-up); None: lr_base x global batch / lr_base_size
     momentum: float = 0.9  # SGD momentum; AdamW beta1
     nesterov: bool = False  # Nesterov momentum (SGD only)
     weight_decay: float = 1e-4  # L2 / decoupled decay, applied to weights with ndim > 1 only
@@ -53,9 +53,39 @@ class Recipe:
     eval_every: int = 1  # epochs between validation passes (when validation data is given)
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at epoch ends)
     log_every: int = 10  # steps between JSONL log lines
-    workers: int = 4  # DataLoader worker processes per training process
+    workers: int | None = None  # DataLoader workers per process; None: up to 8; always capped at the CPUs there are
     seed: int = 0  # seeds data order, augmentation, sandwich widths and torch/numpy/python RNGs
     notes: str = ""  # free text: where the settings come from
+    # timm's training toolbox, keys named as in timm's train.py; None defers to the older key named
+    opt: str | None = None  # timm optimizer (create_optimizer_v2): sgd (Nesterov), momentum, adamw …; None: optimizer
+    opt_eps: float | None = None  # optimizer epsilon (None: the optimizer's default)
+    opt_betas: list[float] | None = None  # Adam-family betas (None: (momentum, 0.999) for the older adamw)
+    layer_decay: float | None = None  # layer-wise lr decay (timm models, via their group_matcher)
+    sched: str | None = None  # timm scheduler, stepped per update: cosine, tanh, step, multistep, poly; None: schedule
+    warmup_lr: float | None = None  # lr at the start of warm-up (None: warmup_factor x lr)
+    decay_epochs: float = 30.0  # sched step: epochs between decays
+    decay_milestones: list[int] | None = None  # sched multistep: decay epochs (None: milestones)
+    decay_rate: float | None = None  # sched step/multistep: factor per decay (None: gamma)
+    lr_base: float = 0.1  # lr for a global batch of lr_base_size, used when lr is None (timm's rule)
+    lr_base_size: int = 256  # global batch that lr_base is meant for
+    lr_base_scale: str = ""  # "linear", "sqrt", or "" = sqrt for Adam/LAMB-like optimizers, linear else
+    smoothing: float | None = None  # label smoothing (None: label_smoothing)
+    mixup: float = 0.0  # Mixup alpha (0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off)
+    mixup_prob: float = 1.0  # probability of mixing a batch when mixup or cutmix is on
+    mixup_switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
+    mixup_mode: str = "batch"  # "batch", "pair" or "elem" (timm's Mixup)
+    auto_augment: str | None = None  # e.g. "rand-m9-mstd0.5-inc1" (RandAugment) for image folders slimify builds
+    reprob: float = 0.0  # random erasing probability (image folders slimify builds)
+    remode: str = "pixel"  # random erasing mode: "pixel", "rand" or "const"
+    color_jitter: float | None = None  # colour jitter strength when auto_augment is off (None: timm's 0.4)
+    drop_path: float | None = None  # stochastic depth rate of the deepest block (timm models with DropPath)
+    ema_decay: float | None = None  # timm ModelEmaV3 decay (e.g. 0.9998), evaluated beside the raw weights
+    accum_steps: int = 1  # batches whose gradients add up before each optimizer step
+    amp_dtype: str | None = None  # "float16" (GradScaler), "bfloat16" (also on CPU), "float32"; None: amp
+    channels_last: bool = False  # NHWC memory format for model and images
+    compile: bool | str = False  # torch.compile the model: true (inductor) or a backend name
+    tensorboard: bool = False  # also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard package)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -82,10 +112,15 @@ class Recipe:
 
 
 # allowed values of the string fields that pick an algorithm
-CHOICES: dict[str, tuple[str, ...]] = {
+CHOICES: dict[str, tuple[str | None, ...]] = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("cosine", "step", "exponential", "constant"),
     "narrow_loss": ("labels", "distill"),
+    "sched": (None, "cosine", "tanh", "step", "multistep", "poly"),
+    "lr_base_scale": ("", "linear", "sqrt"),
+    "mixup_mode": ("batch", "pair", "elem"),
+    "remode": ("pixel", "rand", "const"),
+    "amp_dtype": (None, "float16", "bfloat16", "float32"),
 }
 
 
@@ -130,15 +165,18 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
 def _check_values(r: Recipe) -> None:
     for name, allowed in CHOICES.items():
         if getattr(r, name) not in allowed:
-            raise SlimifyError(f"key {name!r} must be one of {', '.join(allowed)}; got {getattr(r, name)!r}")
+            shown = ", ".join("null" if a is None else (a or "''") for a in allowed)
+            raise SlimifyError(f"key {name!r} must be one of {shown}; got {getattr(r, name)!r}")
     positive = {"epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr, "log_every": r.log_every,
-                "distill_temperature": r.distill_temperature}
+                "distill_temperature": r.distill_temperature, "lr_base": r.lr_base, "lr_base_size": r.lr_base_size,
+                "accum_steps": r.accum_steps, "decay_epochs": r.decay_epochs, "opt_eps": r.opt_eps}
+    positive = {k: v for k, v in positive.items() if v is not None}
     for name, value in positive.items():
         if value <= 0:
             raise SlimifyError(f"key {name!r} must be > 0, got {value!r}")
     non_negative = {"weight_decay": r.weight_decay, "min_lr": r.min_lr, "warmup_epochs": r.warmup_epochs,
                     "calibrate_batches": r.calibrate_batches, "checkpoint_every": r.checkpoint_every,
-                    "workers": r.workers, "eval_every": r.eval_every, "momentum": r.momentum}
+                    "workers": r.workers or 0, "eval_every": r.eval_every, "momentum": r.momentum}
     for name, value in non_negative.items():
         if value < 0:
             raise SlimifyError(f"key {name!r} must be >= 0, got {value!r}")
@@ -150,6 +188,39 @@ def _check_values(r: Recipe) -> None:
         raise SlimifyError(f"key 'grad_clip' must be null or > 0, got {r.grad_clip!r}")
     if r.schedule == "step" and sorted(r.milestones) != r.milestones:
         raise SlimifyError(f"key 'milestones' must be increasing, got {r.milestones!r}")
+    _check_toolbox(r)
+
+
+def _check_toolbox(r: Recipe) -> None:
+    """Ranges of the timm-named keys; an optimizer name timm does not know is an error here, not mid-run."""
+    unit = {"mixup_prob": r.mixup_prob, "mixup_switch_prob": r.mixup_switch_prob, "reprob": r.reprob,
+            "smoothing": r.smoothing, "drop_path": r.drop_path, "layer_decay": r.layer_decay,
+            "ema_decay": r.ema_decay, "decay_rate": r.decay_rate}
+    for name, value in unit.items():
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise SlimifyError(f"key {name!r} must be in [0, 1], got {value!r}")
+    for name, value in {"mixup": r.mixup, "cutmix": r.cutmix, "warmup_lr": r.warmup_lr,
+                        "color_jitter": r.color_jitter}.items():
+        if value is not None and value < 0:
+            raise SlimifyError(f"key {name!r} must be >= 0, got {value!r}")
+    if (r.mixup > 0 or r.cutmix > 0) and r.batch_size % 2:
+        raise SlimifyError(f"key 'batch_size' must be even with mixup/cutmix (timm mixes pairs), got {r.batch_size}")
+    if r.opt_betas is not None and (len(r.opt_betas) != 2 or not all(0 <= b < 1 for b in r.opt_betas)):
+        raise SlimifyError(f"key 'opt_betas' must be two numbers in [0, 1), got {r.opt_betas!r}")
+    if r.opt is not None:
+        from timm.optim import list_optimizers
+
+        known = list_optimizers()
+        if r.opt.lower() not in known:
+            close = difflib.get_close_matches(r.opt.lower(), known, n=3)
+            raise SlimifyError(f"key 'opt': timm has no optimizer {r.opt!r}"
+                               f"{' (did you mean ' + ', '.join(map(repr, close)) + '?)' if close else ''}")
+    if r.auto_augment is not None and r.auto_augment.split("-")[0] not in ("rand", "augmix", "original",
+                                                                            "originalr", "v0", "v0r", "3a"):
+        raise SlimifyError(f"key 'auto_augment' must be a timm policy such as 'rand-m9-mstd0.5-inc1', "
+                           f"'augmix-m5-w4-d2', 'original' or '3a'; got {r.auto_augment!r}")
+    if r.compile is not False and not (r.compile is True or (isinstance(r.compile, str) and r.compile)):
+        raise SlimifyError(f"key 'compile' must be true, false or a torch.compile backend name; got {r.compile!r}")
 
 
 def recipe_names() -> list[str]:

@@ -13,7 +13,7 @@ import slimify
 from slimify.errors import SlimifyError
 from slimify.store.sources import check_state_dict
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
-from slimify.train.data import digits, image_folder
+from slimify.train.data import digits, image_folder, recorded_input_size
 
 __all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model", "DIGITS"]
 
@@ -42,7 +42,8 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
     from slimify.store.sources import create
 
     classes = spec.get("num_classes")
-    model = create(spec["name"], checkpoint=plain_weights, **({"num_classes": classes} if classes else {}))
+    kwargs = {**({"num_classes": classes} if classes else {}), **spec.get("model_kwargs", {})}
+    model = create(spec["name"], checkpoint=plain_weights, **kwargs)
     if spec.get("switches"):
         model = convert_spec(model, spec, spec.get("reorder") if plain_weights is not None else None)
     return model
@@ -50,11 +51,17 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
 
 def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[float, ...] | None = None,
                    divisor: int | None = None, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
-                   reorder: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                   reorder: str | None = None, pretrained: bool = False, pretrained_tag: str | None = None,
+                   model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A slimmable model and its spec from ``source``: a ``.slim`` file, a slimify training
     checkpoint (``.pt``), or a model name converted with ``switches`` (``checkpoint`` = plain
-    pretrained weights to load, and channels to ``reorder``, before converting)."""
+    pretrained weights to load, or ``pretrained`` = the published ones, and channels to
+    ``reorder``, before converting; ``model_kwargs`` such as ``drop_path_rate`` go to the model's
+    factory and are recorded in the spec)."""
     path = Path(source)
+    if pretrained and (path.suffix == ".slim" or path.is_file()):
+        raise SlimifyError(f"--pretrained loads published weights for a model name; {source} is a file that "
+                           "carries its own weights")
     if path.suffix == ".slim":
         if not path.is_file():
             raise SlimifyError(f"model file {source!r} does not exist")
@@ -70,7 +77,16 @@ def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[f
         model.load_state_dict(state["model"])
         return model, spec
     spec = {"name": source, "num_classes": num_classes, "switches": list(switches or (0.25, 0.5, 0.75, 1.0)),
-            "divisor": divisor, "input_size": list(input_size) if input_size else None, "reorder": reorder}
+            "divisor": divisor, "input_size": list(input_size) if input_size else None, "reorder": reorder,
+            **({"model_kwargs": dict(model_kwargs)} if model_kwargs else {})}
+    if pretrained:
+        from slimify.store.pretrained import create_pretrained
+        from slimify.store.sources import source_of
+
+        plain = create_pretrained(source, pretrained_tag, **({"num_classes": num_classes} if num_classes else {}),
+                                  **(model_kwargs or {}))
+        spec["name"] = spec["pretrained"] = source_of(plain).spec  # rebuilt from it, weights from the checkpoint
+        return convert_spec(plain, spec, reorder), spec
     return model_from_spec(spec, plain_weights=checkpoint), spec
 
 
@@ -85,16 +101,22 @@ def count_classes(data: str) -> int | None:
     return len([p for p in root.iterdir() if p.is_dir()]) or None
 
 
-def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = None) -> Dataset:
+def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = None,
+                 input_size: tuple[int, int, int] | None = None, augment: dict[str, Any] | None = None) -> Dataset:
     """``digits`` or an ImageFolder directory (with ``train``/``val`` sub-folders, the one
-    ``split`` names, default by ``train``) preprocessed for ``model``."""
+    ``split`` names, default by ``train``) preprocessed for ``model`` at ``input_size`` (default:
+    the size the model was converted with); ``augment``: timm training-transform arguments for
+    image folders (digits, in-memory tensors, keep their own random shifts)."""
     split = split or ("train" if train else "val")
     if data == DIGITS:
-        return digits(split, augment=train)
+        _, h, w = input_size or recorded_input_size(model) or (3, 32, 32)
+        if h != w:
+            raise SlimifyError(f"the digits data set is square: input size {h}x{w} does not fit it")
+        return digits(split, size=h, augment=train)
     root = Path(data)
     if (root / split).is_dir():
         root = root / split
-    return image_folder(root, model, train=train)
+    return image_folder(root, model, train=train, input_size=input_size, augment=augment)
 
 
 def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path, overwrite: bool = True) -> Path:

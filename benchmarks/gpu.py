@@ -1,0 +1,159 @@
+"""GPU speed of slimmable training and inference (issue 15, item 7), for a CUDA machine: images/s of
+one all-switch training step vs the sum of the exported plain models' steps (bf16 autocast +
+channels-last, eager and torch.compile'd), forward latency of the slimmable model at each switch
+vs its exported plain model at batch 1 and 64, and peak memory. Writes ``## GPU`` of
+benchmarks/RESULTS.md with the GPU's name. On a machine without CUDA it says so and exits cleanly.
+
+    python -m benchmarks.gpu                                   # resnet50, mobilenetv2_100, vit_small
+    python -m benchmarks.gpu --models resnet50 --batch 128 --no-compile --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+import slimify
+from benchmarks.results import machine, write_section
+from slimify.deploy.extract import export
+from slimify.store.sources import create
+
+MODELS = ["resnet50", "mobilenetv2_100", "vit_small_patch16_224"]
+SWITCHES = (0.25, 0.5, 0.75, 1.0)
+HEADING = "GPU"
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int, device: str) -> float:
+    """Median milliseconds of ``fn`` (CUDA events on a GPU; wall clock for the CPU smoke run)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        if device != "cuda":
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1000)
+            continue
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               widths: tuple[float, ...] | None) -> Callable[[], None]:
+    """One optimizer step over ``widths`` (None: a plain model, one forward/backward)."""
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        for w in widths or (None,):
+            ctx = slimify.width(model, w) if w is not None else contextlib.nullcontext()
+            with ctx, torch.autocast(x.device.type, dtype=torch.bfloat16):
+                loss = nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+        opt.step()
+    return step
+
+
+def prepare(model: nn.Module, compiled: bool, device: str) -> nn.Module:
+    model = model.to(device).to(memory_format=torch.channels_last)
+    return torch.compile(model) if compiled else model
+
+
+def bench_model(name: str, batch: int, runs: int, warmup: int, compile_modes: list[bool],
+                device: str = "cuda", image: int | None = None) -> list[str]:
+    from slimify.analysis.stages import default_input
+
+    base = create(name).eval()
+    size = (3, image, image) if image else tuple(default_input(base).shape[1:])
+    slim = slimify.convert(copy.deepcopy(base), switches=SWITCHES, example_input=torch.randn(1, *size))
+    plains = {w: export(slim, w) for w in SWITCHES}
+    x = torch.randn(batch, *size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+    cuda = device == "cuda"
+    rows = []
+    for compiled in compile_modes:
+        mode = "compiled" if compiled else "eager"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        net = prepare(copy.deepcopy(slim).train(), compiled, device)
+        opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+        ms_slim = median_ms(train_step(net, opt, x, y, SWITCHES), runs, warmup, device)
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "n/a"
+        ms_plain = 0.0
+        for plain in plains.values():
+            p = prepare(copy.deepcopy(plain).train(), compiled, device)
+            step = train_step(p, torch.optim.SGD(p.parameters(), lr=1e-3), x, y, None)
+            ms_plain += median_ms(step, runs, warmup, device)
+        rows.append(f"| {name} | train step, {mode} | {batch * 1000 / ms_slim:.0f} img/s | "
+                    f"{batch * 1000 / ms_plain:.0f} img/s (sum of {len(plains)} plain) | {ms_slim / ms_plain:.2f} | "
+                    f"{peak} |")
+        for bs in (1, 64):
+            xi = torch.randn(bs, *size, device=device).contiguous(memory_format=torch.channels_last)
+            s = prepare(copy.deepcopy(slim).eval(), compiled, device)
+            for w, plain in plains.items():
+                p = prepare(copy.deepcopy(plain).eval(), compiled, device)
+
+                def fwd_slim(s: nn.Module = s, w: float = w, xi: torch.Tensor = xi) -> None:
+                    with torch.no_grad(), slimify.width(s, w), torch.autocast(device, dtype=torch.bfloat16):
+                        s(xi)
+
+                def fwd_plain(p: nn.Module = p, xi: torch.Tensor = xi) -> None:
+                    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+                        p(xi)
+
+                a, b = median_ms(fwd_slim, runs, warmup, device), median_ms(fwd_plain, runs, warmup, device)
+                rows.append(f"| {name} | forward w={w:g} batch {bs}, {mode} | {a:.2f} ms | {b:.2f} ms | "
+                            f"{a / b:.2f} | |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batch", type=int, default=64, help="training batch size")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--image-size", type=int, help="H=W of the inputs (default: each model's own)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="run every code path on the CPU (tiny settings, wall clock, nothing written): a check "
+                             "of this script, not a measurement")
+    args = parser.parse_args(argv)
+    if args.cpu_smoke:
+        for name in args.models.split(","):
+            print("\n".join(bench_model(name.strip(), args.batch, args.runs, args.warmup, [False], "cpu",
+                                         args.image_size)))
+        return 0
+    if not torch.cuda.is_available():
+        print(f"benchmarks.gpu: no CUDA device on this machine (torch {torch.__version__}); nothing measured, "
+              "RESULTS.md unchanged. Run it on a machine with an NVIDIA GPU.")
+        return 0
+    modes = [False] if args.no_compile else [False, True]
+    rows = ["| model | what | slimmable | plain | ratio | peak memory |", "|---|---|---:|---:|---:|---:|"]
+    for name in args.models.split(","):
+        rows += bench_model(name.strip(), args.batch, args.runs, args.warmup, modes, "cuda", args.image_size)
+        print("\n".join(rows), flush=True)
+    gpu = torch.cuda.get_device_name()
+    body = (f"`python -m benchmarks.gpu {' '.join(argv if argv is not None else sys.argv[1:])}` on {gpu} "
+            f"({machine()}); bf16 autocast, channels-last, medians of {args.runs} runs. A training step runs "
+            f"all {len(SWITCHES)} switches; 'plain' is the sum of one step of each exported width.\n\n"
+            + "\n".join(rows))
+    if not args.no_write:
+        write_section(HEADING, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""``python -m benchmarks.gpu``: on a machine without CUDA it says so and exits cleanly; its code
+paths run on the CPU (``--cpu-smoke``, a check of the script, not a measurement)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import gpu
+from benchmarks.results import RESULTS
+
+
+def test_without_cuda_it_says_so_and_writes_nothing(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = RESULTS.read_text()
+    assert gpu.main([]) == 0
+    assert "no CUDA device on this machine" in capsys.readouterr().out and RESULTS.read_text() == before
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cpu_smoke_runs_every_code_path(capsys) -> None:
+    assert gpu.main(["--cpu-smoke", "--models", "slimify:tinynet", "--batch", "2", "--runs", "1", "--warmup", "0",
+                     "--image-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "train step, eager" in out and out.count("forward w=") == 2 * len(gpu.SWITCHES)
