@@ -67,20 +67,32 @@ def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int
 Examples:
   slimify export rn50.slim --width 0.5 -o rn50_w050.pt2
   slimify export rn50.slim --width 0.25 -o rn50_w025.onnx --input-size 224
-  slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force""")
+  slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force
+  slimify export rn50.slim --all-widths -o rn50_all.onnx   # one file, input 'width' picks the switch""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--width", type=float, required=True, help="The switch to export (one of the model's widths).")
+@click.option("--width", type=float, help="The switch to export (one of the model's widths).")
+@click.option("--all-widths", is_flag=True,
+              help="Every switch in one file, weights stored once (.onnx: a second input 'width' picks the switch).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output: .pt (pickled plain module), .pt2 (torch.export) or .onnx.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @size_option
-def export_command(file: str, width: float, output: str, force: bool, input_size: tuple[int, int, int] | None) -> None:
+def export_command(file: str, width: float | None, all_widths: bool, output: str, force: bool,
+                   input_size: tuple[int, int, int] | None) -> None:
     """Export one width of a .slim FILE as a plain, physically narrow model (no slimify needed to
-    run it); the example input for .pt2/.onnx is the conversion's input size unless --input-size."""
+    run it), or with --all-widths every width in one file; the example input for .pt2/.onnx is the
+    conversion's input size unless --input-size."""
     import slimify
 
-    out = check_output(output, force, EXPORT_SUFFIXES)
+    if all_widths == (width is not None):
+        raise click.UsageError("give either --width W (one switch) or --all-widths")
+    out = check_output(output, force, (".onnx", ".pt2") if all_widths else EXPORT_SUFFIXES)
     net = slimify.load(file)
+    if all_widths:
+        from slimify.export_all_widths import write_all_widths
+
+        click.echo(write_all_widths(net, out, force, input_size))
+        return
     if all(abs(width - w) > 1e-9 for w in slimify.switches(net)):
         raise click.BadParameter(f"{width:g} is not a switch of {file}; choose one of "
                                  f"{', '.join(f'{w:g}' for w in slimify.switches(net))}", param_hint="--width")
