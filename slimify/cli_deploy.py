@@ -17,11 +17,14 @@ F = Callable[..., Any]
 EXPORT_SUFFIXES = (".pt", ".pt2", ".onnx")
 
 
-def write_export(net: Any, width: float, out: Path, force: bool, input_size: tuple[int, int, int] | None) -> str:
-    """Export switch ``width`` of ``net`` to ``out`` by its suffix; returns a one-line summary."""
+def write_export(net: Any, width: float, out: Path, force: bool, input_size: tuple[int, int, int] | None,
+                 batch_size: int | None = None) -> str:
+    """Export switch ``width`` of ``net`` to ``out`` by its suffix (batch dynamic unless
+    ``batch_size``); returns a one-line summary naming the dynamic dimensions."""
     import torch
 
-    from slimify.export import active_params, export, to_onnx, to_torch_export
+    from slimify.export import active_params, export
+    from slimify.export_batch import export_onnx, export_pt2
     from slimify.io import atomic_path, example_input
 
     example = torch.randn(1, *input_size) if input_size else example_input(net)
@@ -31,11 +34,11 @@ def write_export(net: Any, width: float, out: Path, force: bool, input_size: tup
             torch.save(export(net, width).eval(), tmp)
         how = "torch.save of the plain module; load with torch.load(path, weights_only=False)"
     elif suffix == ".pt2":
-        to_torch_export(net, width, out, example, overwrite=force)
-        how = "torch.export program; load with torch.export.load(path).module()"
+        _, dims = export_pt2(net, width, out, example, overwrite=force, batch_size=batch_size)
+        how = f"torch.export program, {dims}; load with torch.export.load(path).module()"
     else:
-        to_onnx(net, width, out, example, overwrite=force)
-        how = f"ONNX opset 17, dynamic batch, checked with onnxruntime on {list(example.shape)}"
+        _, dims = export_onnx(net, width, out, example, overwrite=force, batch_size=batch_size)
+        how = f"ONNX opset 17, {dims}; checked with onnxruntime"
     return f"wrote {out}: width {width:g}, {active_params(net, width):,} parameters ({how})"
 
 
@@ -68,6 +71,7 @@ Examples:
   slimify export rn50.slim --width 0.5 -o rn50_w050.pt2
   slimify export rn50.slim --width 0.25 -o rn50_w025.onnx --input-size 224
   slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force
+  slimify export rn50.slim --width 0.5 -o rn50_w050_b8.pt2 --batch-size 8   # static batch
   slimify export rn50.slim --all-widths -o rn50_all.onnx   # one file, input 'width' picks the switch""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--width", type=float, help="The switch to export (one of the model's widths).")
@@ -76,9 +80,11 @@ Examples:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output: .pt (pickled plain module), .pt2 (torch.export) or .onnx.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="A static batch size for .pt2/.onnx.  [default: dynamic batch]")
 @size_option
 def export_command(file: str, width: float | None, all_widths: bool, output: str, force: bool,
-                   input_size: tuple[int, int, int] | None) -> None:
+                   batch_size: int | None, input_size: tuple[int, int, int] | None) -> None:
     """Export one width of a .slim FILE as a plain, physically narrow model (no slimify needed to
     run it), or with --all-widths every width in one file; the example input for .pt2/.onnx is the
     conversion's input size unless --input-size."""
@@ -86,6 +92,8 @@ def export_command(file: str, width: float | None, all_widths: bool, output: str
 
     if all_widths == (width is not None):
         raise click.UsageError("give either --width W (one switch) or --all-widths")
+    if all_widths and batch_size is not None:
+        raise click.UsageError("--batch-size applies to one width; an --all-widths file has a dynamic batch")
     out = check_output(output, force, (".onnx", ".pt2") if all_widths else EXPORT_SUFFIXES)
     net = slimify.load(file)
     if all_widths:
@@ -96,7 +104,7 @@ def export_command(file: str, width: float | None, all_widths: bool, output: str
     if all(abs(width - w) > 1e-9 for w in slimify.switches(net)):
         raise click.BadParameter(f"{width:g} is not a switch of {file}; choose one of "
                                  f"{', '.join(f'{w:g}' for w in slimify.switches(net))}", param_hint="--width")
-    click.echo(write_export(net, width, out, force, input_size))
+    click.echo(write_export(net, width, out, force, input_size, batch_size))
 
 
 @click.command("profile", epilog="""\b

@@ -7,7 +7,6 @@ it), and the same as a ``torch.export`` program (``.pt2``) or an ONNX file.
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import torch
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
-from slimify.io import atomic_path, example_input
 from slimify.models import SOURCE_ATTR
 from slimify.nn.batchnorm import BN_TENSORS, SwitchBatchNorm
 from slimify.nn.output_pad import find_output_pad, remove_output_pad
@@ -133,39 +131,23 @@ def _plain_eval(model: nn.Module, width: float) -> nn.Module:
 
 
 def to_torch_export(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, batch_size: int | None = None) -> Path:
     """Export switch ``width`` with ``torch.export`` and save the program to ``path`` (``.pt2``);
-    load it with ``torch.export.load(path).module()``."""
-    plain = _plain_eval(model, width)
-    x = example_input(model) if example is None else example
-    try:
-        program = torch.export.export(plain, (x,))
-    except Exception as e:
-        raise SlimifyError(f"torch.export could not capture {type(plain).__name__} at width {width}: "
-                           f"{str(e).splitlines()[0]}") from e
-    with atomic_path(path, overwrite) as tmp:
-        torch.export.save(program, str(tmp))
-    return Path(path)
+    load it with ``torch.export.load(path).module()``. The batch dimension is dynamic unless
+    ``batch_size`` is given (or the model cannot have one: see :func:`slimify.export_batch.export_pt2`)."""
+    from slimify.export_batch import export_pt2
+
+    return export_pt2(model, width, path, example, overwrite, batch_size)[0]
 
 
 def to_onnx(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
-            overwrite: bool = False, opset: int = 17, check: bool = True) -> Path:
-    """Export switch ``width`` to ONNX (opset ``opset``, dynamic batch; the TorchScript-based
-    exporter, which handles these CNNs fast) and, with ``check``, compare onnxruntime's output
-    with PyTorch's on ``example``."""
-    plain = _plain_eval(model, width)
-    x = example_input(model) if example is None else example
-    with atomic_path(path, overwrite) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(plain, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-        except Exception as e:
-            raise SlimifyError(f"ONNX export failed for {type(plain).__name__} at width {width}: "
-                               f"{str(e).splitlines()[0]}") from e
-        if check:
-            check_onnx(tmp, plain, x)
-    return Path(path)
+            overwrite: bool = False, opset: int = 17, check: bool = True, batch_size: int | None = None) -> Path:
+    """Export switch ``width`` to ONNX (opset ``opset``, dynamic batch unless ``batch_size``; the
+    TorchScript-based exporter, which handles these CNNs fast) and, with ``check``, compare
+    onnxruntime's output with PyTorch's on ``example``; see :func:`slimify.export_batch.export_onnx`."""
+    from slimify.export_batch import export_onnx
+
+    return export_onnx(model, width, path, example, overwrite, opset, check, batch_size)[0]
 
 
 def check_onnx(path: str | Path, plain: nn.Module, x: torch.Tensor, rtol: float = 1e-4) -> float:
