@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
-from slimify.models import ModelSource, build, check_state_dict, source_of
+from slimify.models import ModelSource, build, check_state_dict
 from slimify.state import get_state
 
 __all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_shape", "plan_digest",
@@ -159,7 +159,9 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
     from slimify import __version__
 
     state = get_state(model)
-    src = source_of(model) if source is None else ModelSource(source) if isinstance(source, str) else source
+    from slimify.user_models import source_for_save
+
+    src = source_for_save(model, ModelSource(source) if isinstance(source, str) else source, path)
     tensors = _state_tensors(model)
     config = {"format": FORMAT, "version": VERSION, "slimify_version": __version__, "source": src.to_dict(),
               "conversion": {"switches": list(state.switches), "divisor": int(state.info.get("divisor", 8)),
@@ -229,25 +231,30 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load(path: str | Path) -> nn.Module:
-    """Rebuild the model a ``.slim`` file describes, convert it with the saved settings, verify the
-    plan and every tensor's name, shape and bytes, load the weights and return it in eval mode at
-    the saved width. Nothing is unpickled and only allowed model sources are imported."""
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the model a ``.slim`` file describes (or take ``model``, a fresh instance you built,
+    checked against the file), convert it with the saved settings, verify the plan and every
+    tensor's name, shape and bytes, load the weights and return it in eval mode at the saved width.
+    Nothing is unpickled and only allowed model sources are imported."""
     from safetensors.torch import load_file
 
     import slimify
+    from slimify.user_models import adopt
 
     path = Path(path)
     config = read_config(path)
-    model = build(ModelSource.from_dict(config["source"]))
+    given = model is not None
+    model = build(ModelSource.from_dict(config["source"])) if not given else \
+        adopt(model, config, _read_header(path)[0], path)
     conv = config["conversion"]
     x = torch.randn(conv["example_shape"], generator=torch.Generator().manual_seed(0))
     slimify.convert(model, switches=tuple(conv["switches"]), divisor=conv["divisor"], example_input=x)
     state = get_state(model)
     state.info["example_shape"] = list(x.shape)
     if plan_digest(model) != config["plan_sha256"]:
-        raise SlimifyError(f"{path}: the rebuilt model slims differently from the saved one (plan digest "
-                           "mismatch; saved with another slimify/timm/torchvision version?)")
+        raise SlimifyError(f"{path}: the {'model passed to load' if given else 'rebuilt model'} slims differently "
+                           "from the saved one (plan digest mismatch; saved with another slimify/timm/torchvision "
+                           "version?)")
     try:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
