@@ -50,20 +50,23 @@ def measure_options(f: F) -> F:
     f = click.option("--threads", type=click.IntRange(min=1), help="torch intra-op threads  [default: torch's]")(f)
     f = click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)(f)
     f = click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
-                     help="Timed runs per switch (median and p90 reported).")(f)
+                     help="Timed runs per round; rounds repeat (up to 5) until the median settles.")(f)
     f = click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)(f)
     return size_option(f)
 
 
 def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
-             threads: int | None, device: str, mode: str) -> tuple[Any, Any]:
+             threads: int | None, device: str, mode: str, latency: bool = True,
+             accuracy: str | None = None) -> tuple[Any, Any]:
     import slimify
+    from slimify.accuracy import attach_accuracy
     from slimify.io import example_shape
 
     net = slimify.load(file)
     shape = (batch_size, *(input_size or example_shape(net)[1:]))
-    return net, slimify.profile(net, input_size=shape, runs=runs, warmup=warmup, threads=threads, device=device,
-                                mode=mode)
+    result = slimify.profile(net, input_size=shape, runs=runs, warmup=warmup, threads=threads, device=device,
+                             mode=mode, latency=latency)
+    return net, attach_accuracy(result, net, accuracy)
 
 
 @click.command("export", epilog="""\b
@@ -116,16 +119,19 @@ Examples:
 @measure_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the results as CSV.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw GFLOPs vs latency (.png).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw accuracy vs latency with eval results, else GFLOPs vs latency (.png).")
+@click.option("--accuracy", "accuracy_path", type=click.Path(exists=True, dir_okay=False),
+              help="Accuracy per width: 'slimify eval --json' output or {\"0.5\": 71.2, …}  [default: the .slim's own]")
 @click.option("--force", is_flag=True, help="Replace output files that exist.")
 def profile_command(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
                     threads: int | None, device: str, mode: str, json_path: str | None, csv_path: str | None,
-                    plot_path: str | None, force: bool) -> None:
+                    plot_path: str | None, accuracy_path: str | None, force: bool) -> None:
     """Measure parameters, MACs/FLOPs, latency (median, p90) and peak memory of every switch of a
     .slim FILE on this machine, and print them as a table."""
     outputs = [check_output(p, force, s) for p, s in ((json_path, (".json",)), (csv_path, (".csv",)),
                                                       (plot_path, (".png",))) if p]
-    _, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode)
+    _, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode, accuracy=accuracy_path)
     click.echo(result.table())
     for out in outputs:
         writer = {".json": result.to_json, ".csv": result.to_csv, ".png": result.plot}[out.suffix.lower()]
@@ -163,10 +169,12 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
     except SlimifyError as e:
         raise click.BadParameter(str(e), param_hint="--flops/--params") from None
     out = check_output(output, force, (".pt", ".pt2", ".onnx")) if output else None
-    net, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode)
+    net, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode,
+                           latency=latency_ms is not None)  # FLOPs/params/memory budgets time nothing
     click.echo(result.table())
     best = pick(result, **budgets)
-    click.echo(f"\npicked width {best.width:g}: {best.latency_ms:.2f} ms median, {best.flops / 1e9:.3f} GFLOPs, "
+    timed = f"{best.latency_ms:.2f} ms median, " if best.latency_ms is not None else ""
+    click.echo(f"\npicked width {best.width:g}: {timed}{best.flops / 1e9:.3f} GFLOPs, "
                f"{best.params:,} params, {best.memory_mb:.1f} MB")
     if out is not None:
         click.echo(write_export(net, best.width, out, force, input_size))

@@ -168,6 +168,8 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
                              "example_shape": list(example_shape(model))},
               "plan_sha256": plan_digest(model), "tensors_sha256": tensors_digest(tensors),
               "width": state.width, "model": type(model).__name__}
+    if state.info.get("evaluation"):  # accuracy per width from finetune (slimify.accuracy)
+        config["evaluation"] = state.info["evaluation"]
     with atomic_path(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(config)})
     return Path(path)
@@ -251,6 +253,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     slimify.convert(model, switches=tuple(conv["switches"]), divisor=conv["divisor"], example_input=x)
     state = get_state(model)
     state.info["example_shape"] = list(x.shape)
+    if isinstance(config.get("evaluation"), dict):
+        state.info["evaluation"] = config["evaluation"]
     if plan_digest(model) != config["plan_sha256"]:
         raise SlimifyError(f"{path}: the {'model passed to load' if given else 'rebuilt model'} slims differently "
                            "from the saved one (plan digest mismatch; saved with another slimify/timm/torchvision "

@@ -138,3 +138,7 @@ def test_every_command_with_a_user_model(user_slim: Path, tmp_path: Path, capsys
     assert code == 0, err
     tuned = slimify.load(tmp_path / "run" / "model.slim", model=UserNet())
     assert slimify.switches(tuned) == (0.25, 0.5, 0.75, 1.0)
+    from slimify.accuracy import stored_accuracy
+
+    accuracy = stored_accuracy(tuned)  # finetune's final evaluation travels in the .slim
+    assert accuracy is not None and sorted(accuracy) == [0.25, 0.5, 0.75, 1.0]

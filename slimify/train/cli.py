@@ -109,6 +109,10 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     if dist_info().is_main:
         if result.eval is not None:
             click.echo(result.eval.table())
+        if result.eval is not None:  # kept in the .slim: profile plots accuracy against cost
+            from slimify.accuracy import record_evaluation
+
+            record_evaluation(net, result.eval.top1(), val_data or data)
         final = Path(out) / ("model.slim" if has_module("slimify.io") else "model.pt")
         click.echo(f"saved {save_model(net, spec, final)} (checkpoint: {result.checkpoint})")
     shutdown()
