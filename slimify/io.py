@@ -182,6 +182,11 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     size = path.stat().st_size
     if size == 0:
         raise SlimifyError(f"{path} is empty (0 bytes): not a .slim file")
+    from slimify.suggest import foreign_file
+
+    foreign = foreign_file(path)
+    if foreign is not None:
+        raise SlimifyError(foreign)
     with path.open("rb") as f:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1

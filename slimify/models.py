@@ -155,8 +155,13 @@ def build(source: ModelSource | str, **kwargs: Any) -> nn.Module:
     try:
         model = factory(**fixed, **source.kwargs)
     except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as e:
+        from slimify.suggest import closest_models
+
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SlimifyError(f"cannot build model {source.spec!r} with {source.kwargs}: {first}") from None
+        close = closest_models(source.spec) if "nknown model" in first else []
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        args = f" with {source.kwargs}" if source.kwargs else ""
+        raise SlimifyError(f"cannot build model {source.spec!r}{args}: {first}{hint}") from None
     if not isinstance(model, nn.Module):
         raise SlimifyError(f"{source.spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     set_source(model, source.spec, **source.kwargs)
