@@ -98,6 +98,41 @@ def measure(spec: str, size: int, rounds: int, calls: int, clock_name: str, fold
     return rows
 
 
+def measure_pt2(spec: str, size: int, rounds: int, calls: int, clock_name: str, folder: Path) -> list[str]:
+    """Rows for the torch.export variant: one program for every width vs each width's own .pt2."""
+    from slimify.export import to_torch_export
+    from slimify.export_all_widths_pt2 import to_torch_export_all_widths
+
+    model = create(spec)
+    x = torch.randn(1, 3, size, size)
+    slimify.convert(model, example_input=x).eval()
+    widths = slimify.switches(model)
+    start = time.perf_counter()
+    to_torch_export_all_widths(model, folder / "all.pt2", x, overwrite=True)
+    capture_s = time.perf_counter() - start
+    singles = {w: torch.export.load(str(to_torch_export(model, w, folder / f"{w:g}.pt2", x, overwrite=True))).module()
+               for w in widths}
+    joint = torch.export.load(str(folder / "all.pt2")).module()
+    size_ratio = (folder / "all.pt2").stat().st_size / (folder / f"{max(widths):g}.pt2").stat().st_size
+    clock = CLOCKS[clock_name]
+    ratios: dict[float, list[float]] = {w: [] for w in widths}
+    with torch.inference_mode():
+        for r in range(rounds + 1):
+            for w in widths:
+                width = torch.tensor(w)
+                pair = [lambda: joint(x, width), lambda: singles[w](x)]
+                t = [_median_call(run, calls, clock) for run in (pair if r % 2 else pair[::-1])]
+                a, b = (t[0], t[1]) if r % 2 else (t[1], t[0])
+                if r:
+                    ratios[w].append(a / b)
+    rows = [f"| {spec} (.pt2) | {w:g} | – | – | {statistics.median(ratios[w]):.3f} | (no target) |" for w in widths]
+    rows.append(f"| {spec} (.pt2) | size | {(folder / 'all.pt2').stat().st_size / 1e6:.1f} MB | "
+                f"{(folder / f'{max(widths):g}.pt2').stat().st_size / 1e6:.1f} MB (full width) | {size_ratio:.3f} | "
+                f"capture {capture_s:.0f} s |")
+    print("\n".join(rows), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
@@ -105,20 +140,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--calls", type=int, default=5, help="calls per (width, file) per round; median kept")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    parser.add_argument("--pt2", nargs="*", default=[], help="also measure the torch.export variant of these models")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for spec in args.models:
             rows += measure(spec, args.size, args.rounds, args.calls, args.clock, Path(folder))
+        for spec in args.pt2:
+            rows += measure_pt2(spec, args.size, args.rounds, args.calls, args.clock, Path(folder))
     body = "\n".join([
         f"`python -m benchmarks.all_widths --models {' '.join(args.models)} --size {args.size} --rounds {args.rounds} --calls {args.calls} "
-        f"--clock {args.clock}` on {machine()}, onnxruntime with 1 intra-op thread, batch 1, input "
+        f"--clock {args.clock}{' --pt2 ' + ' '.join(args.pt2) if args.pt2 else ''}` on {machine()}, onnxruntime with 1 intra-op thread, batch 1, input "
         f"{args.size}². The machine is shared with other jobs: timings are interleaved per round "
         "(all-widths and plain file alternately, order flipped each round) and the ratio is the median of the "
         "per-round ratios (10th–90th percentile in brackets). Targets: latency ratio ≤ "
-        f"{TARGETS['latency']}, file ≤ {TARGETS['size']}× the full-width export.",
+        f"{TARGETS['latency']}, file ≤ {TARGETS['size']}× the full-width export. `.pt2` rows: the one-program "
+        "torch.export variant against each width's own `.pt2`, both run with `torch.export.load(path).module()` "
+        "(no target in the issue; said here so the cost is known).",
+        "",
+        f"Load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other jobs "
+        "shared the cores): CPU time per call excludes waiting for a core, not cache and memory contention. The ms "
+        "columns are medians over rounds of each file's median call. The `If` dispatch adds a fixed ~0.05–0.15 ms "
+        "per call, so the smallest widths of the smallest models come closest to the target.",
         "",
         "| model | width | all-widths ms | plain ms | ratio (p10–p90) | within target |",
         "|---|---|---|---|---|---|",

@@ -222,9 +222,12 @@ def _same_signature(types: list[Any], widths: tuple[float, ...]) -> None:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim]
         return t.tensor_type.elem_type, len(dims), tuple(dims[1:])
 
+    def same(a: tuple, b: tuple) -> bool:  # a size the exporter could not infer (None) matches any
+        return a[:2] == b[:2] and all(x is None or y is None or x == y for x, y in zip(a[2], b[2]))
+
     first = sig(types[0])
     for w, t in zip(widths[1:], types[1:]):
-        if sig(t) != first:
+        if not same(sig(t), first):
             raise SlimifyError(f"the switches cannot share one graph: width {widths[0]:g} returns "
                                f"{list(first[2])} per sample, width {w:g} returns {list(sig(t)[2])}")
 
@@ -259,11 +262,11 @@ def build_all_widths(model: nn.Module, x: torch.Tensor, opset: int = 17) -> tupl
         if i == 0:
             nodes.append(node)
         else:
-            otherwise = helper.make_graph([node], f"not_{widths[i - 1]:g}", [], [helper.make_value_info(out, types[0])])
+            otherwise = helper.make_graph([node], f"not_{widths[i - 1]:g}", [], [helper.make_value_info(out, types[-1])])
     first = protos[0].graph
     image = next(v for v in first.input if v.name == "input")
     width_input = helper.make_tensor_value_info("width", TensorProto.FLOAT, [])
-    output = helper.make_value_info("output", types[0])
+    output = helper.make_value_info("output", types[-1])  # full width: every size known
     graph = helper.make_graph(nodes, "slimify_all_widths", [image, width_input], [output], inits)
     model_proto = helper.make_model(graph, opset_imports=list(protos[0].opset_import),
                                     producer_name="slimify", doc_string="every width of a slimmable model; "

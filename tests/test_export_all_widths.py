@@ -133,3 +133,16 @@ def test_cli_all_widths(tmp_path: Path, capsys) -> None:
             main(["export", str(slim), *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_feature_model_with_padded_output(tmp_path: Path) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=0).eval()  # features, padded per switch
+    slimify.convert(model, example_input=torch.randn(1, 3, 32, 32))
+    info = to_onnx_all_widths(model, tmp_path / "features.onnx")  # checks every width against the model
+    assert info.max_diff is not None
+    session = _session(tmp_path / "features.onnx")
+    got = session.run(None, {"input": np.zeros((2, 3, 32, 32), np.float32), "width": np.array(0.25, np.float32)})[0]
+    assert got.shape == (2, 512)

@@ -9,19 +9,12 @@ import pytest
 import torch
 
 import slimify
-from slimify.cli import main
+from tests.test_cli import run  # main(args) → (exit code, stdout, stderr)
 from slimify.errors import SlimifyError
 from slimify.models import create
 from slimify.summary import ConversionReport, GroupInfo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(args: list, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_unknown_model_suggests_the_closest_names() -> None:

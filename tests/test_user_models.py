@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import slimify
-from slimify.cli import main
+from tests.test_cli import run  # main(args) → (exit code, stdout, stderr)
 from slimify.errors import SlimifyError
 from slimify.models import TinyNet, set_source
 from slimify.trust import TRUST_ENV, trusted
@@ -41,13 +41,6 @@ SPEC = f"{__name__}:UserNet"  # tests.test_user_models:UserNet
 def _converted(width: int = 16) -> nn.Module:
     torch.manual_seed(0)
     return slimify.convert(UserNet(width=width), example_input=torch.randn(1, 3, 32, 32)).eval()
-
-
-def run(args: list, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 @pytest.fixture(scope="module")
