@@ -122,12 +122,13 @@ Examples:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also draw accuracy vs latency with eval results, else GFLOPs vs latency (.png).")
 @click.option("--accuracy", "accuracy_path", type=click.Path(exists=True, dir_okay=False),
-              help="Accuracy per width: 'slimify eval --json' output or {\"0.5\": 71.2, …}  [default: the .slim's own]")
+              help="Accuracy per width: 'slimify eval --json' output or {\"0.5\": 71.2, …}  "
+                   "[default: the .slim's own]")
 @click.option("--force", is_flag=True, help="Replace output files that exist.")
 def profile_command(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
                     threads: int | None, device: str, mode: str, json_path: str | None, csv_path: str | None,
                     plot_path: str | None, accuracy_path: str | None, force: bool) -> None:
-    """Measure parameters, MACs/FLOPs, latency (median, p90) and peak memory of every switch of a
+    """Measure parameters, MACs/FLOPs, latency (median, spread, p90) and peak memory of every switch of a
     .slim FILE on this machine, and print them as a table."""
     outputs = [check_output(p, force, s) for p, s in ((json_path, (".json",)), (csv_path, (".csv",)),
                                                       (plot_path, (".png",))) if p]

@@ -30,6 +30,7 @@ from slimify.io import atomic_path, example_input
 from slimify.nn.batchnorm import BN_TENSORS
 from slimify.nn.output_pad import find_output_pad
 from slimify.nn.serve import slim_data
+from slimify.nn.slicing import cut
 from slimify.state import get_state, switches, width as at_width
 
 __all__ = ["to_onnx_all_widths", "check_onnx_all_widths", "AllWidthsInfo", "WIDTH_TOLERANCE", "unknown_width_node"]
@@ -145,7 +146,8 @@ def _rename_graph(graph: Any, rename: dict[str, str], tag: str) -> None:
 def _branch(model: nn.Module, w: float, index: int, x: torch.Tensor, opset: int,
             shared: dict[str, np.ndarray]) -> tuple[Any, Any, int, Any]:
     """Switch ``w`` as a subgraph reading ``input`` and the shared tensors from the outer graph;
-    adds the full tensors it cuts to ``shared``. Returns (GraphProto, its output's type, private bytes, the plain ModelProto)."""
+    adds the full tensors it cuts to ``shared``. Returns (GraphProto, its output's type, private
+    bytes, the plain ModelProto)."""
     from onnx import helper, numpy_helper
 
     proto, prefix = _plain_onnx(model, w, x, opset)
@@ -158,7 +160,6 @@ def _branch(model: nn.Module, w: float, index: int, x: torch.Tensor, opset: int,
         source = sources.get(init.name)
         full = full_state.get(source[0]) if source is not None else None
         if full is not None and full.is_floating_point() == np.issubdtype(value.dtype, np.floating):
-            from slimify.nn.slicing import cut
             served = cut(full.detach(), source[1]).cpu().numpy()
             if served.shape == value.shape and served.dtype == value.dtype and np.array_equal(served, value):
                 shared.setdefault(source[0], full.detach().cpu().numpy())
@@ -202,7 +203,8 @@ def _width_check(widths: tuple[float, ...]) -> tuple[list[Any], list[Any]]:
              helper.make_node("ReduceMax", ["width#is_int"], ["width#any"], keepdims=0),
              helper.make_node("Equal", ["width#any", "width#ok"], ["width#none"]),
              helper.make_node("Where", ["width#none", "width#bad", "width#ok"], ["width#index"]),
-             helper.make_node("Gather", ["width#zero", "width#index"], ["width#offset"], name=unknown_width_node(widths)),
+             helper.make_node("Gather", ["width#zero", "width#index"], ["width#offset"],
+                              name=unknown_width_node(widths)),
              helper.make_node("Add", ["width", "width#offset"], ["width#checked"]),
              helper.make_node("Sub", ["width#checked", "switches"], ["width#checked_diff"]),
              helper.make_node("Abs", ["width#checked_diff"], ["width#checked_absdiff"]),
@@ -262,7 +264,8 @@ def build_all_widths(model: nn.Module, x: torch.Tensor, opset: int = 17) -> tupl
         if i == 0:
             nodes.append(node)
         else:
-            otherwise = helper.make_graph([node], f"not_{widths[i - 1]:g}", [], [helper.make_value_info(out, types[-1])])
+            otherwise = helper.make_graph([node], f"not_{widths[i - 1]:g}", [],
+                                          [helper.make_value_info(out, types[-1])])
     first = protos[0].graph
     image = next(v for v in first.input if v.name == "input")
     width_input = helper.make_tensor_value_info("width", TensorProto.FLOAT, [])

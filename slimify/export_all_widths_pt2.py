@@ -30,7 +30,8 @@ from slimify.state import switches, width as at_width
 
 __all__ = ["AllWidths", "to_torch_export_all_widths"]
 
-_META_DROPPED = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node", "torch_fn")  # debug info: 30 MB of JSON for resnet18
+# node debug info dropped before saving: 28 MB of JSON for resnet18's four branches, beside 47 MB of weights
+_META_DROPPED = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node", "torch_fn")
 
 
 class AllWidths(nn.Module):
@@ -91,7 +92,8 @@ def to_torch_export_all_widths(model: nn.Module, path: str | Path, example: torc
     model.eval()
     wrapper = AllWidths(model).eval()
     width0 = torch.tensor(wrapper.widths[-1], dtype=torch.float32)
-    example = example.expand(2, *example.shape[1:]).contiguous() if example.shape[0] == 1 else example  # batch 1 would be specialised
+    if example.shape[0] == 1:  # torch.export would specialise a batch of 1 to a constant
+        example = example.expand(2, *example.shape[1:]).contiguous()
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():

@@ -95,7 +95,7 @@ def test_switches_that_cannot_share_one_graph_fail_and_write_nothing(tmp_path: P
         return nn.Sequential(plain, nn.Linear(5, 7)) if w == 0.5 else plain
 
     monkeypatch.setattr(aw, "export", odd_export)
-    with pytest.raises(SlimifyError, match="cannot share one graph: width 0.25 returns \\[5\\].*width 0.5 returns \\[7\\]"):
+    with pytest.raises(SlimifyError, match=r"cannot share one graph: width 0.25 returns \[5\].*width 0.5 returns \[7\]"):
         to_onnx_all_widths(model, tmp_path / "all.onnx")
     assert list(tmp_path.iterdir()) == []
 

@@ -91,7 +91,7 @@ def test_load_refuses_an_instance_that_does_not_match(user_slim: Path, make, mes
 
 def test_user_source_needs_an_explicit_opt_in(user_slim: Path, capsys, monkeypatch) -> None:
     monkeypatch.delenv(TRUST_ENV, raising=False)
-    with pytest.raises(SlimifyError, match="model source 'tests.test_user_models' is not allowed.*--trust-source tests"):
+    with pytest.raises(SlimifyError, match="source 'tests.test_user_models' is not allowed.*--trust-source tests"):
         slimify.load(user_slim)
     code, _, err = run(["inspect", user_slim], capsys)
     assert code == 2 and "--trust-source tests" in err and len(err.strip().splitlines()) == 1
