@@ -130,7 +130,7 @@ def test_pick_prints_and_exports_the_widest_fit(slim: Path, tmp_path, capsys) ->
     (["convert", "slimify:tinynet", "-o", "{tmp}/x.pt"], "must end with .slim"),
     (["convert", "slimify:tinynet", "-o", "{slim}"], "already exists: pass --force"),
     (["convert", "slimify:tinynet", "--switches", "0.5,2", "-o", "{tmp}/x.slim"], "--switches"),
-    (["convert", "slimify:tinynet", "--input-size", "3x32", "-o", "{tmp}/x.slim"], "--input-size"),
+    (["convert", "slimify:tinynet", "--input-size", "3x32x32x32", "-o", "{tmp}/x.slim"], "--input-size"),  # HxW (3x32) is valid since issue 17
     (["convert", "os:system", "-o", "{tmp}/x.slim"], "is not allowed"),
     (["convert", "no_such_model_xyz", "-o", "{tmp}/x.slim"], "no_such_model_xyz"),
     (["convert", "slimify:tinynet", "-o", "{tmp}/no/dir/x.slim"], "does not exist"),

@@ -45,15 +45,17 @@ class ConversionReport:
 
     def table(self, max_rows: int = 40) -> str:
         """Readable summary: slimmable groups (largest first) then every fixed group's reason."""
-        head = " | ".join(f"w={w:g}" for w in self.switches)
+        shown = sorted(self.slimmable, key=lambda g: -g.size)
+        cols = [max([len(f"w={w:g}")] + [len(str(g.channels[i])) for g in shown[:max_rows]])
+                for i, w in enumerate(self.switches)]  # 4-digit channel counts under "w=1"
+        head = " | ".join(f"{f'w={w:g}':>{n}}" for w, n in zip(self.switches, cols))
         lines = [f"{self.model}: {len(self.groups)} channel groups, {len(self.slimmable)} slimmable, "
                  f"{len(self.fixed)} fixed (switches {list(self.switches)}, {self._divisor_text()})",
                  "", f"{'group':>5} | {'size':>5} | {'unit':>4} | {'div':>3} | {head} | produced by"]
-        shown = sorted(self.slimmable, key=lambda g: -g.size)
         for g in shown[:max_rows]:
-            widths = " | ".join(f"{c:>{len(f'w={w:g}')}}" for c, w in zip(g.channels, self.switches))
+            widths = " | ".join(f"{c:>{n}}" for c, n in zip(g.channels, cols))
             lines.append(f"{g.index:>5} | {g.size:>5} | {g.unit:>4} | {g.divisor:>3} | {widths} | "
-                         f"{', '.join(g.origins[:3])}")
+                         f"{_first(g.origins, 3)}")
         if len(shown) > max_rows:
             lines.append(f"  … {len(shown) - max_rows} more slimmable groups")
         if self.padded_output is not None:
@@ -63,7 +65,7 @@ class ConversionReport:
         if fixed:
             lines += ["", "fixed groups (keep their full size):"]
             for g in fixed:
-                lines.append(f"  group {g.index} ({g.size} ch, {', '.join(g.origins[:2]) or '-'}): {g.reason}")
+                lines.append(f"  group {g.index} ({g.size} ch, {_first(g.origins, 2) or '-'}): {g.reason}")
         return "\n".join(lines)
 
     def _divisor_text(self) -> str:
@@ -74,6 +76,11 @@ class ConversionReport:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def _first(names: list[str], n: int) -> str:
+    """The first ``n`` names, and "…" when there are more."""
+    return ", ".join(names[:n]) + (f", … ({len(names) - n} more)" if len(names) > n else "")
 
 
 def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float) -> ConversionReport:

@@ -48,10 +48,18 @@ class RegistryGroup(click.Group):
         return COMMANDS.get(name)
 
 
-@click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+Your own model classes (a .slim file or MODEL naming 'mypkg.models:MyNet') are imported only from
+packages you trust:  slimify --trust-source mypkg inspect mine.slim   (or SLIMIFY_TRUST_SOURCE=mypkg)""")
 @click.version_option(package_name="slimify")
-def cli() -> None:
+@click.option("--trust-source", "trust_source", multiple=True, metavar="PACKAGE",
+              help="Allow model classes/factories from PACKAGE (your own code) to be imported; repeatable.")
+def cli(trust_source: tuple[str, ...]) -> None:
     """slimify: turn a PyTorch image model into a slimmable network and deploy any width."""
+    if trust_source:
+        from slimify.store.trust import trust
+
+        trust(*trust_source)
 
 
 def one_line(message: str) -> str:
@@ -65,8 +73,11 @@ def one_line(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    from slimify.store.trust import trusted
+
     try:
-        cli.main(args=argv, standalone_mode=False)
+        with trusted():  # --trust-source lasts for this command only (tests call main repeatedly)
+            cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)

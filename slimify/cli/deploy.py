@@ -11,21 +11,23 @@ import click
 
 from slimify.cli.app import command
 from slimify.cli.model import LiveHelpOption, check_output, size_option
-from slimify.deploy.formats import FORMATS
+from slimify.deploy.formats import ALL_WIDTHS, FORMATS
 
 __all__ = ["export_command", "profile_command", "pick_command", "write_export"]
 
 F = Callable[..., Any]
 
 
-def write_export(net: Any, width: float, out: Path, force: bool, input_size: tuple[int, int, int] | None) -> str:
-    """Export switch ``width`` of ``net`` to ``out`` by its suffix; returns a one-line summary."""
+def write_export(net: Any, width: float, out: Path, force: bool, input_size: tuple[int, int, int] | None,
+                 batch_size: int | None = None) -> str:
+    """Export switch ``width`` of ``net`` to ``out`` by its suffix (batch dynamic unless
+    ``batch_size``); returns a one-line summary naming the dynamic dimensions."""
     import torch
 
     from slimify.deploy.formats import write_width
 
     example = torch.randn(1, *input_size) if input_size else None
-    return write_width(net, width, out, example, overwrite=force)
+    return write_width(net, width, out, example, overwrite=force, batch_size=batch_size)
 
 
 def measure_options(f: F) -> F:
@@ -36,44 +38,69 @@ def measure_options(f: F) -> F:
     f = click.option("--threads", type=click.IntRange(min=1), help="torch intra-op threads  [default: torch's]")(f)
     f = click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)(f)
     f = click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
-                     help="Timed runs per switch (median and p90 reported).")(f)
+                     help="Timed runs per round; rounds repeat (up to 5) until the median settles.")(f)
     f = click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)(f)
     return size_option(f)
 
 
 def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
-             threads: int | None, device: str, mode: str) -> tuple[Any, Any]:
+             threads: int | None, device: str, mode: str, latency: bool = True,
+             accuracy: str | None = None) -> tuple[Any, Any]:
     import slimify
+    from slimify.deploy.accuracy import attach_accuracy
     from slimify.store.slimfile import example_shape
 
     net = slimify.load(file)
     shape = (batch_size, *(input_size or example_shape(net)[1:]))
-    return net, slimify.profile(net, input_size=shape, runs=runs, warmup=warmup, threads=threads, device=device,
-                                mode=mode)
+    result = slimify.profile(net, input_size=shape, runs=runs, warmup=warmup, threads=threads, device=device,
+                             mode=mode, latency=latency)
+    return net, attach_accuracy(result, net, accuracy)
 
 
 @command("export", epilog="""\b
 Examples:
   slimify export rn50.slim --width 0.5 -o rn50_w050.pt2
   slimify export rn50.slim --width 0.25 -o rn50_w025.onnx --input-size 224
-  slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force""")
+  slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force
+  slimify export rn50.slim --width 0.5 -o rn50_w050_b8.pt2 --batch-size 8   # static batch
+  slimify export rn50.slim --all-widths -o rn50_all.onnx   # one file, input 'width' picks the switch""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--width", type=float, required=True, help="The switch to export (one of the model's widths).")
+@click.option("--width", type=float, help="The switch to export (one of the model's widths).")
+@click.option("--all-widths", is_flag=True, cls=LiveHelpOption,
+              help_fn=lambda: "Every switch in one file, weights stored once: "
+              + "; ".join(f"{e.name}: {e.help}" for e in ALL_WIDTHS) + ".")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), cls=LiveHelpOption,
               help_fn=lambda: "Output, by suffix: " + "; ".join(f"{e.name}: {e.help}" for e in FORMATS) + ".")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--batch-size", type=click.IntRange(min=1), cls=LiveHelpOption,
+              help_fn=lambda: f"A static batch size for {'/'.join(FORMATS.names(lambda e: bool(e.options.get('batch_size'))))}."
+              "  [default: dynamic batch]")
 @size_option
-def export_command(file: str, width: float, output: str, force: bool, input_size: tuple[int, int, int] | None) -> None:
+def export_command(file: str, width: float | None, all_widths: bool, output: str, force: bool,
+                   batch_size: int | None, input_size: tuple[int, int, int] | None) -> None:
     """Export one width of a .slim FILE as a plain, physically narrow model (no slimify needed to
-    run it); the example input for .pt2/.onnx is the conversion's input size unless --input-size."""
+    run it), or with --all-widths every width in one file; the example input for .pt2/.onnx is the
+    conversion's input size unless --input-size."""
     import slimify
 
-    out = check_output(output, force, FORMATS.names())
+    if all_widths == (width is not None):
+        raise click.UsageError("give either --width W (one switch) or --all-widths")
+    if all_widths and batch_size is not None:
+        raise click.UsageError("--batch-size applies to one width; an --all-widths file has a dynamic batch")
+    out = check_output(output, force, ALL_WIDTHS.names() if all_widths else FORMATS.names())
     net = slimify.load(file)
+    if all_widths:
+        import torch
+
+        from slimify.deploy.formats import write_all_widths
+
+        example = torch.randn(1, *input_size) if input_size else None
+        click.echo(write_all_widths(net, out, example, overwrite=force))
+        return
     if all(abs(width - w) > 1e-9 for w in slimify.switches(net)):
         raise click.BadParameter(f"{width:g} is not a switch of {file}; choose one of "
                                  f"{', '.join(f'{w:g}' for w in slimify.switches(net))}", param_hint="--width")
-    click.echo(write_export(net, width, out, force, input_size))
+    click.echo(write_export(net, width, out, force, input_size, batch_size))
 
 
 @command("profile", epilog="""\b
@@ -85,16 +112,20 @@ Examples:
 @measure_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the results as CSV.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw GFLOPs vs latency (.png).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw accuracy vs latency with eval results, else GFLOPs vs latency (.png).")
+@click.option("--accuracy", "accuracy_path", type=click.Path(exists=True, dir_okay=False),
+              help="Accuracy per width: 'slimify eval --json' output or {\"0.5\": 71.2, …}  "
+                   "[default: the .slim's own]")
 @click.option("--force", is_flag=True, help="Replace output files that exist.")
 def profile_command(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
                     threads: int | None, device: str, mode: str, json_path: str | None, csv_path: str | None,
-                    plot_path: str | None, force: bool) -> None:
-    """Measure parameters, MACs/FLOPs, latency (median, p90) and peak memory of every switch of a
+                    plot_path: str | None, accuracy_path: str | None, force: bool) -> None:
+    """Measure parameters, MACs/FLOPs, latency (median, spread, p90) and peak memory of every switch of a
     .slim FILE on this machine, and print them as a table."""
     outputs = [check_output(p, force, s) for p, s in ((json_path, (".json",)), (csv_path, (".csv",)),
                                                       (plot_path, (".png",))) if p]
-    _, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode)
+    _, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode, accuracy=accuracy_path)
     click.echo(result.table())
     for out in outputs:
         writer = {".json": result.to_json, ".csv": result.to_csv, ".png": result.plot}[out.suffix.lower()]
@@ -133,10 +164,12 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
     except SlimifyError as e:
         raise click.BadParameter(str(e), param_hint="--flops/--params") from None
     out = check_output(output, force, FORMATS.names()) if output else None
-    net, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode)
+    net, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode,
+                           latency=latency_ms is not None)  # FLOPs/params/memory budgets time nothing
     click.echo(result.table())
     best = pick(result, **budgets)
-    click.echo(f"\npicked width {best.width:g}: {best.latency_ms:.2f} ms median, {best.flops / 1e9:.3f} GFLOPs, "
+    timed = f"{best.latency_ms:.2f} ms median, " if best.latency_ms is not None else ""
+    click.echo(f"\npicked width {best.width:g}: {timed}{best.flops / 1e9:.3f} GFLOPs, "
                f"{best.params:,} params, {best.memory_mb:.1f} MB")
     if out is not None:
         click.echo(write_export(net, best.width, out, force, input_size))

@@ -109,7 +109,8 @@ def parse_switches(ctx: click.Context | None, param: click.Parameter | None, val
 
 def parse_input_size(ctx: click.Context | None, param: click.Parameter | None,
                      value: str | None) -> tuple[int, int, int] | None:
-    """``"224"`` → (3, 224, 224); ``"3x160x128"`` or ``"3,160,128"`` → (3, 160, 128)."""
+    """``"224"`` → (3, 224, 224); ``"160x128"`` (H×W) → (3, 160, 128); ``"3x160x128"`` or
+    ``"3,160,128"`` → (3, 160, 128)."""
     if value is None:
         return None
     parts = value.replace(",", "x").lower().split("x")
@@ -119,14 +120,16 @@ def parse_input_size(ctx: click.Context | None, param: click.Parameter | None,
         raise click.BadParameter(f"expected a size like 224 or 3x224x224, got {value!r}") from None
     if len(sizes) == 1:
         sizes = [3, sizes[0], sizes[0]]
+    elif len(sizes) == 2:  # H×W, three channels
+        sizes = [3, *sizes]
     if len(sizes) != 3 or any(s < 1 or s > 4096 for s in sizes):
-        raise click.BadParameter(f"expected a size like 224 or 3x224x224 (each 1…4096), got {value!r}")
+        raise click.BadParameter(f"expected a size like 224, 160x128 (HxW) or 3x224x224 (each 1…4096), got {value!r}")
     return sizes[0], sizes[1], sizes[2]
 
 
 def size_option(f: F) -> F:
     return click.option("--input-size", callback=parse_input_size,
-                        help="Input H=W (e.g. 224) or CxHxW (3x160x128).  [default: the model's own]")(f)
+                        help="Input H=W (224), HxW (160x128) or CxHxW (3x160x128).  [default: the model's own]")(f)
 
 
 def check_output(path: str, force: bool, suffixes: tuple[str, ...]) -> Path:
@@ -213,6 +216,11 @@ def convert_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     if method:
         click.echo(f"channels reordered by {method} importance (most important first)")
     click.echo(f"saved {out}  (see the groups with: slimify inspect {out})")
+    if max(slimify.switches(net)) < 1.0:
+        click.echo(f"note: the switches do not include 1.0, so the original (full) width is no longer available: "
+                   f"the widest switch is {max(slimify.switches(net)):g}", err=True)
+    if checkpoint is None:
+        click.echo("note: no --checkpoint, the model is randomly initialised", err=True)
 
 
 @command("inspect", epilog="""\b

@@ -114,5 +114,8 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
                f"{f' ({len(result.skipped)} kept their order)' if result.skipped else ''}; "
                f"full-width outputs unchanged (max relative change {result.max_change:.1e})")
     click.echo(f"saved {out}")
+    if result.tied and result.moved == 0:
+        click.echo(f"note: the {method} scores tie everywhere in {result.tied} of {groups} groups (e.g. a randomly "
+                   "initialised BatchNorm has |gamma| = 1 for every channel): nothing moved", err=True)
     if checkpoint is None:  # after the work: an error must stay the only line on stderr
         click.echo("note: no --checkpoint, the reordered weights were randomly initialised", err=True)

@@ -38,7 +38,8 @@ def parse_amount(text: str | float | int) -> float:
 
 
 def _describe(row: SwitchProfile) -> str:
-    return (f"width {row.width:g}: {row.latency_ms:.2f} ms, {row.flops / 1e9:.3f} GFLOPs, "
+    timed = f"{row.latency_ms:.2f} ms, " if row.latency_ms is not None else ""
+    return (f"width {row.width:g}: {timed}{row.flops / 1e9:.3f} GFLOPs, "
             f"{row.params:,} params, {row.memory_mb:.1f} MB")
 
 
@@ -52,6 +53,8 @@ def pick(result: ProfileResult, latency_ms: float | None = None, flops: float | 
     for name, value in budgets.items():
         if not value > 0:
             raise SlimifyError(f"budget {name} must be positive, got {value}")
+    if latency_ms is not None and any(r.latency_ms is None for r in result.rows):
+        raise SlimifyError("a latency budget needs measured latency: profile with latency=True")
     fitting = [r for r in result.rows if all(getattr(r, BUDGETS[n][0]) <= v for n, v in budgets.items())]
     if not fitting:
         narrowest = min(result.rows, key=lambda r: r.width)

@@ -7,23 +7,23 @@ it), and the same as a ``torch.export`` program (``.pt2``) or an ONNX file.
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from slimify.deploy.export_batch import batch_of, first_line, onnx_file, quiet_native_stderr
 from slimify.errors import SlimifyError
 from slimify.rewrite.batchnorm import BN_TENSORS, SwitchBatchNorm
 from slimify.rewrite.output_pad import find_output_pad, remove_output_pad
 from slimify.rewrite.serve import SLIM_KEY, SlimData, restore_class, slim_data
 from slimify.state import STATE_ATTR, get_state
 from slimify.state import width as at_width
-from slimify.store.slimfile import atomic_path, example_input
+from slimify.store.slimfile import atomic_path
 from slimify.store.sources import SOURCE_ATTR
 
-__all__ = ["export", "active_params", "to_torch_export", "to_onnx", "check_onnx"]
+__all__ = ["export", "active_params", "to_torch_export", "to_onnx", "check_onnx", "export_pt2", "export_onnx"]
 
 _HOOK_DICTS = ("_load_state_dict_pre_hooks", "_state_dict_pre_hooks", "_state_dict_hooks",
                "_load_state_dict_post_hooks", "_forward_pre_hooks", "_forward_hooks")
@@ -134,39 +134,85 @@ def _plain_eval(model: nn.Module, width: float) -> nn.Module:
 
 
 def to_torch_export(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, batch_size: int | None = None) -> Path:
     """Export switch ``width`` with ``torch.export`` and save the program to ``path`` (``.pt2``);
-    load it with ``torch.export.load(path).module()``."""
-    plain = _plain_eval(model, width)
-    x = example_input(model) if example is None else example
-    try:
-        program = torch.export.export(plain, (x,))
-    except Exception as e:
-        raise SlimifyError(f"torch.export could not capture {type(plain).__name__} at width {width}: "
-                           f"{str(e).splitlines()[0]}") from e
-    with atomic_path(path, overwrite) as tmp:
-        torch.export.save(program, str(tmp))
-    return Path(path)
+    load it with ``torch.export.load(path).module()``. The batch dimension is dynamic unless
+    ``batch_size`` is given (or the model cannot have one: see :func:`export_pt2`)."""
+    return export_pt2(model, width, path, example, overwrite, batch_size)[0]
 
 
 def to_onnx(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
-            overwrite: bool = False, opset: int = 17, check: bool = True) -> Path:
-    """Export switch ``width`` to ONNX (opset ``opset``, dynamic batch; the TorchScript-based
-    exporter, which handles these CNNs fast) and, with ``check``, compare onnxruntime's output
-    with PyTorch's on ``example``."""
+            overwrite: bool = False, opset: int = 17, check: bool = True, batch_size: int | None = None) -> Path:
+    """Export switch ``width`` to ONNX (opset ``opset``, dynamic batch unless ``batch_size``; the
+    TorchScript-based exporter, which handles these CNNs fast) and, with ``check``, compare
+    onnxruntime's output with PyTorch's on ``example``; see :func:`export_onnx`."""
+    return export_onnx(model, width, path, example, overwrite, opset, check, batch_size)[0]
+
+
+def export_pt2(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
+               overwrite: bool = False, batch_size: int | None = None) -> tuple[Path, str]:
+    """``torch.export`` switch ``width`` to ``path``; batch dimension dynamic unless ``batch_size``
+    is given or capture with a dynamic batch fails (then static, said in the note). Returns
+    (path, a note naming the dynamic dimensions)."""
     plain = _plain_eval(model, width)
-    x = example_input(model) if example is None else example
-    with atomic_path(path, overwrite) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    note = None
+    program = None
+    if batch_size is None:
+        x = batch_of(model, example, 2)  # batch 1 would be specialised to a constant
         try:
-            torch.onnx.export(plain, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+            with quiet_native_stderr():
+                program = torch.export.export(plain, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+            note = "dynamic: batch (dim 0 of the input)"
         except Exception as e:
-            raise SlimifyError(f"ONNX export failed for {type(plain).__name__} at width {width}: "
-                               f"{str(e).splitlines()[0]}") from e
-        if check:
-            check_onnx(tmp, plain, x)
-    return Path(path)
+            reason = first_line(e)
+            batch_size = 1
+            note = f"static batch 1: a dynamic batch is impossible for this model ({reason[:160]})"
+    if program is None:
+        x = batch_of(model, example, batch_size)
+        try:
+            with quiet_native_stderr():
+                program = torch.export.export(plain, (x,))
+        except Exception as e:
+            raise SlimifyError(f"torch.export could not capture {type(plain).__name__} at width {width:g}: "
+                               f"{first_line(e)}") from e
+        note = note or f"static batch {batch_size}, no dynamic dimensions"
+    with atomic_path(path, overwrite) as tmp:
+        torch.export.save(program, str(tmp))
+    return Path(path), note
+
+
+def export_onnx(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
+                overwrite: bool = False, opset: int = 17, check: bool = True,
+                batch_size: int | None = None) -> tuple[Path, str]:
+    """ONNX export of switch ``width`` (see :func:`to_onnx`). With a dynamic batch the file is also
+    run at another batch size; if that fails or differs, the model cannot have a dynamic batch (a
+    size baked into its graph) and is exported with a static one, said in the note."""
+    plain = _plain_eval(model, width)
+    with atomic_path(path, overwrite) as tmp:
+        note = None
+        if batch_size is None:
+            x = batch_of(model, example, 1)
+            try:
+                onnx_file(plain, x, tmp, opset, dynamic=True)
+                if check:
+                    check_onnx(tmp, plain, x)
+                with quiet_native_stderr():  # onnxruntime logs the failure of a baked batch size
+                    check_onnx(tmp, plain, batch_of(model, example, 3))  # another batch size
+                note = "dynamic: batch (dim 0 of input and output)"
+            except Exception as e:
+                note = f"static batch 1: a dynamic batch is impossible for this model ({first_line(e)[:160]})"
+                batch_size = 1
+        if batch_size is not None:
+            x = batch_of(model, example, batch_size)
+            try:
+                onnx_file(plain, x, tmp, opset, dynamic=False)
+            except Exception as e:
+                raise SlimifyError(f"ONNX export failed for {type(plain).__name__} at width {width:g}: "
+                                   f"{first_line(e)}") from e
+            if check:
+                check_onnx(tmp, plain, x)
+            note = note or f"static batch {batch_size}, no dynamic dimensions"
+    return Path(path), note
 
 
 def check_onnx(path: str | Path, plain: nn.Module, x: torch.Tensor, rtol: float = 1e-4) -> float:

@@ -3,22 +3,27 @@ torch, so the CLI lists the suffixes at once; a writer imports what it needs whe
 format is one decorated function here.
 
 A writer takes ``(model, width, path, example, overwrite)`` (a converted model, one of its
-switches, where to write, an example input batch) and returns how to load the file.
+switches, where to write, an example input batch) and returns how to load the file. A format
+registered with ``batch_size=True`` also takes ``batch_size`` (a static batch; its default is a
+dynamic one). ``ALL_WIDTHS`` holds the formats that store every switch in one file, weights once:
+their writers take ``(model, path, example, overwrite)``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slimify.errors import SlimifyError
 from slimify.registry import Registry
 
 if TYPE_CHECKING:
     import torch
     import torch.nn as nn
 
-__all__ = ["FORMATS", "write_width"]
+__all__ = ["FORMATS", "ALL_WIDTHS", "write_width", "write_all_widths"]
 
 FORMATS = Registry("export format", key=str.lower)
+ALL_WIDTHS = Registry("all-widths export format", key=str.lower)
 
 
 @FORMATS.register(".pt", help="the plain module (torch.save)")
@@ -33,30 +38,69 @@ def torch_save(model: nn.Module, width: float, path: Path, example: torch.Tensor
     return "torch.save of the plain module; load with torch.load(path, weights_only=False)"
 
 
-@FORMATS.register(".pt2", help="a torch.export program")
-def torch_export(model: nn.Module, width: float, path: Path, example: torch.Tensor, overwrite: bool) -> str:
-    from slimify.deploy.extract import to_torch_export
+@FORMATS.register(".pt2", help="a torch.export program, dynamic batch", batch_size=True)
+def torch_export(model: nn.Module, width: float, path: Path, example: torch.Tensor, overwrite: bool,
+                 batch_size: int | None = None) -> str:
+    from slimify.deploy.extract import export_pt2
 
-    to_torch_export(model, width, path, example, overwrite=overwrite)
-    return "torch.export program; load with torch.export.load(path).module()"
-
-
-@FORMATS.register(".onnx", help="ONNX opset 17, dynamic batch, checked with onnxruntime")
-def onnx(model: nn.Module, width: float, path: Path, example: torch.Tensor, overwrite: bool) -> str:
-    from slimify.deploy.extract import to_onnx
-
-    to_onnx(model, width, path, example, overwrite=overwrite)
-    return f"ONNX opset 17, dynamic batch, checked with onnxruntime on {list(example.shape)}"
+    _, dims = export_pt2(model, width, path, example, overwrite=overwrite, batch_size=batch_size)
+    return f"torch.export program, {dims}; load with torch.export.load(path).module()"
 
 
-def write_width(model: nn.Module, width: float, path: str | Path, example: Any = None, overwrite: bool = False) -> str:
+@FORMATS.register(".onnx", help="ONNX opset 17, dynamic batch, checked with onnxruntime", batch_size=True)
+def onnx(model: nn.Module, width: float, path: Path, example: torch.Tensor, overwrite: bool,
+         batch_size: int | None = None) -> str:
+    from slimify.deploy.extract import export_onnx
+
+    _, dims = export_onnx(model, width, path, example, overwrite=overwrite, batch_size=batch_size)
+    return f"ONNX opset 17, {dims}; checked with onnxruntime"
+
+
+@ALL_WIDTHS.register(".onnx", help="one ONNX file; a second input 'width' (float scalar) picks the switch")
+def onnx_all_widths(model: nn.Module, path: Path, example: torch.Tensor, overwrite: bool) -> str:
+    from slimify.deploy.export_all_widths import to_onnx_all_widths
+    from slimify.state import switches
+
+    info = to_onnx_all_widths(model, path, example, overwrite=overwrite)
+    widths = ", ".join(f"{w:g}" for w in switches(model))
+    return (f"wrote {path}: widths {widths} in one ONNX file (inputs 'input' {list(example.shape)} with a dynamic "
+            f"batch and 'width', a float scalar; {info.shared_bytes / 1e6:.1f} MB of weights stored once, "
+            f"{info.private_bytes / 1e6:.2f} MB private to one width; checked with onnxruntime at every width)")
+
+
+@ALL_WIDTHS.register(".pt2", help="one torch.export program, forward(x, width); torch.cond over the switches")
+def torch_export_all_widths(model: nn.Module, path: Path, example: torch.Tensor, overwrite: bool) -> str:
+    from slimify.deploy.export_all_widths_pt2 import to_torch_export_all_widths
+
+    return to_torch_export_all_widths(model, path, example, overwrite=overwrite)
+
+
+def write_width(model: nn.Module, width: float, path: str | Path, example: Any = None, overwrite: bool = False,
+                batch_size: int | None = None) -> str:
     """Export switch ``width`` of ``model`` to ``path`` in the format its suffix names; returns a
-    one-line summary. ``example`` defaults to a batch of one at the model's recorded input shape."""
+    one-line summary. ``example`` defaults to a batch of one at the model's recorded input shape;
+    ``batch_size`` asks a format that has a batch dimension for a static one."""
     from slimify.deploy.extract import active_params
     from slimify.store.slimfile import example_input
 
     path = Path(path)
     writer = FORMATS.get(path.suffix)
+    extra: dict[str, int] = {}
+    if batch_size is not None:
+        if not writer.options.get("batch_size"):
+            batched = ", ".join(FORMATS.names(lambda e: bool(e.options.get("batch_size"))))
+            raise SlimifyError(f"a static batch size applies to {batched} files, not {writer.name}")
+        extra["batch_size"] = batch_size
     example = example_input(model) if example is None else example
-    how = writer.fn(model, width, path, example, overwrite)
+    how = writer.fn(model, width, path, example, overwrite, **extra)
     return f"wrote {path}: width {width:g}, {active_params(model, width):,} parameters ({how})"
+
+
+def write_all_widths(model: nn.Module, path: str | Path, example: Any = None, overwrite: bool = False) -> str:
+    """Export every switch of ``model`` to one file in the all-widths format its suffix names
+    (``ALL_WIDTHS``); returns a one-line summary."""
+    from slimify.store.slimfile import example_input
+
+    path = Path(path)
+    writer = ALL_WIDTHS.get(path.suffix)
+    return writer.fn(model, path, example_input(model) if example is None else example, overwrite)

@@ -12,8 +12,6 @@ import csv
 import io as _io
 import json
 import platform
-import statistics
-import time
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimify.deploy.extract import active_params, export
+from slimify.deploy.latency import latency_warnings, measure_latency
 from slimify.errors import SlimifyError
 from slimify.state import get_state
 from slimify.state import width as at_width
@@ -48,11 +47,14 @@ class SwitchProfile:
     params: int  # parameters the switch uses
     macs: int  # multiply-accumulates (torch.utils.flop_counter, FLOPs / 2)
     flops: int
-    latency_ms: float  # median over the timed runs
-    latency_p90_ms: float
+    latency_ms: float | None  # median over the timed runs (None: not timed, e.g. pick without a latency budget)
+    latency_p90_ms: float | None
     memory_mb: float  # see ProfileResult.memory_method
     activation_mb: float  # the peak-activation part of memory_mb
     accuracy: float | None = None  # filled in by the caller (e.g. from slimify.evaluate)
+    latency_iqr_ms: float | None = None  # spread: interquartile range of the timed runs
+    latency_runs: int | None = None  # timed runs: rounds of ``runs`` until the median settled
+    latency_stable: bool | None = None  # whether it settled (see slimify.deploy.latency)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class ProfileResult:
     memory_method: str
     machine: str = field(default_factory=lambda: f"{platform.machine()} {platform.processor() or ''}".strip())
     rows: list[SwitchProfile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # noisy or non-monotone latency (slimify.deploy.latency)
 
     def row(self, w: float) -> SwitchProfile:
         for r in self.rows:
@@ -83,13 +86,17 @@ class ProfileResult:
         head = (f"{self.model} on {self.device} ({self.threads} thread(s)), input {list(self.input_size)}, "
                 f"{self.runs} runs after {self.warmup} warm-up, mode {self.mode}")
         cols = f"{'width':>6} | {'params':>10} | {'MMACs':>9} | {'GFLOPs':>7} | {'ms (median)':>11} | " \
-               f"{'ms (p90)':>8} | {'memory MB':>9}" + (" | accuracy" if self._has_accuracy() else "")
+               f"{'± IQR':>6} | {'runs':>4} | {'ms (p90)':>8} | {'memory MB':>9}" + \
+               (" | accuracy" if self._has_accuracy() else "")
         lines = [head, "", cols]
         for r in self.rows:
             acc = f" | {r.accuracy:8.2f}" if self._has_accuracy() and r.accuracy is not None else ""
+            timed = (f"{r.latency_ms:>11.2f} | {r.latency_iqr_ms or 0:>6.2f} | {r.latency_runs or self.runs:>4} | "
+                     f"{r.latency_p90_ms:>8.2f}") if r.latency_ms is not None else \
+                f"{'not timed':>11} | {'':>6} | {'':>4} | {'':>8}"
             lines.append(f"{r.width:>6g} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | {r.flops / 1e9:>7.3f} | "
-                         f"{r.latency_ms:>11.2f} | {r.latency_p90_ms:>8.2f} | {r.memory_mb:>9.1f}{acc}")
-        lines += ["", f"memory: {self.memory_method}"]
+                         f"{timed} | {r.memory_mb:>9.1f}{acc}")
+        lines += ["", f"memory: {self.memory_method}"] + [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -115,33 +122,11 @@ class ProfileResult:
         return Path(path)
 
     def plot(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Accuracy (when every row has one) or GFLOPs against median latency, one labelled point
-        per switch, the Pareto-optimal ones joined (PNG, matplotlib's Agg backend)."""
-        import matplotlib
+        """Accuracy against cost, one point per switch labelled by its width, when every row has an
+        accuracy; else cost against cost, named for what it shows (see :mod:`slimify.deploy.profile_plot`)."""
+        from slimify.deploy.profile_plot import plot_profile
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        use_acc = all(r.accuracy is not None for r in self.rows)
-        ys = [float(r.accuracy) if use_acc else r.flops / 1e9 for r in self.rows]  # type: ignore[arg-type]
-        xs = [r.latency_ms for r in self.rows]
-        front = sorted((x, y) for x, y in zip(xs, ys)
-                       if not any(x2 <= x and y2 >= y and (x2, y2) != (x, y) for x2, y2 in zip(xs, ys)))
-        fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-        ax.scatter(xs, ys, color="tab:blue", zorder=3)
-        ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:blue", alpha=0.6, label="Pareto front")
-        for r, x, y in zip(self.rows, xs, ys):
-            ax.annotate(f"w={r.width:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
-        ax.set_xlabel(f"latency, ms (median of {self.runs}; {self.device}, {self.threads} thread(s))")
-        ax.set_ylabel("accuracy" if use_acc else "GFLOPs")
-        ax.set_title(f"{self.model}, input {'x'.join(map(str, self.input_size))}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        with atomic_path(path, overwrite) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
-        return Path(path)
+        return plot_profile(self, path, overwrite)
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -195,21 +180,6 @@ def measure_memory(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     return (fixed + activation) / 2**20, activation / 2**20
 
 
-def _latency(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> tuple[float, float]:
-    times = []
-    sync = (lambda: torch.cuda.synchronize(x.device)) if x.device.type == "cuda" else (lambda: None)
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-    ordered = sorted(times)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-
-
 def input_shape(input_size: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """224 → (1, 3, 224, 224); (3, 224, 224) → (1, 3, 224, 224); a 4-tuple stays as it is."""
     shape = (1, 3, input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
@@ -222,12 +192,15 @@ def input_shape(input_size: int | tuple[int, ...] | list[int]) -> tuple[int, ...
 
 def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 224), runs: int = 20, warmup: int = 3,
             threads: int | None = None, device: str | torch.device | None = None,
-            widths: tuple[float, ...] | list[float] | None = None, mode: str = "export") -> ProfileResult:
+            widths: tuple[float, ...] | list[float] | None = None, mode: str = "export",
+            latency: bool = True) -> ProfileResult:
     """Profile every switch (or ``widths``) of the converted ``model`` on one batch of ``input_size``.
 
     ``mode="export"`` measures each width as the plain model :func:`slimify.export` makes (what
     you deploy); ``"slim"`` the slimmable model itself. ``threads`` sets torch's intra-op threads
-    for the measurement (default: the current setting) and is recorded with the result."""
+    for the measurement (default: the current setting) and is recorded with the result. Latency:
+    ``warmup`` untimed forwards, then rounds of ``runs`` until the median settles
+    (:func:`slimify.deploy.latency.measure_latency`); ``latency=False`` times nothing."""
     state = get_state(model)
     if runs < 1 or warmup < 0:
         raise SlimifyError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
@@ -253,7 +226,8 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
             model.to(dev)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dev)
         for w in chosen:
-            result.rows.append(_profile_one(model, w, x, runs, warmup, mode, dev))
+            result.rows.append(_profile_one(model, w, x, runs, warmup, mode, dev, latency))
+        result.warnings = latency_warnings(result.rows)
     finally:
         torch.set_num_threads(previous_threads)
         model.to(home)
@@ -261,7 +235,7 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
 
 
 def _profile_one(model: nn.Module, w: float, x: torch.Tensor, runs: int, warmup: int, mode: str,
-                 dev: torch.device) -> SwitchProfile:
+                 dev: torch.device, timed: bool = True) -> SwitchProfile:
     from torch.utils.flop_counter import FlopCounterMode
 
     params = active_params(model, w)
@@ -277,10 +251,13 @@ def _profile_one(model: nn.Module, w: float, x: torch.Tensor, runs: int, warmup:
             net(x)
         flops = int(counter.get_total_flops())
         memory, activation = measure_memory(net, x)
-        median, p90 = _latency(net, x, runs, warmup)
+        stats = measure_latency(net, x, runs, warmup) if timed else None
     finally:
         if restore is not None:
             restore.__exit__(None, None, None)
             model.train(was_training)
-    return SwitchProfile(w, params, flops // 2, flops, round(median, 4), round(p90, 4), round(memory, 3),
-                         round(activation, 3))
+    if stats is None:
+        return SwitchProfile(w, params, flops // 2, flops, None, None, round(memory, 3), round(activation, 3))
+    return SwitchProfile(w, params, flops // 2, flops, round(stats.median_ms, 4), round(stats.p90_ms, 4),
+                         round(memory, 3), round(activation, 3), latency_iqr_ms=round(stats.iqr_ms, 4),
+                         latency_runs=stats.runs, latency_stable=stats.stable)

@@ -60,6 +60,12 @@ class Reordering:
                    and not np.array_equal(order, np.arange(len(order))))
 
 
+    @property
+    def tied(self) -> int:
+        """Number of groups whose scores are all equal (nothing to rank by: a fresh BatchNorm's |gamma|)."""
+        return sum(1 for scores in self.scores.values() if len(scores) and np.ptp(scores) == 0)
+
+
 class _Irregular(Exception):
     """Some groups' channels sit in a tensor in a pattern a class permutation cannot follow."""
 

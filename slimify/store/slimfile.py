@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from slimify.errors import SlimifyError
 from slimify.state import get_state
-from slimify.store.sources import ModelSource, build, check_state_dict, source_of
+from slimify.store.sources import ModelSource, build, check_state_dict
 
 __all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_shape", "plan_digest",
            "tensors_digest", "FORMAT", "VERSION"]
@@ -159,7 +159,9 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
     from slimify import __version__
 
     state = get_state(model)
-    src = source_of(model) if source is None else ModelSource(source) if isinstance(source, str) else source
+    from slimify.store.user_models import source_for_save
+
+    src = source_for_save(model, ModelSource(source) if isinstance(source, str) else source, path)
     tensors = _state_tensors(model)
     config = {"format": FORMAT, "version": VERSION, "slimify_version": __version__, "source": src.to_dict(),
               "conversion": {"switches": list(state.switches), "divisor": _divisor(state.record.divisor),
@@ -167,6 +169,8 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
                              "group_divisors": [g.divisor for g in state.record.report.groups]},
               "plan_sha256": plan_digest(model), "tensors_sha256": tensors_digest(tensors),
               "width": state.width, "model": type(model).__name__}
+    if state.record.evaluation:  # accuracy per width from finetune (slimify.deploy.accuracy)
+        config["evaluation"] = state.record.evaluation
     with atomic_path(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(config)})
     return Path(path)
@@ -184,6 +188,11 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     size = path.stat().st_size
     if size == 0:
         raise SlimifyError(f"{path} is empty (0 bytes): not a .slim file")
+    from slimify.store.suggest import foreign_file
+
+    foreign = foreign_file(path)
+    if foreign is not None:
+        raise SlimifyError(foreign)
     with path.open("rb") as f:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
@@ -235,25 +244,32 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load(path: str | Path) -> nn.Module:
-    """Rebuild the model a ``.slim`` file describes, convert it with the saved settings, verify the
-    plan and every tensor's name, shape and bytes, load the weights and return it in eval mode at
-    the saved width. Nothing is unpickled and only allowed model sources are imported."""
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the model a ``.slim`` file describes (or take ``model``, a fresh instance you built,
+    checked against the file), convert it with the saved settings, verify the plan and every
+    tensor's name, shape and bytes, load the weights and return it in eval mode at the saved width.
+    Nothing is unpickled and only allowed model sources are imported."""
     from safetensors.torch import load_file
 
     import slimify
+    from slimify.store.user_models import adopt
 
     path = Path(path)
     config = read_config(path)
-    model = build(ModelSource.from_dict(config["source"]))
+    given = model is not None
+    model = build(ModelSource.from_dict(config["source"])) if not given else \
+        adopt(model, config, _read_header(path)[0], path)
     conv = config["conversion"]
     x = torch.randn(conv["example_shape"], generator=torch.Generator().manual_seed(0))
     slimify.convert(model, switches=tuple(conv["switches"]), divisor=conv["divisor"], example_input=x)
     state = get_state(model)
     state.record.example_shape = list(x.shape)
+    if isinstance(config.get("evaluation"), dict):
+        state.record.evaluation = config["evaluation"]
     if plan_digest(model) != config["plan_sha256"]:
-        raise SlimifyError(f"{path}: the rebuilt model slims differently from the saved one (plan digest "
-                           "mismatch; saved with another slimify/timm/torchvision version?)")
+        raise SlimifyError(f"{path}: the {'model passed to load' if given else 'rebuilt model'} slims differently "
+                           "from the saved one (plan digest mismatch; saved with another slimify/timm/torchvision "
+                           "version?)")
     try:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
+from slimify.store.trust import is_trusted, trust_hint
 
 __all__ = ["ModelSource", "TinyNet", "create", "build", "source_of", "set_source", "load_checkpoint",
            "read_state_dict", "check_state_dict", "ALLOWED_MODULES", "EXAMPLES", "SOURCE_ATTR"]
@@ -121,9 +122,9 @@ def _factory(spec: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
             raise SlimifyError(f"unknown slimify example model {name!r}; known: {sorted(EXAMPLES)}")
         return EXAMPLES[name.lower()], {}
     prefix = MOVED_MODULES.get(prefix, prefix)
-    if not any(prefix == root or prefix.startswith(root + ".") for root in ALLOWED_MODULES):
+    if not any(prefix == root or prefix.startswith(root + ".") for root in ALLOWED_MODULES) and not is_trusted(prefix):
         raise SlimifyError(f"model source {prefix!r} is not allowed: only factories under {list(ALLOWED_MODULES)} "
-                           "can be named (a model file must never import arbitrary code)")
+                           f"can be named (a model file must never import arbitrary code); {trust_hint(prefix)}")
     try:
         module = importlib.import_module(prefix)
     except ImportError as e:
@@ -138,8 +139,10 @@ def _factory(spec: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
 def _is_factory(obj: Any, name: str) -> bool:
     """A model class defined in an allowed package, or a registered timm/torchvision model function."""
     if isinstance(obj, type):
-        return issubclass(obj, nn.Module) and any(obj.__module__ == r or obj.__module__.startswith(r + ".")
-                                                   for r in ALLOWED_MODULES)
+        return issubclass(obj, nn.Module) and (any(obj.__module__ == r or obj.__module__.startswith(r + ".")
+                                                    for r in ALLOWED_MODULES) or is_trusted(obj.__module__))
+    if callable(obj) and is_trusted(getattr(obj, "__module__", None) or ""):  # the user's own factory function
+        return True
     import timm
     import torchvision
 
@@ -156,8 +159,13 @@ def build(source: ModelSource | str, **kwargs: Any) -> nn.Module:
     try:
         model = factory(**fixed, **source.kwargs)
     except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as e:
+        from slimify.store.suggest import closest_models
+
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SlimifyError(f"cannot build model {source.spec!r} with {source.kwargs}: {first}") from None
+        close = closest_models(source.spec) if "nknown model" in first else []
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        args = f" with {source.kwargs}" if source.kwargs else ""
+        raise SlimifyError(f"cannot build model {source.spec!r}{args}: {first}{hint}") from None
     if not isinstance(model, nn.Module):
         raise SlimifyError(f"{source.spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     set_source(model, source.spec, **source.kwargs)
@@ -251,7 +259,9 @@ def _candidates(model: nn.Module) -> list[str]:
 
         return [f"torchvision:{n}" for n in torchvision.models.list_models()
                 if torchvision.models.get_model_builder(n).__module__ == cls.__module__]
-    return [f"slimify:{n}" for n, f in EXAMPLES.items() if f is cls or cls.__name__.lower() == n]
+    examples = [f"slimify:{n}" for n, f in EXAMPLES.items() if f is cls or cls.__name__.lower() == n]
+    own = [] if examples or "<" in cls.__qualname__ else [f"{cls.__module__}:{cls.__qualname__}"]  # a user's class
+    return examples + own
 
 
 def source_of(model: nn.Module) -> ModelSource:

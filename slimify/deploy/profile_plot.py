@@ -1,0 +1,60 @@
+"""The profile plot, named for what it shows: with an accuracy for every width it is accuracy
+against cost (measured latency, else FLOPs), one point per switch labelled by its width and the
+Pareto-optimal ones joined — the trade-off a user picks from; without accuracy it is cost against
+cost (GFLOPs vs latency) and says so, since a "Pareto front" of two costs means nothing."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from slimify.store.slimfile import atomic_path
+
+__all__ = ["plot_profile", "pareto_front"]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats (lower cost ``x`` and higher value ``y``), by cost."""
+    return sorted(p for p in points
+                  if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points))
+
+
+def plot_profile(result: Any, path: str | Path, overwrite: bool = False) -> Path:
+    """Write the PNG (matplotlib's Agg backend); see the module docstring."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result.rows
+    timed = all(r.latency_ms is not None for r in rows)
+    use_acc = all(r.accuracy is not None for r in rows)
+    if timed:
+        xs = [r.latency_ms for r in rows]
+        xlabel = f"latency, ms (median; {result.device}, {result.threads} thread(s))"
+    else:
+        xs = [r.flops / 1e9 for r in rows]
+        xlabel = "GFLOPs per batch"
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    if use_acc:
+        ys = [float(r.accuracy) for r in rows]
+        front = pareto_front(list(zip(xs, ys)))
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:blue", alpha=0.6, label="Pareto front")
+        ax.set_ylabel("accuracy, %")
+        title = f"accuracy vs {'latency' if timed else 'FLOPs'}"
+    else:
+        ys = [r.flops / 1e9 if timed else r.params / 1e6 for r in rows]
+        ax.plot(xs, ys, color="tab:gray", alpha=0.6, label="switches by width")
+        ax.set_ylabel("GFLOPs per batch" if timed else "parameters, M")
+        title = f"{'GFLOPs vs latency' if timed else 'parameters vs GFLOPs'} (cost only: no accuracy given)"
+    ax.scatter(xs, ys, color="tab:blue", zorder=3)
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate(f"w={r.width:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(f"{result.model}, input {'x'.join(map(str, result.input_size))}: {title}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, overwrite) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
