@@ -9,6 +9,7 @@ import torch
 import torch.fx as fx
 
 from slimify.rules import ParamVal, RuleContext, TensorVal, find_function_rule, find_module_rule, unknown_module
+from slimify.rules import notrace
 from slimify.rules.base import describe, tensors_in
 from slimify.rules.elementwise import fixed_output
 from slimify.space import OUTPUT_REASON, ChannelSpace
@@ -22,6 +23,8 @@ def _has_tensor(shape: Any) -> bool:
         return True
     if isinstance(shape, (list, tuple)):
         return any(_has_tensor(s) for s in shape)
+    if isinstance(shape, dict):
+        return any(_has_tensor(s) for s in shape.values())
     return False
 
 
@@ -39,6 +42,7 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
     space = ChannelSpace()
     space.positional_chunks = positional_chunks
     ctx = RuleContext(space, traced.root)
+    ctx.leaves = traced.leaves  # modules whose tracing failed: traced on their own (``_module_rule``)
     env: dict[fx.Node, Any] = ctx.values  # rules read earlier values (where a size came from)
     modules = dict(traced.root.named_modules())
     for node in traced.graph.nodes:
@@ -87,6 +91,11 @@ def _note_reads(space: ChannelSpace, node: fx.Node, modules: dict, args: Any, kw
 
 
 def _placeholder(ctx: RuleContext, shape: Any) -> Any:
+    """A model input: fixed channels. A container input (a list of images) holds one per tensor."""
+    if isinstance(shape, (list, tuple)) and not isinstance(shape, torch.Size):
+        return type(shape)(_placeholder(ctx, s) for s in shape)
+    if isinstance(shape, dict):
+        return {k: _placeholder(ctx, s) for k, s in shape.items()}
     if not isinstance(shape, torch.Size):
         return None
     val = ctx.fixed(tuple(shape))
@@ -109,15 +118,17 @@ def _get_attr(traced: TracedModel, node: fx.Node) -> Any:
 def _run_rule(ctx: RuleContext, node: fx.Node, modules: dict, args: list, kwargs: dict) -> Any:
     if node.op == "call_module":
         module = modules[node.target]
-        rule = find_module_rule(module)
+        rule = _module_rule(ctx, module, node.target)
         if rule is None:
             return unknown_module(ctx, module, node.target, args, kwargs)
         return rule(ctx, module, node.target, args, kwargs)
     rule = find_function_rule(node.op, node.target)
+    if node.target is getattr_builtin and len(args) == 2 and isinstance(args[0], tuple) and args[1] in _RETURN_FIELDS:
+        return args[0][_RETURN_FIELDS[args[1]]]  # ``x.max(dim=1).values``: rules give (values, indices)
     if node.target is getattr_builtin and args and isinstance(args[0], (TensorVal, ParamVal)):
         rule = None
     if rule is not None and rule.__name__ == "getitem" and not isinstance(args[0], (TensorVal, ParamVal)):
-        return args[0][args[1]] if isinstance(args[0], (list, tuple)) else fixed_output(ctx)
+        return args[0][args[1]] if isinstance(args[0], (list, tuple, dict)) else fixed_output(ctx)
     if rule is None:
         ctx.fix_all([args, kwargs], f"no channel rule for {describe(node)}")
         return fixed_output(ctx)
@@ -125,3 +136,14 @@ def _run_rule(ctx: RuleContext, node: fx.Node, modules: dict, args: list, kwargs
 
 
 getattr_builtin = getattr
+_RETURN_FIELDS = {"values": 0, "indices": 1}  # torch.return_types of max/min/sort/topk/kthvalue/median/mode
+
+
+def _module_rule(ctx: RuleContext, module: Any, path: str) -> Any:
+    """The module's rule; else, for a leaf that fx cannot trace through (a no-trace class, also
+    one registered after slimify was imported, or a module whose tracing failed), the rule that
+    traces it on its own with concrete values."""
+    rule = find_module_rule(module)
+    if rule is None and (path in getattr(ctx, "leaves", ()) or isinstance(module, notrace.notrace_classes())):
+        return notrace.trace_through
+    return rule

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from slimify.analyze import analyze
 from slimify.errors import SlimifyError
+from slimify.example_inputs import describe, first_shape
 from slimify.gcpause import gc_paused
 from slimify.groups import GroupTable, find_groups
 from slimify.nn.batchnorm import attach_private_batchnorm
@@ -46,8 +47,9 @@ def default_input(model: nn.Module) -> torch.Tensor:
 
 @gc_paused
 def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
-                  example_input: torch.Tensor | None = None) -> Analysis:
-    """Trace, find channel groups and plan widths without touching ``model``."""
+                  example_input: Any = None, example_kwargs: dict[str, Any] | None = None) -> Analysis:
+    """Trace, find channel groups and plan widths without touching ``model``. ``example_input``:
+    one input, or a tuple of positional inputs; ``example_kwargs``: keyword inputs."""
     switches, divisor = check_switches(switches, divisor)
     if not isinstance(model, nn.Module):
         raise SlimifyError(f"convert needs a torch.nn.Module, got {type(model).__name__}")
@@ -55,7 +57,7 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
     example = default_input(model) if example_input is None else example_input
     has_rule = lambda m: find_module_rule(m) is not None  # noqa: E731
     with caches_emptied(model):  # the trace sees how a cached tensor is computed, not a constant
-        traced = trace(model, example, has_rule=has_rule)
+        traced = trace(model, example, has_rule=has_rule, example_kwargs=example_kwargs)
         space = analyze(traced)
     splits_by_count = bool(space.balances)  # planning removes the balances it ties: ask before
     table, plan = _plan(space, switches, divisor, type(model).__name__)
@@ -93,27 +95,36 @@ def _stuck_channels(table: GroupTable, plan: Plan) -> int:
 
 @gc_paused
 def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int = 8,
-            example_input: torch.Tensor | None = None, reorder: str | None = None,
-            reorder_data: Any = None) -> nn.Module:
+            example_input: Any = None, reorder: str | None = None,
+            reorder_data: Any = None, example_kwargs: dict[str, Any] | None = None) -> nn.Module:
     """Make ``model`` slimmable in place and return it.
 
     Every switch runs the first channels of each channel group with private BatchNorm; at
     width 1.0 the model computes exactly what it computed before. ``reorder`` ("l1", "l2", "bn",
     "taylor" with ``reorder_data`` batches) first moves each group's most important channels
-    first, for pretrained weights (see ``slimify.reorder``).
+    first, for pretrained weights (see ``slimify.reorder``). ``example_input`` is one input or a
+    tuple of positional inputs (``(a, b)`` for ``model(a, b)``), ``example_kwargs`` keyword inputs
+    (``{"timestep": t}``); both are recorded for ``save``/``load``.
     """
     if is_slimmable(model):
         raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
-    analysis = analyze_model(model, switches, divisor, example_input)
+    if example_kwargs is not None and not isinstance(example_kwargs, dict):
+        raise SlimifyError(f"example_kwargs must be a dict of keyword inputs, got {type(example_kwargs).__name__}")
+    analysis = analyze_model(model, switches, divisor, example_input, example_kwargs)
     ordering = None
     if reorder is not None:  # permutes channels within groups: the plan stays valid
         from slimify.reorder import reorder as reorder_channels
         ordering = reorder_channels(model, reorder, reorder_data, analysis, example_input=example_input)
+    example = (default_input(model) if example_input is None else example_input,)
+    args = example[0] if isinstance(example[0], tuple) else example
+    several = len(args) != 1 or not isinstance(args[0], torch.Tensor) or bool(example_kwargs)
+    recorded = describe(args, example_kwargs) if several else None  # kept by save/load
     state = SlimState(analysis.plan.switches)
     rewrite(model, analysis.plan, state)
-    example_shape = list((default_input(model) if example_input is None else example_input).shape)
     state.info.update(report=analysis.report, divisor=analysis.plan.divisor, reorder=ordering,
-                      example_shape=example_shape)
+                      example_shape=first_shape(args, example_kwargs))
+    if recorded is not None:
+        state.info["example_inputs"] = recorded
     state.info["analysis"] = analysis
     setattr(model, STATE_ATTR, state)
     return model

@@ -76,6 +76,7 @@ class TracedModel:
 
     graph_module: fx.GraphModule
     root: nn.Module  # the user's model (the graph module shares its submodules)
+    leaves: frozenset[str] = frozenset()  # module paths kept as leaves because tracing failed inside them
 
     @property
     def graph(self) -> fx.Graph:
@@ -113,29 +114,68 @@ def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
         return _make_graph_module(root, graph, name)
 
 
-def trace(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
-          has_rule: Callable[[nn.Module], bool]) -> TracedModel:
+def trace(model: nn.Module, example_input: Any, has_rule: Callable[[nn.Module], bool],
+          example_kwargs: dict[str, Any] | None = None) -> TracedModel:
     """Trace ``model`` in eval mode and record shapes by running ``example_input`` through the
-    graph (on the meta device where possible, ``shapes.record_shapes``).
+    graph (on the meta device where possible, ``shapes.record_shapes``). ``example_input``: one
+    input, or a tuple of positional inputs; ``example_kwargs``: keyword inputs.
 
+    A model called with tensors only is traced symbolically, as fx does; where that fails (control
+    flow on shapes, decorated or ``**kwargs`` forwards, outputs fx cannot store) or the call has
+    keyword or non-tensor inputs, it is traced with concrete values instead (``trace_concrete.py``).
     The model's training flag is restored; its parameters, buffers and attributes are not changed.
     """
-    tracer = SlimifyTracer(has_rule)
+    from slimify.trace_concrete import ModelInputs
+    inputs = ModelInputs.of(example_input, example_kwargs)
     was_training = model.training
     model.eval()
     try:
-        try:
-            with state_kept(model):
-                graph = tracer.trace(model, concrete_args=_unset_optionals(model, example_input))
-        except Exception as e:
-            first = str(e).splitlines()[0] if str(e) else ""
-            raise SlimifyError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: {first}") from e
-        gm = graph_module(tracer.root, graph, type(model).__name__)
-        _drop_constants(model)
+        symbolic_error = None
+        if not inputs.kwargs and all(isinstance(a, torch.Tensor) for a in inputs.args):
+            try:
+                return _trace_symbolically(model, example_input, has_rule)
+            except Exception as e:  # noqa: BLE001 - any failure: trace with concrete values
+                symbolic_error = e
+        return _trace_with_values(model, inputs, has_rule, symbolic_error)
+    finally:
+        model.train(was_training)
+
+
+def _trace_symbolically(model: nn.Module, example_input: Any, has_rule: Callable[[nn.Module], bool]) -> TracedModel:
+    tracer = SlimifyTracer(has_rule)
+    with state_kept(model):
+        graph = tracer.trace(model, concrete_args=_unset_optionals(model, example_input))
+    gm = graph_module(tracer.root, graph, type(model).__name__)
+    try:
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         record_shapes(gm, inputs)
     finally:
-        model.train(was_training)
+        _drop_constants(model)
     return TracedModel(graph_module=gm, root=model)
 
 
+def _trace_with_values(model: nn.Module, inputs: Any, has_rule: Callable[[nn.Module], bool],
+                       symbolic_error: Exception | None) -> TracedModel:
+    """The concrete trace (``trace_concrete.py``): its nodes hold their shapes already."""
+    from slimify.trace_concrete import trace_concretely
+    try:
+        gm, tracer = trace_concretely(model, inputs, has_rule)
+    except Exception as e:
+        raise SlimifyError(f"cannot trace {type(model).__name__} on the example input: {type(e).__name__}: "
+                           f"{_first_line(e)}{_model_line(e)}. Check that the model runs on the example input "
+                           "(its size, channels and arguments: convert's example_input= and example_kwargs=)"
+                           ) from (symbolic_error or e)
+    _drop_constants(model)
+    return TracedModel(graph_module=gm, root=model, leaves=frozenset(tracer.leaves))
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+
+
+def _model_line(e: BaseException) -> str:
+    """`` (at file:line, in function)``: the innermost frame of model code the error passed."""
+    import traceback
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not any(p in f.filename for p in _PLUMBING + ("/torch/", "/slimify/"))]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno}, in {frames[-1].name})" if frames else ""

@@ -87,8 +87,21 @@ def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], li
         ctx.space.balance(segs)
         if isinstance(literal, int) and not follow_literal(ctx, literal, Count(segs[0])):
             ctx.space.fix(ids, f"split size {literal} baked in code at {ctx.space.context}")
+    elif any(isinstance(v, fx.Node) for v in literal):
+        _follow_each_size(ctx, list(literal), segs)
     elif not follow_literal(ctx, list(literal), [Count(s) for s in segs]):
         ctx.space.fix(ids, f"split sizes {list(literal)} baked in code at {ctx.space.context}")
+
+
+def _follow_each_size(ctx: RuleContext, sizes: list[Any], segs: list[np.ndarray]) -> None:
+    """Split sizes mixing computed and literal ones (FocalNet's ``split(x, (C, C, self.focal_level
+    + 1), 1)`` with ``C`` read from the block input): a size read from slimming channels ties its
+    piece to them, any other piece keeps its size (a literal beside computed sizes is a count of
+    its own: ``focal_level + 1`` gates)."""
+    for size, seg in zip(sizes, segs):
+        expr = size_expr(ctx, size) if isinstance(size, fx.Node) else None
+        if expr is None or expr.ids is None or not tie_sizes(ctx, expr, seg):
+            ctx.space.fix(seg, f"split size {size} computed or baked in code at {ctx.space.context}")
 
 
 def _chunk_with_short_tail(ctx: RuleContext, segs: list[np.ndarray]) -> None:

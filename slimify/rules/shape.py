@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 
 from slimify.rules.base import RuleContext, TensorVal
-from slimify.rules.sizes import (SizeExpr, attribute_candidates, counts_units, follow_literal, is_dynamic, size_expr,
+from slimify.rules.sizes import (SizeExpr, attribute_candidates, expand_sizes, counts_units, follow_literal, is_dynamic, size_expr,
                                  tie_sizes)
 from slimify.space import Count
 
@@ -42,7 +42,7 @@ def _size_args(node: fx.Node, start: int) -> list[Any] | None:
     args = list(node.args[start:]) or list(node.kwargs.get("shape", node.kwargs.get("size", ())))
     if len(args) == 1 and isinstance(args[0], (list, tuple)):
         args = list(args[0])
-    return args
+    return expand_sizes(args, node.args[0] if node.args else None)  # computed shape tuples opened up
 
 
 def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_args: list[Any] | None) -> TensorVal:
