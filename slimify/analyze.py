@@ -12,6 +12,7 @@ from slimify.rules import ParamVal, RuleContext, TensorVal, find_function_rule, 
 from slimify.rules import notrace
 from slimify.rules.base import describe, tensors_in
 from slimify.rules.elementwise import fixed_output
+from slimify.rules.sizes import keep_compared_size
 from slimify.space import OUTPUT_REASON, ChannelSpace
 from slimify.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 
@@ -51,11 +52,13 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
         if node.op == "placeholder":
             env[node] = _placeholder(ctx, shape)
         elif node.op == "get_attr":
-            env[node] = _get_attr(traced, node)
+            env[node] = _get_attr(ctx, traced, node)
         elif node.op == "output":
             _output(ctx, _lookup(node.args[0], env))
         elif not _has_tensor(shape):
             env[node] = _python_value(node)
+            if traced.concrete:  # the branch this comparison decided must go the same way at every width
+                keep_compared_size(ctx, node)
         else:
             args, kwargs = _lookup(node.args, env), _lookup(node.kwargs, env)
             env[node] = _run_rule(ctx, node, modules, list(args), dict(kwargs))
@@ -106,13 +109,24 @@ def _placeholder(ctx: RuleContext, shape: Any) -> Any:
     return val
 
 
-def _get_attr(traced: TracedModel, node: fx.Node) -> Any:
+def _get_attr(ctx: RuleContext, traced: TracedModel, node: fx.Node) -> Any:
     owner, _, name = node.target.rpartition(".")
     value = traced.graph_module.get_submodule(owner) if owner else traced.graph_module
     tensor = getattr(value, name)
     if isinstance(tensor, torch.Tensor):
+        if traced.concrete and not _is_state(traced, owner, name):  # a value forward code computed
+            return ctx.fixed(tuple(tensor.shape))  # (anchors, a cached table): no channels
         return ParamVal(owner, name, tensor)
     return tensor
+
+
+def _is_state(traced: TracedModel, owner: str, name: str) -> bool:
+    """A parameter or buffer of the model (fx's ``_tensor_constant`` copies are neither)."""
+    try:
+        module = traced.root.get_submodule(owner) if owner else traced.root
+    except AttributeError:
+        return False
+    return name in module._parameters or name in module._buffers
 
 
 def _run_rule(ctx: RuleContext, node: fx.Node, modules: dict, args: list, kwargs: dict) -> Any:

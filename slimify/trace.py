@@ -77,6 +77,7 @@ class TracedModel:
     graph_module: fx.GraphModule
     root: nn.Module  # the user's model (the graph module shares its submodules)
     leaves: frozenset[str] = frozenset()  # module paths kept as leaves because tracing failed inside them
+    concrete: bool = False  # traced with values (``trace_concrete.py``): comparisons decided branches
 
     @property
     def graph(self) -> fx.Graph:
@@ -166,7 +167,7 @@ def _trace_with_values(model: nn.Module, inputs: Any, has_rule: Callable[[nn.Mod
                            "(its size, channels and arguments: convert's example_input= and example_kwargs=)"
                            ) from (symbolic_error or e)
     _drop_constants(model)
-    return TracedModel(graph_module=gm, root=model, leaves=frozenset(tracer.leaves))
+    return TracedModel(graph_module=gm, root=model, leaves=frozenset(tracer.leaves), concrete=True)
 
 
 def _first_line(e: BaseException) -> str:

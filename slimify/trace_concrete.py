@@ -69,6 +69,10 @@ def plain_output(value: Any) -> Any:
     return value
 
 
+class DataDependentBranch(fx.proxy.TraceError):
+    """Control flow on a tensor's values: no trace of one example holds for every input."""
+
+
 class EntryTracer(ConcreteTracer):
     """Concrete tracer whose root arguments are the example inputs: tensors (and containers of
     them) become placeholders, everything else is passed as the constant it is. ``leaves`` are
@@ -93,6 +97,14 @@ class EntryTracer(ConcreteTracer):
             return plain_output(root_fn(root, *args, **kwargs))
 
         return entry, []
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """Branches on sizes and dtypes take the example's way; a branch on a tensor's *values*
+        (``if y.sum() > 0``) could go the other way on other data: refused, like fx does."""
+        if isinstance(self.values[obj.node], torch.Tensor):
+            raise DataDependentBranch("forward code branches on a tensor's values (data-dependent control flow), "
+                                      "so the path it takes may change with the input")
+        return super().to_bool(obj)
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         try:
@@ -149,7 +161,7 @@ def trace_concretely(model: nn.Module, inputs: ModelInputs, has_rule: Callable[[
                 graph = tracer.trace(model)
                 return graph_module(model, graph, type(model).__name__), tracer
         except Exception as e:
-            if not tracer.failed_in or tracer.failed_in in leaves:
+            if not tracer.failed_in or tracer.failed_in in leaves or isinstance(e, DataDependentBranch):
                 raise
             _log.debug("tracing fails inside %s (%s): a leaf now", tracer.failed_in, e, exc_info=True)
             leaves.add(tracer.failed_in)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from slimify.rules import elementwise as ew
 from slimify.rules import attention, linalg, notrace, recurrent, segments, shape, windows  # noqa: F401 - module rules
+from slimify.rules import instance_norm  # noqa: F401 - module rules
 from slimify.rules.base import FunctionRule, ParamVal, RuleContext, TensorVal
 from slimify.rules.modules import MODULE_RULES, find_module_rule, find_module_rule_by_mro, module_rule, unknown_module
 

@@ -224,6 +224,8 @@ def _example(value: Any) -> Any:
         return value.tensor
     if isinstance(value, (list, tuple)):
         return type(value)(_example(v) for v in value)
+    if isinstance(value, dict):  # torchvision's MultiScaleRoIAlign takes a dict of feature maps
+        return type(value)((k, _example(v)) for k, v in value.items())
     return value
 
 

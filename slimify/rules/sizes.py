@@ -13,9 +13,9 @@ from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.trace import VALUE_KEY
 from slimify.space import Count
 
-__all__ = ["expand_sizes", "is_dynamic", "follow_literal", "counts_units", "attribute_candidates", "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
+__all__ = ["keep_compared_size", "expand_sizes", "is_dynamic", "follow_literal", "counts_units", "attribute_candidates", "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
 
-WIDTH_ATTR_HINTS = ("head", "group", "chs", "channels", "dim", "width", "split", "features")
+WIDTH_ATTR_HINTS = ("head", "group", "chs", "channels", "dim", "width", "split", "features", "hidden")
 
 
 def is_dynamic(arg: Any) -> bool:
@@ -242,6 +242,26 @@ def size_expr(ctx: RuleContext, arg: Any) -> SizeExpr | None:
             (e := size_expr(ctx, n)) is not None and e.ids is None for n in arg.all_input_nodes):
         return SizeExpr(value)
     return None
+
+
+_COMPARISONS = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge}
+
+
+def keep_compared_size(ctx: RuleContext, node: fx.Node) -> None:
+    """``if num_channels != self.num_channels: raise`` (transformers' patch embeddings, checked
+    again on every stage's input): a size read from slimming channels compared with a literal. The
+    attribute holding the literal follows those channels, so the branch goes the same way at every
+    width; a literal that is no attribute keeps the channels at their size."""
+    if node.op != "call_function" or node.target not in _COMPARISONS or len(node.args) != 2:
+        return
+    for size, other in (node.args, node.args[::-1]):
+        if not isinstance(size, fx.Node) or not isinstance(other, int) or isinstance(other, bool):
+            continue
+        expr = size_expr(ctx, size)
+        if expr is None or expr.ids is None:
+            continue
+        if expr.num != 1 or expr.den != 1 or not follow_literal(ctx, other, Count(np.asarray(expr.ids))):
+            ctx.space.fix(np.asarray(expr.ids), f"a size compared with {other} decides a branch at {ctx.space.context}")
 
 
 def _arith(op: Any, a: SizeExpr | None, b: SizeExpr | None) -> SizeExpr | None:
