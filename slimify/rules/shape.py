@@ -69,6 +69,9 @@ def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_
             continue
         if len(real) > 1:
             shrink = _pick_shrinking(ctx, real, sizes)
+            if shrink is None and sizes.constant_table_split(real):
+                rigid.update(real)
+                continue
             if shrink is None:
                 ctx.space.fix(label, f"reshape splits channels into sizes baked in code at {ctx.space.context}")
                 continue
@@ -125,6 +128,18 @@ class _Sizes:
             self.ctx.space.fix(self.label, f"reshape to a size {what} at {where}")
         elif not self.is_own(e) and not tie_sizes(self.ctx, e, self.slab_ids(o)):
             self.ctx.space.fix(self.label, f"reshape to a size read from other channels at {where}")
+
+    def constant_table_split(self, dims: list[int]) -> bool:
+        """A parameter table's position dim cut into sizes that never change (a position embedding
+        ``(1, N, C)`` viewed as ``(1, H, W, C)`` with H, W read from a feature map): positions are no
+        channels, so every position of one channel is active with it and the dims keep their size."""
+        if not self.ctx.is_table(self.label) or not all(
+                (e := self.expr(o)) is not None and e.ids is None for o in dims):
+            return False
+        for o in dims:
+            moved = np.moveaxis(self.label, o, -1)
+            self.ctx.space.union(moved[..., :1], moved)
+        return True
 
     def table_rows(self, o: int) -> bool:
         """A parameter viewed as rows of channels (``alpha.view(4, -1, 1, 1)``): the literal
