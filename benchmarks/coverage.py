@@ -188,6 +188,16 @@ def _failures(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, 
     return out
 
 
+def row_cells(r: dict[str, Any]) -> tuple[str, str, str, str]:
+    """Main fixed reason, full-width error, MAC ratio and convert seconds of one record, as table cells."""
+    reasons = r.get("fixed_reasons") or []
+    reason = reasons[0][0][:110].replace("|", "/") if reasons else ""
+    err = f"{r['full_rel_err']:.1e}" if "full_rel_err" in r else "-"
+    mac = f"{r['mac_ratio']:.3f}" if "mac_ratio" in r else "-"
+    conv = f"{r['convert_s']:.2f}" if "convert_s" in r else "-"
+    return reason, err, mac, conv
+
+
 def _per_model(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> list[str]:
     out = ["### Per model", "", "<details><summary>all models</summary>", "",
            "| library | model | input | covered | full-width rel. err | MACs at 0.5 | divisor | convert s | groups "
@@ -197,11 +207,7 @@ def _per_model(results: dict[tuple[str, str], dict[str, Any]], models: dict[str,
             r = results.get((lib, n))
             if r is None:
                 continue
-            reasons = r.get("fixed_reasons") or []
-            reason = reasons[0][0][:110].replace("|", "/") if reasons else ""
-            err = f"{r['full_rel_err']:.1e}" if "full_rel_err" in r else "-"
-            mac = f"{r['mac_ratio']:.3f}" if "mac_ratio" in r else "-"
-            conv = f"{r['convert_s']:.2f}" if "convert_s" in r else "-"
+            reason, err, mac, conv = row_cells(r)
             size = "×".join(str(s) for s in r.get("input", [])[1:]) or "-"
             out.append(f"| {lib} | {n} | {size} | {'yes' if r['covered'] else 'no'} | {err} | {mac} "
                        f"| {r.get('divisor', '-')} | {conv} "

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmarks.coverage import _append, _count, _median, load_results, run_all, select
+from benchmarks.coverage import _append, _count, _median, load_results, row_cells, run_all, select
 from benchmarks.coverage_worker import (EXPORT_TOL, FULL_TOL, MAC_LIMIT, SWITCHES, _first_line, _group_stats,
                                         wake_silent_weights)
+from benchmarks.coverage_worker import _why as coverage_why
 from benchmarks.foreign_models import SPECS, Spec
 from benchmarks.results import machine, write_section
 
@@ -174,19 +175,11 @@ def _export_check(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
 
 
 def _why(r: dict[str, Any]) -> str:
-    """The first invariant that failed, in words ("" when covered)."""
-    if r["covered"]:
-        return ""
-    if "error" in r:
-        return f"{r['stage']}: {r['error']}"
-    if not r.get("full_ok"):
-        return f"full width differs (rel {r.get('full_rel_err', float('nan')):.2e})"
-    if not r.get("switches_ok"):
+    """The first invariant that failed, in words ("" when covered): the coverage benchmark's, naming
+    the switch that changed the output's form."""
+    if not r["covered"] and "error" not in r and r.get("full_ok") and not r.get("switches_ok"):
         return f"switch {r.get('bad_switch')} changes the output structure or shapes, or gives non-finite values"
-    if r.get("mac_ratio", 1.0) > MAC_LIMIT:
-        top = r.get("fixed_reasons") or [["(no fixed group)", 0]]
-        return f"width 0.5 keeps {r['mac_ratio']:.2f} of the MACs; fixed: {top[0][0]}"
-    return f"export at width 0.5 differs from the slimmable model (rel {r.get('export_rel_err', float('nan')):.2e})"
+    return coverage_why(r)
 
 
 def summary(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]], command: str) -> str:
@@ -227,11 +220,7 @@ def summary(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, li
         for n in names:
             if (r := results.get((lib, n))) is None:
                 continue
-            reasons = r.get("fixed_reasons") or []
-            reason = reasons[0][0][:110].replace("|", "/") if reasons else ""
-            err = f"{r['full_rel_err']:.1e}" if "full_rel_err" in r else "-"
-            mac = f"{r['mac_ratio']:.3f}" if "mac_ratio" in r else "-"
-            conv = f"{r['convert_s']:.2f}" if "convert_s" in r else "-"
+            reason, err, mac, conv = row_cells(r)
             out.append(f"| {lib} | {n} | {'yes' if r['covered'] else 'no'} | {err} | {mac} | {r.get('divisor') or '-'} "
                        f"| {conv} | {r.get('groups', '-')} | {r.get('fixed_groups', '-')} | {reason} |")
     return "\n".join(out) + "\n"

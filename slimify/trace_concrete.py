@@ -16,10 +16,9 @@ leaf, traced on its own by the no-trace rule, and the model is traced again (a f
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +26,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from slimify.rules.notrace import ConcreteTracer
-from slimify.shapes import _MODULE_INTERNALS, holds_tensor
+from slimify.shapes import holds_tensor, state_kept
 from slimify.trace import graph_module
 
 __all__ = ["ModelInputs", "trace_concretely", "plain_output"]
@@ -126,28 +125,6 @@ def _arg_names(root_fn: Any, inputs: ModelInputs) -> list[str]:
     return names + [k for k, v in inputs.kwargs.items() if holds_tensor(v)]
 
 
-@contextlib.contextmanager
-def attributes_restored(model: nn.Module) -> Iterator[None]:
-    """Put back every module attribute forward code set, replaced or (a dict) filled while the
-    concrete trace ran it: it stores real tensors, not only proxies (``shapes.state_kept``)."""
-    before = {m: {k: (v, dict(v) if isinstance(v, dict) else None) for k, v in vars(m).items()
-                  if k not in _MODULE_INTERNALS} for m in model.modules()}
-    try:
-        yield
-    finally:
-        for m, attrs in before.items():
-            for name, value in list(vars(m).items()):
-                if name in _MODULE_INTERNALS:
-                    continue
-                if name not in attrs:
-                    delattr(m, name)
-                elif value is not attrs[name][0]:
-                    setattr(m, name, attrs[name][0])
-                elif attrs[name][1] is not None and value != attrs[name][1]:
-                    value.clear()
-                    value.update(attrs[name][1])
-
-
 def trace_concretely(model: nn.Module, inputs: ModelInputs, has_rule: Callable[[nn.Module], bool]
                      ) -> tuple[fx.GraphModule, EntryTracer]:
     """The example's path through ``model`` as a graph module whose nodes already hold their
@@ -157,7 +134,7 @@ def trace_concretely(model: nn.Module, inputs: ModelInputs, has_rule: Callable[[
     for _ in range(MAX_ROUNDS):
         tracer = EntryTracer(has_rule, inputs, leaves)
         try:
-            with attributes_restored(model), torch.no_grad():
+            with state_kept(model, lambda value: True), torch.no_grad():  # real tensors too, not only proxies
                 graph = tracer.trace(model)
                 return graph_module(model, graph, type(model).__name__), tracer
         except Exception as e:
