@@ -38,6 +38,7 @@ __all__ = ["EXPLAINED", "measure", "flatten", "summary", "main"]
 
 HERE = Path(__file__).resolve().parent
 JSONL = HERE / "foreign.jsonl"
+BASELINE = HERE / "foreign_baseline.jsonl"  # the same list measured at commit 6d6b825, before the concrete tracer
 HEADING = "Foreign models"
 
 # model → why it stays uncovered (shown next to what was measured)
@@ -204,7 +205,10 @@ def summary(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, li
                    f"| {_count(rows, 'mac_ratio', lambda v: v <= MAC_LIMIT)} | **{covered}** "
                    f"| {_median([r['convert_s'] for r in rows if 'convert_s' in r])} |")
     loads = [r["load"] for r in results.values() if "load" in r]
-    out += ["", f"**{total[0]}/{total[1]} covered.** Convert times are wall seconds on one thread of a shared "
+    before = load_results(BASELINE)
+    was = sum(1 for key, r in before.items() if r["covered"] and key in results)
+    out += ["", f"**{total[0]}/{total[1]} covered** (before the concrete tracer, at commit 6d6b825: {was}/{len(before)}, "
+                f"`benchmarks/foreign_baseline.jsonl`). Convert times are wall seconds on one thread of a shared "
                 f"machine (median load average {_median(loads)} on {os.cpu_count()} cores): compare with care.", "",
             "### Failures", ""]
     failed = [results[(lib, n)] for lib, names in models.items() for n in names

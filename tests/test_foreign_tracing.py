@@ -196,3 +196,26 @@ def test_transformers_model_from_config():
     model = transformers.PvtV2ForImageClassification(config)
     _check(model, (torch.randn(1, 3, 64, 64),))
     assert len(_slimming(model)) >= 8  # every stage's attention and MLP slim
+
+
+class _CheckedStage(nn.Module):
+    """transformers' patch embeddings check their input's channels on every stage."""
+
+    def __init__(self, channels: int = 16) -> None:
+        super().__init__()
+        self.num_channels = channels
+        self.conv = nn.Conv2d(channels, 2 * channels, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.num_channels:
+            raise ValueError("Make sure that the channel dimension of the pixel values match the configuration")
+        return self.conv(x)
+
+
+def test_size_compared_in_a_branch_follows_the_width():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), _CheckedStage(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+    _check(model, (torch.randn(1, 3, 16, 16),))
+    assert _fixed_reasons(model) == []
+    with slimify.width(model, 0.5):
+        assert model[1].num_channels == 8
