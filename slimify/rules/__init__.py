@@ -92,10 +92,12 @@ def _extra_targets() -> dict[Callable[..., Any], list[Any]]:
     """Functions that model libraries wrap as fx leaves (``torch.fx.wrap``)."""
     import torchvision.ops
     from torchvision.models import swin_transformer as tv_swin
+    from torchvision.models.video import swin_transformer as tv_swin3d
     by_rule: dict[Callable[..., Any], list[Any]] = {
         ew.passthrough: [torchvision.ops.stochastic_depth],
-        attention.shifted_window_attention: [tv_swin.shifted_window_attention],
-        attention.relative_position_bias: [tv_swin._get_relative_position_bias],
+        # video Swin's 3-D twins take the same arguments at the same places (T·H·W windows)
+        attention.shifted_window_attention: [tv_swin.shifted_window_attention, tv_swin3d.shifted_window_attention_3d],
+        attention.relative_position_bias: [tv_swin._get_relative_position_bias, tv_swin3d._get_relative_position_bias],
         windows.unfold: [F.unfold],  # not Tensor.unfold(dim, size, step): another op
         windows.fold: [F.fold],
     }
