@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -81,9 +82,24 @@ class EntryTracer(ConcreteTracer):
         super().__init__(has_rule, list(inputs.flat))
         self.inputs, self.leaves = inputs, leaves
         self.failed_in: str | None = None
+        self._live: dict[fx.Node, int] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        """A proxy whose tensor value is dropped once no proxy of its node is left: forward code can
+        no longer reach it, and the shapes are noted already. The whole model's activations would
+        otherwise stay alive at once (a detector at 320 px: gigabytes)."""
+        proxy = super().proxy(node)
+        self._live[node] = self._live.get(node, 0) + 1
+        weakref.finalize(proxy, self._release, node)
+        return proxy
+
+    def _release(self, node: fx.Node) -> None:
+        self._live[node] -= 1
+        if not self._live[node] and isinstance(self.values.get(node), torch.Tensor):
+            self.values[node] = None
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
         names = _arg_names(root_fn, self.inputs)
