@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch.nn as nn
 
@@ -28,13 +28,16 @@ STATE_ATTR = "_slimify_state"
 class ConversionRecord:
     """What a conversion found and chose, kept on the converted model: the report and analysis
     (``slimify.report``, ``save``), the divisor (``None``: automatic, per group), the channel reordering and the example input's
-    shape (what ``save`` records so ``load`` rebuilds the same plan)."""
+    shape (what ``save`` records so ``load`` rebuilds the same plan); ``example_inputs``: the form of
+    several or keyword example inputs (``analysis/example_inputs.describe``; ``None`` for one tensor),
+    which ``save`` records and ``load`` rebuilds."""
 
     report: ConversionReport | None = None
     analysis: Analysis | None = None
     divisor: int | None = 8
     reorder: Reordering | None = None
     example_shape: list[int] | None = None
+    example_inputs: dict[str, Any] | None = None
 
 
 @dataclass
