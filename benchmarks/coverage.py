@@ -77,23 +77,26 @@ def select(models: dict[str, list[str]], only: str | None) -> list[tuple[str, st
             if any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(f"{lib}:{name}", p) for p in patterns)]
 
 
-def _child(conn: Connection, lib: str, name: str, export: bool) -> None:
-    conn.send(measure(lib, name, export))
+def _child(conn: Connection, measure_fn: Callable[..., dict[str, Any]], lib: str, name: str, export: bool) -> None:
+    conn.send(measure_fn(lib, name, export))
     conn.close()
 
 
-def run_all(todo: list[tuple[str, str]], jobs: int, timeout: float, export: bool,
-            on_result: Callable[[dict[str, Any]], None]) -> None:
+def run_all(todo: list[tuple[str, str]], jobs: int, timeout: float | Callable[[str, str], float], export: bool,
+            on_result: Callable[[dict[str, Any]], None],
+            measure_fn: Callable[..., dict[str, Any]] = measure) -> None:
     """Run each model in its own forked process, ``jobs`` at a time. The parent imports torch,
     torchvision, timm and slimify once, so a child starts in milliseconds; a child that hangs
-    past ``timeout`` is killed, one that crashes becomes a failed record."""
+    past ``timeout`` (seconds, or a function of lib and name) is killed, one that crashes becomes a
+    failed record. ``measure_fn(lib, name, export)`` measures one model (the foreign benchmark's own)."""
+    limit = timeout if callable(timeout) else (lambda lib, name: timeout)
     fork = multiprocessing.get_context("fork")
     pending, running = list(todo), {}
     while pending or running:
         while pending and len(running) < jobs:
             lib, name = pending.pop(0)
             recv, send = fork.Pipe(duplex=False)
-            proc = fork.Process(target=_child, args=(send, lib, name, export), daemon=True)
+            proc = fork.Process(target=_child, args=(send, measure_fn, lib, name, export), daemon=True)
             proc.start()
             send.close()
             running[recv] = (proc, lib, name, time.perf_counter())
@@ -109,12 +112,12 @@ def run_all(todo: list[tuple[str, str]], jobs: int, timeout: float, export: bool
             on_result({**record, "wall_s": time.perf_counter() - start})
         now = time.perf_counter()
         for conn, (proc, lib, name, start) in list(running.items()):
-            if now - start > timeout:
+            if now - start > limit(lib, name):
                 proc.kill()
                 proc.join()
                 del running[conn]
                 on_result({"lib": lib, "name": name, "covered": False, "stage": "timeout",
-                           "why": f"timeout after {timeout:.0f} s", "wall_s": now - start})
+                           "why": f"timeout after {limit(lib, name):.0f} s", "wall_s": now - start})
 
 
 def _median(values: list[float]) -> str:
@@ -185,6 +188,16 @@ def _failures(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, 
     return out
 
 
+def row_cells(r: dict[str, Any]) -> tuple[str, str, str, str]:
+    """Main fixed reason, full-width error, MAC ratio and convert seconds of one record, as table cells."""
+    reasons = r.get("fixed_reasons") or []
+    reason = reasons[0][0][:110].replace("|", "/") if reasons else ""
+    err = f"{r['full_rel_err']:.1e}" if "full_rel_err" in r else "-"
+    mac = f"{r['mac_ratio']:.3f}" if "mac_ratio" in r else "-"
+    conv = f"{r['convert_s']:.2f}" if "convert_s" in r else "-"
+    return reason, err, mac, conv
+
+
 def _per_model(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> list[str]:
     out = ["### Per model", "", "<details><summary>all models</summary>", "",
            "| library | model | input | covered | full-width rel. err | MACs at 0.5 | divisor | convert s | groups "
@@ -194,11 +207,7 @@ def _per_model(results: dict[tuple[str, str], dict[str, Any]], models: dict[str,
             r = results.get((lib, n))
             if r is None:
                 continue
-            reasons = r.get("fixed_reasons") or []
-            reason = reasons[0][0][:110].replace("|", "/") if reasons else ""
-            err = f"{r['full_rel_err']:.1e}" if "full_rel_err" in r else "-"
-            mac = f"{r['mac_ratio']:.3f}" if "mac_ratio" in r else "-"
-            conv = f"{r['convert_s']:.2f}" if "convert_s" in r else "-"
+            reason, err, mac, conv = row_cells(r)
             size = "×".join(str(s) for s in r.get("input", [])[1:]) or "-"
             out.append(f"| {lib} | {n} | {size} | {'yes' if r['covered'] else 'no'} | {err} | {mac} "
                        f"| {r.get('divisor', '-')} | {conv} "

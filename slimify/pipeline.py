@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import describe, first_shape
 from slimify.analysis.report import ConversionReport
 from slimify.analysis.stages import analyze_model, default_input
 from slimify.check.selfcheck import self_check, unexpected, with_line
@@ -21,8 +22,8 @@ __all__ = ["convert", "report"]
 
 @gc_paused
 def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int | None = None,
-            example_input: torch.Tensor | None = None, reorder: str | None = None,
-            reorder_data: Any = None) -> nn.Module:
+            example_input: Any = None, reorder: str | None = None,
+            reorder_data: Any = None, example_kwargs: dict[str, Any] | None = None) -> nn.Module:
     """Make ``model`` slimmable in place and return it.
 
     Every switch runs the first channels of each channel group with private BatchNorm; at
@@ -30,12 +31,17 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
     before it returns (``check/selfcheck.py``). ``divisor``: every width a multiple of it; ``None``
     (default) uses 8, or a smaller power of two for a group too narrow for 8. ``reorder`` ("l1",
     "l2", "bn", "taylor" with ``reorder_data`` batches) first moves each group's most important
-    channels first, for pretrained weights (see ``slimify.reorder``).
+    channels first, for pretrained weights (see ``slimify.reorder``). ``example_input`` is one input
+    or a tuple of positional inputs (``(a, b)`` for ``model(a, b)``), ``example_kwargs`` keyword
+    inputs (``{"timestep": t}``); the self-check calls the model with both, and both are recorded
+    for ``save``/``load``.
     """
     if is_slimmable(model):
         raise SlimifyError(f"{type(model).__name__} is already slimmable (switches {list(get_state(model).switches)})")
+    if example_kwargs is not None and not isinstance(example_kwargs, dict):
+        raise SlimifyError(f"example_kwargs must be a dict of keyword inputs, got {type(example_kwargs).__name__}")
     try:
-        analysis = analyze_model(model, switches, divisor, example_input, check=self_check)
+        analysis = analyze_model(model, switches, divisor, example_input, example_kwargs, check=self_check)
     except SlimifyError as e:
         raise with_line(e) from e.__cause__
     except Exception as e:  # noqa: BLE001 - never a raw traceback: one error naming the line
@@ -43,15 +49,19 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
     ordering = None
     if reorder is not None:  # permutes channels within groups: the plan stays valid
         ordering = reorder_channels(model, reorder, reorder_data, analysis, example_input=example_input)
+    example = (default_input(model) if example_input is None else example_input,)
+    args = example[0] if isinstance(example[0], tuple) else example
+    several = len(args) != 1 or not isinstance(args[0], torch.Tensor) or bool(example_kwargs)
+    recorded = describe(args, example_kwargs) if several else None  # kept by save/load
     state = SlimState(analysis.plan.switches)
     try:  # the self-check already rewrote a copy of the model with this plan
         rewrite(model, analysis.plan, state)
     except Exception as e:  # noqa: BLE001
         raise unexpected(model, e) from e
-    example_shape = list((default_input(model) if example_input is None else example_input).shape)
     divisor = None if analysis.plan.auto_divisor else analysis.plan.divisor  # None: automatic, per group
     state.record = ConversionRecord(report=analysis.report, analysis=analysis, divisor=divisor,
-                                    reorder=ordering, example_shape=example_shape)
+                                    reorder=ordering, example_shape=first_shape(args, example_kwargs),
+                                    example_inputs=recorded)
     setattr(model, STATE_ATTR, state)
     return model
 

@@ -28,8 +28,10 @@ STATE_ATTR = "_slimify_state"
 class ConversionRecord:
     """What a conversion found and chose, kept on the converted model: the report and analysis
     (``slimify.report``, ``save``), the divisor (``None``: automatic, per group), the channel reordering and the example input's
-    shape (what ``save`` records so ``load`` rebuilds the same plan), and the accuracy per width
-    of the last evaluation (finetune's, kept in the ``.slim`` for ``profile``'s plot)."""
+    shape (what ``save`` records so ``load`` rebuilds the same plan); ``example_inputs``: the form of
+    several or keyword example inputs (``analysis/example_inputs.describe``; ``None`` for one tensor),
+    which ``save`` records and ``load`` rebuilds; and the accuracy per width of the last evaluation
+    (finetune's, kept in the ``.slim`` for ``profile``'s plot)."""
 
     report: ConversionReport | None = None
     analysis: Analysis | None = None
@@ -37,6 +39,7 @@ class ConversionRecord:
     reorder: Reordering | None = None
     example_shape: list[int] | None = None
     evaluation: dict[str, Any] | None = None  # see slimify.deploy.accuracy
+    example_inputs: dict[str, Any] | None = None
 
 
 @dataclass

@@ -18,41 +18,44 @@ from slimify.check.skeleton import skeleton
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
 
 
-class BakedAttention(nn.Module):
-    """transformers' PVTv2/ViT attention: the merged width is a number stored at construction."""
+class AttributeBranch(nn.Module):
+    """transformers' Hiera layer: a projection runs only when two plain int attributes differ, a
+    branch no trace records. ``dim`` follows the input's width (read as a size), ``dim_out`` keeps
+    its value: at width 0.5 both are 16, the projection is skipped and the residual add fails.
+    (A merged width baked into a computed shape tuple, the example here before, is now followed by
+    the analysis itself: ``rules/literal_sizes.py: expand_sizes``.)"""
 
-    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+    def __init__(self, dim: int = 32, dim_out: int = 16) -> None:
         super().__init__()
-        self.num_heads, self.head_dim, self.all_head_size = heads, dim // heads, dim
-        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+        self.dim, self.dim_out = dim, dim_out
+        self.proj, self.fc = nn.Linear(dim, dim_out), nn.Linear(dim, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = (t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x)))
-        ctx = ((q @ k.transpose(-1, -2)).softmax(-1) @ v).transpose(1, 2).contiguous()
-        ctx = ctx.view(ctx.size()[:-2] + (self.all_head_size,))  # the line the report must name
-        return self.out(ctx)
+        y = self.fc(x.view(b, n, self.dim))
+        if self.dim != self.dim_out:
+            x = self.proj(x)
+        return x + y  # the line the report must name
 
 
-class AttentionNet(nn.Module):
+class BranchNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem, self.attn, self.head = nn.Conv2d(3, 32, 3, 2, 1), BakedAttention(), nn.Linear(32, 10)
+        self.stem, self.attn, self.head = nn.Conv2d(3, 32, 3, 2, 1), AttributeBranch(), nn.Linear(16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x).flatten(2).transpose(1, 2)
-        x = x + self.attn(x)
-        return self.head(x.mean(1))
+        return self.head(self.attn(x).mean(1))
 
 
 def test_missed_constraint_is_fixed_with_the_line() -> None:
-    model, x = AttentionNet().eval(), torch.randn(2, 3, 16, 16)
+    model, x = BranchNet().eval(), torch.randn(2, 3, 16, 16)
     expected = model(x)
     slimify.convert(model, SWITCHES, example_input=x[:1])
     report = slimify.report(model)
     reasons = [g.reason for g in report.fixed if g.reason.startswith("self-check")]
-    assert len(reasons) == 1 and "test_selfcheck.py" in reasons[0] and "all_head_size" in reasons[0]
-    assert report.slimmable and report.slimmable[0].channels[0] < 32  # the stream still slims
+    assert len(reasons) == 1 and "test_selfcheck.py" in reasons[0] and "return x + y" in reasons[0]
+    assert report.slimmable and report.slimmable[0].channels[0] < 16  # the block's output still slims
     torch.testing.assert_close(model(x), expected)
     for w in SWITCHES:
         with slimify.width(model, w):
@@ -60,18 +63,17 @@ def test_missed_constraint_is_fixed_with_the_line() -> None:
 
 
 class Blocks(nn.Module):
-    """Three such attentions one after the other: one fix each, all found."""
+    """Three such blocks side by side: one fix each, all found."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem, self.head = nn.Conv2d(3, 32, 3, 2, 1), nn.Linear(32, 10)
-        self.blocks = nn.ModuleList(BakedAttention() for _ in range(3))
+        self.stems = nn.ModuleList(nn.Conv2d(3, 32, 3, 2, 1) for _ in range(3))
+        self.blocks = nn.ModuleList(AttributeBranch() for _ in range(3))
+        self.head = nn.Linear(48, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x).flatten(2).transpose(1, 2)
-        for block in self.blocks:
-            x = x + block(x)
-        return self.head(x.mean(1))
+        outs = [block(stem(x).flatten(2).transpose(1, 2)) for stem, block in zip(self.stems, self.blocks)]
+        return self.head(torch.cat(outs, -1).mean(1))
 
 
 def test_every_missed_constraint_is_found() -> None:
@@ -114,7 +116,7 @@ def test_failure_leaves_model_untouched() -> None:
 
 
 def test_model_that_cannot_run_names_the_line() -> None:
-    model = AttentionNet()
+    model = BranchNet()
     with pytest.raises(SlimifyError, match=r"does not run on the example input.*(channels|size)") as info:
         slimify.convert(model, example_input=torch.randn(1, 1, 16, 16))
     assert "\n" not in str(info.value) and "test_selfcheck.py" in str(info.value)
@@ -156,14 +158,14 @@ def test_coat_lite_mini_runs_every_switch() -> None:
 
 
 def test_skeleton_shares_nothing_the_rewrite_changes() -> None:
-    model = AttentionNet()
+    model = BranchNet()
     model.cache = {}
     copy = skeleton(model, meta=True)
     copy.cache["x"] = 1
     copy.stem.register_forward_hook(lambda *a: None)
     assert model.cache == {} and not model.stem._forward_hooks
     assert copy.stem.weight.is_meta and not model.stem.weight.is_meta
-    assert copy.attn is not model.attn and type(copy.attn) is BakedAttention
+    assert copy.attn is not model.attn and type(copy.attn) is AttributeBranch
 
 
 @pytest.mark.parametrize("op", [

@@ -17,6 +17,7 @@ from slimify.analysis.plan import EmptyPiece, NotABox, Plan, Unbalanced, check_s
 from slimify.analysis.report import ConversionReport, build_report
 from slimify.analysis.space import ChannelSpace
 from slimify.analysis.trace import trace
+from slimify.analysis.trace_concrete import ModelInputs
 from slimify.analysis.walk import analyze
 from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused
@@ -26,10 +27,10 @@ from slimify.rules.caches import caches_emptied
 __all__ = ["analyze_model", "Analysis", "default_input", "Check"]
 
 Replan = Callable[[ChannelSpace], tuple[GroupTable, Plan]]
-# (model, example, space, table, plan, replan, traced output node) -> the table and plan that ran:
+# (model, example inputs, space, table, plan, replan, traced output node) -> the table and plan that ran:
 # the self-check (``slimify.check.selfcheck.self_check``). It rewrites a copy of the model, a later
 # stage than analysis, so the callers above (``convert``, ``reorder``) hand it in.
-Check = Callable[[nn.Module, Any, ChannelSpace, GroupTable, Plan, Replan, "fx.Node | None"], tuple[GroupTable, Plan]]
+Check = Callable[[nn.Module, ModelInputs, ChannelSpace, GroupTable, Plan, Replan, "fx.Node | None"], tuple[GroupTable, Plan]]
 
 
 @dataclass
@@ -51,10 +52,13 @@ def default_input(model: nn.Module) -> torch.Tensor:
 
 @gc_paused
 def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: int | None = None,
-                  example_input: torch.Tensor | None = None, check: Check | None = None) -> Analysis:
-    """Trace, find channel groups and plan widths without touching ``model``. ``check`` (the
+                  example_input: Any = None, example_kwargs: dict[str, Any] | None = None,
+                  check: Check | None = None) -> Analysis:
+    """Trace, find channel groups and plan widths without touching ``model``. ``example_input``:
+    one input, or a tuple of positional inputs; ``example_kwargs``: keyword inputs. ``check`` (the
     self-check, ``slimify/check/selfcheck.py``; ``convert`` and ``reorder`` pass it) runs every
-    switch of the plan once on a copy and fixes what fails before the plan is returned."""
+    switch of the plan once on a copy, called with those inputs, and fixes what fails before the
+    plan is returned."""
     switches, divisor = check_switches(switches, divisor)
     if not isinstance(model, nn.Module):
         raise SlimifyError(f"convert needs a torch.nn.Module, got {type(model).__name__}")
@@ -62,7 +66,7 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
     example = default_input(model) if example_input is None else example_input
     has_rule = lambda m: find_module_rule(m) is not None  # noqa: E731
     with caches_emptied(model):  # the trace sees how a cached tensor is computed, not a constant
-        traced = trace(model, example, has_rule=has_rule)
+        traced = trace(model, example, has_rule=has_rule, example_kwargs=example_kwargs)
         space = analyze(traced)
     splits_by_count = bool(space.balances)  # planning removes the balances it ties: ask before
     table, plan = _plan(space, switches, divisor, type(model).__name__)
@@ -74,7 +78,7 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
             space, table, plan = other, other_table, other_plan
     if check is not None:
         output = next((n for n in reversed(traced.graph.nodes) if n.op == "output"), None)
-        table, plan = check(model, example, space, table, plan,
+        table, plan = check(model, ModelInputs.of(example, example_kwargs), space, table, plan,
                             lambda trial: _plan(trial, switches, divisor, type(model).__name__), output)
     seconds = time.perf_counter() - start
     return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))

@@ -12,6 +12,8 @@ from slimify.analysis.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 from slimify.rules import ParamVal, RuleContext, TensorVal
 from slimify.rules.base import tensors_in
 from slimify.rules.dispatch import run_rule
+from slimify.rules.literal_sizes import keep_compared_size
+from slimify.rules.notrace import untraced_rule
 
 __all__ = ["analyze"]
 
@@ -21,6 +23,8 @@ def _has_tensor(shape: Any) -> bool:
         return True
     if isinstance(shape, (list, tuple)):
         return any(_has_tensor(s) for s in shape)
+    if isinstance(shape, dict):
+        return any(_has_tensor(s) for s in shape.values())
     return False
 
 
@@ -38,6 +42,7 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
     space = ChannelSpace()
     space.positional_chunks = positional_chunks
     ctx = RuleContext(space, traced.root)
+    ctx.leaves = traced.leaves  # modules whose tracing failed: traced on their own (``untraced_rule``)
     env: dict[fx.Node, Any] = ctx.values  # rules read earlier values (where a size came from)
     modules = dict(traced.root.named_modules())
     for node in traced.graph.nodes:
@@ -46,14 +51,16 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
         if node.op == "placeholder":
             env[node] = _placeholder(ctx, shape)
         elif node.op == "get_attr":
-            env[node] = _get_attr(traced, node)
+            env[node] = _get_attr(ctx, traced, node)
         elif node.op == "output":
             _output(ctx, _lookup(node.args[0], env))
         elif not _has_tensor(shape):
             env[node] = _python_value(node)
+            if traced.concrete:  # the branch this comparison decided must go the same way at every width
+                keep_compared_size(ctx, node)
         else:
             args, kwargs = _lookup(node.args, env), _lookup(node.kwargs, env)
-            env[node] = run_rule(ctx, node, modules, list(args), dict(kwargs))
+            env[node] = run_rule(ctx, node, modules, list(args), dict(kwargs), untraced_rule)
             _note_reads(space, node, modules, args, kwargs)
         for t in tensors_in(env.get(node)):
             if isinstance(t, TensorVal):
@@ -86,6 +93,11 @@ def _note_reads(space: ChannelSpace, node: fx.Node, modules: dict, args: Any, kw
 
 
 def _placeholder(ctx: RuleContext, shape: Any) -> Any:
+    """A model input: fixed channels. A container input (a list of images) holds one per tensor."""
+    if isinstance(shape, (list, tuple)) and not isinstance(shape, torch.Size):
+        return type(shape)(_placeholder(ctx, s) for s in shape)
+    if isinstance(shape, dict):
+        return {k: _placeholder(ctx, s) for k, s in shape.items()}
     if not isinstance(shape, torch.Size):
         return None
     val = ctx.fixed(tuple(shape))
@@ -96,10 +108,22 @@ def _placeholder(ctx: RuleContext, shape: Any) -> Any:
     return val
 
 
-def _get_attr(traced: TracedModel, node: fx.Node) -> Any:
+def _get_attr(ctx: RuleContext, traced: TracedModel, node: fx.Node) -> Any:
     owner, _, name = node.target.rpartition(".")
     value = traced.graph_module.get_submodule(owner) if owner else traced.graph_module
     tensor = getattr(value, name)
     if isinstance(tensor, torch.Tensor):
+        if traced.concrete and not _is_state(traced, owner, name):  # a value forward code computed
+            return ctx.fixed(tuple(tensor.shape))  # (anchors, a cached table): no channels
         return ParamVal(owner, name, tensor)
     return tensor
+
+
+def _is_state(traced: TracedModel, owner: str, name: str) -> bool:
+    """A parameter or buffer of the model (fx's ``_tensor_constant`` copies are neither)."""
+    try:
+        module = traced.root.get_submodule(owner) if owner else traced.root
+    except AttributeError:
+        return False
+    return name in module._parameters or name in module._buffers
+

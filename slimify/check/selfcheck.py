@@ -29,6 +29,7 @@ from slimify.analysis.plan import Plan
 from slimify.analysis.space import ChannelSpace, Count
 from slimify.analysis.stages import Replan
 from slimify.analysis.trace import SHAPE_KEY, WHERE_KEY
+from slimify.analysis.trace_concrete import ModelInputs
 from slimify.check.skeleton import Failure, Runner, first_line, recorded_structure, source_line
 from slimify.errors import SlimifyError
 
@@ -83,13 +84,14 @@ def _group_ids(table: GroupTable, groups: list[int]) -> list[np.ndarray]:
     return [np.nonzero(table.group_of_id == g)[0] for g in groups]
 
 
-def self_check(model: nn.Module, example: Any, space: ChannelSpace, table: GroupTable, plan: Plan,
+def self_check(model: nn.Module, inputs: ModelInputs, space: ChannelSpace, table: GroupTable, plan: Plan,
                replan: Replan, output: fx.Node | None = None) -> tuple[GroupTable, Plan]:
-    """Run every switch; fix the groups a failing one needs and plan again until all run.
+    """Run every switch on ``model(*inputs.args, **inputs.kwargs)`` (the call the trace recorded);
+    fix the groups a failing one needs and plan again until all run.
     ``output``: the traced graph's output node (its recorded shapes spare a run of the original;
     the line that made the output names an output that changed)."""
     recorded = None if output is None else output.meta.get(SHAPE_KEY)
-    runner = Runner(model, example, plan, None if recorded is None else recorded_structure(recorded),
+    runner = Runner(model, inputs, plan, None if recorded is None else recorded_structure(recorded),
                     _output_line(output))
     failure = runner.switches(plan)
     for _ in range(MAX_ROUNDS):

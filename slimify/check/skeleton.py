@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_map
 
 from slimify.analysis.plan import Plan
+from slimify.analysis.trace_concrete import ModelInputs
 from slimify.check.metarun import FastMeta
 from slimify.errors import SlimifyError
 from slimify.rewrite.apply import rewrite  # the pipeline's rewrite, run on the skeleton
@@ -108,14 +109,31 @@ def structure(value: Any) -> Any:
 
 def recorded_structure(shapes: Any) -> Any:
     """:func:`structure` of the output the trace recorded (a pytree of ``torch.Size``, ``None`` for
-    anything else): dtypes and non-tensor leaves are not known, so not compared."""
+    anything else): dtypes and non-tensor leaves are not known, so not compared. The graph holds
+    every dict as a dict and every list as a list (fx's immutable ones; the concrete trace makes
+    dataclass outputs dicts), so the model's own kinds (an ``OrderedDict``, transformers'
+    ``ModelOutput``) match them (``_same_kind``)."""
     if isinstance(shapes, torch.Size):
         return ("tensor", tuple(shapes), None)
     if isinstance(shapes, dict):
-        return (type(shapes), {k: recorded_structure(v) for k, v in shapes.items()})
-    if isinstance(shapes, (list, tuple)):
+        return (dict, {k: recorded_structure(v) for k, v in shapes.items()})
+    if isinstance(shapes, list):
+        return (list, [recorded_structure(v) for v in shapes])
+    if isinstance(shapes, tuple):
         return (type(shapes), [recorded_structure(v) for v in shapes])
     return None
+
+
+def _same_kind(ref: type, got: Any) -> bool:
+    """``got`` (a container type of the run) is the kind ``ref`` records: the same type, or for a
+    recorded dict any mapping or dataclass, for a recorded list any list."""
+    if got is ref:
+        return True
+    if not isinstance(got, type):
+        return False
+    if ref is dict:
+        return issubclass(got, dict) or dataclasses.is_dataclass(got)
+    return ref is list and issubclass(got, list)
 
 
 def _difference(ref: Any, got: Any, where: str, loose_first: bool) -> str:
@@ -130,7 +148,7 @@ def _difference(ref: Any, got: Any, where: str, loose_first: bool) -> str:
         same = len(a) == len(b) and all(x == y or (d == 0 and loose_first) for d, (x, y) in enumerate(zip(a, b)))
         return "" if same and ref[2] in (None, got[2]) else f"{where or 'output'} has shape {list(b)} instead of {list(a)}"
     if isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[1], (dict, list)):
-        if not (isinstance(got, tuple) and len(got) == 2 and got[0] is ref[0]):
+        if not (isinstance(got, tuple) and len(got) == 2 and _same_kind(ref[0], got[0])):
             return f"{where or 'output'} is a {getattr(got, '__name__', type(got).__name__)} instead of {ref[0].__name__}"
         items_ref = ref[1].items() if isinstance(ref[1], dict) else enumerate(ref[1])
         keys_got = list(got[1]) if isinstance(got[1], dict) else list(range(len(got[1])))
@@ -170,15 +188,17 @@ def _innermost_module(tb: Any, paths: dict[int, str]) -> str:
 
 
 class Runner:
-    """Runs skeletons of ``model`` on ``example``: each plan's switches narrower than 1.0, compared
+    """Runs skeletons of ``model`` on the example inputs (``model(*inputs.args, **inputs.kwargs)``,
+    the call the trace recorded): each plan's switches narrower than 1.0, compared
     with the reference output structure (the one the trace recorded, else the original's, run
     here). On the meta device where the model runs there; when a meta run fails, the original's
     full width (the rewritten skeleton at 1.0 serves the original tensors and attributes) tells a
     model meta cannot run (then everything runs for real) from a failing switch. Models with
     recurrent layers run for real: their meta kernels are slower than real ones."""
 
-    def __init__(self, model: nn.Module, example: Any, plan: Plan, recorded: Any = None, output_line: str = "") -> None:
-        self.model, self.example, self.reference, self.output_line = model, example, recorded, output_line
+    def __init__(self, model: nn.Module, inputs: ModelInputs, plan: Plan, recorded: Any = None,
+                 output_line: str = "") -> None:
+        self.model, self.inputs, self.reference, self.output_line = model, inputs, recorded, output_line
         self.tensors: dict[int, torch.Tensor] = {}  # the model's tensors → their meta copies
         self.meta = not any(isinstance(m, nn.RNNBase) for m in model.modules())
         self.settled = False  # meta or real decided by a run of the original
@@ -227,12 +247,12 @@ class Runner:
         return self._run(net)
 
     def _run(self, net: nn.Module) -> Any:
-        inputs = self.example if isinstance(self.example, tuple) else (self.example,)
+        args, kwargs = self.inputs.args, self.inputs.kwargs
         if self.meta:
-            inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, inputs)
+            args, kwargs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, (args, kwargs))
         with torch.no_grad(), warnings.catch_warnings(), FastMeta() if self.meta else contextlib.nullcontext():
             warnings.simplefilter("ignore")
-            return structure(net(*inputs))
+            return structure(net(*args, **kwargs))
 
     def switches(self, plan: Plan, first: int | None = None) -> Failure | None:
         """Run every switch of ``plan`` narrower than 1.0 on a rewritten skeleton; the first

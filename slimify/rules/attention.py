@@ -53,7 +53,9 @@ def _serve(ctx: RuleContext, p: Any, ids: np.ndarray) -> None:
             ctx.fix_all([p], f"a computed bias of unexpected size at {ctx.space.context}")
 
 
-@rule("torchvision.models.swin_transformer:_get_relative_position_bias")
+# video Swin's 3-D twins take the same arguments at the same places (T·H·W windows)
+@rule("torchvision.models.swin_transformer:_get_relative_position_bias",
+      "torchvision.models.video.swin_transformer:_get_relative_position_bias")
 def relative_position_bias(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """torchvision's ``_get_relative_position_bias(table, index, window)``: a (L, heads) table
     gathered to (1, heads, N, N); one column per head."""
@@ -100,7 +102,8 @@ def multihead_attention(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     return (out, None if out_shapes[1] is None else ctx.fixed(tuple(out_shapes[1])))
 
 
-@rule("torchvision.models.swin_transformer:shifted_window_attention")
+@rule("torchvision.models.swin_transformer:shifted_window_attention",
+      "torchvision.models.video.swin_transformer:shifted_window_attention_3d")
 def shifted_window_attention(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     """torchvision's Swin/SwinV2 window attention (an fx-wrapped function). It reshapes q/k/v
     with ``C // num_heads`` where C is the input width, so the input is tied to the heads."""

@@ -11,8 +11,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from slimify.analysis.shape_pass import WHERE_KEY
 from slimify.analysis.space import FIXED, ChannelSpace
-from slimify.analysis.trace import WHERE_KEY
 
 __all__ = ["TensorVal", "ParamVal", "RuleContext", "FunctionRule", "tensors_in", "collapse"]
 
@@ -92,6 +92,7 @@ class RuleContext:
         self.node: fx.Node | None = None
         self.module: nn.Module | None = None  # the module a module rule runs for, and its path
         self.path = ""
+        self.leaves: frozenset[str] = frozenset()  # module paths whose tracing failed (traced on their own)
         self._param_labels: dict[tuple[str, str], TensorVal] = {}
         self.values: dict[fx.Node, Any] = {}  # analysed value of every node so far (filled by analyze)
         self._producer = np.zeros(1, bool)  # id → made by a layer (not a parameter element)
@@ -104,7 +105,7 @@ class RuleContext:
 
     @property
     def out_shape(self) -> Any:
-        from slimify.analysis.trace import SHAPE_KEY
+        from slimify.analysis.shape_pass import SHAPE_KEY
         return self.node.meta.get(SHAPE_KEY)
 
     def owner_paths(self) -> list[str]:

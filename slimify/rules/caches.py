@@ -44,8 +44,11 @@ def _declared(cls: type) -> tuple[str, ...]:
 
 
 def cache_attrs(module: nn.Module) -> tuple[str, ...]:
-    """The cache attributes ``module`` holds: declared for its class, else annotated by name."""
-    return tuple(n for n in _declared(type(module)) if hasattr(module, n))
+    """The cache attributes ``module`` holds: declared for its class, else annotated by name, else
+    a dict of the conventional name (transformers' LeViT sets ``self.attention_bias_cache = {}``)."""
+    declared = _declared(type(module))
+    return tuple(n for n in declared if hasattr(module, n)) or tuple(
+        n for n in CONVENTIONAL if isinstance(vars(module).get(n), dict))
 
 
 def empty_caches(model: nn.Module) -> None:

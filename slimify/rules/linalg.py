@@ -205,7 +205,7 @@ def sdpa(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
 
 
 def _with_shape(ctx: RuleContext, shape: tuple[int, ...], fn):
-    from slimify.analysis.trace import SHAPE_KEY
+    from slimify.analysis.shape_pass import SHAPE_KEY
     saved = ctx.node.meta.get(SHAPE_KEY)
     ctx.node.meta[SHAPE_KEY] = shape
     try:

@@ -9,18 +9,66 @@ from typing import Any
 import numpy as np
 import torch.fx as fx
 
+from slimify.analysis.shape_pass import VALUE_KEY
 from slimify.analysis.space import Count
-from slimify.analysis.trace import VALUE_KEY
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 
-__all__ = ["is_dynamic", "follow_literal", "counts_units", "attribute_candidates", "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
+__all__ = ["keep_compared_size", "expand_sizes", "is_dynamic", "follow_literal", "counts_units", "attribute_candidates",
+           "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
 
-WIDTH_ATTR_HINTS = ("head", "group", "chs", "channels", "dim", "width", "split", "features")
+WIDTH_ATTR_HINTS = ("head", "group", "chs", "channels", "dim", "width", "split", "features", "hidden")
 
 
 def is_dynamic(arg: Any) -> bool:
     """A size computed at run time (from ``x.shape``) or ``-1``: it follows the width by itself."""
     return isinstance(arg, fx.Node) or arg == -1
+
+
+def expand_sizes(args: list[Any], tensor: Any) -> list[Any]:
+    """Size arguments with computed shape tuples opened up, so their literals can follow the
+    width like written ones: ``x.view(x.size()[:-2] + (self.all_head_size,))`` and
+    ``new_shape = x.size()[:-1] + (self.num_heads, self.head_size); x.view(*new_shape)`` give
+    ``[-1, -1, all_head_size]`` (entries read from ``tensor`` at their own position come from
+    the tensor itself, like ``-1``). An entry that cannot be told stays the node it is."""
+    if len(args) == 1 and isinstance(args[0], fx.Node):
+        entries = _tuple_entries(args[0], tensor)
+        if entries is not None:
+            return entries
+    return [_entry(a, tensor) for a in args]
+
+
+def _entry(arg: Any, tensor: Any) -> Any:
+    """``new_shape[i]`` of a computed tuple: the entry itself."""
+    if isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target is operator.getitem \
+            and isinstance(arg.args[1], int):
+        entries = _tuple_entries(arg.args[0], tensor)
+        if entries is not None and -len(entries) <= arg.args[1] < len(entries):
+            return entries[arg.args[1]]
+    return arg
+
+
+def _tuple_entries(value: Any, tensor: Any, offset: int = 0) -> list[Any] | None:
+    """The entries of a shape tuple built by ``+`` from literal tuples and slices of
+    ``tensor.size()`` / ``tensor.shape``; None when it is built some other way."""
+    if isinstance(value, (tuple, list)):
+        return list(value)
+    if not isinstance(value, fx.Node) or value.op != "call_function":
+        return None
+    if value.target is operator.add and len(value.args) == 2:
+        left = _tuple_entries(value.args[0], tensor, offset)
+        right = None if left is None else _tuple_entries(value.args[1], tensor, offset + len(left))
+        return None if right is None else left + right
+    if value.target is operator.getitem and isinstance(value.args[1], slice) and isinstance(value.args[0], fx.Node):
+        base = value.args[0]
+        whole = base.meta.get(VALUE_KEY)
+        reads = (base.op == "call_method" and base.target == "size" and len(base.args) == 1) or (
+            base.op == "call_function" and base.target is getattr and base.args[1:] == ("shape",))
+        if not reads or not isinstance(whole, (tuple, list)):
+            return None
+        dims = range(len(whole))[value.args[1]]
+        # a dim read from the tensor being reshaped, kept at its place, is that tensor's own size
+        return [-1 if base.args[0] is tensor and d == offset + i else value for i, d in enumerate(dims)]
+    return None
 
 
 def attribute_candidates(ctx: RuleContext, value: Any) -> list[tuple[str, str, int]]:
@@ -195,6 +243,26 @@ def size_expr(ctx: RuleContext, arg: Any) -> SizeExpr | None:
             (e := size_expr(ctx, n)) is not None and e.ids is None for n in arg.all_input_nodes):
         return SizeExpr(value)
     return None
+
+
+_COMPARISONS = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge}
+
+
+def keep_compared_size(ctx: RuleContext, node: fx.Node) -> None:
+    """``if num_channels != self.num_channels: raise`` (transformers' patch embeddings, checked
+    again on every stage's input): a size read from slimming channels compared with a literal. The
+    attribute holding the literal follows those channels, so the branch goes the same way at every
+    width; a literal that is no attribute keeps the channels at their size."""
+    if node.op != "call_function" or node.target not in _COMPARISONS or len(node.args) != 2:
+        return
+    for size, other in (node.args, node.args[::-1]):
+        if not isinstance(size, fx.Node) or not isinstance(other, int) or isinstance(other, bool):
+            continue
+        expr = size_expr(ctx, size)
+        if expr is None or expr.ids is None:
+            continue
+        if expr.num != 1 or expr.den != 1 or not follow_literal(ctx, other, Count(np.asarray(expr.ids))):
+            ctx.space.fix(np.asarray(expr.ids), f"a size compared with {other} decides a branch at {ctx.space.context}")
 
 
 def _arith(op: Any, a: SizeExpr | None, b: SizeExpr | None) -> SizeExpr | None:

@@ -6,10 +6,14 @@ runs the ordinary rule table over that graph, as if the module had been traced i
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import math
+import operator
 import types
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from copy import deepcopy
 from typing import Any
 
@@ -18,25 +22,33 @@ import torch.fx as fx
 import torch.fx._symbolic_trace as fx_trace
 import torch.nn as nn
 
-from slimify.analysis.shape_pass import holds_tensor, note_value
-from slimify.analysis.trace import VALUE_KEY, SlimifyTracer, graph_module
+from slimify.analysis.shape_pass import VALUE_KEY, holds_tensor, note_value
+from slimify.analysis.tracer import SlimifyTracer, graph_module
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.caches import empty_caches
 from slimify.rules.dispatch import run_rule
 from slimify.rules.registry import find_module_rule, rule
 
-__all__ = ["ConcreteTracer", "trace_through", "notrace_classes"]
+__all__ = ["ConcreteTracer", "trace_through", "untraced_rule", "notrace_classes", "assign_items"]
 
 
 _CONCRETE_ATTRS = frozenset({"device", "dtype", "is_cuda", "layout", "requires_grad", "is_floating_point"})
 
 
 class _ConcreteProxy(fx.Proxy):
-    """A proxy that answers ``len``, ``int``, ``float`` and ``math.ceil`` with its value (not
-    ``__index__``: torch's argument parser would take the proxy for an int and skip dispatch)."""
+    """A proxy that answers ``len``, ``int``, ``float``, ``math.ceil`` and ``__index__`` with its value."""
 
     def _value(self) -> Any:
         return self.tracer.values[self.node]
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        """``isinstance(x, torch.Tensor)`` holds for a proxy of a tensor (``torch._assert(isinstance(
+        rel_codes, torch.Tensor))`` in torchvision's box coder); ``type(x)`` stays the proxy's."""
+        own = vars(self)
+        node = own.get("node", own.get("_node"))  # an attribute proxy's node is made when needed: not here
+        value = own["tracer"].values.get(node) if node is not None and "tracer" in own else None
+        return type(value) if isinstance(value, torch.Tensor) else type(self)
 
     def __len__(self) -> int:
         return len(self._value())
@@ -44,7 +56,9 @@ class _ConcreteProxy(fx.Proxy):
     def __getattr__(self, name: str) -> Any:
         if name in _CONCRETE_ATTRS:  # ``torch.autocast(device_type=v.device.type)``
             return getattr(self._value(), name)
-        return super().__getattr__(name)
+        if name.startswith("_"):  # protocols (``__cuda_array_interface__``), ``Parameter``'s ``_is_param`` check
+            raise AttributeError(name)
+        return _ConcreteAttribute(self, name)  # ``len(x.shape)`` needs the concrete answers too
 
     def __int__(self) -> int:
         return int(self._value())
@@ -57,6 +71,60 @@ class _ConcreteProxy(fx.Proxy):
 
     def __floor__(self) -> int:
         return math.floor(self._value())
+
+    def __format__(self, spec: str) -> str:
+        """f-strings of forward code (error messages) show the value."""
+        return format(self._value(), spec)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``keep[idx] = True``: a node that changes the tensor in place (no rule: what it touches is fixed)."""
+        self.tracer.create_proxy("call_function", assign_items, (self, key, value), {})
+
+    def __index__(self) -> int:
+        """``range(x.shape[0])``, ``lst[:n]``: Python needs the int. Torch's functions still see
+        the proxy: a tensor proxy among their arguments dispatches before sizes are parsed, and
+        size-only factories are recorded as nodes (``_factories_recorded``)."""
+        return operator.index(self._value())
+
+
+# torch factories whose arguments are sizes or data: a proxy there is not dispatched like a tensor
+_FACTORIES = ("tensor", "as_tensor", "scalar_tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn",
+              "randint", "eye", "linspace")
+
+
+@contextlib.contextmanager
+def _factories_recorded(tracer: fx.Tracer) -> Iterator[None]:
+    """``torch.tensor(num_channels)`` with a size read from a tensor: a node of the graph (its
+    data is a proxy, which torch's factories cannot read), not an error."""
+    originals = {name: getattr(torch, name) for name in _FACTORIES}
+
+    def recorded(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def factory(*args: Any, **kwargs: Any) -> Any:
+            found: list[Any] = []
+            fx.node.map_aggregate((args, kwargs), lambda v: found.append(v) if isinstance(v, fx.Proxy) else v)
+            if found:
+                return tracer.create_proxy("call_function", original, args, kwargs)
+            return original(*args, **kwargs)
+        return factory
+
+    for name, original in originals.items():
+        setattr(torch, name, recorded(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch, name, original)
+
+
+def assign_items(x: torch.Tensor, key: Any, value: Any) -> torch.Tensor:
+    """``x[key] = value`` as a function: the graph node of an item assignment."""
+    x[key] = value
+    return x
+
+
+class _ConcreteAttribute(fx.proxy.Attribute, _ConcreteProxy):
+    """``x.shape`` before it is used: fx's lazy attribute proxy, answering like a concrete one."""
 
 
 def _may_call_python(kind: str, target: Any, args: Any) -> bool:
@@ -84,6 +152,11 @@ class ConcreteTracer(SlimifyTracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
 
+    def create_arg(self, a: Any) -> Any:
+        if issubclass(type(a), fx.Proxy):  # before fx's ``isinstance(a, torch.Tensor)``, which a proxy passes
+            return a.node
+        return super().create_arg(a)
+
     def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
                      type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
@@ -93,7 +166,19 @@ class ConcreteTracer(SlimifyTracer):
         return proxy
 
     def _concrete(self, value: Any) -> Any:
+        """``value`` with every proxy replaced by its value, in plain lists and dicts: forward code
+        may change a list it gets (torchvision's ``_get_window_and_shift_size``)."""
+        if isinstance(value, fx.Proxy):
+            return self.values[value.node]
+        if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+            return (list if isinstance(value, list) else tuple)(self._concrete(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self._concrete(v) for k, v in value.items()}
         return fx.node.map_aggregate(value, lambda v: self.values[v.node] if isinstance(v, fx.Proxy) else v)
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        with _factories_recorded(self):
+            return super().trace(root, concrete_args)
 
     def _evaluate(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
         """Run one op for real, with fx's patches (module calls, wrapped functions) lifted where
@@ -141,6 +226,8 @@ def _example(value: Any) -> Any:
         return value.tensor
     if isinstance(value, (list, tuple)):
         return type(value)(_example(v) for v in value)
+    if isinstance(value, dict):  # torchvision's MultiScaleRoIAlign takes a dict of feature maps
+        return type(value)((k, _example(v)) for k, v in value.items())
     return value
 
 
@@ -229,11 +316,20 @@ def _walk(ctx: RuleContext, gm: fx.GraphModule, tracer: ConcreteTracer, constant
         else:
             call_args = fx.node.map_arg(node.args, lambda n: ctx.values[n])
             call_kwargs = fx.node.map_arg(node.kwargs, lambda n: ctx.values[n])
-            value = run_rule(ctx, node, modules, list(call_args), dict(call_kwargs))
+            value = run_rule(ctx, node, modules, list(call_args), dict(call_kwargs), untraced_rule)
         ctx.values[node] = value
         for t in tensors_in(value):
             if isinstance(t, TensorVal):
                 ctx.space.mark_seen(t.label)
+    return None
+
+
+def untraced_rule(ctx: RuleContext) -> Any:
+    """The rule of a module without one that fx cannot trace through: a no-trace class (also one
+    registered after slimify was imported) or a module whose tracing failed (``ctx.leaves``) is
+    traced on its own with concrete values; None for any other."""
+    if ctx.path in ctx.leaves or isinstance(ctx.module, notrace_classes()):
+        return trace_through
     return None
 
 

@@ -13,6 +13,7 @@ from slimify.rules.literal_sizes import (
     SizeExpr,
     attribute_candidates,
     counts_units,
+    expand_sizes,
     follow_literal,
     is_dynamic,
     size_expr,
@@ -50,7 +51,7 @@ def _size_args(node: fx.Node, start: int) -> list[Any] | None:
     args = list(node.args[start:]) or list(node.kwargs.get("shape", node.kwargs.get("size", ())))
     if len(args) == 1 and isinstance(args[0], (list, tuple)):
         args = list(args[0])
-    return args
+    return expand_sizes(args, node.args[0] if node.args else None)  # computed shape tuples opened up
 
 
 def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_args: list[Any] | None) -> TensorVal:
@@ -77,6 +78,9 @@ def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_
             continue
         if len(real) > 1:
             shrink = _pick_shrinking(ctx, real, sizes)
+            if shrink is None and sizes.constant_table_split(real):
+                rigid.update(real)
+                continue
             if shrink is None:
                 ctx.space.fix(label, f"reshape splits channels into sizes baked in code at {ctx.space.context}")
                 continue
@@ -133,6 +137,18 @@ class _Sizes:
             self.ctx.space.fix(self.label, f"reshape to a size {what} at {where}")
         elif not self.is_own(e) and not tie_sizes(self.ctx, e, self.slab_ids(o)):
             self.ctx.space.fix(self.label, f"reshape to a size read from other channels at {where}")
+
+    def constant_table_split(self, dims: list[int]) -> bool:
+        """A parameter table's position dim cut into sizes that never change (a position embedding
+        ``(1, N, C)`` viewed as ``(1, H, W, C)`` with H, W read from a feature map): positions are no
+        channels, so every position of one channel is active with it and the dims keep their size."""
+        if not self.ctx.is_table(self.label) or not all(
+                (e := self.expr(o)) is not None and e.ids is None for o in dims):
+            return False
+        for o in dims:
+            moved = np.moveaxis(self.label, o, -1)
+            self.ctx.space.union(moved[..., :1], moved)
+        return True
 
     def table_rows(self, o: int) -> bool:
         """A parameter viewed as rows of channels (``alpha.view(4, -1, 1, 1)``): the literal

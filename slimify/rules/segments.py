@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from slimify.analysis.shape_pass import SHAPE_KEY
 from slimify.analysis.space import Count
-from slimify.analysis.trace import SHAPE_KEY
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.elementwise import fixed_output
 from slimify.rules.literal_sizes import SizeExpr, follow_literal, size_expr, tie_sizes
@@ -92,8 +92,21 @@ def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], li
         ctx.space.balance(segs)
         if isinstance(literal, int) and not follow_literal(ctx, literal, Count(segs[0])):
             ctx.space.fix(ids, f"split size {literal} baked in code at {ctx.space.context}")
+    elif any(isinstance(v, fx.Node) for v in literal):
+        _follow_each_size(ctx, list(literal), segs)
     elif not follow_literal(ctx, list(literal), [Count(s) for s in segs]):
         ctx.space.fix(ids, f"split sizes {list(literal)} baked in code at {ctx.space.context}")
+
+
+def _follow_each_size(ctx: RuleContext, sizes: list[Any], segs: list[np.ndarray]) -> None:
+    """Split sizes mixing computed and literal ones (FocalNet's ``split(x, (C, C, self.focal_level
+    + 1), 1)`` with ``C`` read from the block input): a size read from slimming channels ties its
+    piece to them, any other piece keeps its size (a literal beside computed sizes is a count of
+    its own: ``focal_level + 1`` gates)."""
+    for size, seg in zip(sizes, segs):
+        expr = size_expr(ctx, size) if isinstance(size, fx.Node) else None
+        if expr is None or expr.ids is None or not tie_sizes(ctx, expr, seg):
+            ctx.space.fix(seg, f"split size {size} computed or baked in code at {ctx.space.context}")
 
 
 def _chunk_with_short_tail(ctx: RuleContext, segs: list[np.ndarray]) -> None:
@@ -193,10 +206,10 @@ def pad(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
 @rule("getitem", operator.getitem, method("__getitem__"))
 def getitem(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     """``x[:, :n]``, ``x[..., 0]``, ``table[index]``: slices of channel dims follow the width
-    through the attribute holding ``n``; constant picks fix what they pick. An item of a list or
-    tuple (``outs[0]``) is that item."""
+    through the attribute holding ``n``; constant picks fix what they pick. An item of a list,
+    tuple or dict (``outs[0]``, ``features["0"]``) is that item."""
     if not isinstance(args[0], (TensorVal, ParamVal)):
-        return args[0][args[1]] if isinstance(args[0], (list, tuple)) else fixed_output(ctx)
+        return args[0][args[1]] if isinstance(args[0], (list, tuple, dict)) else fixed_output(ctx)
     x = ctx.tensor(args[0])
     raw = ctx.node.args[1]
     index = list(raw) if isinstance(raw, tuple) else [raw]

@@ -166,7 +166,9 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
     config = {"format": FORMAT, "version": VERSION, "slimify_version": __version__, "source": src.to_dict(),
               "conversion": {"switches": list(state.switches), "divisor": _divisor(state.record.divisor),
                              "example_shape": list(example_shape(model)),
-                             "group_divisors": [g.divisor for g in state.record.report.groups]},
+                             "group_divisors": [g.divisor for g in state.record.report.groups],
+                             **({"example_inputs": state.record.example_inputs}
+                                if state.record.example_inputs is not None else {})},  # several inputs, keywords
               "plan_sha256": plan_digest(model), "tensors_sha256": tensors_digest(tensors),
               "width": state.width, "model": type(model).__name__}
     if state.record.evaluation:  # accuracy per width from finetune (slimify.deploy.accuracy)
@@ -260,8 +262,15 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     model = build(ModelSource.from_dict(config["source"])) if not given else \
         adopt(model, config, _read_header(path)[0], path)
     conv = config["conversion"]
-    x = torch.randn(conv["example_shape"], generator=torch.Generator().manual_seed(0))
-    slimify.convert(model, switches=tuple(conv["switches"]), divisor=conv["divisor"], example_input=x)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(conv["example_shape"], generator=generator)
+    if "example_inputs" in conv:  # several inputs or keyword inputs, of the recorded form
+        from slimify.analysis.example_inputs import rebuild
+        args, kwargs = rebuild(conv["example_inputs"], generator)
+        slimify.convert(model, switches=tuple(conv["switches"]), divisor=conv["divisor"],
+                        example_input=args[0] if len(args) == 1 else args, example_kwargs=kwargs or None)
+    else:
+        slimify.convert(model, switches=tuple(conv["switches"]), divisor=conv["divisor"], example_input=x)
     state = get_state(model)
     state.record.example_shape = list(x.shape)
     if isinstance(config.get("evaluation"), dict):

@@ -1,0 +1,161 @@
+"""Tracing the model code that symbolic tracing cannot follow: Python control flow on shapes,
+sizes and dtypes (``if num_channels != self.num_channels: raise``, ``int(x.shape[-2])``,
+``math.ceil(h / p)``), loops over lists of images, decorated forwards (``functools.wraps``
+wrappers taking ``*args, **kwargs``), ``**kwargs``, keyword-only and optional arguments, and
+outputs that are dicts, dataclasses or lists of dicts.
+
+The whole model is traced once more with the concrete tracer of ``rules/notrace.py``: every proxy
+also carries the value the example input gives it, so each branch, loop and ``int()`` resolves
+the way the example resolves it, and the graph is the example's path through the code. Nothing
+becomes an opaque leaf: every op of the failing code is analysed by the rule table. The root's
+arguments are the example inputs themselves (positional, then keyword tensors), so the decorated
+``forward`` runs as Python, not as a signature fx must understand.
+
+A module whose code even the concrete tracer cannot follow (it raises while tracing) becomes a
+leaf, traced on its own by the no-trace rule, and the model is traced again (a few rounds at most).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from slimify.analysis.shape_pass import holds_tensor, state_kept
+from slimify.analysis.tracer import graph_module
+from slimify.rules.notrace import ConcreteTracer
+
+__all__ = ["ModelInputs", "trace_concretely", "plain_output"]
+
+_log = logging.getLogger(__name__)
+MAX_ROUNDS = 8  # modules made leaves because even concrete tracing fails inside them
+
+
+@dataclasses.dataclass
+class ModelInputs:
+    """How the model is called: ``model(*args, **kwargs)``. Arguments holding tensors become
+    graph inputs (``flat``, in order); the others are constants of the trace."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def of(cls, example_input: Any, example_kwargs: dict[str, Any] | None = None) -> ModelInputs:
+        """A tuple is several positional inputs; anything else (a tensor, a list of images) one."""
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
+        return cls(tuple(args), dict(example_kwargs or {}))
+
+    @property
+    def flat(self) -> tuple[Any, ...]:
+        return tuple(v for v in (*self.args, *self.kwargs.values()) if holds_tensor(v))
+
+
+def plain_output(value: Any) -> Any:
+    """A model output as fx can store it: dataclasses (``ModelOutput`` is also a dict) become
+    dicts of their fields, containers keep their form."""
+    if isinstance(value, dict):
+        return {k: plain_output(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain_output(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(plain_output(v) for v in value)
+    if isinstance(value, list):
+        return [plain_output(v) for v in value]
+    return value
+
+
+class DataDependentBranch(fx.proxy.TraceError):
+    """Control flow on a tensor's values: no trace of one example holds for every input."""
+
+
+class EntryTracer(ConcreteTracer):
+    """Concrete tracer whose root arguments are the example inputs: tensors (and containers of
+    them) become placeholders, everything else is passed as the constant it is. ``leaves`` are
+    module paths kept as leaves because tracing failed inside them."""
+
+    def __init__(self, has_rule: Callable[[nn.Module], bool], inputs: ModelInputs, leaves: set[str]) -> None:
+        super().__init__(has_rule, list(inputs.flat))
+        self.inputs, self.leaves = inputs, leaves
+        self.failed_in: str | None = None
+        self._live: dict[fx.Node, int] = {}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        """A proxy whose tensor value is dropped once no proxy of its node is left: forward code can
+        no longer reach it, and the shapes are noted already. The whole model's activations would
+        otherwise stay alive at once (a detector at 320 px: gigabytes)."""
+        proxy = super().proxy(node)
+        self._live[node] = self._live.get(node, 0) + 1
+        weakref.finalize(proxy, self._release, node)
+        return proxy
+
+    def _release(self, node: fx.Node) -> None:
+        self._live[node] -= 1
+        if not self._live[node] and isinstance(self.values.get(node), torch.Tensor):
+            self.values[node] = None
+
+    def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list[Any]]:
+        names = _arg_names(root_fn, self.inputs)
+        proxies = iter([self.create_proxy("placeholder", name, (), {}) for name in names])
+        args = [next(proxies) if holds_tensor(v) else v for v in self.inputs.args]
+        kwargs = {k: next(proxies) if holds_tensor(v) else v for k, v in self.inputs.kwargs.items()}
+        root = self.root
+
+        def entry() -> Any:
+            return plain_output(root_fn(root, *args, **kwargs))
+
+        return entry, []
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """Branches on sizes and dtypes take the example's way; a branch on a tensor's *values*
+        (``if y.sum() > 0``) could go the other way on other data: refused, like fx does."""
+        if isinstance(self.values[obj.node], torch.Tensor):
+            raise DataDependentBranch("forward code branches on a tensor's values (data-dependent control flow), "
+                                      "so the path it takes may change with the input")
+        return super().to_bool(obj)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module first: exceptions unwind outwards
+                self.failed_in = self.path_of_module(m)
+            raise
+
+
+def _arg_names(root_fn: Any, inputs: ModelInputs) -> list[str]:
+    """Placeholder names: forward's own parameter names where they can be told, else ``input_i``."""
+    import inspect
+    try:
+        params = [p.name for p in inspect.signature(root_fn).parameters.values()][1:]  # follows __wrapped__
+    except (TypeError, ValueError):
+        params = []
+    names = [params[i] if i < len(params) else f"input_{i}" for i, v in enumerate(inputs.args) if holds_tensor(v)]
+    return names + [k for k, v in inputs.kwargs.items() if holds_tensor(v)]
+
+
+def trace_concretely(model: nn.Module, inputs: ModelInputs, has_rule: Callable[[nn.Module], bool]
+                     ) -> tuple[fx.GraphModule, EntryTracer]:
+    """The example's path through ``model`` as a graph module whose nodes already hold their
+    shapes (``shapes.note_value``). The model's state is put back, forward code may store what it
+    computes (the constants fx keeps on the model are the caller's to drop, ``trace._drop_constants``)."""
+    leaves: set[str] = set()
+    for _ in range(MAX_ROUNDS):
+        tracer = EntryTracer(has_rule, inputs, leaves)
+        try:
+            with state_kept(model, lambda value: True), torch.no_grad():  # real tensors too, not only proxies
+                graph = tracer.trace(model)
+                return graph_module(model, graph, type(model).__name__), tracer
+        except Exception as e:
+            if not tracer.failed_in or tracer.failed_in in leaves or isinstance(e, DataDependentBranch):
+                raise
+            _log.debug("tracing fails inside %s (%s): a leaf now", tracer.failed_in, e, exc_info=True)
+            leaves.add(tracer.failed_in)
+    raise RuntimeError(f"tracing fails inside more than {MAX_ROUNDS} modules")
