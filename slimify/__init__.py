@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from slimify.convert import convert, report  # eager: the submodule's name would shadow the function
+from slimify.configs import add_config, configs  # eager: the submodule's name would shadow the function
 from slimify.reorder import reorder  # eager: the submodule's name would shadow the function
 from slimify.errors import SlimifyError
 from slimify.export import export  # eager: the submodule's name would shadow the function
@@ -32,7 +33,8 @@ _LAZY: dict[str, str] = {
     "load": "slimify.io",
 }
 
-__all__ = ["convert", "report", "SlimifyError", "set_width", "width", "get_width", "switches", "is_slimmable", *_LAZY]
+__all__ = ["convert", "report", "SlimifyError", "set_width", "width", "get_width", "switches", "is_slimmable",
+           "configs", "add_config", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -28,15 +28,19 @@ class SlimState:
     """
 
     switches: tuple[float, ...]
-    index: int = -1  # index into ``switches``; -1 is the widest
+    index: int = -1  # index into ``switches``, or beyond them into ``slots``; -1 is the widest
     on_switch: list[Callable[[int], None]] = field(default_factory=list, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)  # conversion settings, plan
+    # width configurations served after the switches (``slimify.configs``), each with a ``width``
+    slots: list[Any] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.index = len(self.switches) - 1
 
     @property
     def width(self) -> float:
+        if self.index >= len(self.switches):
+            return self.slots[self.index - len(self.switches)].width
         return self.switches[self.index]
 
     @property
@@ -44,7 +48,9 @@ class SlimState:
         return self.index == len(self.switches) - 1 and self.switches[-1] == 1.0
 
     def select(self, w: float) -> None:
-        idx = self.index_of(w)
+        self.select_index(self.index_of(w))
+
+    def select_index(self, idx: int) -> None:
         if idx != self.index:
             self.index = idx
             for callback in self.on_switch:
@@ -77,18 +83,33 @@ def get_width(model: nn.Module) -> float:
     return get_state(model).width
 
 
-def set_width(model: nn.Module, w: float) -> None:
-    """Make every slimmable part of ``model`` run at switch ``w`` (must be one of its switches)."""
-    get_state(model).select(w)
+def slot_of(model: nn.Module, w: Any) -> int:
+    """The slot serving ``w``: a switch's index, else a width configuration's (``slimify.configs``
+    computes its cuts once and caches them)."""
+    state = get_state(model)
+    if isinstance(w, (int, float)) and not isinstance(w, bool):
+        for i, s in enumerate(state.switches):
+            if abs(s - float(w)) < 1e-9:
+                return i
+    from slimify.configs import config_slot  # lazy: configs imports the plan machinery
+
+    return config_slot(model, w)
+
+
+def set_width(model: nn.Module, w: Any) -> None:
+    """Make every slimmable part of ``model`` run at ``w``: a switch, any uniform width between the
+    narrowest switch and 1, a per-group configuration or a configuration's name."""
+    get_state(model).select_index(slot_of(model, w))
 
 
 @contextlib.contextmanager
-def width(model: nn.Module, w: float) -> Iterator[nn.Module]:
-    """``with slimify.width(model, 0.5): model(x)`` runs at width 0.5 and restores the old width."""
+def width(model: nn.Module, w: Any) -> Iterator[nn.Module]:
+    """``with slimify.width(model, 0.5): model(x)`` runs at width 0.5 and restores the old width
+    (``w`` as in :func:`set_width`)."""
     state = get_state(model)
-    previous = state.width
-    state.select(w)
+    previous = state.index
+    state.select_index(slot_of(model, w))
     try:
         yield model
     finally:
-        state.select(previous)
+        state.select_index(previous)
