@@ -20,6 +20,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "slimify.train.cli": ("finetune", "calibrate", "eval", "demo"),
     "slimify.cli_deploy": ("export", "profile", "pick"),
     "slimify.cli_reorder": ("reorder",),
+    "slimify.cli_search": ("search",),
 }
 
 

@@ -327,7 +327,9 @@ def add_config(model: nn.Module, name: str, value: Any, replace: bool = False) -
     previous = _names(state).get(name)
     _names(state)[name] = value
     try:
-        config_slot(model, name)  # fails here, not later, when it cannot be served
+        index = config_slot(model, name)  # fails here, not later, when it cannot be served
+        if index >= len(state.switches):
+            state.slots[index - len(state.switches)].label = repr(name)
     except SlimifyError:
         _names(state).pop(name)
         if previous is not None:
