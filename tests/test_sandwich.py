@@ -51,3 +51,13 @@ def test_bad_width_range_in_a_recipe(value) -> None:
 def test_width_range_below_the_narrowest_switch_is_refused() -> None:
     with pytest.raises(SlimifyError, match="outside this model's range"):
         finetune(slim(), digits("train"), "demo", width_range=[0.1, 1.0], stop_after=1, progress=False, workers=0)
+
+
+def test_named_configurations_train_beside_the_switches(tmp_path) -> None:
+    model = slim()
+    slimify.add_config(model, "lean", {0: 8, 2: 16})
+    result = finetune(model, digits("train"), "demo", out_dir=tmp_path, configs=["lean"], batch_size=32, epochs=1,
+                      stop_after=2, progress=False, workers=0, calibrate_batches=0, log_every=1)
+    assert "lean" in result.losses and 0.25 in result.losses
+    with pytest.raises(SlimifyError, match="no width configuration named 'missing'"):
+        finetune(model, digits("train"), "demo", configs=["missing"], stop_after=1, progress=False, workers=0)

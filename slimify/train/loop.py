@@ -66,6 +66,8 @@ class Trainer:
         self.widths = model_widths(model)
         if recipe.width_range is not None:  # continuous widths: both ends must be servable
             check_width_range(model, recipe.width_range)
+        if recipe.configs:  # named configurations (searched ones) train beside the switches
+            model_widths(model, recipe.configs)
         self.ddp = wrap_ddp(self.model, device, self.info, slimify.is_slimmable(model))
         self.optimizer = build_optimizer(self.model, recipe)
         self.steps_per_epoch = self._steps_per_epoch()
@@ -93,6 +95,7 @@ class Trainer:
         r = self.recipe
         widths = step_widths(self.widths, r.sandwich, r.seed, self.step) if r.width_range is None else \
             sandwich_widths(r.width_range, r.sandwich, r.seed, self.step)
+        widths = [widths[0], *r.configs, *widths[1:]]  # after the widest: it is their teacher
         self.optimizer.zero_grad(set_to_none=True)
         teacher: torch.Tensor | None = None
         keyed: dict[Any, list[torch.Tensor]] = {}
@@ -107,7 +110,8 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             if teacher is None and r.narrow_loss == "distill":
                 teacher = logits.detach()
-            keyed.setdefault(w if r.width_range is None else loss_key(i, len(widths), w), []).append(loss.detach())
+            key = w if r.width_range is None or isinstance(w, str) else loss_key(i, len(widths), w)
+            keyed.setdefault(key, []).append(loss.detach())
         losses = {k: v[0] if len(v) == 1 else torch.stack(v).mean() for k, v in keyed.items()}
         values = torch.stack(list(losses.values()))  # one device sync per step, not one per switch
         if not bool(torch.isfinite(values).all()):  # stop before a NaN/inf reaches the weights

@@ -48,6 +48,7 @@ class Recipe:
     distill_temperature: float = 1.0  # softmax temperature of in-place distillation
     sandwich: int | None = None  # None: all switches per step; n: widest + narrowest + n random (US-Nets)
     width_range: list[float] | None = None  # [min, max]: sandwich over continuous widths (n = sandwich or 2)
+    configs: list[str] = field(default_factory=list)  # named width configurations trained every step too
     grad_clip: float | None = None  # clip the global gradient norm to this value (None = off)
     amp: bool = True  # mixed precision; only ever used on CUDA
     calibrate_batches: int = 0  # after training, re-estimate each switch's BN stats on this many batches
