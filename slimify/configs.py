@@ -37,7 +37,7 @@ from slimify.plan import NotABox, Plan, _output_widths, active_ids, fill_cuts, k
 from slimify.state import SlimState, get_state
 
 __all__ = ["configs", "add_config", "remove_config", "config_slot", "config_counts", "group_grid", "channels_of",
-           "calibration_slot", "configs_to_json", "configs_from_json", "Slot", "describe"]
+           "calibration_slot", "configs_to_json", "configs_from_json", "Slot", "describe", "configs_table"]
 
 NAMES_KEY = "configs"  # state.info: name → float (uniform width) or {group: channels}
 SLOTS_KEY = "config_slots"  # state.info: kept classes per group → slot index
@@ -375,13 +375,9 @@ def calibration_slot(model: nn.Module, value: Any) -> int | None:
 
 def configs_to_json(model: nn.Module) -> dict[str, Any]:
     """Named configurations for a ``.slim`` config: {name: {"width"| "channels", "calibrated"}}."""
-    state = get_state(model)
-    slots = state.info.get(SLOTS_KEY, {})
     out = {}
-    for name, value in _names(state).items():
-        counts = config_counts(model, value)[0]
-        slot = slots.get(counts)
-        calibrated = None if slot is None else state.slots[slot - len(state.switches)].calibrated
+    for name, value in _names(get_state(model)).items():
+        calibrated = _calibrated(model, value)
         entry: dict[str, Any] = {"width": value} if isinstance(value, float) else \
             {"channels": {str(g): c for g, c in sorted(value.items())}}
         out[name] = {**entry, "calibrated": calibrated}
@@ -405,3 +401,18 @@ def configs_from_json(model: nn.Module, data: Any, where: str) -> None:
             calibrated.append((int(order), name))
     for _, name in sorted(calibrated):
         calibration_slot(model, name)
+
+
+def configs_table(model: nn.Module) -> str:
+    """Named configurations beyond the switches, one line each ("" when there are none)."""
+    names = _names(get_state(model))
+    lines = [f"  {name}: {describe(value)}" + (" (calibrated BN)" if _calibrated(model, value) is not None else "")
+             for name, value in names.items()]
+    return "\n".join(["named width configurations (group: channels):", *lines]) if lines else ""
+
+
+def _calibrated(model: nn.Module, value: Any) -> int | None:
+    """The calibration order of a configuration's own BN statistics (None: borrowed)."""
+    state = get_state(model)
+    slot = state.info.get(SLOTS_KEY, {}).get(config_counts(model, value)[0])
+    return None if slot is None or slot < len(state.switches) else state.slots[slot - len(state.switches)].calibrated

@@ -178,3 +178,47 @@ def test_feature_model_pads_at_a_configuration() -> None:
         out = _quiet(model, x)
     assert out.shape == _quiet(model, x).shape
     torch.testing.assert_close(_quiet(slimify.export(model, 0.6).eval(), x), out, rtol=1e-4, atol=1e-4)
+
+
+def _cli(args: list, capsys) -> tuple[int, str, str]:
+    from slimify.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def test_calibrate_command_stores_a_width_with_the_model(tmp_path, capsys) -> None:
+    src = slimify.save(digitsnet(), tmp_path / "m.slim", source="slimify:digitsnet")
+    code, text, _ = _cli(["calibrate", src, "--data", "digits", "--width", "0.6", "--batches", "2",
+                          "--batch-size", "32", "-o", tmp_path / "c.slim"], capsys)
+    assert code == 0 and "for width 0.6" in text
+    loaded = slimify.load(tmp_path / "c.slim")
+    assert slimify.configs(loaded)["0.6"] == 0.6
+    assert len(loaded.state_dict()) > len(slimify.load(src).state_dict())  # its own statistics
+    with slimify.width(loaded, 0.6), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded(X)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--width", "0.6", "-o", "{tmp}/c.pt"], "stored in .slim files"),
+    (["--config", "nope", "-o", "{tmp}/c.slim"], "no width configuration named 'nope'"),
+    (["--width", "0.1", "-o", "{tmp}/c.slim"], "outside this model's range"),
+    (["--width", "0.6", "--config", "x", "-o", "{tmp}/c.slim"], "not both"),
+])
+def test_calibrate_command_bad_configurations(tmp_path, capsys, args: list, message: str) -> None:
+    src = slimify.save(digitsnet(), tmp_path / "m.slim", source="slimify:digitsnet")
+    code, _, err = _cli(["calibrate", src, "--data", "digits", "--batches", "1",
+                         *[a.replace("{tmp}", str(tmp_path)) for a in args]], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.slim"]
+
+
+def test_inspect_lists_named_configurations(tmp_path, capsys) -> None:
+    model = digitsnet()
+    add_config(model, "lean", {0: 8})
+    src = slimify.save(model, tmp_path / "m.slim", source="slimify:digitsnet")
+    code, text, _ = _cli(["inspect", src], capsys)
+    assert code == 0 and "lean: {0: 8, 1: 16, 2: 32, 3: 32, 4: 64}" in text
