@@ -25,6 +25,8 @@ Examples:
 @click.option("--device", default="cpu", show_default=True, help="Where latency is measured and the search runs.")
 @click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
               help="Divisor steps taken off a group per move (more: faster, coarser).")
+@click.option("--fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Take at least this fraction of a group's channels per move (AutoSlim uses 0.1; 0: --steps only).")
 @click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True, help="Held-out batches scored.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--name", help="Name of the found configuration  [default: search-KIND-BUDGET]")
@@ -33,8 +35,8 @@ Examples:
               help="Accuracy vs cost plot (.png)  [default: OUTPUT with -search.png]")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and the plot) if they exist.")
 def search_command(file: str, data: str, flops: str | None, params: str | None, latency_ms: str | None, device: str,
-                   steps: int, batches: int, batch_size: int, name: str | None, output: str, plot_path: str | None,
-                   force: bool) -> None:
+                   steps: int, fraction: float, batches: int, batch_size: int, name: str | None, output: str,
+                   plot_path: str | None, force: bool) -> None:
     """Find per-group channel counts of a trained .slim FILE that meet one budget with the least
     held-out accuracy lost (AutoSlim-style greedy slimming), and save the model with the found
     configuration named (usable by export --config, profile, pick, calibrate --config, eval)."""
@@ -53,7 +55,7 @@ def search_command(file: str, data: str, flops: str | None, params: str | None, 
     plot = check_output(plot_path or str(out.with_name(out.stem + "-search.png")), force, (".png",))
     net = slimify.load(file)
     held = list(itertools.islice(as_batches(resolve_data(data, net, train=False), batch_size), batches))
-    result = search(net, held, budget, steps=steps, device=device, name=name,
+    result = search(net, held, budget, steps=steps, fraction=fraction, device=device, name=name,
                     progress=lambda line: click.echo(line, err=True))
     click.echo(result.table())
     result.plot(plot)

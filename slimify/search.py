@@ -288,15 +288,16 @@ def _check_data(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor
         raise SlimifyError(f"search data has label {top} but the model has {out.shape[-1]} outputs")
 
 
-def _moves(groups: list, divisor: int, channels: dict[int, int], steps: int) -> dict[int, int]:
-    """group → channels after taking ``steps`` grid steps off it (groups already at their minimum
-    are left out)."""
+def _moves(groups: list, divisor: int, channels: dict[int, int], steps: int, fraction: float = 0.0) -> dict[int, int]:
+    """group → channels after taking ``steps`` grid steps off it, or more when that removes less
+    than ``fraction`` of its channels (AutoSlim's per-move ratio); groups at their minimum are left out."""
     out = {}
     for g in groups:
         grid = group_grid(g, divisor)
         at = grid.index(channels[g.index])
         if at > 0:
-            out[g.index] = grid[max(0, at - steps)]
+            below = [i for i in range(at) if grid[i] <= channels[g.index] * (1 - fraction)]
+            out[g.index] = grid[max(0, min(at - steps, below[-1] if below else 0))]
     return out
 
 
@@ -313,7 +314,7 @@ def uniform_points(model: nn.Module, scorer: Callable[[], tuple[float, float]], 
 
 
 def search(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], budget: Budget,
-           steps: int = 1, device: str | torch.device = "cpu", latency_runs: int = 10,
+           steps: int = 1, device: str | torch.device = "cpu", latency_runs: int = 10, fraction: float = 0.0,
            progress: Callable[[str], None] | None = None, name: str | None = None) -> SearchResult:
     """Slim ``model`` greedily until ``budget`` is met; adds the found configuration under
     ``name`` (default :meth:`Budget.name`) and returns the path, its Pareto set and uniform widths
@@ -322,8 +323,8 @@ def search(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
     from slimify.train.common import resolve_device
 
     state = get_state(model)
-    if steps < 1:
-        raise SlimifyError(f"steps must be >= 1, got {steps}")
+    if steps < 1 or not 0 <= fraction < 1:
+        raise SlimifyError(f"steps must be >= 1 and fraction in [0, 1), got steps={steps}, fraction={fraction}")
     dev = resolve_device(device)
     home = next(model.parameters()).device
     model.to(dev)
@@ -379,7 +380,7 @@ def search(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
             """The cheapest step in accuracy per unit of cost saved (ties: in loss). Measured latency
             is not monotone in channel counts: when no step saves any, the one saving FLOPs best."""
             scored = []
-            for gi, channels in _moves(groups, divisor, current.channels, steps).items():
+            for gi, channels in _moves(groups, divisor, current.channels, steps, fraction).items():
                 candidate = {**current.channels, gi: channels}
                 try:
                     config_slot(model, candidate)

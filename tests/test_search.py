@@ -125,3 +125,12 @@ def test_search_command_bad_input_writes_nothing(tmp_path: Path, capsys, args: l
                          "-o", tmp_path / "s.slim"], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.slim"]
+
+
+def test_fraction_takes_at_least_that_share_of_a_group_per_move() -> None:
+    from slimify.search import _moves
+
+    group = type("G", (), {"fixed": False, "unit": 1, "size": 64, "index": 0})()
+    assert _moves([group], 4, {0: 64}, 1) == {0: 60}
+    assert _moves([group], 4, {0: 64}, 1, fraction=0.2) == {0: 48}
+    assert _moves([group], 4, {0: 8}, 3) == {0: 4}
