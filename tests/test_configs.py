@@ -222,3 +222,13 @@ def test_inspect_lists_named_configurations(tmp_path, capsys) -> None:
     src = slimify.save(model, tmp_path / "m.slim", source="slimify:digitsnet")
     code, text, _ = _cli(["inspect", src], capsys)
     assert code == 0 and "lean: {0: 8, 1: 16, 2: 32, 3: 32, 4: 64}" in text
+
+
+def test_inference_copies_are_kept_for_switches_and_the_latest_configuration_only() -> None:
+    model = digitsnet()
+    data = slimify.nn.serve.slim_data(model[0])
+    for w in (0.25, 0.5, 0.3, 0.6, 0.9):
+        with slimify.width(model, w):
+            _quiet(model, X)
+    slots = sorted(s for name, s in data.cache if name == "weight")
+    assert slots[:2] == [0, 1] and len(slots) == 3 and slots[-1] >= 4

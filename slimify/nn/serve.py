@@ -62,6 +62,9 @@ def _param_property(name: str) -> property:
         stamp = (full._version, full.data_ptr())  # ``.to()``/``.double()`` swap ``.data``: a new storage
         if hit is None or hit[0] is not full or hit[1] != stamp:
             hit = (full, stamp, cut(full, dims).contiguous())
+            if s >= len(data.state.switches):  # configurations (a search visits hundreds): keep the latest only
+                for key in [k for k in data.cache if k[0] == name and k[1] >= len(data.state.switches)]:
+                    del data.cache[key]
             data.cache[(name, s)] = hit
         return hit[2]
 
