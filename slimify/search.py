@@ -149,7 +149,8 @@ class SearchResult:
         fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
         u = sorted(self.uniform, key=lambda p: p.cost)
         ax.plot([p.cost / scale for p in u], [p.top1 for p in u], "o-", label="uniform width", color="tab:gray")
-        ax.plot([p.cost / scale for p in self.path], [p.top1 for p in self.path], ".-", label="searched path",
+        walk = [self.full, *self.path]
+        ax.plot([p.cost / scale for p in walk], [p.top1 for p in walk], ".-", label="searched path",
                 color="tab:blue", alpha=0.7)
         if self.chosen is not None:
             ax.plot([self.chosen.cost / scale], [self.chosen.top1], "*", ms=12, color="tab:red", label=self.name)

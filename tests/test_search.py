@@ -46,7 +46,7 @@ def test_bad_budgets(kind: str, text: str) -> None:
 
 def test_flops_search_meets_the_budget_on_the_grid_and_names_the_result() -> None:
     model = slim()
-    result = search(model, held(), parse_budget("flops", "0.4x"))
+    result = search(model, held(1, 32), parse_budget("flops", "0.4x"), steps=2)
     x = torch.randn(1, 3, 32, 32)
     full = macs(export(model, 1.0), x)
     assert result.name == "search-flops-0.40x" and result.name in slimify.configs(model)
@@ -66,14 +66,14 @@ def test_flops_search_meets_the_budget_on_the_grid_and_names_the_result() -> Non
 
 def test_params_search_counts_what_export_keeps() -> None:
     model = slim()
-    result = search(model, held(1), parse_budget("params", "0.5x"), steps=2)
+    result = search(model, held(1, 32), parse_budget("params", "0.5x"), steps=3)
     assert active_params(model, result.name) == result.chosen.cost
     assert sum(p.numel() for p in export(model, result.name).parameters()) <= 0.5 * active_params(model, 1.0)
 
 
 def test_latency_search_reports_the_measured_latency() -> None:
     model = slim()
-    result = search(model, held(1), parse_budget("latency", "0.9x"), steps=3, latency_runs=3)
+    result = search(model, held(1, 32), parse_budget("latency", "0.9x"), steps=3, latency_runs=3)
     assert result.measured_ms is not None and result.measured_ms <= result.limit
     assert "measured on cpu" in result.table()
 
@@ -103,7 +103,7 @@ def test_search_command_writes_a_model_that_export_profile_and_pick_know(tmp_pat
     src = slimify.save(slim(), tmp_path / "m.slim", source="slimify:digitsnet")
     out = tmp_path / "s.slim"
     code, text, _ = _run(["search", src, "--data", "digits", "--flops", "0.5x", "--batches", "1", "--batch-size",
-                          "64", "-o", out], capsys)
+                          "32", "--steps", "3", "-o", out], capsys)
     assert code == 0 and "search-flops-0.50x" in text and (tmp_path / "s-search.png").stat().st_size > 1000
     assert "search-flops-0.50x" in slimify.configs(slimify.load(out))
     code, text, _ = _run(["export", out, "--config", "search-flops-0.50x", "-o", tmp_path / "s.pt"], capsys)
