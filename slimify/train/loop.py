@@ -131,7 +131,8 @@ class Trainer:
         ckpt = self.ckpt_dir / CHECKPOINT_NAME if self.ckpt_dir is not None else None
         kept = f"the last good checkpoint is {ckpt}" if ckpt is not None and ckpt.is_file() else "no checkpoint kept"
         self.log.write("diverged", step=self.step + 1, epoch=self.epoch, width=w, loss=str(value))
-        raise SlimifyError(f"loss is {value} at width {w} in step {self.step + 1} (epoch {self.epoch + 1}): "
+        where = f"{w:g}" if isinstance(w, float) else w  # a width, or a configuration's name / "random"
+        raise SlimifyError(f"loss is {value} at width {where} in step {self.step + 1} (epoch {self.epoch + 1}): "
                            f"stopped before updating the weights; {kept}. Lower the learning rate, set "
                            "grad_clip or check the data")
 
