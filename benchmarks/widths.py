@@ -5,7 +5,7 @@ mobilenetv3_small_050 under 0.35 of the MACs.
 
     python -m benchmarks.widths anywidth --seeds 1 --epochs 8 --write
     python -m benchmarks.widths search --seeds 3 --epochs 8 --ft-epochs 2 --write
-    python -m benchmarks.widths mbv3 --epochs 2 --write
+    python -m benchmarks.widths mbv3 --epochs 1 --write
 """
 from __future__ import annotations
 
@@ -146,22 +146,22 @@ def search_vs_uniform(seeds: int, epochs: int, ft_epochs: int, budgets: tuple[st
     return rows
 
 
-def mbv3(epochs: int, log: Log) -> dict:
-    """timm mobilenetv3_small_050 (10 classes, digits at 64x64): sandwich-trained briefly, then a
-    FLOPs search at 0.35x; MACs of the exported configuration at 64² and 224² vs uniform 0.5."""
+def mbv3(epochs: int, log: Log, size: int = 32, fraction: float = 0.2) -> dict:
+    """timm mobilenetv3_small_050 (10 classes, digits at ``size``²): sandwich-trained briefly, then a
+    FLOPs search at 0.35x; MACs of the exported configuration at ``size``² and 224² vs uniform 0.5."""
     import timm
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
     model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10)
-    slimify.convert(model, SWITCHES, 2, torch.randn(1, 3, 64, 64))
-    train = digits("train", size=64)
+    slimify.convert(model, SWITCHES, 2, torch.randn(1, 3, size, size))
+    train = digits("train", size=size)
     start = time.perf_counter()
     finetune(model, train, "demo", epochs=epochs, progress=False, width_range=[0.25, 1.0], sandwich=2,
              **{**RECIPE, "lr": 0.05})
     trained = time.perf_counter() - start
-    held = list(itertools.islice(as_batches(Subset(digits("train", size=64, augment=False), range(1373, 1437)), 64), 1))
-    result = search(model.eval(), held, parse_budget("flops", "0.35x"), fraction=0.1)
+    held = list(itertools.islice(as_batches(Subset(digits("train", size=size, augment=False), range(1373, 1437)), 64), 1))
+    result = search(model.eval(), held, parse_budget("flops", "0.35x"), fraction=fraction, progress=log)
 
     def macs(value: object, side: int) -> float:
         with FlopCounterMode(display=False) as counter, torch.no_grad(), warnings.catch_warnings():
@@ -170,11 +170,11 @@ def mbv3(epochs: int, log: Log) -> dict:
         return counter.get_total_flops() / 2
 
     out = {"train_s": trained, "search_s": result.seconds, "moves": len(result.path), "name": result.name,
-           "top1_full": result.full.top1, "top1_searched": result.chosen.top1}
-    for side in (64, 224):
+           "top1_full": result.full.top1, "top1_searched": result.chosen.top1, "size": size, "fraction": fraction}
+    for side, key in ((size, "small"), (224, "224")):
         full = macs(1.0, side)
-        out[f"searched_{side}"] = macs(result.name, side) / full
-        out[f"uniform_{side}"] = macs(0.5, side) / full
+        out[f"searched_{key}"] = macs(result.name, side) / full
+        out[f"uniform_{key}"] = macs(0.5, side) / full
     log(str(out))
     return out
 
@@ -230,12 +230,12 @@ def search_markdown(rows: dict, command: str, seconds: float, seeds: int, epochs
 def mbv3_markdown(out: dict, command: str, seconds: float, epochs: int) -> str:
     return "\n".join(_header(command, seconds) + [
         f"timm `mobilenetv3_small_050` (random init, 10 classes), converted with divisor 2, sandwich-trained "
-        f"{epochs} epochs on digits at 64x64 ({out['train_s']:.0f} s), then `search --flops 0.35x --fraction 0.1` on "
-        f"64 held-out training images "
+        f"{epochs} epoch(s) on digits at {out['size']}x{out['size']} ({out['train_s']:.0f} s), then `search --flops 0.35x "
+        f"--fraction {out['fraction']:g}` on 64 held-out training images "
         f"({out['moves']} moves, {out['search_s']:.0f} s). MACs of the exported model relative to full width:", "",
-        "| configuration | MACs ratio at 64² | MACs ratio at 224² | held-out top-1 |", "|---|---:|---:|---:|",
-        f"| uniform 0.5 | {out['uniform_64']:.3f} | {out['uniform_224']:.3f} | |",
-        f"| {out['name']} | {out['searched_64']:.3f} | {out['searched_224']:.3f} | {out['top1_searched']:.1f} "
+        f"| configuration | MACs ratio at {out['size']}² | MACs ratio at 224² | held-out top-1 |", "|---|---:|---:|---:|",
+        f"| uniform 0.5 | {out['uniform_small']:.3f} | {out['uniform_224']:.3f} | |",
+        f"| {out['name']} | {out['searched_small']:.3f} | {out['searched_224']:.3f} | {out['top1_searched']:.1f} "
         f"(full {out['top1_full']:.1f}) |", "",
         "Uniform 0.5 cannot reach 0.35 (its depthwise convs and stem scale linearly with width); a per-group "
         "configuration can. (No other model of the test list misses the 0.35 bound at uniform 0.5.)"])
@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--ft-epochs", type=int, default=2)
     parser.add_argument("--budgets", default="0.3x,0.5x")
+    parser.add_argument("--size", type=int, default=32, help="mbv3: input side.")
+    parser.add_argument("--fraction", type=float, default=0.2, help="mbv3: search --fraction.")
     parser.add_argument("--latency-seeds", type=int, default=1, help="Seeds that also run a latency search.")
     parser.add_argument("--write", action="store_true", help="Write the section of benchmarks/RESULTS.md.")
     args = parser.parse_args(argv)
@@ -266,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         text = search_markdown(rows, command, time.perf_counter() - start, args.seeds, args.epochs, args.ft_epochs)
     else:
         heading = "Searched configuration of mobilenetv3_small_050"
-        text = mbv3_markdown(mbv3(args.epochs, log), command, time.perf_counter() - start, args.epochs)
+        text = mbv3_markdown(mbv3(args.epochs, log, args.size, args.fraction), command, time.perf_counter() - start,
+                             args.epochs)
     print(text)
     if args.write:
         write_section(heading, text)

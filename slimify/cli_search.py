@@ -2,8 +2,6 @@
 :mod:`slimify.search`); the found configuration is saved, named, in a new ``.slim`` file."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from slimify.cli_model import check_output

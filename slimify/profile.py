@@ -229,7 +229,7 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
     ``mode="export"`` measures each width as the plain model :func:`slimify.export` makes (what
     you deploy); ``"slim"`` the slimmable model itself. ``threads`` sets torch's intra-op threads
     for the measurement (default: the current setting) and is recorded with the result."""
-    state = get_state(model)
+    get_state(model)  # not slimmable: one clear error first
     if runs < 1 or warmup < 0:
         raise SlimifyError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     if mode not in ("export", "slim"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -31,11 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimify.configs import _analysis, add_config, config_slot, group_grid
+from slimify.latency_table import LatencyTable, real_latency
 from slimify.errors import SlimifyError
 from slimify.io import example_input
 from slimify.state import get_state, width as at_width
 
-__all__ = ["Budget", "parse_budget", "Point", "SearchResult", "search", "LatencyTable", "uniform_points"]
+__all__ = ["Budget", "parse_budget", "Point", "SearchResult", "search", "uniform_points"]
 
 KINDS = ("flops", "params", "latency")
 
@@ -163,65 +163,6 @@ class SearchResult:
         with atomic_path(path, overwrite=True) as tmp:
             fig.savefig(tmp, format="png")
         plt.close(fig)
-
-
-class LatencyTable:
-    """Milliseconds per (layer, input shape, output shape), each timed once alone on the device;
-    a configuration's estimate is the sum over its layers, scaled by how far the table was off for
-    the full width (ops outside the timed layers: activations, adds, Python)."""
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, runs: int = 10) -> None:
-        self.model, self.x, self.runs = model, x, runs
-        self.times: dict[tuple, float] = {}
-        self.scale = 1.0
-
-    def _layers(self) -> list[tuple[str, nn.Module, tuple, torch.Tensor]]:
-        seen: list[tuple[str, nn.Module, tuple, torch.Tensor]] = []
-        hooks = []
-        for path, m in self.model.named_modules():
-            if not list(m.children()) and (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False))):
-                def record(mod: nn.Module, args: Any, out: Any, path: str = path) -> None:
-                    if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                        seen.append((path, mod, (tuple(args[0].shape), tuple(out.shape)), args[0]))
-                hooks.append(m.register_forward_hook(record))
-        try:
-            with torch.inference_mode():
-                self.model(self.x)
-        finally:
-            for h in hooks:
-                h.remove()
-        return seen
-
-    def estimate(self) -> float:
-        """Estimated latency (ms) of the model at its active configuration."""
-        total = 0.0
-        for path, module, shapes, x in self._layers():
-            key = (path, shapes)
-            if key not in self.times:
-                self.times[key] = _median_ms(lambda: module(x), self.runs, self.x.device)
-            total += self.times[key]
-        return total * self.scale
-
-
-def _median_ms(fn: Callable[[], Any], runs: int, device: torch.device) -> float:
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    times = []
-    with torch.inference_mode():
-        for i in range(runs + 2):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if i >= 2:
-                times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def _real_latency(model: nn.Module, value: Any, x: torch.Tensor, runs: int) -> float:
-    from slimify.export import export
-
-    plain = export(model, value).eval().to(x.device)
-    return _median_ms(lambda: plain(x), runs, x.device)
 
 
 class _Scorer:
@@ -354,7 +295,7 @@ def search(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
         table = LatencyTable(model, x1, latency_runs) if budget.kind == "latency" else None
         if table is not None:
             with _eval_quiet(model), at_width(model, 1.0):
-                real_full = _real_latency(model, 1.0, x1, latency_runs)
+                real_full = real_latency(model, 1.0, x1, latency_runs)
                 table.scale = real_full / table.estimate()
 
         def cost(value: Any) -> float:
@@ -409,12 +350,12 @@ def search(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
             raise SlimifyError(f"search got stuck above the budget {limit:.4g}: no group can slim further")
         if table is not None:  # the table is an estimate: slim on while the real latency misses the budget
             with _eval_quiet(model):
-                result.measured_ms = _real_latency(model, current.channels, x1, latency_runs)
+                result.measured_ms = real_latency(model, current.channels, x1, latency_runs)
             while result.measured_ms > limit and (nxt := move(current)) is not None:
                 current = nxt
                 result.path.append(current)
                 with _eval_quiet(model):
-                    result.measured_ms = _real_latency(model, current.channels, x1, latency_runs)
+                    result.measured_ms = real_latency(model, current.channels, x1, latency_runs)
             if result.measured_ms > limit:
                 raise SlimifyError(f"no configuration meets {limit:g} ms on {dev}: the narrowest reached measures "
                                    f"{result.measured_ms:.3f} ms")
