@@ -18,8 +18,9 @@ __all__ = ["export_command", "profile_command", "pick_command", "write_export"]
 F = Callable[..., Any]
 
 
-def write_export(net: Any, width: float, out: Path, force: bool, input_size: tuple[int, int, int] | None) -> str:
-    """Export switch ``width`` of ``net`` to ``out`` by its suffix; returns a one-line summary."""
+def write_export(net: Any, width: Any, out: Path, force: bool, input_size: tuple[int, int, int] | None) -> str:
+    """Export ``width`` (a width or a configuration's name) of ``net`` to ``out`` by its suffix;
+    returns a one-line summary."""
     import torch
 
     from slimify.deploy.formats import write_width
@@ -56,24 +57,29 @@ def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int
 Examples:
   slimify export rn50.slim --width 0.5 -o rn50_w050.pt2
   slimify export rn50.slim --width 0.25 -o rn50_w025.onnx --input-size 224
-  slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force""")
+  slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force
+  slimify export searched.slim --config search-flops-0.30x -o small.onnx""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--width", type=float, required=True, help="The switch to export (one of the model's widths).")
+@click.option("--width", type=float, help="A uniform width between the narrowest switch and 1 (a switch or any other).")
+@click.option("--config", "config_name", help="A named width configuration of FILE (see `slimify inspect`).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), cls=LiveHelpOption,
               help_fn=lambda: "Output, by suffix: " + "; ".join(f"{e.name}: {e.help}" for e in FORMATS) + ".")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @size_option
-def export_command(file: str, width: float, output: str, force: bool, input_size: tuple[int, int, int] | None) -> None:
+def export_command(file: str, width: float | None, config_name: str | None, output: str, force: bool,
+                   input_size: tuple[int, int, int] | None) -> None:
     """Export one width of a .slim FILE as a plain, physically narrow model (no slimify needed to
     run it); the example input for .pt2/.onnx is the conversion's input size unless --input-size."""
     import slimify
+    from slimify.state import slot_of
 
+    if (width is None) == (config_name is None):
+        raise click.UsageError("give one of --width or --config")
     out = check_output(output, force, FORMATS.names())
     net = slimify.load(file)
-    if all(abs(width - w) > 1e-9 for w in slimify.switches(net)):
-        raise click.BadParameter(f"{width:g} is not a switch of {file}; choose one of "
-                                 f"{', '.join(f'{w:g}' for w in slimify.switches(net))}", param_hint="--width")
-    click.echo(write_export(net, width, out, force, input_size))
+    chosen = width if width is not None else config_name
+    slot_of(net, chosen)  # a width out of range or an unknown name: one line, before writing anything
+    click.echo(write_export(net, chosen, out, force, input_size))
 
 
 @command("profile", epilog="""\b
@@ -136,7 +142,7 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
     net, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode)
     click.echo(result.table())
     best = pick(result, **budgets)
-    click.echo(f"\npicked width {best.width:g}: {best.latency_ms:.2f} ms median, {best.flops / 1e9:.3f} GFLOPs, "
+    click.echo(f"\npicked {best.config or f'width {best.width:g}'}: {best.latency_ms:.2f} ms median, {best.flops / 1e9:.3f} GFLOPs, "
                f"{best.params:,} params, {best.memory_mb:.1f} MB")
     if out is not None:
-        click.echo(write_export(net, best.width, out, force, input_size))
+        click.echo(write_export(net, best.config or best.width, out, force, input_size))

@@ -116,27 +116,40 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
 
 
 @command("calibrate", epilog="""\b
-Example:
-  slimify calibrate runs/rn18/model.pt --data ~/imagenet --batches 100 -o rn18-calibrated.pt""")
+Examples:
+  slimify calibrate runs/rn18/model.pt --data ~/imagenet --batches 100 -o rn18-calibrated.pt
+  slimify calibrate m.slim --data ~/imagenet --width 0.6 -o m-060.slim
+  slimify calibrate searched.slim --data digits --config search-flops-0.30x -o searched.slim --force""")
 @model_options
 @click.option("--data", required=True, help="'digits' or an ImageFolder directory of training images.")
+@click.option("--width", type=float, help="Calibrate only this uniform width (any in range; stored with it, .slim).")
+@click.option("--config", "config_name", help="Calibrate only this named configuration (.slim).")
 @click.option("--batches", type=click.IntRange(min=1), default=100, show_default=True, help="Batches per switch.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-def calibrate_command(model: str, data: str, batches: int, batch_size: int, output: str, force: bool,
-                      checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
-                      num_classes: int | None, device: str | None, reorder: str | None) -> None:
-    """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it."""
+def calibrate_command(model: str, data: str, width: float | None, config_name: str | None, batches: int,
+                      batch_size: int, output: str, force: bool, checkpoint: str | None,
+                      switches: tuple[float, ...] | None, divisor: int, num_classes: int | None,
+                      device: str | None, reorder: str | None) -> None:
+    """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it; with
+    --width or --config, only that configuration's, which it then owns (saved in the .slim file)."""
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
     from slimify.train.resolve import resolve_data, save_model
 
+    if width is not None and config_name is not None:
+        raise click.UsageError("give --width or --config, not both")
+    chosen = width if width is not None else config_name
+    if chosen is not None and Path(output).suffix != ".slim":
+        raise click.UsageError("a configuration's statistics are stored in .slim files: give -o NAME.slim")
     _fresh_output(output, force)
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder)
     net.to(resolve_device(device))
-    calibrate_bn(net, resolve_data(data, net, train=True), batches=batches, batch_size=batch_size)
-    click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output, overwrite=force)}")
+    calibrate_bn(net, resolve_data(data, net, train=True), batches=batches, batch_size=batch_size,
+                 widths=None if chosen is None else [chosen])
+    what = "per switch" if chosen is None else f"for {chosen!r}" if config_name else f"for width {width:g}"
+    click.echo(f"calibrated {batches} batches {what}; saved {save_model(net, spec, output, overwrite=force)}")
 
 
 @command("eval", epilog="""\b

@@ -53,6 +53,7 @@ class SwitchProfile:
     memory_mb: float  # see ProfileResult.memory_method
     activation_mb: float  # the peak-activation part of memory_mb
     accuracy: float | None = None  # filled in by the caller (e.g. from slimify.evaluate)
+    config: str = ""  # a named width configuration (``slimify.configs``); width is then its kept fraction
 
 
 @dataclass
@@ -87,7 +88,7 @@ class ProfileResult:
         lines = [head, "", cols]
         for r in self.rows:
             acc = f" | {r.accuracy:8.2f}" if self._has_accuracy() and r.accuracy is not None else ""
-            lines.append(f"{r.width:>6g} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | {r.flops / 1e9:>7.3f} | "
+            lines.append(f"{r.config or f'{r.width:g}':>6} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | {r.flops / 1e9:>7.3f} | "
                          f"{r.latency_ms:>11.2f} | {r.latency_p90_ms:>8.2f} | {r.memory_mb:>9.1f}{acc}")
         lines += ["", f"memory: {self.memory_method}"]
         return "\n".join(lines)
@@ -131,7 +132,7 @@ class ProfileResult:
         ax.scatter(xs, ys, color="tab:blue", zorder=3)
         ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:blue", alpha=0.6, label="Pareto front")
         for r, x, y in zip(self.rows, xs, ys):
-            ax.annotate(f"w={r.width:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+            ax.annotate(r.config or f"w={r.width:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
         ax.set_xlabel(f"latency, ms (median of {self.runs}; {self.device}, {self.threads} thread(s))")
         ax.set_ylabel("accuracy" if use_acc else "GFLOPs")
         ax.set_title(f"{self.model}, input {'x'.join(map(str, self.input_size))}", fontsize=10)
@@ -222,13 +223,14 @@ def input_shape(input_size: int | tuple[int, ...] | list[int]) -> tuple[int, ...
 
 def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 224), runs: int = 20, warmup: int = 3,
             threads: int | None = None, device: str | torch.device | None = None,
-            widths: tuple[float, ...] | list[float] | None = None, mode: str = "export") -> ProfileResult:
-    """Profile every switch (or ``widths``) of the converted ``model`` on one batch of ``input_size``.
+            widths: tuple[Any, ...] | list[Any] | None = None, mode: str = "export") -> ProfileResult:
+    """Profile every switch and named configuration (or ``widths``: switches, uniform widths in
+    range, configuration names) of the converted ``model`` on one batch of ``input_size``.
 
     ``mode="export"`` measures each width as the plain model :func:`slimify.export` makes (what
     you deploy); ``"slim"`` the slimmable model itself. ``threads`` sets torch's intra-op threads
     for the measurement (default: the current setting) and is recorded with the result."""
-    state = get_state(model)
+    get_state(model)  # not slimmable: one clear error first
     if runs < 1 or warmup < 0:
         raise SlimifyError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     if mode not in ("export", "slim"):
@@ -239,9 +241,7 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
 
     dev = resolve_device(device or "cpu")  # an unknown device or missing CUDA is a SlimifyError
     shape = input_shape(input_size)
-    chosen = state.switches if widths is None else tuple(sorted(widths))
-    for w in chosen:
-        state.index_of(w)
+    chosen = _chosen(model, widths)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or previous_threads)
     name = type(model).__name__
@@ -252,15 +252,35 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
         if mode == "slim":
             model.to(dev)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dev)
-        for w in chosen:
-            result.rows.append(_profile_one(model, w, x, runs, warmup, mode, dev))
+        for size, value, name in chosen:
+            row = _profile_one(model, value, x, runs, warmup, mode, dev)
+            row.width, row.config = size, name
+            result.rows.append(row)
     finally:
         torch.set_num_threads(previous_threads)
         model.to(home)
     return result
 
 
-def _profile_one(model: nn.Module, w: float, x: torch.Tensor, runs: int, warmup: int, mode: str,
+def _chosen(model: nn.Module, widths: Any) -> list[tuple[float, Any, str]]:
+    """(width, value, name) to profile, narrowest first: switches and named configurations by
+    default; a name or a uniform width checked (SlimifyError) before anything is measured."""
+    from slimify.rewrite.config_names import configs
+    from slimify.state import slot_of
+
+    state = get_state(model)
+    named = {name: value for name, value in configs(model).items()} if widths is None else {}
+    values = [(v, "" if isinstance(v, float) and v in state.switches else k) for k, v in named.items()] \
+        if widths is None else [(w, w if isinstance(w, str) else "") for w in widths]
+    out = []
+    for value, name in values:
+        i = slot_of(model, value)
+        size = state.switches[i] if i < len(state.switches) else state.slots[i - len(state.switches)].width
+        out.append((size, value, name))
+    return sorted(out, key=lambda t: t[0])
+
+
+def _profile_one(model: nn.Module, w: Any, x: torch.Tensor, runs: int, warmup: int, mode: str,
                  dev: torch.device) -> SwitchProfile:
     from torch.utils.flop_counter import FlopCounterMode
 

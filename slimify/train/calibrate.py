@@ -9,7 +9,9 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset
 
+import slimify
 from slimify.errors import SlimifyError
+from slimify.rewrite.config_slots import calibration_slot
 from slimify.train.common import at_width, model_widths, resolve_device
 from slimify.train.loader import Batch, as_batches
 
@@ -56,6 +58,8 @@ def calibrate_bn(
 
     ``data`` is a Dataset (shuffled with ``seed``) or anything yielding ``(images, labels)``.
     Only BatchNorm buffers change: weights, and switches not in ``widths``, stay as they are.
+    ``widths`` may name configurations that are not switches (any uniform width in range, a
+    {group: channels} dict or a name): each gets statistics of its own, saved with the model.
 
         >>> slimify.calibrate_bn(model, slimify.train.digits("train"), batches=20)
     """
@@ -66,6 +70,8 @@ def calibrate_bn(
     model.train()
     try:
         for w in model_widths(model, widths):
+            if widths is not None and slimify.is_slimmable(model):  # a configuration gets statistics of its own
+                calibration_slot(model, w)
             with at_width(model, w):
                 loader = as_batches(data, batch_size, shuffle_seed=seed)
                 _calibrate_one(model, loader, batches, dev)

@@ -34,6 +34,7 @@ from slimify.train.losses import step_widths, switch_loss
 from slimify.train.optim import build_optimizer, build_scheduler
 from slimify.train.progress import LossMeter, RunLog, progress_bar, show_progress
 from slimify.train.recipe import Recipe, load_recipe
+from slimify.train.sandwich import check_width_range, loss_key, sandwich_widths
 
 __all__ = ["finetune", "Trainer", "TrainResult", "CHECKPOINT_NAME", "LOG_NAME"]
 
@@ -63,6 +64,10 @@ class Trainer:
         self.info: DistInfo = init_from_env(device)
         self.model = model.to(device)
         self.widths = model_widths(model)
+        if recipe.width_range is not None:  # continuous widths: both ends must be servable
+            check_width_range(model, recipe.width_range)
+        if recipe.configs:  # named configurations (searched ones) train beside the switches
+            model_widths(model, recipe.configs)
         self.ddp = wrap_ddp(self.model, device, self.info, slimify.is_slimmable(model))
         self.optimizer = build_optimizer(self.model, recipe)
         self.steps_per_epoch = self._steps_per_epoch()
@@ -88,10 +93,12 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[float, float]:
         """One optimizer step: forward + backward at each width, widest first, then one update."""
         r = self.recipe
-        widths = step_widths(self.widths, r.sandwich, r.seed, self.step)
+        widths = step_widths(self.widths, r.sandwich, r.seed, self.step) if r.width_range is None else \
+            sandwich_widths(r.width_range, r.sandwich, r.seed, self.step)
+        widths = [widths[0], *r.configs, *widths[1:]]  # after the widest: it is their teacher
         self.optimizer.zero_grad(set_to_none=True)
         teacher: torch.Tensor | None = None
-        losses: dict[float, torch.Tensor] = {}
+        keyed: dict[Any, list[torch.Tensor]] = {}
         for i, w in enumerate(widths):
             last = i == len(widths) - 1  # DDP all-reduces gradients once, after the last switch
             sync = contextlib.nullcontext() if last or not self.info.enabled else self.ddp.no_sync()
@@ -103,7 +110,9 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             if teacher is None and r.narrow_loss == "distill":
                 teacher = logits.detach()
-            losses[w] = loss.detach()
+            key = w if r.width_range is None or isinstance(w, str) else loss_key(i, len(widths), w)
+            keyed.setdefault(key, []).append(loss.detach())
+        losses = {k: v[0] if len(v) == 1 else torch.stack(v).mean() for k, v in keyed.items()}
         values = torch.stack(list(losses.values()))  # one device sync per step, not one per switch
         if not bool(torch.isfinite(values).all()):  # stop before a NaN/inf reaches the weights
             self._diverged(dict(zip(losses, values.tolist())))
@@ -122,7 +131,8 @@ class Trainer:
         ckpt = self.ckpt_dir / CHECKPOINT_NAME if self.ckpt_dir is not None else None
         kept = f"the last good checkpoint is {ckpt}" if ckpt is not None and ckpt.is_file() else "no checkpoint kept"
         self.log.write("diverged", step=self.step + 1, epoch=self.epoch, width=w, loss=str(value))
-        raise SlimifyError(f"loss is {value} at width {w:g} in step {self.step + 1} (epoch {self.epoch + 1}): "
+        where = f"{w:g}" if isinstance(w, float) else w  # a width, or a configuration's name / "random"
+        raise SlimifyError(f"loss is {value} at width {where} in step {self.step + 1} (epoch {self.epoch + 1}): "
                            f"stopped before updating the weights; {kept}. Lower the learning rate, set "
                            "grad_clip or check the data")
 
