@@ -36,6 +36,8 @@ _LAZY: dict[str, str] = {
     "profile": "slimify.deploy.measure",
     "save": "slimify.store.slimfile",
     "load": "slimify.store.slimfile",
+    "configs": "slimify.rewrite.config_names",
+    "add_config": "slimify.rewrite.config_names",
 }
 
 __all__ = ["SlimifyError", *_LAZY]
@@ -46,6 +48,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from slimify.deploy.measure import profile
     from slimify.ordering.permute import reorder
     from slimify.pipeline import convert, report
+    from slimify.rewrite.config_names import add_config, configs
     from slimify.state import get_width, is_slimmable, set_width, switches, width
     from slimify.store.slimfile import load, save
     from slimify.train import calibrate_bn, evaluate, finetune

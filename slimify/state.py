@@ -40,6 +40,8 @@ class ConversionRecord:
     example_shape: list[int] | None = None
     evaluation: dict[str, Any] | None = None  # see slimify.deploy.accuracy
     example_inputs: dict[str, Any] | None = None
+    configs: dict[str, Any] = field(default_factory=dict)  # name → uniform width or {group: channels}
+    config_slots: dict[tuple[int, ...], int] = field(default_factory=dict)  # classes kept per group → slot
 
 
 @dataclass
@@ -51,15 +53,22 @@ class SlimState:
     """
 
     switches: tuple[float, ...]
-    index: int = -1  # index into ``switches``; -1 is the widest
+    index: int = -1  # index into ``switches``, or beyond them into ``slots``; -1 is the widest
     on_switch: list[Callable[[int], None]] = field(default_factory=list, repr=False)
     record: ConversionRecord = field(default_factory=ConversionRecord, repr=False)
+    # width configurations served after the switches (``rewrite/config_slots.py``), each with a ``width``
+    slots: list[Any] = field(default_factory=list, repr=False)
+    # (model, w) → the slot serving a width that is no switch; set by the rewrite, which knows how
+    # to build slots (the state, below every stage, cannot import it)
+    serve_config: Callable[[nn.Module, Any], int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.index = len(self.switches) - 1
 
     @property
     def width(self) -> float:
+        if self.index >= len(self.switches):
+            return self.slots[self.index - len(self.switches)].width
         return self.switches[self.index]
 
     @property
@@ -67,7 +76,9 @@ class SlimState:
         return self.index == len(self.switches) - 1 and self.switches[-1] == 1.0
 
     def select(self, w: float) -> None:
-        idx = self.index_of(w)
+        self.select_index(self.index_of(w))
+
+    def select_index(self, idx: int) -> None:
         if idx != self.index:
             self.index = idx
             for callback in self.on_switch:
@@ -100,18 +111,33 @@ def get_width(model: nn.Module) -> float:
     return get_state(model).width
 
 
-def set_width(model: nn.Module, w: float) -> None:
-    """Make every slimmable part of ``model`` run at switch ``w`` (must be one of its switches)."""
-    get_state(model).select(w)
+def slot_of(model: nn.Module, w: Any) -> int:
+    """The slot serving ``w``: a switch's index, else a width configuration's (``state.serve_config``,
+    from ``rewrite/config_slots.py``, computes its cuts once and caches them)."""
+    state = get_state(model)
+    if isinstance(w, (int, float)) and not isinstance(w, bool):
+        for i, s in enumerate(state.switches):
+            if abs(s - float(w)) < 1e-9:
+                return i
+    if state.serve_config is None:
+        raise SlimifyError(f"width {w!r} is not one of this model's switches {list(state.switches)}")
+    return state.serve_config(model, w)
+
+
+def set_width(model: nn.Module, w: Any) -> None:
+    """Make every slimmable part of ``model`` run at ``w``: a switch, any uniform width between the
+    narrowest switch and 1, a per-group configuration or a configuration's name."""
+    get_state(model).select_index(slot_of(model, w))
 
 
 @contextlib.contextmanager
-def width(model: nn.Module, w: float) -> Iterator[nn.Module]:
-    """``with slimify.width(model, 0.5): model(x)`` runs at width 0.5 and restores the old width."""
+def width(model: nn.Module, w: Any) -> Iterator[nn.Module]:
+    """``with slimify.width(model, 0.5): model(x)`` runs at width 0.5 and restores the old width
+    (``w`` as in :func:`set_width`)."""
     state = get_state(model)
-    previous = state.width
-    state.select(w)
+    previous = state.index
+    state.select_index(slot_of(model, w))
     try:
         yield model
     finally:
-        state.select(previous)
+        state.select_index(previous)

@@ -73,10 +73,10 @@ def test_convert_twice_is_refused() -> None:
         slimify.convert(model, example_input=X)
 
 
-def test_width_must_be_a_switch() -> None:
+def test_width_must_be_in_range() -> None:  # issue 14: any width between the narrowest switch and 1
     model = slimify.convert(small(), switches=(0.5, 1.0), example_input=X)
-    with pytest.raises(SlimifyError, match="not one of this model's switches"):
-        slimify.set_width(model, 0.75)
+    with pytest.raises(SlimifyError, match=r"outside this model's range \[0.5, 1\]"):
+        slimify.set_width(model, 0.25)
 
 
 def test_width_on_plain_model_is_refused() -> None:

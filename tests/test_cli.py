@@ -135,7 +135,7 @@ def test_pick_prints_and_exports_the_widest_fit(slim: Path, tmp_path, capsys) ->
     (["convert", "no_such_model_xyz", "-o", "{tmp}/x.slim"], "no_such_model_xyz"),
     (["convert", "slimify:tinynet", "-o", "{tmp}/no/dir/x.slim"], "does not exist"),
     (["inspect", "{tmp}/garbage.slim"], "truncated or not a .slim file"),
-    (["export", "{slim}", "--width", "0.3", "-o", "{tmp}/x.onnx"], "not a switch"),
+    (["export", "{slim}", "--width", "0.1", "-o", "{tmp}/x.onnx"], "outside this model's range"),
     (["export", "{slim}", "--width", "0.5", "-o", "{tmp}/x.tflite"], "must end with .pt or .pt2 or .onnx"),
     (["export", "{tmp}/missing.slim", "--width", "0.5", "-o", "{tmp}/x.pt"], "does not exist"),
     (["pick", "{slim}"], "at least one budget"),

@@ -127,7 +127,7 @@ def test_torch_export_and_onnx_agree(name: str, tmp_path) -> None:
 
 def test_export_refuses_bad_input(tmp_path) -> None:
     model = slimify.convert(TinyNet(), (0.5, 1.0), example_input=torch.randn(1, 3, 32, 32))
-    with pytest.raises(SlimifyError, match="not one of this model's switches"):
+    with pytest.raises(SlimifyError, match="outside this model's range"):
         export(model, 0.3)
     with pytest.raises(SlimifyError, match="not a slimmable model"):
         export(TinyNet(), 0.5)

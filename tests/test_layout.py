@@ -159,7 +159,7 @@ def test_the_walker_sees_imports_inside_functions(tmp_path: Path) -> None:
 
 
 HELP_COMMANDS = [[], ["convert"], ["inspect"], ["reorder"], ["export"], ["profile"], ["pick"], ["finetune"],
-                 ["calibrate"], ["eval"], ["demo"]]
+                 ["calibrate"], ["eval"], ["demo"], ["search"]]
 
 
 @pytest.mark.parametrize("args", HELP_COMMANDS, ids=lambda a: " ".join(a) or "slimify")

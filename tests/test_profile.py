@@ -91,7 +91,7 @@ def test_results_are_data_table_json_csv_png(result: ProfileResult, tmp_path) ->
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"runs": 0}, "runs must be"), ({"mode": "fast"}, "mode must be"), ({"threads": 0}, "threads must be"),
-    ({"widths": [0.3]}, "not one of this model's switches"), ({"input_size": (0, 3)}, "input size"),
+    ({"widths": [0.1]}, "outside this model's range"), ({"input_size": (0, 3)}, "input size"),
 ])
 def test_profile_refuses_bad_arguments(tiny: nn.Module, kwargs: dict, message: str) -> None:
     with pytest.raises(SlimifyError, match=message):

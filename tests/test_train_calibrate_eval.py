@@ -100,8 +100,8 @@ def test_evaluate_accepts_loaders_widths_and_plain_models() -> None:
     model = slim_digitsnet(SWITCHES)
     loader = DataLoader(Subset(digits("val"), range(64)), batch_size=16)
     assert [r.width for r in evaluate(model, loader, widths=[0.5]).rows] == [0.5]
-    with pytest.raises(SlimifyError, match="not one of this model's switches"):
-        evaluate(model, loader, widths=[0.3])
+    with pytest.raises(SlimifyError, match="outside this model's range"):
+        evaluate(model, loader, widths=[0.1])
     plain = evaluate(DigitsNet(), loader)
     assert [r.width for r in plain.rows] == [1.0] and plain.rows[0].images == 64
     with pytest.raises(SlimifyError, match="not slimmable"):

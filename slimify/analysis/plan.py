@@ -13,7 +13,7 @@ from slimify.analysis.space import FIXED, ChannelSpace, Count
 from slimify.errors import SlimifyError
 
 __all__ = ["make_divisible", "check_switches", "Plan", "make_plan", "Index", "group_divisor", "DEFAULT_DIVISOR",
-           "EmptyPiece"]
+           "EmptyPiece", "kept_classes", "active_ids", "unbalanced_pieces", "fill_cuts", "NotABox"]
 
 DEFAULT_DIVISOR = 8  # ``divisor=None``: 8, or the largest smaller power of two a narrow group needs
 AUTO_TOLERANCE = 0.1  # an automatic divisor keeps every switch within 10% of C·w where one can
@@ -159,32 +159,55 @@ def _value(template: Any, active: np.ndarray, origin: str = "") -> Any:
     return template
 
 
-def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...], divisor: int | None) -> Plan:
-    """Raises :class:`NotABox` naming the ids to fix when a tensor could not be served narrow.
-    ``divisor=None`` picks one per group (``group_divisor``)."""
-    auto, base = divisor is None, DEFAULT_DIVISOR if divisor is None else divisor
-    divisors = {g.index: base if g.fixed else group_divisor(len(g.classes), g.unit, switches, base, auto)
-                for g in table.groups}
-    kept = {g.index: [len(g.classes) if g.fixed else _kept_classes(len(g.classes), g.unit, w, divisors[g.index])
-                      for w in switches] for g in table.groups}
-    n_groups = len(table.groups)
-    plan = Plan(switches, base, kept, auto_divisor=auto, group_divisors=divisors)
-    actives = []
-    for s in range(len(switches)):
-        limit = np.array([kept[g][s] for g in range(n_groups)] + [np.iinfo(np.int64).max], np.int64)
-        group = np.where(table.group_of_id >= 0, table.group_of_id, n_groups)
-        actives.append(table.rank < limit[group])
+def kept_classes(table: GroupTable, w: float, divisors: dict[int, int] | int) -> list[int]:
+    """Classes each group keeps at the uniform width ``w`` (fixed groups keep all); ``divisors``
+    is each group's own divisor (``Plan.group_divisors``) or one for all."""
+    return [len(g.classes) if g.fixed else _kept_classes(
+        len(g.classes), g.unit, w, divisors if isinstance(divisors, int) else divisors[g.index])
+        for g in table.groups]
+
+
+def active_ids(table: GroupTable, kept: list[int]) -> np.ndarray:
+    """Which channel ids are active when group ``g`` keeps its first ``kept[g]`` classes."""
+    limit = np.array(list(kept) + [np.iinfo(np.int64).max], np.int64)
+    group = np.where(table.group_of_id >= 0, table.group_of_id, len(table.groups))
+    return table.rank < limit[group]
+
+
+def unbalanced_pieces(space: ChannelSpace, table: GroupTable, actives: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """Sets of ``chunk`` pieces that would get different widths (one round: each set whose groups
+    no earlier one touched)."""
     unbalanced, touched = [], set()
-    for pieces in space.balances:  # one round ties every unbalanced set whose groups no earlier one touched
+    for pieces in space.balances:
         if any(len({int(active[p].sum()) for p in pieces}) > 1 for active in actives):
             groups = {g for g in np.unique(table.group_of_id[np.concatenate(pieces)]).tolist()
                       if g >= 0 and not table.groups[g].fixed}  # tying to a fixed group only fixes: no order
             if not groups & touched:
                 unbalanced.append(pieces)
             touched |= groups
+    return unbalanced
+
+
+def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...], divisor: int | None) -> Plan:
+    """Raises :class:`NotABox` naming the ids to fix when a tensor could not be served narrow.
+    ``divisor=None`` picks one per group (``group_divisor``)."""
+    auto, base = divisor is None, DEFAULT_DIVISOR if divisor is None else divisor
+    divisors = {g.index: base if g.fixed else group_divisor(len(g.classes), g.unit, switches, base, auto)
+                for g in table.groups}
+    per_switch = [kept_classes(table, w, divisors) for w in switches]
+    kept = {g.index: [k[g.index] for k in per_switch] for g in table.groups}
+    plan = Plan(switches, base, kept, auto_divisor=auto, group_divisors=divisors)
+    actives = [active_ids(table, k) for k in per_switch]
+    unbalanced = unbalanced_pieces(space, table, actives)
     if unbalanced:  # as one pair of concatenated pieces: one planning round for all of them
         pairs = [(pieces[0], p) for pieces in unbalanced for p in pieces[1:]]
         raise Unbalanced([np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])])
+    fill_cuts(plan, space, actives)
+    return plan
+
+
+def fill_cuts(plan: Plan, space: ChannelSpace, actives: list[np.ndarray]) -> None:
+    """How every parameter, attribute, BatchNorm and padded output is cut at each of ``actives``."""
     for key, spec in space.params.items():
         per_switch = []
         for active in actives:
@@ -200,7 +223,6 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
         plan.batchnorms[bn.module] = [np.nonzero(active[bn.ids])[0] for active in actives]
     if space.output_ids is not None:
         plan.output_widths = _output_widths(space.output_ids, actives)
-    return plan
 
 
 def _output_widths(ids: np.ndarray, actives: list[np.ndarray]) -> list[int] | None:

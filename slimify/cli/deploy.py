@@ -18,10 +18,10 @@ __all__ = ["export_command", "profile_command", "pick_command", "write_export"]
 F = Callable[..., Any]
 
 
-def write_export(net: Any, width: float, out: Path, force: bool, input_size: tuple[int, int, int] | None,
+def write_export(net: Any, width: Any, out: Path, force: bool, input_size: tuple[int, int, int] | None,
                  batch_size: int | None = None) -> str:
-    """Export switch ``width`` of ``net`` to ``out`` by its suffix (batch dynamic unless
-    ``batch_size``); returns a one-line summary naming the dynamic dimensions."""
+    """Export ``width`` (a width or a configuration's name) of ``net`` to ``out`` by its suffix
+    (batch dynamic unless ``batch_size``); returns a one-line summary naming the dynamic dimensions."""
     import torch
 
     from slimify.deploy.formats import write_width
@@ -63,9 +63,11 @@ Examples:
   slimify export rn50.slim --width 0.25 -o rn50_w025.onnx --input-size 224
   slimify export rn50.slim --width 0.75 -o rn50_w075.pt --force
   slimify export rn50.slim --width 0.5 -o rn50_w050_b8.pt2 --batch-size 8   # static batch
-  slimify export rn50.slim --all-widths -o rn50_all.onnx   # one file, input 'width' picks the switch""")
+  slimify export rn50.slim --all-widths -o rn50_all.onnx   # one file, input 'width' picks the switch
+  slimify export searched.slim --config search-flops-0.30x -o small.onnx""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--width", type=float, help="The switch to export (one of the model's widths).")
+@click.option("--width", type=float, help="A uniform width between the narrowest switch and 1 (a switch or any other).")
+@click.option("--config", "config_name", help="A named width configuration of FILE (see `slimify inspect`).")
 @click.option("--all-widths", is_flag=True, cls=LiveHelpOption,
               help_fn=lambda: "Every switch in one file, weights stored once: "
               + "; ".join(f"{e.name}: {e.help}" for e in ALL_WIDTHS) + ".")
@@ -76,15 +78,16 @@ Examples:
               help_fn=lambda: f"A static batch size for {'/'.join(FORMATS.names(lambda e: bool(e.options.get('batch_size'))))}."
               "  [default: dynamic batch]")
 @size_option
-def export_command(file: str, width: float | None, all_widths: bool, output: str, force: bool,
-                   batch_size: int | None, input_size: tuple[int, int, int] | None) -> None:
+def export_command(file: str, width: float | None, config_name: str | None, all_widths: bool, output: str,
+                   force: bool, batch_size: int | None, input_size: tuple[int, int, int] | None) -> None:
     """Export one width of a .slim FILE as a plain, physically narrow model (no slimify needed to
     run it), or with --all-widths every width in one file; the example input for .pt2/.onnx is the
     conversion's input size unless --input-size."""
     import slimify
+    from slimify.state import slot_of
 
-    if all_widths == (width is not None):
-        raise click.UsageError("give either --width W (one switch) or --all-widths")
+    if (width is not None) + (config_name is not None) + all_widths != 1:
+        raise click.UsageError("give either --width W (a width in range), --config NAME or --all-widths")
     if all_widths and batch_size is not None:
         raise click.UsageError("--batch-size applies to one width; an --all-widths file has a dynamic batch")
     out = check_output(output, force, ALL_WIDTHS.names() if all_widths else FORMATS.names())
@@ -97,10 +100,9 @@ def export_command(file: str, width: float | None, all_widths: bool, output: str
         example = torch.randn(1, *input_size) if input_size else None
         click.echo(write_all_widths(net, out, example, overwrite=force))
         return
-    if all(abs(width - w) > 1e-9 for w in slimify.switches(net)):
-        raise click.BadParameter(f"{width:g} is not a switch of {file}; choose one of "
-                                 f"{', '.join(f'{w:g}' for w in slimify.switches(net))}", param_hint="--width")
-    click.echo(write_export(net, width, out, force, input_size, batch_size))
+    chosen = width if width is not None else config_name
+    slot_of(net, chosen)  # a width out of range or an unknown name: one line, before writing anything
+    click.echo(write_export(net, chosen, out, force, input_size, batch_size))
 
 
 @command("profile", epilog="""\b
@@ -169,7 +171,7 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
     click.echo(result.table())
     best = pick(result, **budgets)
     timed = f"{best.latency_ms:.2f} ms median, " if best.latency_ms is not None else ""
-    click.echo(f"\npicked width {best.width:g}: {timed}{best.flops / 1e9:.3f} GFLOPs, "
+    click.echo(f"\npicked {best.config or f'width {best.width:g}'}: {timed}{best.flops / 1e9:.3f} GFLOPs, "
                f"{best.params:,} params, {best.memory_mb:.1f} MB")
     if out is not None:
-        click.echo(write_export(net, best.width, out, force, input_size))
+        click.echo(write_export(net, best.config or best.width, out, force, input_size))

@@ -247,5 +247,10 @@ def inspect_command(model_or_file: str, switches: tuple[float, ...], divisor: in
         click.echo(json.dumps(rep.to_dict(), indent=2))
         return
     click.echo(rep.table(max_rows=max_rows))
+    from slimify.rewrite.config_names import configs_table
+
+    named = configs_table(net)
+    if named:
+        click.echo("\n" + named)
     click.echo("")
     click.echo(_params_line(net))

@@ -170,10 +170,14 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
 
 
 @command("calibrate", epilog="""\b
-Example:
-  slimify calibrate runs/rn18/model.pt --data ~/imagenet --batches 100 -o rn18-calibrated.pt""")
+Examples:
+  slimify calibrate runs/rn18/model.pt --data ~/imagenet --batches 100 -o rn18-calibrated.pt
+  slimify calibrate m.slim --data ~/imagenet --width 0.6 -o m-060.slim
+  slimify calibrate searched.slim --data digits --config search-flops-0.30x -o searched.slim --force""")
 @model_options
 @click.option("--data", required=True, help="'digits' or an ImageFolder directory of training images.")
+@click.option("--width", type=float, help="Calibrate only this uniform width (any in range; stored with it, .slim).")
+@click.option("--config", "config_name", help="Calibrate only this named configuration (.slim).")
 @click.option("--batches", type=click.IntRange(min=1), default=100, show_default=True, help="Batches per switch.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
@@ -181,17 +185,24 @@ Example:
 @click.option("--val", "val_data", help="Validation data for the accuracy before and after (default: DATA's val/ "
                                         "sub-folder, or digits' val split; none: no accuracy printed).")
 @workers_option
-def calibrate_command(model: str, data: str, batches: int, batch_size: int, output: str, force: bool,
-                      val_data: str | None, workers: int | None, checkpoint: str | None,
-                      switches: tuple[float, ...] | None, divisor: int, num_classes: int | None, device: str | None,
-                      reorder: str | None, input_size: tuple[int, int, int] | None) -> None:
-    """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it;
-    with validation data, print every switch's accuracy before and after."""
+def calibrate_command(model: str, data: str, width: float | None, config_name: str | None, batches: int,
+                      batch_size: int, output: str, force: bool, val_data: str | None, workers: int | None,
+                      checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
+                      num_classes: int | None, device: str | None, reorder: str | None,
+                      input_size: tuple[int, int, int] | None) -> None:
+    """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it; with
+    --width or --config, only that configuration's, which it then owns (saved in the .slim file).
+    With validation data, print the accuracy before and after."""
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
     from slimify.train.resolve import resolve_data, save_model
 
+    if width is not None and config_name is not None:
+        raise click.UsageError("give --width or --config, not both")
+    chosen = width if width is not None else config_name
+    if chosen is not None and Path(output).suffix != ".slim":
+        raise click.UsageError("a configuration's statistics are stored in .slim files: give -o NAME.slim")
     _fresh_output(output, force)
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     dev = resolve_device(device)
@@ -199,17 +210,19 @@ def calibrate_command(model: str, data: str, batches: int, batch_size: int, outp
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
     val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
     n = _workers(workers, data)
+    widths = None if chosen is None else [chosen]
 
     def accuracy(when: str) -> None:
         if val is not None:
             click.echo(f"{when} BN calibration:\n"
-                       f"{evaluate(net, val, batch_size=batch_size, device=dev, workers=n).table()}")
+                       f"{evaluate(net, val, widths=widths, batch_size=batch_size, device=dev, workers=n).table()}")
 
     accuracy("before")
     calibrate_bn(net, resolve_data(data, net, train=True, input_size=input_size), batches=batches,
-                 batch_size=batch_size, workers=n, device=dev)
+                 batch_size=batch_size, workers=n, device=dev, widths=widths)
     accuracy("after")
-    click.echo(f"calibrated {batches} batches per switch; saved {save_model(net, spec, output, overwrite=force)}")
+    what = "per switch" if chosen is None else f"for {chosen!r}" if config_name else f"for width {width:g}"
+    click.echo(f"calibrated {batches} batches {what}; saved {save_model(net, spec, output, overwrite=force)}")
 
 
 @command("eval", epilog="""\b

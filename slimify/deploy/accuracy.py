@@ -20,17 +20,26 @@ __all__ = ["EVALUATION_KEY", "record_evaluation", "stored_accuracy", "read_accur
 EVALUATION_KEY = "evaluation"  # .slim config key (ConversionRecord.evaluation): {"data": str, "top1": {width: percent}}
 
 
-def record_evaluation(model: nn.Module, top1: dict[float, float], data: str) -> None:
-    """Keep top-1 accuracy per width on the model, so that ``slimify.save`` writes it."""
-    get_state(model).record.evaluation = {"data": str(data), "top1": {f"{w:g}": float(a) for w, a in top1.items()}}
+def _key(w: Any) -> float | str:
+    """A width as a number, or a named width configuration as its name."""
+    try:
+        return float(w)
+    except (TypeError, ValueError):
+        return str(w)
 
 
-def stored_accuracy(model: nn.Module) -> dict[float, float] | None:
+def record_evaluation(model: nn.Module, top1: dict[Any, float], data: str) -> None:
+    """Keep top-1 accuracy per width (or configuration name) on the model, so that ``slimify.save`` writes it."""
+    get_state(model).record.evaluation = {
+        "data": str(data), "top1": {f"{w:g}" if isinstance(w, float) else str(w): float(a) for w, a in top1.items()}}
+
+
+def stored_accuracy(model: nn.Module) -> dict[float | str, float] | None:
     """The top-1 per width recorded on ``model`` (by finetune, kept in its ``.slim``), if any."""
     stored = get_state(model).record.evaluation
     if not isinstance(stored, dict) or not isinstance(stored.get("top1"), dict):
         return None
-    return {float(w): float(a) for w, a in stored["top1"].items()}
+    return {_key(w): float(a) for w, a in stored["top1"].items()}
 
 
 def read_accuracy(path: str | Path) -> dict[float, float]:
@@ -60,9 +69,12 @@ def attach_accuracy(result: Any, model: nn.Module, path: str | Path | None = Non
     if accuracy is None:
         return result
     for row in result.rows:
-        match = [a for w, a in accuracy.items() if abs(w - row.width) < 1e-6]
+        if getattr(row, "config", ""):  # a named configuration: by its name (its width is a kept fraction)
+            row.accuracy = accuracy.get(row.config)
+            continue
+        match = [a for w, a in accuracy.items() if isinstance(w, float) and abs(w - row.width) < 1e-6]
         if not match and path is not None:
             raise SlimifyError(f"{path} has no accuracy for width {row.width:g} (it has "
-                               f"{', '.join(f'{w:g}' for w in sorted(accuracy))})")
+                               f"{', '.join(f'{w:g}' for w in sorted(w for w in accuracy if isinstance(w, float)))})")
         row.accuracy = match[0] if match else None
     return result

@@ -39,13 +39,14 @@ def parse_amount(text: str | float | int) -> float:
 
 def _describe(row: SwitchProfile) -> str:
     timed = f"{row.latency_ms:.2f} ms, " if row.latency_ms is not None else ""
-    return (f"width {row.width:g}: {timed}{row.flops / 1e9:.3f} GFLOPs, "
+    return (f"{row.config or f'width {row.width:g}'}: {timed}{row.flops / 1e9:.3f} GFLOPs, "
             f"{row.params:,} params, {row.memory_mb:.1f} MB")
 
 
 def pick(result: ProfileResult, latency_ms: float | None = None, flops: float | None = None,
          params: float | None = None, memory_mb: float | None = None) -> SwitchProfile:
-    """The widest profiled switch within all given budgets (latency is the median)."""
+    """The largest profiled switch or named configuration (most FLOPs, then widest) within all
+    given budgets (latency is the median)."""
     budgets = {name: value for name, value in
                dict(latency_ms=latency_ms, flops=flops, params=params, memory_mb=memory_mb).items() if value is not None}
     if not budgets:
@@ -62,4 +63,4 @@ def pick(result: ProfileResult, latency_ms: float | None = None, flops: float | 
                 if getattr(narrowest, BUDGETS[n][0]) > v]
         raise SlimifyError(f"no switch fits: even the narrowest ({_describe(narrowest)}) exceeds {', '.join(over)}; "
                            "raise the budget or convert with narrower switches")
-    return max(fitting, key=lambda r: r.width)
+    return max(fitting, key=lambda r: (r.flops, r.width))  # the largest: widest switch, or configuration

@@ -6,6 +6,7 @@ it), and the same as a ``torch.export`` program (``.pt2``) or an ONNX file.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -72,16 +73,16 @@ def _strip(module: nn.Module, data: SlimData, narrow: dict[str, torch.Tensor | N
         setattr(module, name, copy.deepcopy(values[index]))
 
 
-def export(model: nn.Module, width: float) -> nn.Module:
-    """A deep copy of the converted ``model`` at switch ``width`` as an ordinary model: every
+def export(model: nn.Module, width: Any) -> nn.Module:
+    """A deep copy of the converted ``model`` at ``width`` (a switch, any uniform width in range, a
+    {group: channels} configuration or a configuration's name) as an ordinary model: every
     tensor cut to its active channels (BatchNorm takes that switch's private statistics), every
     width attribute (``out_channels``, ``num_heads``…) a plain value, and no slimify class, hook
     or state left, so ``torch.save``/``torch.export``/ONNX see a normal network. ``model`` itself
     is not changed (its active width is restored). A feature model whose narrow switches pad
     their output (``slimify.nn.output_pad``) exports as ``nn.Sequential(model, nn.ZeroPad1d)``."""
     state = get_state(model)
-    state.index_of(width)  # a bad width fails before any copying
-    with at_width(model, width):
+    with at_width(model, width):  # a bad width fails before any copying
         hook = find_output_pad(model)
         pad = hook.plain() if hook is not None else None
         modules = [(path, m, d) for path, m in model.named_modules() if (d := slim_data(m)) is not None]
@@ -108,11 +109,11 @@ def export(model: nn.Module, width: float) -> nn.Module:
     return plain if pad is None else nn.Sequential(plain, pad)
 
 
-def active_params(model: nn.Module, width: float | None = None) -> int:
+def active_params(model: nn.Module, width: Any = None) -> int:
     """Parameters the converted ``model`` uses at ``width`` (default: the active one): the sum of
     the served tensors' sizes, private BatchNorm storage counted only for the switch it serves."""
-    state = get_state(model)
-    with at_width(model, state.width if width is None else width):
+    get_state(model)
+    with contextlib.nullcontext() if width is None else at_width(model, width):
         seen: set[int] = set()
         total = 0
         for module in model.modules():
@@ -128,7 +129,12 @@ def active_params(model: nn.Module, width: float | None = None) -> int:
     return total
 
 
-def _plain_eval(model: nn.Module, width: float) -> nn.Module:
+def width_label(width: Any) -> str:
+    """A width in messages: ``width 0.5``, or ``configuration 'name'`` / a {group: channels} dict."""
+    return f"width {width:g}" if isinstance(width, (int, float)) else f"configuration {width!r}"
+
+
+def _plain_eval(model: nn.Module, width: Any) -> nn.Module:
     plain = export(model, width) if STATE_ATTR in model.__dict__ else copy.deepcopy(model)
     return plain.eval()
 
@@ -173,7 +179,7 @@ def export_pt2(model: nn.Module, width: float, path: str | Path, example: torch.
             with quiet_native_stderr():
                 program = torch.export.export(plain, (x,))
         except Exception as e:
-            raise SlimifyError(f"torch.export could not capture {type(plain).__name__} at width {width:g}: "
+            raise SlimifyError(f"torch.export could not capture {type(plain).__name__} at {width_label(width)}: "
                                f"{first_line(e)}") from e
         note = note or f"static batch {batch_size}, no dynamic dimensions"
     with atomic_path(path, overwrite) as tmp:
@@ -207,7 +213,7 @@ def export_onnx(model: nn.Module, width: float, path: str | Path, example: torch
             try:
                 onnx_file(plain, x, tmp, opset, dynamic=False)
             except Exception as e:
-                raise SlimifyError(f"ONNX export failed for {type(plain).__name__} at width {width:g}: "
+                raise SlimifyError(f"ONNX export failed for {type(plain).__name__} at {width_label(width)}: "
                                    f"{first_line(e)}") from e
             if check:
                 check_onnx(tmp, plain, x)

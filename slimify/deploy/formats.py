@@ -2,11 +2,11 @@
 torch, so the CLI lists the suffixes at once; a writer imports what it needs when it runs. A new
 format is one decorated function here.
 
-A writer takes ``(model, width, path, example, overwrite)`` (a converted model, one of its
-switches, where to write, an example input batch) and returns how to load the file. A format
-registered with ``batch_size=True`` also takes ``batch_size`` (a static batch; its default is a
-dynamic one). ``ALL_WIDTHS`` holds the formats that store every switch in one file, weights once:
-their writers take ``(model, path, example, overwrite)``.
+A writer takes ``(model, width, path, example, overwrite)`` (a converted model, a width or a
+named width configuration of it, where to write, an example input batch) and returns how to load
+the file. A format registered with ``batch_size=True`` also takes ``batch_size`` (a static batch;
+its default is a dynamic one). ``ALL_WIDTHS`` holds the formats that store every switch in one
+file, weights once: their writers take ``(model, path, example, overwrite)``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ ALL_WIDTHS = Registry("all-widths export format", key=str.lower)
 
 
 @FORMATS.register(".pt", help="the plain module (torch.save)")
-def torch_save(model: nn.Module, width: float, path: Path, example: torch.Tensor, overwrite: bool) -> str:
+def torch_save(model: nn.Module, width: Any, path: Path, example: torch.Tensor, overwrite: bool) -> str:
     import torch
 
     from slimify.deploy.extract import export
@@ -39,7 +39,7 @@ def torch_save(model: nn.Module, width: float, path: Path, example: torch.Tensor
 
 
 @FORMATS.register(".pt2", help="a torch.export program, dynamic batch", batch_size=True)
-def torch_export(model: nn.Module, width: float, path: Path, example: torch.Tensor, overwrite: bool,
+def torch_export(model: nn.Module, width: Any, path: Path, example: torch.Tensor, overwrite: bool,
                  batch_size: int | None = None) -> str:
     from slimify.deploy.extract import export_pt2
 
@@ -48,7 +48,7 @@ def torch_export(model: nn.Module, width: float, path: Path, example: torch.Tens
 
 
 @FORMATS.register(".onnx", help="ONNX opset 17, dynamic batch, checked with onnxruntime", batch_size=True)
-def onnx(model: nn.Module, width: float, path: Path, example: torch.Tensor, overwrite: bool,
+def onnx(model: nn.Module, width: Any, path: Path, example: torch.Tensor, overwrite: bool,
          batch_size: int | None = None) -> str:
     from slimify.deploy.extract import export_onnx
 
@@ -75,12 +75,12 @@ def torch_export_all_widths(model: nn.Module, path: Path, example: torch.Tensor,
     return to_torch_export_all_widths(model, path, example, overwrite=overwrite)
 
 
-def write_width(model: nn.Module, width: float, path: str | Path, example: Any = None, overwrite: bool = False,
+def write_width(model: nn.Module, width: Any, path: str | Path, example: Any = None, overwrite: bool = False,
                 batch_size: int | None = None) -> str:
-    """Export switch ``width`` of ``model`` to ``path`` in the format its suffix names; returns a
+    """Export ``width`` (a switch, a uniform width in range or a configuration's name) of ``model`` to ``path`` in the format its suffix names; returns a
     one-line summary. ``example`` defaults to a batch of one at the model's recorded input shape;
     ``batch_size`` asks a format that has a batch dimension for a static one."""
-    from slimify.deploy.extract import active_params
+    from slimify.deploy.extract import active_params, width_label
     from slimify.store.slimfile import example_input
 
     path = Path(path)
@@ -93,7 +93,7 @@ def write_width(model: nn.Module, width: float, path: str | Path, example: Any =
         extra["batch_size"] = batch_size
     example = example_input(model) if example is None else example
     how = writer.fn(model, width, path, example, overwrite, **extra)
-    return f"wrote {path}: width {width:g}, {active_params(model, width):,} parameters ({how})"
+    return f"wrote {path}: {width_label(width)}, {active_params(model, width):,} parameters ({how})"
 
 
 def write_all_widths(model: nn.Module, path: str | Path, example: Any = None, overwrite: bool = False) -> str:

@@ -55,6 +55,7 @@ class SwitchProfile:
     latency_iqr_ms: float | None = None  # spread: interquartile range of the timed runs
     latency_runs: int | None = None  # timed runs: rounds of ``runs`` until the median settled
     latency_stable: bool | None = None  # whether it settled (see slimify.deploy.latency)
+    config: str = ""  # a named width configuration (``slimify.configs``); width is then its kept fraction
 
 
 @dataclass
@@ -94,8 +95,8 @@ class ProfileResult:
             timed = (f"{r.latency_ms:>11.2f} | {r.latency_iqr_ms or 0:>6.2f} | {r.latency_runs or self.runs:>4} | "
                      f"{r.latency_p90_ms:>8.2f}") if r.latency_ms is not None else \
                 f"{'not timed':>11} | {'':>6} | {'':>4} | {'':>8}"
-            lines.append(f"{r.width:>6g} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | {r.flops / 1e9:>7.3f} | "
-                         f"{timed} | {r.memory_mb:>9.1f}{acc}")
+            lines.append(f"{r.config or f'{r.width:g}':>6} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | "
+                         f"{r.flops / 1e9:>7.3f} | {timed} | {r.memory_mb:>9.1f}{acc}")
         lines += ["", f"memory: {self.memory_method}"] + [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -192,16 +193,17 @@ def input_shape(input_size: int | tuple[int, ...] | list[int]) -> tuple[int, ...
 
 def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 224), runs: int = 20, warmup: int = 3,
             threads: int | None = None, device: str | torch.device | None = None,
-            widths: tuple[float, ...] | list[float] | None = None, mode: str = "export",
+            widths: tuple[Any, ...] | list[Any] | None = None, mode: str = "export",
             latency: bool = True) -> ProfileResult:
-    """Profile every switch (or ``widths``) of the converted ``model`` on one batch of ``input_size``.
+    """Profile every switch and named configuration (or ``widths``: switches, uniform widths in
+    range, configuration names) of the converted ``model`` on one batch of ``input_size``.
 
     ``mode="export"`` measures each width as the plain model :func:`slimify.export` makes (what
     you deploy); ``"slim"`` the slimmable model itself. ``threads`` sets torch's intra-op threads
     for the measurement (default: the current setting) and is recorded with the result. Latency:
     ``warmup`` untimed forwards, then rounds of ``runs`` until the median settles
     (:func:`slimify.deploy.latency.measure_latency`); ``latency=False`` times nothing."""
-    state = get_state(model)
+    get_state(model)  # not slimmable: one clear error first
     if runs < 1 or warmup < 0:
         raise SlimifyError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     if mode not in ("export", "slim"):
@@ -212,9 +214,7 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
 
     dev = resolve_device(device or "cpu")  # an unknown device or missing CUDA is a SlimifyError
     shape = input_shape(input_size)
-    chosen = state.switches if widths is None else tuple(sorted(widths))
-    for w in chosen:
-        state.index_of(w)
+    chosen = _chosen(model, widths)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or previous_threads)
     name = type(model).__name__
@@ -225,8 +225,10 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
         if mode == "slim":
             model.to(dev)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dev)
-        for w in chosen:
-            result.rows.append(_profile_one(model, w, x, runs, warmup, mode, dev, latency))
+        for size, value, name in chosen:
+            row = _profile_one(model, value, x, runs, warmup, mode, dev, latency)
+            row.width, row.config = size, name
+            result.rows.append(row)
         result.warnings = latency_warnings(result.rows)
     finally:
         torch.set_num_threads(previous_threads)
@@ -234,7 +236,25 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
     return result
 
 
-def _profile_one(model: nn.Module, w: float, x: torch.Tensor, runs: int, warmup: int, mode: str,
+def _chosen(model: nn.Module, widths: Any) -> list[tuple[float, Any, str]]:
+    """(width, value, name) to profile, narrowest first: switches and named configurations by
+    default; a name or a uniform width checked (SlimifyError) before anything is measured."""
+    from slimify.rewrite.config_names import configs
+    from slimify.state import slot_of
+
+    state = get_state(model)
+    named = {name: value for name, value in configs(model).items()} if widths is None else {}
+    values = [(v, "" if isinstance(v, float) and v in state.switches else k) for k, v in named.items()] \
+        if widths is None else [(w, w if isinstance(w, str) else "") for w in widths]
+    out = []
+    for value, name in values:
+        i = slot_of(model, value)
+        size = state.switches[i] if i < len(state.switches) else state.slots[i - len(state.switches)].width
+        out.append((size, value, name))
+    return sorted(out, key=lambda t: t[0])
+
+
+def _profile_one(model: nn.Module, w: Any, x: torch.Tensor, runs: int, warmup: int, mode: str,
                  dev: torch.device, timed: bool = True) -> SwitchProfile:
     from torch.utils.flop_counter import FlopCounterMode
 

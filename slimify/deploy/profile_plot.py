@@ -48,7 +48,7 @@ def plot_profile(result: Any, path: str | Path, overwrite: bool = False) -> Path
         title = f"{'GFLOPs vs latency' if timed else 'parameters vs GFLOPs'} (cost only: no accuracy given)"
     ax.scatter(xs, ys, color="tab:blue", zorder=3)
     for r, x, y in zip(rows, xs, ys):
-        ax.annotate(f"w={r.width:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        ax.annotate(getattr(r, "config", "") or f"w={r.width:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_title(f"{result.model}, input {'x'.join(map(str, result.input_size))}: {title}", fontsize=9)
     ax.grid(alpha=0.3)

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from slimify.analysis.plan import Plan
 from slimify.rewrite.batchnorm import attach_private_batchnorm
+from slimify.rewrite.config_slots import config_slot
 from slimify.rewrite.output_pad import OutputPad
 from slimify.rewrite.serve import SlimData, make_slimmable
 from slimify.rules.caches import cache_attrs, empty_cache
@@ -17,7 +18,9 @@ __all__ = ["rewrite"]
 
 
 def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
-    """Apply ``plan``: serve narrow parameters and attributes, add private BatchNorms."""
+    """Apply ``plan``: serve narrow parameters and attributes, add private BatchNorms; widths that
+    are no switch are served by slots built on first use (``rewrite/config_slots.py``)."""
+    state.serve_config = config_slot
     data: dict[str, SlimData] = {}
     modules = dict(model.named_modules(remove_duplicate=False))  # one walk, not one per lookup
 

@@ -33,7 +33,7 @@ class SlimData:
     state: SlimState
     params: dict[str, list[dict[int, Any]]] = field(default_factory=dict)
     attrs: dict[str, list[Any]] = field(default_factory=dict)
-    bn_slots: list[int | None] | None = None  # switch → private BatchNorm slot (None: original)
+    bn_slots: list[Any] | None = None  # switch → private BatchNorm slot (None: original); configurations: see config_slots.py
     cache: dict[tuple[str, int], tuple] = field(default_factory=dict, repr=False)  # inference copies
     forward_caches: dict[str, tuple[int, Any]] = field(default_factory=dict, repr=False)  # forward code's: (switch, value)
 
@@ -47,7 +47,10 @@ def _param_property(name: str) -> property:
         data: SlimData = self.__dict__[SLIM_KEY]
         s = data.state.index
         if data.bn_slots is not None and name in BN_TENSORS and data.bn_slots[s] is not None:
-            holder = self._modules["slim_bn"]._modules[str(data.bn_slots[s])]  # no ModuleList indexing cost
+            slot = data.bn_slots[s]
+            if not isinstance(slot, int):  # a width configuration's BatchNorm (rewrite/config_slots.py)
+                return slot.tensor(self, name)
+            holder = self._modules["slim_bn"]._modules[str(slot)]  # no ModuleList indexing cost
             return holder._parameters.get(name, holder._buffers.get(name))
         full = self._parameters[name] if name in self._parameters else self._buffers.get(name)
         dims = data.params.get(name, [{}] * (s + 1))[s]
@@ -59,6 +62,9 @@ def _param_property(name: str) -> property:
         stamp = (full._version, full.data_ptr())  # ``.to()``/``.double()`` swap ``.data``: a new storage
         if hit is None or hit[0] is not full or hit[1] != stamp:
             hit = (full, stamp, cut(full, dims).contiguous())
+            if s >= len(data.state.switches):  # configurations (a search visits hundreds): keep the latest only
+                for key in [k for k in data.cache if k[0] == name and k[1] >= len(data.state.switches)]:
+                    del data.cache[key]
             data.cache[(name, s)] = hit
         return hit[2]
 

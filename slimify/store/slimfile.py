@@ -170,9 +170,14 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
                              **({"example_inputs": state.record.example_inputs}
                                 if state.record.example_inputs is not None else {})},  # several inputs, keywords
               "plan_sha256": plan_digest(model), "tensors_sha256": tensors_digest(tensors),
-              "width": state.width, "model": type(model).__name__}
+              "width": state.width if state.index < len(state.switches) else state.switches[-1],
+              "model": type(model).__name__}
     if state.record.evaluation:  # accuracy per width from finetune (slimify.deploy.accuracy)
         config["evaluation"] = state.record.evaluation
+    from slimify.rewrite.config_names import configs_to_json
+
+    if (named := configs_to_json(model)):
+        config["configs"] = named  # named width configurations, their calibrated BN in the tensors
     with atomic_path(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(config)})
     return Path(path)
@@ -283,6 +288,10 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
         raise SlimifyError(f"{path} is corrupt: {str(e).splitlines()[0]}") from None
+    if "configs" in config:  # registered first: calibrated configurations own BatchNorm buffers
+        from slimify.rewrite.config_names import configs_from_json
+
+        configs_from_json(model, config["configs"], str(path))
     check_state_dict(model.state_dict(), tensors, f"{path.name}'s tensors")
     if tensors_digest(tensors) != config.get("tensors_sha256"):
         raise SlimifyError(f"{path} is corrupt: its tensor data does not match the recorded checksum")

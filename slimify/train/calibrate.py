@@ -10,7 +10,9 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, Subset
 
+import slimify
 from slimify.errors import SlimifyError
+from slimify.rewrite.config_slots import calibration_slot
 from slimify.train.common import at_width, model_widths, resolve_device
 from slimify.train.distributed import all_reduce_sum, dist_info
 from slimify.train.loader import Batch, as_batches, usable_workers
@@ -97,7 +99,9 @@ def calibrate_bn(
     CPUs allow) or anything yielding ``(images, labels)``. Each batch is decoded once and run at
     every switch. Under ``torchrun`` the processes share the batches of a Dataset and the
     statistics are reduced. Only BatchNorm buffers change: weights, and switches not in
-    ``widths``, stay as they are.
+    ``widths``, stay as they are. ``widths`` may name configurations that are not switches (any
+    uniform width in range, a {group: channels} dict or a name): each gets statistics of its
+    own, saved with the model.
 
         >>> slimify.calibrate_bn(model, slimify.train.digits("train"), batches=20)
     """
@@ -109,6 +113,9 @@ def calibrate_bn(
     was_training = model.training
     model.train()
     try:
+        if widths is not None and slimify.is_slimmable(model):  # a configuration gets statistics of its own
+            for w in chosen:
+                calibration_slot(model, w)
         loader = as_batches(data, batch_size, workers=usable_workers(workers), pin_memory=dev.type == "cuda",
                             shuffle_seed=seed)
         seen = _calibrate_all(model, chosen, loader, share, dev)

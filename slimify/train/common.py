@@ -27,11 +27,15 @@ def model_widths(model: nn.Module, widths: tuple[float, ...] | list[float] | Non
             raise SlimifyError(f"{type(model).__name__} is not slimmable: only width 1.0 exists")
         return (1.0,)
     available = slimify.switches(model)
-    chosen = available if widths is None else tuple(float(w) for w in widths)
+    if widths is None:
+        return tuple(sorted(available, reverse=True))
     state = slimify.state.get_state(model)
-    for w in chosen:
-        state.index_of(w)  # raises SlimifyError for a width that is not a switch
-    return tuple(sorted(chosen, reverse=True))
+    # a switch, any uniform width in range, a configuration or its name (SlimifyError otherwise)
+    chosen = [w if isinstance(w, (str, dict)) else float(w) for w in widths]
+    slots = [slimify.state.slot_of(model, w) for w in chosen]
+    size = [state.switches[i] if i < len(state.switches) else state.slots[i - len(state.switches)].width
+            for i in slots]
+    return tuple(w for _, w in sorted(zip(size, chosen), key=lambda p: p[0], reverse=True))
 
 
 @contextlib.contextmanager

@@ -56,7 +56,7 @@ class EvalResult:
 
     def table(self, markdown: bool = False) -> str:
         head = ("width", "top-1", "top-5", "loss", "images")
-        cells = [(f"{r.width:.2f}", f"{r.top1:.2f}", f"{r.top5:.2f}", f"{r.loss:.4f}", str(r.images))
+        cells = [(f"{r.width:.2f}" if isinstance(r.width, float) else str(r.width), f"{r.top1:.2f}", f"{r.top5:.2f}", f"{r.loss:.4f}", str(r.images))
                  for r in self.rows]
         if markdown:
             lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]

@@ -40,6 +40,7 @@ from slimify.train.mixing import build_mixup, smoothing, uses_mixing
 from slimify.train.precision import amp_dtype, autocast, grad_scaler, to_channels_last
 from slimify.train.progress import LossMeter, RunLog, progress_bar, show_progress
 from slimify.train.recipe import Recipe, load_recipe
+from slimify.train.sandwich import check_width_range, loss_key, sandwich_widths
 from slimify.train.timm_optim import create_optimizer, create_schedule, global_lr
 from slimify.train.watch import MetricsLog, progress_line
 
@@ -79,8 +80,15 @@ class Trainer:
         if recipe.drop_path is not None:
             set_drop_path(self.model, recipe.drop_path)
         self.widths = model_widths(model)
+        if recipe.width_range is not None:  # continuous widths: both ends must be servable
+            check_width_range(model, recipe.width_range)
+            if recipe.compile:  # every new width is a new slot, i.e. a new graph: compiling never ends
+                raise SlimifyError("recipe: compile and width_range do not go together (each width drawn is a new "
+                                   "graph to compile); set compile: false, or train fixed switches")
+        if recipe.configs:  # named configurations (searched ones) train beside the switches
+            model_widths(model, recipe.configs)
         self.ddp = wrap_ddp(self.model, device, self.info, slimify.is_slimmable(model))
-        self.forward = compile_model(self.ddp, recipe.compile, len(self.widths))  # state dicts: self.model's
+        self.forward = compile_model(self.ddp, recipe.compile, len(self.widths) + len(recipe.configs))  # state dicts: self.model's
         self.optimizer = create_optimizer(self.model, recipe)
         self.steps_per_epoch = self._steps_per_epoch()  # batches; optimizer updates: see updates_per_epoch
         self.scheduler = create_schedule(self.optimizer, recipe, self.updates_per_epoch)
@@ -117,7 +125,9 @@ class Trainer:
         """Forward + backward at each width, widest first, on one batch; every ``accum_steps``
         batches (and at the end of an epoch) one optimizer update."""
         r = self.recipe
-        widths = step_widths(self.widths, r.sandwich, r.seed, self.step)
+        widths = step_widths(self.widths, r.sandwich, r.seed, self.step) if r.width_range is None else \
+            sandwich_widths(r.width_range, r.sandwich, r.seed, self.step)
+        widths = [widths[0], *r.configs, *widths[1:]]  # after the widest: it is their teacher
         update = self.micro + 1 >= r.accum_steps or self.batch + 1 >= self.steps_per_epoch
         if self.micro == 0:
             self.optimizer.zero_grad(set_to_none=True)
@@ -125,7 +135,7 @@ class Trainer:
         if r.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         teacher: torch.Tensor | None = None
-        losses: dict[float, torch.Tensor] = {}
+        keyed: dict[Any, list[torch.Tensor]] = {}
         for i, w in enumerate(widths):
             last = update and i == len(widths) - 1  # DDP all-reduces gradients once, before the update
             sync = contextlib.nullcontext() if last or not self.info.enabled else self.ddp.no_sync()
@@ -136,7 +146,9 @@ class Trainer:
                 self.scaler.scale(loss / r.accum_steps).backward()
             if teacher is None and r.narrow_loss == "distill":
                 teacher = logits.detach()
-            losses[w] = loss.detach()
+            key = w if r.width_range is None or isinstance(w, str) else loss_key(i, len(widths), w)
+            keyed.setdefault(key, []).append(loss.detach())
+        losses = {k: v[0] if len(v) == 1 else torch.stack(v).mean() for k, v in keyed.items()}
         values = torch.stack(list(losses.values()))  # one device sync per step, not one per switch
         if not bool(torch.isfinite(values).all()):  # stop before a NaN/inf reaches the weights
             self._diverged(dict(zip(losses, values.tolist())))
@@ -181,7 +193,8 @@ class Trainer:
         ckpt = self.ckpt_dir / CHECKPOINT_NAME if self.ckpt_dir is not None else None
         kept = f"the last good checkpoint is {ckpt}" if ckpt is not None and ckpt.is_file() else "no checkpoint kept"
         self.log.write("diverged", step=self.step + 1, epoch=self.epoch, width=w, loss=str(value))
-        raise SlimifyError(f"loss is {value} at width {w:g} in step {self.step + 1} (epoch {self.epoch + 1}): "
+        where = f"{w:g}" if isinstance(w, float) else w  # a width, or a configuration's name / "random"
+        raise SlimifyError(f"loss is {value} at width {where} in step {self.step + 1} (epoch {self.epoch + 1}): "
                            f"stopped before updating the weights; {kept}. Lower the learning rate, set "
                            "grad_clip or check the data")
 

@@ -44,15 +44,21 @@ class LossMeter:
         self.images += images
 
     def means(self) -> dict[float, float]:
-        return {w: self.sums[w] / self.counts[w] for w in sorted(self.sums, reverse=True)}
+        return {w: self.sums[w] / self.counts[w] for w in sorted(self.sums, key=_order, reverse=True)}
 
     def throughput(self) -> float:
         return self.images / max(1e-9, time.perf_counter() - self.start)
 
     def postfix(self) -> dict[str, str]:
-        fields = {f"{w:g}": f"{v:.3f}" for w, v in sorted(self.smooth.items(), reverse=True)}
+        fields = {f"{w:g}" if isinstance(w, float) else str(w): f"{v:.3f}"
+                  for w, v in sorted(self.smooth.items(), key=lambda p: _order(p[0]), reverse=True)}
         fields["img/s"] = f"{self.throughput():.0f}"
         return fields
+
+
+def _order(key: Any) -> float:
+    """Widths sort by value; a named key (the sandwich's random widths) between them."""
+    return key if isinstance(key, (int, float)) else 0.5
 
 
 class RunLog:

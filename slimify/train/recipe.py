@@ -47,6 +47,8 @@ class Recipe:
     narrow_loss: str = "labels"  # narrower switches learn from "labels" or "distill" (widest's soft targets)
     distill_temperature: float = 1.0  # softmax temperature of in-place distillation
     sandwich: int | None = None  # None: all switches per step; n: widest + narrowest + n random (US-Nets)
+    width_range: list[float] | None = None  # [min, max]: sandwich over continuous widths (n = sandwich or 2)
+    configs: list[str] = field(default_factory=list)  # named width configurations trained every step too
     grad_clip: float | None = None  # clip the global gradient norm to this value (None = off)
     amp: bool = True  # mixed precision; only ever used on CUDA
     calibrate_batches: int = 0  # after training, re-estimate each switch's BN stats on this many batches
@@ -184,6 +186,8 @@ def _check_values(r: Recipe) -> None:
         raise SlimifyError(f"key 'label_smoothing' must be in [0, 1), got {r.label_smoothing!r}")
     if r.sandwich is not None and r.sandwich < 0:
         raise SlimifyError(f"key 'sandwich' must be null or >= 0, got {r.sandwich!r}")
+    if r.width_range is not None and not (len(r.width_range) == 2 and 0 < r.width_range[0] < r.width_range[1] <= 1):
+        raise SlimifyError(f"key 'width_range' must be [min, max] with 0 < min < max <= 1, got {r.width_range!r}")
     if r.grad_clip is not None and r.grad_clip <= 0:
         raise SlimifyError(f"key 'grad_clip' must be null or > 0, got {r.grad_clip!r}")
     if r.schedule == "step" and sorted(r.milestones) != r.milestones:

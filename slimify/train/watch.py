@@ -48,7 +48,7 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.add_scalar("lr", lr, step)
             for w, loss in losses.items():
-                self.writer.add_scalar(f"train_loss/{w:g}", loss, step)
+                self.writer.add_scalar(f"train_loss/{_label(w)}", loss, step)
 
     def eval(self, event: str, epoch: int, step: int, rows: list[dict[str, Any]]) -> None:
         """``rows``: ``EvalResult.to_dict()``; ``event``: eval, eval_ema, baseline …"""
@@ -56,7 +56,7 @@ class MetricsLog:
                      "top1": r["top1"], "top5": r["top5"]} for r in rows])
         if self.writer is not None:
             for r in rows:
-                self.writer.add_scalar(f"{event}_top1/{r['width']:g}", r["top1"], step)
+                self.writer.add_scalar(f"{event}_top1/{_label(r['width'])}", r["top1"], step)
             self.writer.flush()
 
     def close(self) -> None:
@@ -64,9 +64,14 @@ class MetricsLog:
             self.writer.close()
 
 
+def _label(w: Any) -> str:
+    """A width as logged: a number, or a configuration name / the sandwich's ``random`` key."""
+    return f"{w:g}" if isinstance(w, (int, float)) else str(w)
+
+
 def progress_line(epoch: int, epochs: int, batch: int, batches: int, step: int, lr: float,
                   losses: dict[float, float], img_per_s: float) -> str:
     """One line a log file can show: where the run is, the learning rate, each switch's loss."""
-    loss = " ".join(f"{w:g}:{v:.4f}" for w, v in losses.items())
+    loss = " ".join(f"{_label(w)}:{v:.4f}" for w, v in losses.items())
     return (f"epoch {epoch + 1}/{epochs} batch {batch}/{batches} step {step} lr {lr:.3g} loss {loss} "
             f"{img_per_s:.0f} img/s")

@@ -1,0 +1,61 @@
+"""``slimify search``: per-group widths under a FLOPs, parameter or latency budget (thin over
+:mod:`slimify.deploy.config_search`); the found configuration is saved, named, in a new ``.slim`` file."""
+from __future__ import annotations
+
+import click
+
+from slimify.cli.app import command
+from slimify.cli.model import check_output
+
+__all__ = ["search_command"]
+
+
+@command("search", epilog="""\b
+Examples:
+  slimify search m.slim --data digits --flops 0.3x -o searched.slim
+  slimify search rn50.slim --data ~/imagenet --flops 1.5G --batches 8 -o rn50-1.5g.slim
+  slimify search mbv2.slim --data ~/imagenet --latency-ms 5 --device cuda -o mbv2-5ms.slim
+  slimify export searched.slim --config search-flops-0.30x -o small.onnx""")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, help="'digits' (its val split) or an ImageFolder directory (its val/ if any).")
+@click.option("--flops", help="FLOPs budget per image: absolute (300M, 1.5G) or of full width (0.3x).")
+@click.option("--params", help="Parameter budget: absolute (2M) or of full width (0.5x).")
+@click.option("--latency-ms", help="Latency budget per image on --device, in ms (or 0.5x of full width).")
+@click.option("--device", default="cpu", show_default=True, help="Where latency is measured and the search runs.")
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Divisor steps taken off a group per move (more: faster, coarser).")
+@click.option("--fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Take at least this fraction of a group's channels per move (AutoSlim uses 0.1; 0: --steps only).")
+@click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True, help="Held-out batches scored.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--name", help="Name of the found configuration  [default: search-KIND-BUDGET]")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .slim file to write.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Accuracy vs cost plot (.png)  [default: OUTPUT with -search.png]")
+@click.option("--force", is_flag=True, help="Replace OUTPUT (and the plot) if they exist.")
+def search_command(file: str, data: str, flops: str | None, params: str | None, latency_ms: str | None, device: str,
+                   steps: int, fraction: float, batches: int, batch_size: int, name: str | None, output: str,
+                   plot_path: str | None, force: bool) -> None:
+    """Find per-group channel counts of a trained .slim FILE that meet one budget with the least
+    held-out accuracy lost (AutoSlim-style greedy slimming), and save the model with the found
+    configuration named (usable by export --config, profile, pick, calibrate --config, eval)."""
+    import itertools
+
+    import slimify
+    from slimify.deploy.config_search import parse_budget, search
+    from slimify.train.loader import as_batches
+    from slimify.train.resolve import resolve_data
+
+    given = [(k, v) for k, v in (("flops", flops), ("params", params), ("latency", latency_ms)) if v is not None]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one budget: --flops, --params or --latency-ms")
+    budget = parse_budget(*given[0])
+    out = check_output(output, force, (".slim",))
+    plot = check_output(plot_path or str(out.with_name(out.stem + "-search.png")), force, (".png",))
+    net = slimify.load(file)
+    held = list(itertools.islice(as_batches(resolve_data(data, net, train=False), batch_size), batches))
+    result = search(net, held, budget, steps=steps, fraction=fraction, device=device, name=name,
+                    progress=lambda line: click.echo(line, err=True))
+    click.echo(result.table())
+    result.plot(plot)
+    click.echo(f"wrote {slimify.save(net, out, overwrite=force)} (configuration {result.name!r}) and {plot}")
