@@ -255,3 +255,30 @@ def test_value_dependent_output_sizes_run_for_real() -> None:
         with slimify.width(model, w):
             got_logits, got_kept = model(x)
         assert got_logits.shape == logits.shape and got_kept.ndim == 1
+
+
+class _ChosenForward(nn.Module):
+    """FasterNet's Partial_conv3: forward is a bound method chosen in __init__ and stored on the
+    instance; the split sizes are attributes that follow the width."""
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        self.dim_conv3, self.dim_untouched = dim // 4, dim - dim // 4
+        self.partial_conv3 = nn.Conv2d(self.dim_conv3, self.dim_conv3, 3, 1, 1)
+        self.forward = self.forward_split_cat
+
+    def forward_split_cat(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = torch.split(x, [self.dim_conv3, self.dim_untouched], dim=1)
+        return torch.cat((self.partial_conv3(x1), x2), 1)
+
+
+def test_forward_bound_in_init_runs_on_the_copy() -> None:
+    """The check's copy rebinds a forward stored on the instance; run on the original, it would
+    read the original's unserved split sizes and raise a false alarm that fixes the groups."""
+    model = nn.Sequential(nn.Conv2d(3, 32, 1), _ChosenForward(32), nn.Conv2d(32, 32, 1), _ChosenForward(32),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    slimify.convert(model, (0.5, 1.0), divisor=4, example_input=torch.randn(1, 3, 8, 8))
+    report = slimify.report(model)
+    assert not any("self-check" in g.reason for g in report.fixed), [g.reason for g in report.fixed]
+    with slimify.width(model, 0.5):
+        assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)

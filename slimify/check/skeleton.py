@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import linecache
 import traceback
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,8 @@ def skeleton(model: nn.Module, meta: bool, tensors: dict[int, torch.Tensor] | No
                 state[k] = v.copy() if k in _INTERNALS else memo.setdefault(id(v), v.copy())
             elif isinstance(v, torch.Tensor):  # on meta too, or the meta run would mix devices
                 state[k] = tensor(v)
+            elif isinstance(v, types.MethodType) and v.__self__ is m:  # `self.forward = self.forward_x`
+                state[k] = types.MethodType(v.__func__, new)  # else the copy would run the original's
         state["_parameters"] = {k: None if p is None else tensor(p) for k, p in m._parameters.items()}
         state["_buffers"] = {k: None if b is None else tensor(b) for k, b in m._buffers.items()}
         state["_modules"] = {k: None if c is None else module(c) for k, c in m._modules.items()}
