@@ -220,34 +220,46 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def add_sweep_arguments(parser: argparse.ArgumentParser, out: Path, results: Path, jobs: int) -> None:
+    """The options every sweep shares (this one and ``benchmarks.foreign``)."""
+    parser.add_argument("--out", type=Path, default=out, help="JSONL results (resumed from)")
+    parser.add_argument("--results", type=Path, default=results, help="markdown file to update")
+    parser.add_argument("--jobs", type=int, default=jobs, help="models run at the same time")
+    parser.add_argument("--only", default=None, help="glob or substring on the model name")
+    parser.add_argument("--rerun", action="store_true", help="run models already in the JSONL again")
+    parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary")
+    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+
+
+def recorder(results: dict[tuple[str, str], dict[str, Any]], out: Path, total: int,
+             **extra: Any) -> Callable[[dict[str, Any]], None]:
+    """What a sweep does with each finished model: keep it, append it to the JSONL, print one line."""
+    done = [0]
+
+    def record(r: dict[str, Any]) -> None:
+        r = {**r, **extra, "finished": time.time()}
+        results[(r["lib"], r["name"])] = r
+        _append(out, r)
+        done[0] += 1
+        print(f"[{done[0]}/{total}] {'ok' if r['covered'] else 'NO'} {r['lib']}:{r['name']} "
+              f"{r.get('wall_s', 0):.0f}s mac={r.get('mac_ratio', float('nan')):.3f} {r.get('why', '')}", flush=True)
+
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=MODELS, help="JSON: {library: [model names]}")
-    parser.add_argument("--out", type=Path, default=JSONL, help="JSONL results (resumed from)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
-    parser.add_argument("--jobs", type=int, default=2, help="models run at the same time")
-    parser.add_argument("--only", default=None, help="glob or substring on the model name")
-    parser.add_argument("--rerun", action="store_true", help="run models already in the JSONL again")
+    add_sweep_arguments(parser, JSONL, RESULTS, jobs=2)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per model")
     parser.add_argument("--skip-export", action="store_true", help="do not check slimify.export")
-    parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary")
-    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
     models: dict[str, list[str]] = json.loads(args.models.read_text())
     results = load_results(args.out)
     todo = [] if args.summary_only else [m for m in select(models, args.only) if args.rerun or m not in results]
     torch.set_num_threads(1)
-    done = [0]
     run = f"{time.time():.0f} jobs={max(1, args.jobs)}"  # one sweep: its records give its duration
-
-    def record(r: dict[str, Any]) -> None:
-        r = {**r, "run": run, "finished": time.time()}
-        results[(r["lib"], r["name"])] = r
-        _append(args.out, r)
-        done[0] += 1
-        print(f"[{done[0]}/{len(todo)}] {'ok' if r['covered'] else 'NO'} {r['lib']}:{r['name']} "
-              f"{r.get('wall_s', 0):.0f}s mac={r.get('mac_ratio', float('nan')):.3f} {r.get('why', '')}", flush=True)
-
+    record = recorder(results, args.out, len(todo), run=run)
     run_all(todo, max(1, args.jobs), args.timeout, not args.skip_export, record)
     if not args.no_write:
         write_section(HEADING, summary(results, models), args.results)

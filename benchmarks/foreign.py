@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmarks.coverage import _append, _count, _median, load_results, row_cells, run_all, select
+from benchmarks.coverage import _count, _median, add_sweep_arguments, load_results, recorder, row_cells, run_all, select
 from benchmarks.coverage_worker import (
     EXPORT_TOL,
     FULL_TOL,
@@ -261,29 +261,14 @@ def _version(package: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=JSONL, help="JSONL results (resumed from)")
-    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="markdown file to update")
-    parser.add_argument("--jobs", type=int, default=1, help="models run at the same time")
-    parser.add_argument("--only", default=None, help="glob or substring on the model name")
-    parser.add_argument("--rerun", action="store_true", help="run models already in the JSONL again")
+    add_sweep_arguments(parser, JSONL, HERE / "RESULTS.md", jobs=1)
     parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every model's timeout")
-    parser.add_argument("--summary-only", action="store_true", help="only rewrite the summary")
-    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
     models = {lib: list(specs) for lib, specs in SPECS.items()}
     results = load_results(args.out)
     todo = [] if args.summary_only else [m for m in select(models, args.only) if args.rerun or m not in results]
     torch.set_num_threads(1)
-    done = [0]
-
-    def record(r: dict[str, Any]) -> None:
-        r = {**r, "finished": time.time()}
-        results[(r["lib"], r["name"])] = r
-        _append(args.out, r)
-        done[0] += 1
-        print(f"[{done[0]}/{len(todo)}] {'ok' if r['covered'] else 'NO'} {r['lib']}:{r['name']} "
-              f"{r.get('wall_s', 0):.0f}s mac={r.get('mac_ratio', float('nan')):.3f} {r.get('why', '')}", flush=True)
-
+    record = recorder(results, args.out, len(todo))
     run_all(todo, max(1, args.jobs), lambda lib, name: SPECS[lib][name].timeout * args.timeout_scale,
             True, record, measure_fn=measure)
     if not args.no_write:
