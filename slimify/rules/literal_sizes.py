@@ -43,7 +43,9 @@ def _entry(arg: Any, tensor: Any) -> Any:
             and isinstance(arg.args[1], int):
         entries = _tuple_entries(arg.args[0], tensor)
         if entries is not None and -len(entries) <= arg.args[1] < len(entries):
-            return entries[arg.args[1]]
+            entry = entries[arg.args[1]]
+            # a dim of another tensor's shape slice stays the read itself (``B, N, C = x.shape[:3]``)
+            return arg if entry is arg.args[0] else entry
     return arg
 
 
@@ -207,16 +209,29 @@ class SizeExpr:
 _ARITH = {operator.mul, operator.floordiv, operator.truediv, operator.add, operator.sub}
 
 
+def _is_whole_shape(node: Any) -> bool:
+    """``x.shape`` or ``x.size()``."""
+    return isinstance(node, fx.Node) and (
+        (node.op == "call_function" and node.target is getattr and node.args[1] == "shape")
+        or (node.op == "call_method" and node.target == "size" and len(node.args) == 1))
+
+
 def _shape_read(node: fx.Node) -> tuple[fx.Node, int] | None:
-    """``x.shape[i]``, ``x.size(i)``, ``B, C, H, W = x.shape``: the tensor and the dim read."""
+    """``x.shape[i]``, ``x.size(i)``, ``B, C, H, W = x.shape``, ``B, N, C = x.shape[:3]`` (MViT's
+    pooling): the tensor and the dim read."""
     if node.op == "call_method" and node.target == "size" and len(node.args) > 1:
         return node.args[0], node.args[1]
     if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int):
         base = node.args[0]
-        if isinstance(base, fx.Node) and (
-                (base.op == "call_function" and base.target is getattr and base.args[1] == "shape")
-                or (base.op == "call_method" and base.target == "size" and len(base.args) == 1)):
+        if _is_whole_shape(base):
             return base.args[0], node.args[1]
+        if isinstance(base, fx.Node) and base.op == "call_function" and base.target is operator.getitem \
+                and isinstance(base.args[1], slice) and _is_whole_shape(base.args[0]):
+            whole = base.args[0].meta.get(VALUE_KEY)
+            if isinstance(whole, (tuple, list)):
+                dims = range(len(whole))[base.args[1]]
+                if -len(dims) <= node.args[1] < len(dims):
+                    return base.args[0].args[0], dims[node.args[1]]
     return None
 
 
