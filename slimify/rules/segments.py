@@ -12,7 +12,7 @@ from slimify.analysis.shape_pass import SHAPE_KEY
 from slimify.analysis.space import Count
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.elementwise import fixed_output
-from slimify.rules.literal_sizes import SizeExpr, follow_literal, size_expr, tie_sizes
+from slimify.rules.literal_sizes import SizeExpr, follow_literal, size_expr, subtracted_from_size, tie_sizes
 from slimify.rules.registry import method, rule
 
 __all__ = ["cat", "stack", "split", "chunk", "tensor_split", "unbind", "getitem", "pad"]
@@ -82,7 +82,8 @@ def _segments(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], keepdim:
     return outs
 
 
-def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], literal: Any) -> None:
+def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], literal: Any,
+                    tensor: Any = None) -> None:
     """Cut a channel dim into segments. Equal segments that must stay equal at run time
     (``chunk``, an int split size) must keep equal widths (checked by the plan); a literal size list
     (MixNet's ``self.splits``) follows the width through its module attribute."""
@@ -100,17 +101,27 @@ def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], li
         if isinstance(literal, int) and not follow_literal(ctx, literal, Count(segs[0])):
             ctx.space.fix(ids, f"split size {literal} baked in code at {ctx.space.context}")
     elif any(isinstance(v, fx.Node) for v in literal):
-        _follow_each_size(ctx, list(literal), segs)
+        _follow_each_size(ctx, list(literal), segs, tensor, d, len(x.shape))
     elif not follow_literal(ctx, list(literal), [Count(s) for s in segs]):
         ctx.space.fix(ids, f"split sizes {list(literal)} baked in code at {ctx.space.context}")
 
 
-def _follow_each_size(ctx: RuleContext, sizes: list[Any], segs: list[np.ndarray]) -> None:
+def _follow_each_size(ctx: RuleContext, sizes: list[Any], segs: list[np.ndarray], tensor: Any = None, d: int = 0,
+                      ndim: int = 0) -> None:
     """Split sizes mixing computed and literal ones (FocalNet's ``split(x, (C, C, self.focal_level
     + 1), 1)`` with ``C`` read from the block input): a size read from slimming channels ties its
     piece to them, any other piece keeps its size (a literal beside computed sizes is a count of
-    its own: ``focal_level + 1`` gates)."""
-    for size, seg in zip(sizes, segs):
+    its own: ``focal_level + 1`` gates). The rest of the input (RAFT's ``split(context, [hidden,
+    context.shape[1] - hidden])``) needs no tie: it is whatever the other pieces leave, and the
+    literal it subtracts is the width of the other piece, which follows the attribute holding it
+    (the model's own or a submodule's: ``self.update_block.hidden_state_size``)."""
+    rest = {i: subtracted_from_size(s, tensor, d, ndim) for i, s in enumerate(sizes)} if ndim else {}
+    rest = {i: k for i, k in rest.items() if k is not None
+            and k == sum(s for j, s in enumerate(sizes) if j != i and type(s) is int)
+            and all(type(s) is int for j, s in enumerate(sizes) if j != i)}
+    for i, (size, seg) in enumerate(zip(sizes, segs)):
+        if i in rest or (rest and type(size) is int and follow_literal(ctx, size, Count(seg), nested=True)):
+            continue
         expr = size_expr(ctx, size) if isinstance(size, fx.Node) else None
         if expr is None or expr.ids is None or not tie_sizes(ctx, expr, seg):
             ctx.space.fix(seg, f"split size {size} computed or baked in code at {ctx.space.context}")
@@ -136,7 +147,7 @@ def split(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
                                                                                 ctx.node.kwargs.get("split_size"))
     if x.carries(d):
         literal = None if isinstance(raw, fx.Node) else raw
-        _split_channels(ctx, x, d, sizes, literal)
+        _split_channels(ctx, x, d, sizes, literal, ctx.node.args[0] if ctx.node.args else None)
     return _segments(ctx, x, d, sizes)
 
 
