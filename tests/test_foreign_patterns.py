@@ -173,3 +173,52 @@ def test_split_into_a_submodule_size_and_the_rest() -> None:
     _slims(model, "context_encoder")
     with slimify.width(model, 0.5):
         assert model.update_block.hidden_state_size == hidden[1]
+
+
+class PairedLayer(nn.Module):
+    """transformers' HieraLayer: ``if self.hidden_size != self.hidden_size_output`` decides
+    whether the residual is projected; only ``hidden_size_output`` is used as a size."""
+
+    def __init__(self, dim: int, dim_out: int) -> None:
+        super().__init__()
+        self.hidden_size, self.hidden_size_output = dim, dim_out
+        self.layernorm_before = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, dim_out)
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_size, seq_len, _ = x.shape
+        h = self.layernorm_before(x)
+        if self.hidden_size != self.hidden_size_output:
+            x = self.proj(h).view(batch_size, seq_len, self.hidden_size_output)
+        return x + self.fc(h)
+
+
+class PairedSizes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, 16)
+        self.layers = nn.Sequential(PairedLayer(16, 32), PairedLayer(32, 32))
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(self.embed(x.transpose(1, 2))).mean(1))
+
+
+def test_paired_size_attributes_keep_their_branch() -> None:
+    """At width 0.5 the served ``hidden_size_output`` (16 of 32) would equal an unserved
+    ``hidden_size`` (16) and skip the projection; its partner follows the layer's input."""
+    model = _check(PairedSizes(), torch.randn(2, 5, 7))
+    assert _slims(model, "embed") == [4, 8, 12, 16]
+    assert _slims(model, "layers.0.fc") == [8, 16, 24, 32]
+    with slimify.width(model, 0.5):
+        assert (model.layers[0].hidden_size, model.layers[0].hidden_size_output) == (8, 16)
+
+
+def test_paired_names() -> None:
+    from slimify.analysis.paired_sizes import paired_names
+    assert paired_names("hidden_size", "hidden_size_output")
+    assert paired_names("dim", "dim_out") and paired_names("in_chs", "out_chs")
+    assert not paired_names("head_dim", "hidden_size_output")  # a head's size, not the layer's input
+    assert not paired_names("query_stride", "query_stride_out")  # not a width
