@@ -2,31 +2,15 @@
 ``python -m benchmarks.foreign``), each on a tiny hand-built module: torchvision MViT's class
 token split off with ``tensor_split`` and its heads pooled folded into the batch, RAFT's split of
 the context features into a hidden state of a submodule's size and the rest. Full width exact,
-every switch runs and exports equal to it, and the channels that used to stay fixed slim."""
+every switch runs and exports equal to it, and the channels that used to stay fixed slim; plus
+transformers Hiera's branch on a pair of width attributes."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
 import slimify
-
-SWITCHES = (0.25, 0.5, 0.75, 1.0)
-
-
-def _check(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Convert with defaults; width 1.0 equals the original, each export equals its switch."""
-    model.eval()
-    with torch.no_grad():
-        expected = model(x)
-    slimify.convert(model, SWITCHES, example_input=x)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
-        for w in SWITCHES:
-            with slimify.width(model, w):
-                got = model(x)
-            assert got.shape == expected.shape
-            torch.testing.assert_close(slimify.export(model, w).eval()(x), got, rtol=1e-4, atol=1e-5)
-    return model
+from tests.test_rules_extra import _check
 
 
 def _group(model: nn.Module, origin: str):
