@@ -44,6 +44,7 @@ def follow_paired_sizes(space: ChannelSpace, root: nn.Module) -> None:
     for (path, name), spec in space.attrs.items():
         by_module.setdefault(path, {})[name] = spec.template
     modules = dict(root.named_modules())
+    context = space.context
     for path, followed in list(by_module.items()):
         module = modules.get(path)
         if module is None:
@@ -58,6 +59,7 @@ def follow_paired_sizes(space: ChannelSpace, root: nn.Module) -> None:
             if found is not None:
                 space.context = f"{path}.{name}, the partner of {path}.{partners[0]}"
                 space.attr(path, name, found)
+    space.context = context
 
 
 def _sized_channels(by_module: dict[str, dict[str, object]], path: str, value: int) -> Count | None:
