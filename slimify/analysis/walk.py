@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from slimify.analysis.paired_sizes import follow_paired_sizes
 from slimify.analysis.space import OUTPUT_REASON, ChannelSpace
 from slimify.analysis.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 from slimify.rules import ParamVal, RuleContext, TensorVal
@@ -65,6 +66,7 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
         for t in tensors_in(env.get(node)):
             if isinstance(t, TensorVal):
                 space.mark_seen(t.label)
+    follow_paired_sizes(space, traced.root)
     return space
 
 

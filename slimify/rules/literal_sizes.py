@@ -14,7 +14,7 @@ from slimify.analysis.space import Count
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 
 __all__ = ["keep_compared_size", "expand_sizes", "is_dynamic", "follow_literal", "counts_units", "attribute_candidates",
-           "register_attr", "SizeExpr", "size_expr", "tie_sizes"]
+           "register_attr", "SizeExpr", "size_expr", "tie_sizes", "nested_candidates", "subtracted_from_size"]
 
 WIDTH_ATTR_HINTS = ("head", "group", "chs", "channels", "dim", "width", "split", "features", "hidden")
 
@@ -43,7 +43,9 @@ def _entry(arg: Any, tensor: Any) -> Any:
             and isinstance(arg.args[1], int):
         entries = _tuple_entries(arg.args[0], tensor)
         if entries is not None and -len(entries) <= arg.args[1] < len(entries):
-            return entries[arg.args[1]]
+            entry = entries[arg.args[1]]
+            # a dim of another tensor's shape slice stays the read itself (``B, N, C = x.shape[:3]``)
+            return arg if entry is arg.args[0] else entry
     return arg
 
 
@@ -103,18 +105,55 @@ def attribute_candidates(ctx: RuleContext, value: Any) -> list[tuple[str, str, i
     return found
 
 
+def nested_candidates(ctx: RuleContext, value: int) -> list[tuple[str, str, int]]:
+    """(module path, attribute, 1) for a literal read from a submodule's attribute
+    (``self.update_block.hidden_state_size``, RAFT's split of the context features). Only the
+    model's own container modules count (no parameters of their own; torch layers' sizes are
+    their rules' business), with names that speak of widths and exactly the value."""
+    owner = ctx.owner_paths()[0]
+    try:
+        module = ctx.root.get_submodule(owner) if owner else ctx.root
+    except AttributeError:
+        return []
+    found = []
+    for path, sub in module.named_modules(prefix=owner):
+        if path == owner or type(sub).__module__.split(".")[0] == "torch" or next(sub.parameters(False), None) is not None:
+            continue
+        found += [(path, name, 1) for name, attr in vars(sub).items()
+                  if not name.startswith("_") and type(attr) is int and attr == value
+                  and any(h in name.lower() for h in WIDTH_ATTR_HINTS)]
+    return found
+
+
+def subtracted_from_size(node: Any, tensor: fx.Node, dim: int, ndim: int) -> int | None:
+    """``k`` when ``node`` is ``tensor.shape[dim] - k`` with a literal ``k`` (the rest of a
+    split: ``split(x, [k, x.shape[1] - k])``), else None."""
+    if not isinstance(node, fx.Node) or node.op != "call_function" or node.target is not operator.sub:
+        return None
+    read = _shape_read(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+    k = node.args[1]
+    if read is None or read[0] is not tensor or read[1] % ndim != dim % ndim or type(k) is not int:
+        return None
+    return k
+
+
 def counts_units(name: str) -> bool:
     """``num_heads``, ``groups``: an attribute counting heads or groups (not ``head_dim``)."""
     low = name.lower()
     return any(h in low for h in ("head", "group")) and not any(s in low for s in ("dim", "size", "ch", "width"))
 
 
-def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool = True, units: bool = False) -> bool:
+def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool = True, units: bool = False,
+                   nested: bool = False) -> bool:
     """Make the attribute that holds the literal ``value`` follow ``counts`` (a Count or a
     list of Counts with the same structure as ``value``). A list with no attribute of its own
-    (``[self.dim_conv3, self.dim_untouched]``) follows through one attribute per entry. Returns
-    False when no attribute is found: the caller then fixes the channels."""
+    (``[self.dim_conv3, self.dim_untouched]``) follows through one attribute per entry; with
+    ``nested``, an int no attribute of the module holds may be a submodule's
+    (``nested_candidates``). Returns False when no attribute is found: the caller then fixes
+    the channels."""
     candidates = attribute_candidates(ctx, value)
+    if not candidates and nested and type(value) is int:
+        candidates = nested_candidates(ctx, value)
     if not candidates:
         if isinstance(value, (list, tuple)) and not isinstance(counts, Count) and len(value) == len(counts):
             return _follow_entries(ctx, list(value), list(counts), prefer_hint)
@@ -207,16 +246,29 @@ class SizeExpr:
 _ARITH = {operator.mul, operator.floordiv, operator.truediv, operator.add, operator.sub}
 
 
+def _is_whole_shape(node: Any) -> bool:
+    """``x.shape`` or ``x.size()``."""
+    return isinstance(node, fx.Node) and (
+        (node.op == "call_function" and node.target is getattr and node.args[1] == "shape")
+        or (node.op == "call_method" and node.target == "size" and len(node.args) == 1))
+
+
 def _shape_read(node: fx.Node) -> tuple[fx.Node, int] | None:
-    """``x.shape[i]``, ``x.size(i)``, ``B, C, H, W = x.shape``: the tensor and the dim read."""
+    """``x.shape[i]``, ``x.size(i)``, ``B, C, H, W = x.shape``, ``B, N, C = x.shape[:3]`` (MViT's
+    pooling): the tensor and the dim read."""
     if node.op == "call_method" and node.target == "size" and len(node.args) > 1:
         return node.args[0], node.args[1]
     if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int):
         base = node.args[0]
-        if isinstance(base, fx.Node) and (
-                (base.op == "call_function" and base.target is getattr and base.args[1] == "shape")
-                or (base.op == "call_method" and base.target == "size" and len(base.args) == 1)):
+        if _is_whole_shape(base):
             return base.args[0], node.args[1]
+        if isinstance(base, fx.Node) and base.op == "call_function" and base.target is operator.getitem \
+                and isinstance(base.args[1], slice) and _is_whole_shape(base.args[0]):
+            whole = base.args[0].meta.get(VALUE_KEY)
+            if isinstance(whole, (tuple, list)):
+                dims = range(len(whole))[base.args[1]]
+                if -len(dims) <= node.args[1] < len(dims):
+                    return base.args[0].args[0], dims[node.args[1]]
     return None
 
 

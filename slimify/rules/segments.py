@@ -12,10 +12,10 @@ from slimify.analysis.shape_pass import SHAPE_KEY
 from slimify.analysis.space import Count
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.elementwise import fixed_output
-from slimify.rules.literal_sizes import SizeExpr, follow_literal, size_expr, tie_sizes
+from slimify.rules.literal_sizes import SizeExpr, follow_literal, size_expr, subtracted_from_size, tie_sizes
 from slimify.rules.registry import method, rule
 
-__all__ = ["cat", "stack", "split", "chunk", "unbind", "getitem", "pad"]
+__all__ = ["cat", "stack", "split", "chunk", "tensor_split", "unbind", "getitem", "pad"]
 
 
 def _dim(args: list, kwargs: dict, pos: int, default: int = 0) -> int:
@@ -42,7 +42,7 @@ def cat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     for r in structured[1:]:
         ctx.space.union(structured[0], r)
     joint = list(np.broadcast_shapes(*(r.shape for r in reps)))
-    rigid = frozenset.intersection(*(p.rigid for p in parts))
+    rigid = _joint_rigid(parts)
     if not any(p.label.shape[d] > 1 for p in parts):
         return TensorVal(np.broadcast_to(reps[0], joint).copy(), out_shape, rigid)
     pieces = []
@@ -51,6 +51,13 @@ def cat(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
         shape[d] = p.shape[d]
         pieces.append(np.broadcast_to(p.expanded([d]) if p.label.shape[d] == 1 else p.label, shape))
     return TensorVal(np.concatenate(pieces, axis=d), out_shape, rigid)
+
+
+def _joint_rigid(parts: list[TensorVal]) -> frozenset[int]:
+    """Dims rigid in the concatenation: rigid in every part that carries ids along them (MViT's
+    class token, whose head_dim varies, joined with pooled tokens whose head_dim is one label)."""
+    return frozenset(r for r in frozenset.union(*(p.rigid for p in parts))
+                     if all(r in p.rigid or p.label.shape[r] == 1 for p in parts))
 
 
 @rule("stack")
@@ -75,7 +82,8 @@ def _segments(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], keepdim:
     return outs
 
 
-def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], literal: Any) -> None:
+def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], literal: Any,
+                    tensor: Any = None) -> None:
     """Cut a channel dim into segments. Equal segments that must stay equal at run time
     (``chunk``, an int split size) must keep equal widths (checked by the plan); a literal size list
     (MixNet's ``self.splits``) follows the width through its module attribute."""
@@ -93,17 +101,27 @@ def _split_channels(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int], li
         if isinstance(literal, int) and not follow_literal(ctx, literal, Count(segs[0])):
             ctx.space.fix(ids, f"split size {literal} baked in code at {ctx.space.context}")
     elif any(isinstance(v, fx.Node) for v in literal):
-        _follow_each_size(ctx, list(literal), segs)
+        _follow_each_size(ctx, list(literal), segs, tensor, d, len(x.shape))
     elif not follow_literal(ctx, list(literal), [Count(s) for s in segs]):
         ctx.space.fix(ids, f"split sizes {list(literal)} baked in code at {ctx.space.context}")
 
 
-def _follow_each_size(ctx: RuleContext, sizes: list[Any], segs: list[np.ndarray]) -> None:
+def _follow_each_size(ctx: RuleContext, sizes: list[Any], segs: list[np.ndarray], tensor: Any = None, d: int = 0,
+                      ndim: int = 0) -> None:
     """Split sizes mixing computed and literal ones (FocalNet's ``split(x, (C, C, self.focal_level
     + 1), 1)`` with ``C`` read from the block input): a size read from slimming channels ties its
     piece to them, any other piece keeps its size (a literal beside computed sizes is a count of
-    its own: ``focal_level + 1`` gates)."""
-    for size, seg in zip(sizes, segs):
+    its own: ``focal_level + 1`` gates). The rest of the input (RAFT's ``split(context, [hidden,
+    context.shape[1] - hidden])``) needs no tie: it is whatever the other pieces leave, and the
+    literal it subtracts is the width of the other piece, which follows the attribute holding it
+    (the model's own or a submodule's: ``self.update_block.hidden_state_size``)."""
+    rest = {i: subtracted_from_size(s, tensor, d, ndim) for i, s in enumerate(sizes)} if ndim else {}
+    rest = {i: k for i, k in rest.items() if k is not None
+            and k == sum(s for j, s in enumerate(sizes) if j != i and type(s) is int)
+            and all(type(s) is int for j, s in enumerate(sizes) if j != i)}
+    for i, (size, seg) in enumerate(zip(sizes, segs)):
+        if i in rest or (rest and type(size) is int and follow_literal(ctx, size, Count(seg), nested=True)):
+            continue
         expr = size_expr(ctx, size) if isinstance(size, fx.Node) else None
         if expr is None or expr.ids is None or not tie_sizes(ctx, expr, seg):
             ctx.space.fix(seg, f"split size {size} computed or baked in code at {ctx.space.context}")
@@ -129,7 +147,7 @@ def split(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
                                                                                 ctx.node.kwargs.get("split_size"))
     if x.carries(d):
         literal = None if isinstance(raw, fx.Node) else raw
-        _split_channels(ctx, x, d, sizes, literal)
+        _split_channels(ctx, x, d, sizes, literal, ctx.node.args[0] if ctx.node.args else None)
     return _segments(ctx, x, d, sizes)
 
 
@@ -143,6 +161,41 @@ def chunk(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
             return _chunk_by_position(ctx, x, d, sizes)
         _split_channels(ctx, x, d, sizes, None)
     return _segments(ctx, x, d, sizes)
+
+
+@rule("tensor_split")
+def tensor_split(ctx: RuleContext, args: list, kwargs: dict) -> list[TensorVal]:
+    """``torch.tensor_split(x, sections_or_indices, dim)`` (MViT's class token: ``tensor_split(x,
+    indices=(1,), dim=2)``). Along other dims channels pass through; along channels an int counts
+    pieces like ``chunk``, and a list of indices cuts where slice bounds would (``x[:, :i]``), each
+    index following the width through the attribute holding it."""
+    x = ctx.tensor(args[0])
+    d = _dim(args, kwargs, 2) % x.ndim
+    sizes = [s[d] for s in ctx.out_shape]
+    if x.carries(d):
+        raw = ctx.node.args[1] if len(ctx.node.args) > 1 else next(
+            (ctx.node.kwargs[k] for k in ("sections", "indices", "tensor_indices_or_sections") if k in ctx.node.kwargs),
+            None)
+        if isinstance(raw, int):
+            _split_channels(ctx, x, d, sizes, None)
+        elif isinstance(raw, (list, tuple)) and all(isinstance(i, int) for i in raw):
+            _cut_at_indices(ctx, x, d, sizes)
+        else:
+            ctx.space.fix(ctx.channel_ids(x, d), f"tensor_split at indices computed in code at {ctx.space.context}")
+    return _segments(ctx, x, d, sizes)
+
+
+def _cut_at_indices(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int]) -> None:
+    """Pieces ``x[:i1], x[i1:i2], …``: each inner index is the bound of a prefix, which follows the
+    width through its attribute like ``x[:, :i]`` (else the channels keep their size)."""
+    ids = ctx.channel_ids(x, d)
+    for bound in np.cumsum(sizes)[:-1].tolist():
+        if not 0 < bound < len(ids):
+            continue
+        ctx.space.cut(ids[bound - 1:bound], ids[bound:bound + 1])
+        if not follow_literal(ctx, bound, Count(ids[:bound])):
+            ctx.space.fix(ids, f"tensor_split index {bound} baked in code at {ctx.space.context}")
+            return
 
 
 def _chunk_by_position(ctx: RuleContext, x: TensorVal, d: int, sizes: list[int]) -> list[TensorVal]:
