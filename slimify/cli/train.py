@@ -129,7 +129,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
     from slimify.train.augment import augment_args
     from slimify.train.distributed import dist_info, init_from_env, shutdown
-    from slimify.train.loop import finetune
+    from slimify.train.run import finetune
     from slimify.train.recipe import load_recipe
     from slimify.train.resolve import resolve_data, save_model
 
