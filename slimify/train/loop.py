@@ -36,6 +36,7 @@ from slimify.train.precision import amp_dtype, autocast, grad_scaler, to_channel
 from slimify.train.progress import LossMeter, RunLog, progress_bar
 from slimify.train.recipe import Recipe
 from slimify.train.sandwich import check_width_range, loss_key, sandwich_widths
+from slimify.train.sync_bn import revert_sync_batchnorm, sync_for_run
 from slimify.train.timm_optim import create_optimizer, create_schedule, global_lr
 from slimify.train.watch import MetricsLog, progress_line
 
@@ -85,6 +86,16 @@ class Trainer:
         self.progress = progress and self.info.is_main
         self.echo: Callable[[str], None] | None = None  # periodic lines when there is no progress bar
         self.best: float | None = None  # best mean top-1 over switches (BEST_NAME holds that checkpoint)
+        self.synced = sync_for_run(self.model, recipe.sync_bn, self.info.world)  # last: nothing after it can fail
+
+    def unsync(self) -> None:
+        """Local BatchNorm again (``sync_bn``) once training ends: BN calibration reduces its own
+        statistics over shards of uneven length, and the caller gets the model's own classes back."""
+        if self.synced:
+            for net in (self.model, self.ema.module if self.ema is not None else None):
+                if net is not None:
+                    revert_sync_batchnorm(net)
+            self.synced = False
 
     def _steps_per_epoch(self) -> int:
         if is_loader(self.data):

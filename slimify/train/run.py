@@ -115,22 +115,25 @@ def finetune(
                 echo(f"before fine-tuning:\n{before.table()}")
     losses: dict[float, float] = {}
     path: Path | None = None
-    while trainer.epoch < r.epochs:
-        meter = trainer.run_epoch(stop_after)
-        losses = meter.means() or losses
-        if trainer.batch >= trainer.steps_per_epoch:
-            trainer.epoch, trainer.batch = trainer.epoch + 1, 0
-            trainer.log.write("epoch", epoch=trainer.epoch, step=trainer.step, loss=losses,
-                              img_per_s=round(meter.throughput(), 1))
-            improved = trainer.improves(_maybe_validate(trainer, val_data, final=False))
-            _maybe_validate(trainer, val_data, final=False, ema=True)
-            path = trainer.save()  # records the best score; the copy follows
-            if improved:
-                trainer.keep_best(path)
-        if stop_after is not None and trainer.step >= stop_after and trainer.epoch < r.epochs:
-            path = trainer.save() if trainer.batch else path  # (an epoch end has just saved)
-            trainer.metrics.close()
-            return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path, _ema(trainer))
+    try:
+        while trainer.epoch < r.epochs:
+            meter = trainer.run_epoch(stop_after)
+            losses = meter.means() or losses
+            if trainer.batch >= trainer.steps_per_epoch:
+                trainer.epoch, trainer.batch = trainer.epoch + 1, 0
+                trainer.log.write("epoch", epoch=trainer.epoch, step=trainer.step, loss=losses,
+                                  img_per_s=round(meter.throughput(), 1))
+                improved = trainer.improves(_maybe_validate(trainer, val_data, final=False))
+                _maybe_validate(trainer, val_data, final=False, ema=True)
+                path = trainer.save()  # records the best score; the copy follows
+                if improved:
+                    trainer.keep_best(path)
+            if stop_after is not None and trainer.step >= stop_after and trainer.epoch < r.epochs:
+                path = trainer.save() if trainer.batch else path  # (an epoch end has just saved)
+                trainer.metrics.close()
+                return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path, _ema(trainer))
+    finally:
+        trainer.unsync()  # local BatchNorm for calibration, evaluation and the caller (sync_bn)
     if r.calibrate_batches > 0:
         before = trainer.last_eval if trainer.last_eval is not None and trainer.last_eval[0] == trainer.step \
             else (trainer.step, _maybe_validate(trainer, val_data, final=True))
