@@ -85,3 +85,14 @@ def test_resume_across_compiled_and_uncompiled_runs_is_exact(tmp_path, first, th
     assert {s: losses[s] for s in range(8, 11)} == {s: ref_losses[s] for s in range(8, 11)}  # bit for bit
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_gpu_benchmark_compiled_paths_stay_compiled(monkeypatch) -> None:
+    """``python -m benchmarks.gpu`` compiles a slimmable model and its exported widths one after the other:
+    none of them may hit dynamo's recompile limit (it would silently measure eager code as compiled)."""
+    from benchmarks import gpu
+
+    monkeypatch.setattr(gpu, "BACKEND", "aot_eager")  # CPU: no compiler needed; the same dynamo front end
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    rows = gpu.bench_model("slimify:tinynet", 2, 1, 1, [True], "cpu", 32)
+    assert sum("compiled" in r for r in rows) == 1 + 2 * len(gpu.SWITCHES) and _breaks() == {}
