@@ -16,7 +16,7 @@ from torch.utils.data import Subset
 
 import slimify
 from slimify.errors import SlimifyError
-from slimify.train import digits, finetune
+from slimify.train import digits, finetune, sync_bn
 from slimify.train.common import at_width
 from slimify.train.progress import read_log
 from slimify.train.sync_bn import convert_sync_batchnorm, is_synced, revert_sync_batchnorm
@@ -52,13 +52,18 @@ def test_torch_conversion_breaks_narrow_switches_and_finetune_says_why() -> None
         finetune(model, Subset(digits("train"), range(64)), "demo", epochs=1, batch_size=32, progress=False)
 
 
-def test_conversion_keeps_switches_keys_and_outputs_and_reverts() -> None:
+def _norm_act_net() -> nn.Module:
+    """A converted net with timm's BatchNormAct2d (its own forward: BN, then drop and activation)."""
     from timm.layers import BatchNormAct2d
 
-    torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 16, 3), BatchNormAct2d(16), nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    model = slimify.convert(net, switches=SWITCHES, example_input=torch.randn(2, 3, 16, 16))
+    return slimify.convert(net, switches=SWITCHES, example_input=torch.randn(2, 3, 16, 16))
+
+
+def test_conversion_keeps_switches_keys_and_outputs_and_reverts() -> None:
+    torch.manual_seed(0)
+    model = _norm_act_net()
     reference, classes = copy.deepcopy(model), [type(m) for m in model.modules()]
     keys = list(model.state_dict())
     assert convert_sync_batchnorm(model) is model
@@ -102,21 +107,13 @@ def test_one_process_warns_and_trains_exactly_like_local_batchnorm() -> None:
         assert torch.equal(a, b), name
 
 
-def worker(rank: int, world: int, port: int, out: str) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _step_by_hand(model: nn.Module, rank: int, world: int, size: int) -> tuple[dict, dict]:
+    """One forward/backward of every switch, each process on its half of a global batch, against
+    the unsynchronised model on the whole batch."""
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
-    report: dict = {}
-    # 1. one step by hand: each process holds half of a global batch
-    torch.manual_seed(0)
-    model = slim_digitsnet(SWITCHES)
     reference = copy.deepcopy(model)  # local BatchNorm, run on the whole global batch
-    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    images, labels = torch.randn(8 * world, 3, size, size), torch.randint(0, 10, (8 * world,))
     mine = slice(rank * 8, rank * 8 + 8)
     convert_sync_batchnorm(model)
     model.train(), reference.train()
@@ -127,18 +124,42 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
             F.cross_entropy(local, labels[mine]).backward()
             F.cross_entropy(ref, labels).backward()
             outputs_match.append(bool(torch.allclose(local, ref[mine], atol=1e-5)))
-    report["outputs_match"] = outputs_match
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     for g in grads.values():  # what DDP does: average over processes
         dist.all_reduce(g)
         g /= world
     ref_grads = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
-    report["grads_match"] = sorted(grads) == sorted(ref_grads) and all(
-        torch.allclose(grads[n], ref_grads[n], atol=1e-5) for n in grads)
     stats, ref_stats = _switch_stats(model), _switch_stats(reference)
-    report["stats_match_global_batch"] = all(torch.allclose(stats[k], ref_stats[k], atol=1e-5) for k in stats)
-    report["switches_with_stats"] = sorted({k.split(":")[0] for k in stats})
-    torch.save(stats, Path(out) / f"stats{rank}.pt")
+    return {"outputs_match": outputs_match,
+            "grads_match": sorted(grads) == sorted(ref_grads) and all(
+                torch.allclose(grads[n], ref_grads[n], atol=1e-5) for n in grads),
+            "stats_match_global_batch": all(torch.allclose(stats[k], ref_stats[k], atol=1e-5) for k in stats),
+            "switches_with_stats": sorted({k.split(":")[0] for k in stats})}, stats
+
+
+def worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    report: dict = {}  # 1. one step by hand; 2. finetune under DDP
+    for name, build, size in (("digitsnet", lambda: slim_digitsnet(SWITCHES), 32), ("norm_act", _norm_act_net, 16)):
+        torch.manual_seed(0)
+        checks, stats = _step_by_hand(build(), rank, world, size)
+        report.update({f"{name}:{k}": v for k, v in checks.items()})
+        torch.save(stats, Path(out) / f"{name}{rank}.pt")
+    bn, devices = convert_sync_batchnorm(slim_digitsnet(SWITCHES))[1], sync_bn._KERNEL_DEVICES
+    sync_bn._KERNEL_DEVICES = ("cpu",)  # torch's GPU kernel path runs up to the kernel's own device check
+    try:
+        bn(torch.randn(2, 16, 4, 4))
+    except ValueError as e:
+        report["kernel_path"] = "expected input tensor to be on GPU" in str(e)
+    finally:
+        sync_bn._KERNEL_DEVICES = devices
     # 2. finetune under DDP with sync_bn: stopped and resumed == uninterrupted (and the classes come back)
     data = Subset(digits("train"), range(128))
 
@@ -164,14 +185,16 @@ def test_two_processes_sync_every_switch_over_the_global_batch(tmp_path) -> None
     mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for report in reports:
-        assert report["outputs_match"] == [True] * len(SWITCHES)  # normalised with the global batch's statistics
-        assert report["stats_match_global_batch"] and report["grads_match"]
-        assert report["switches_with_stats"] == [str(w) for w in SWITCHES]
-        assert report["resume_exact"] and report["reverted"]
-    stats = [torch.load(tmp_path / f"stats{r}.pt", weights_only=True) for r in (0, 1)]
-    for key, value in stats[0].items():  # the same statistics in both processes, private ones narrow
-        assert torch.equal(value, stats[1][key]), key
-    assert stats[0]["0.25:1.running_mean"].numel() < stats[0]["1.0:1.running_mean"].numel()
+        for net in ("digitsnet", "norm_act"):
+            assert report[f"{net}:outputs_match"] == [True] * len(SWITCHES)  # the global batch's statistics
+            assert report[f"{net}:stats_match_global_batch"] and report[f"{net}:grads_match"], net
+            assert report[f"{net}:switches_with_stats"] == [str(w) for w in SWITCHES]
+        assert report["resume_exact"] and report["reverted"] and report["kernel_path"]
+    for net in ("digitsnet", "norm_act"):
+        stats = [torch.load(tmp_path / f"{net}{r}.pt", weights_only=True) for r in (0, 1)]
+        for key, value in stats[0].items():  # the same statistics in both processes, private ones narrow
+            assert torch.equal(value, stats[1][key]), key
+        assert stats[0]["0.25:1.running_mean"].numel() < stats[0]["1.0:1.running_mean"].numel()
     losses = {r["step"]: r["loss"] for r in read_log(tmp_path / "b" / "log.jsonl") if r["event"] == "train"}
     reference = {r["step"]: r["loss"] for r in read_log(tmp_path / "a" / "log.jsonl") if r["event"] == "train"}
     assert losses == reference and sorted(losses) == list(range(1, 9))  # compiled, stopped, resumed: same losses
