@@ -99,23 +99,10 @@ def finetune(
     ckpt = _resume_path(resume, out)
     trainer = Trainer(model, train_data, r, resolve_device(device), out, show_progress(progress), model_spec)
     trainer.echo = echo
-    if ckpt is not None:
-        trainer.load(ckpt)
-    else:
-        _seed_everything(r.seed)
-        trainer.log.write("start", recipe=trainer.recipe.to_dict(), switches=list(trainer.widths),
-                          world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch,
-                          workers=usable_workers(r.workers))
-        if baseline and val_data is not None:
-            before = evaluate(trainer.model, val_data, batch_size=r.batch_size, device=trainer.device,
-                              workers=r.workers)
-            trainer.log.write("baseline", top1=before.top1(), metrics=before.to_dict())
-            trainer.metrics.eval("baseline", 0, 0, before.to_dict())
-            if echo is not None and trainer.info.is_main:
-                echo(f"before fine-tuning:\n{before.table()}")
     losses: dict[float, float] = {}
     path: Path | None = None
     try:
+        _start(trainer, ckpt, val_data, baseline, echo)
         while trainer.epoch < r.epochs:
             meter = trainer.run_epoch(stop_after)
             losses = meter.means() or losses
@@ -149,6 +136,27 @@ def finetune(
     path = trainer.save()
     trainer.metrics.close()
     return TrainResult(model, trainer.step, trainer.epoch, True, losses, result, path, _ema(trainer), ema_result)
+
+
+def _start(trainer: Trainer, ckpt: Path | None, val_data: Dataset | Iterable[Any] | None, baseline: bool,
+           echo: Callable[[str], None] | None) -> None:
+    """Resume from ``ckpt``, or start fresh: seed, log the start and (``baseline``) evaluate every
+    switch as converted, the figure fine-tuning has to beat."""
+    r = trainer.recipe
+    if ckpt is not None:
+        trainer.load(ckpt)
+    else:
+        _seed_everything(r.seed)
+        trainer.log.write("start", recipe=trainer.recipe.to_dict(), switches=list(trainer.widths),
+                          world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch,
+                          workers=usable_workers(r.workers))
+        if baseline and val_data is not None:
+            before = evaluate(trainer.model, val_data, batch_size=r.batch_size, device=trainer.device,
+                              workers=r.workers)
+            trainer.log.write("baseline", top1=before.top1(), metrics=before.to_dict())
+            trainer.metrics.eval("baseline", 0, 0, before.to_dict())
+            if echo is not None and trainer.info.is_main:
+                echo(f"before fine-tuning:\n{before.table()}")
 
 
 def _ema(trainer: Trainer) -> nn.Module | None:
