@@ -198,3 +198,19 @@ def test_two_processes_sync_every_switch_over_the_global_batch(tmp_path) -> None
     losses = {r["step"]: r["loss"] for r in read_log(tmp_path / "b" / "log.jsonl") if r["event"] == "train"}
     reference = {r["step"]: r["loss"] for r in read_log(tmp_path / "a" / "log.jsonl") if r["event"] == "train"}
     assert losses == reference and sorted(losses) == list(range(1, 9))  # compiled, stopped, resumed: same losses
+
+
+def test_cli_sync_bn_and_compile_flags_override_the_recipe(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from slimify.cli.app import cli
+
+    (tmp_path / "r.yaml").write_text("epochs: 1\nbatch_size: 128\ncompile: aot_eager\ncalibrate_batches: 1\n")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="sync_bn: a single process"):
+        result = CliRunner().invoke(cli, ["finetune", "slimify:digitsnet", "--data", "digits", "--recipe",
+                                          str(tmp_path / "r.yaml"), "--switches", "0.5,1.0", "--divisor", "4",
+                                          "--sync-bn", "--no-compile", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    start = read_log(out / "log.jsonl")[0]
+    assert start["event"] == "start" and start["recipe"]["sync_bn"] is True and start["recipe"]["compile"] is False
