@@ -62,8 +62,10 @@ class _SyncForward:
     _check_non_zero_input_channels = nn.SyncBatchNorm._check_non_zero_input_channels  # read by the kernel path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        group = self.process_group or (dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
-        if not (self.training and group is not None and dist.get_world_size(group) > 1):
+        if not (self.training and dist.is_available() and dist.is_initialized()):  # eval: never synchronised
+            return super().forward(x)  # type: ignore[misc]
+        group = self.process_group or dist.group.WORLD
+        if dist.get_world_size(group) <= 1:
             return super().forward(x)  # type: ignore[misc]
         if x.device.type in (*_KERNEL_DEVICES, torch._C._get_privateuse1_backend_name()):
             y = nn.SyncBatchNorm.forward(self, x)  # type: ignore[arg-type]
