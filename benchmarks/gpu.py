@@ -24,10 +24,12 @@ import slimify
 from benchmarks.results import machine, write_section
 from slimify.deploy.extract import export
 from slimify.store.sources import create
+from slimify.train.compile import compile_model
 
 MODELS = ["resnet50", "mobilenetv2_100", "vit_small_patch16_224"]
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
 HEADING = "GPU"
+BACKEND: bool | str = True  # torch.compile backend (True: inductor); tests check the compiled paths with aot_eager
 
 
 def median_ms(fn: Callable[[], object], runs: int, warmup: int, device: str) -> float:
@@ -66,8 +68,14 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 def prepare(model: nn.Module, compiled: bool, device: str) -> nn.Module:
+    """``model`` on ``device``, channels-last, compiled the way ``finetune`` compiles (``compile_model``).
+    Dynamo's caches are reset first: the plain and slimmable copies share forward code, whose graphs
+    would otherwise add up past the recompile limit and run eager, unnoticed, from then on."""
     model = model.to(device).to(memory_format=torch.channels_last)
-    return torch.compile(model) if compiled else model
+    if not compiled:
+        return model
+    torch._dynamo.reset()
+    return compile_model(model, BACKEND, len(SWITCHES))
 
 
 def bench_model(name: str, batch: int, runs: int, warmup: int, compile_modes: list[bool],

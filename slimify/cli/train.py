@@ -105,7 +105,7 @@ Examples:
   slimify finetune torchvision:resnet18 --data digits --recipe demo -o runs/rn18
   slimify finetune resnet50 --checkpoint rn50.pth --reorder l1 --data ~/imagenet --recipe retrofit
   slimify finetune resnet50 --pretrained --pretrained-tag a1_in1k --data ~/imagenet -o runs/rn50
-  torchrun --nproc_per_node 4 -m slimify.train finetune rn50.slim --data ~/imagenet --resume""")
+  torchrun --nproc_per_node 4 -m slimify.train finetune rn50.slim --data ~/imagenet --sync-bn --resume""")
 @model_options
 @pretrained_options
 @click.option("--data", required=True, help="'digits' or an ImageFolder directory (or one with train/ and val/).")
@@ -119,22 +119,27 @@ Examples:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size (per process).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
 @click.option("--workers", type=click.IntRange(min=0), help="Override the recipe's DataLoader workers.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="Override the recipe's compile: torch.compile the training model (inductor).")
+@click.option("--sync-bn/--no-sync-bn", default=None,
+              help="Override the recipe's sync_bn: each switch's BatchNorm statistics over all processes' batches.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool, force: bool,
                      epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
-                     progress: bool | None, checkpoint: str | None, switches: tuple[float, ...] | None,
-                     divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
-                     input_size: tuple[int, int, int] | None, pretrained: bool, pretrained_tag: str | None) -> None:
+                     compile_: bool | None, sync_bn: bool | None, progress: bool | None, checkpoint: str | None,
+                     switches: tuple[float, ...] | None, divisor: int, num_classes: int | None, device: str | None,
+                     reorder: str | None, input_size: tuple[int, int, int] | None, pretrained: bool,
+                     pretrained_tag: str | None) -> None:
     """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
     from slimify.train.augment import augment_args
     from slimify.train.distributed import dist_info, init_from_env, shutdown
-    from slimify.train.loop import finetune
     from slimify.train.recipe import load_recipe
     from slimify.train.resolve import resolve_data, save_model
+    from slimify.train.run import finetune
 
-    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers).items()
-                 if v is not None}
+    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers,
+                                        compile=compile_, sync_bn=sync_bn).items() if v is not None}
     r = load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
     check_weights_options(checkpoint, pretrained, pretrained_tag)
     if not (resume or force) and any((Path(out) / n).exists() for n in ("checkpoint.pt", "model.slim", "model.pt")):

@@ -56,8 +56,9 @@ def _param_property(name: str) -> property:
         dims = data.params.get(name, [{}] * (s + 1))[s]
         if full is None or not dims:
             return full
-        if torch.is_grad_enabled() or name not in self._parameters:
-            return cut(full, dims)  # a view: gradients and in-place buffer updates reach the full tensor
+        if torch.is_grad_enabled() or name not in self._parameters or torch.compiler.is_compiling():
+            return cut(full, dims)  # a view: gradients and in-place buffer updates reach the full tensor;
+            # compiled, the cut is fused into the graph (a cached copy's data-pointer stamp breaks it)
         hit = data.cache.get((name, s))  # inference: a contiguous copy, kept until the tensor changes
         stamp = (full._version, full.data_ptr())  # ``.to()``/``.double()`` swap ``.data``: a new storage
         if hit is None or hit[0] is not full or hit[1] != stamp:

@@ -12,8 +12,8 @@ from slimify.train.calibrate import calibrate_bn
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.data import digits, image_folder, model_transform
 from slimify.train.evaluate import EvalResult, SwitchMetrics, evaluate
-from slimify.train.loop import TrainResult, finetune
 from slimify.train.recipe import Recipe, load_recipe, recipe_names
+from slimify.train.run import TrainResult, finetune
 
 __all__ = [
     "finetune", "calibrate_bn", "evaluate",

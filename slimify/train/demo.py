@@ -17,8 +17,8 @@ from slimify.store.digits_net import DigitsNet
 from slimify.train.calibrate import calibrate_bn
 from slimify.train.data import digits
 from slimify.train.evaluate import EvalResult, evaluate
-from slimify.train.loop import finetune
 from slimify.train.resolve import convert_spec
+from slimify.train.run import finetune
 
 __all__ = ["run_demo", "DemoResult", "DEMO_SPEC"]
 

@@ -1,8 +1,7 @@
-"""The fine-tuning loop: every optimizer step runs all switches on the same batch (widest first),
-accumulates their gradients and steps once (Yu et al., ICLR 2019, Algorithm 1).
-
-    >>> result = slimify.finetune(model, digits("train"), "demo", val_data=digits("val"), out_dir="run")
-    >>> print(result.eval)
+"""The all-switch training loop: every optimizer step runs all switches on the same batch (widest
+first), accumulates their gradients and steps once (Yu et al., ICLR 2019, Algorithm 1).
+:class:`Trainer` holds one run's state and takes its steps and epochs; ``slimify/train/run.py``
+(:func:`~slimify.train.run.finetune`) drives a whole run with it.
 """
 from __future__ import annotations
 
@@ -10,15 +9,12 @@ import contextlib
 import itertools
 import math
 import os
-import random
 import shutil
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
@@ -26,44 +22,29 @@ from torch.utils.data import DataLoader, Dataset
 import slimify
 from slimify.errors import SlimifyError
 from slimify.store.sources import check_state_dict
-from slimify.train.calibrate import calibrate_bn
 from slimify.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from slimify.train.common import at_width, model_widths, resolve_device
+from slimify.train.common import at_width, model_widths
 from slimify.train.compile import compile_model, strip_wrapper_prefixes
 from slimify.train.distributed import DistInfo, barrier, init_from_env, wrap_ddp
 from slimify.train.drop_path import set_drop_path
 from slimify.train.ema import SwitchEma
-from slimify.train.evaluate import EvalResult, evaluate
+from slimify.train.evaluate import EvalResult
 from slimify.train.loader import is_loader, train_loader, usable_workers
 from slimify.train.losses import step_widths, switch_loss
 from slimify.train.mixing import build_mixup, smoothing, uses_mixing
 from slimify.train.precision import amp_dtype, autocast, grad_scaler, to_channels_last
-from slimify.train.progress import LossMeter, RunLog, progress_bar, show_progress
-from slimify.train.recipe import Recipe, load_recipe
+from slimify.train.progress import LossMeter, RunLog, progress_bar
+from slimify.train.recipe import Recipe
 from slimify.train.sandwich import check_width_range, loss_key, sandwich_widths
+from slimify.train.sync_bn import revert_sync_batchnorm, sync_for_run
 from slimify.train.timm_optim import create_optimizer, create_schedule, global_lr
 from slimify.train.watch import MetricsLog, progress_line
 
-__all__ = ["finetune", "Trainer", "TrainResult", "CHECKPOINT_NAME", "BEST_NAME", "LOG_NAME"]
+__all__ = ["Trainer", "CHECKPOINT_NAME", "BEST_NAME", "LOG_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"  # latest checkpoint in a run directory
 BEST_NAME = "best.pt"  # the checkpoint with the best mean top-1 over switches so far
 LOG_NAME = "log.jsonl"  # the run's JSON-lines log
-
-
-@dataclass
-class TrainResult:
-    """What :func:`finetune` did (the model itself was trained in place)."""
-
-    model: nn.Module  # the trained model (same object as passed in)
-    step: int  # optimizer steps taken in total
-    epoch: int  # completed epochs
-    finished: bool  # False when ``stop_after`` ended the run early
-    losses: dict[float, float] = field(default_factory=dict)  # mean loss per switch, last epoch
-    eval: EvalResult | None = None  # final validation metrics (with ``val_data``)
-    checkpoint: Path | None = None  # the last checkpoint written
-    ema_model: nn.Module | None = None  # the weights' moving average (recipe ``ema_decay``), a slimmable model
-    eval_ema: EvalResult | None = None  # its final validation metrics
 
 
 class Trainer:
@@ -105,6 +86,16 @@ class Trainer:
         self.progress = progress and self.info.is_main
         self.echo: Callable[[str], None] | None = None  # periodic lines when there is no progress bar
         self.best: float | None = None  # best mean top-1 over switches (BEST_NAME holds that checkpoint)
+        self.synced = sync_for_run(self.model, recipe.sync_bn, self.info.world)  # last: nothing after it can fail
+
+    def unsync(self) -> None:
+        """Local BatchNorm again (``sync_bn``) once training ends: BN calibration reduces its own
+        statistics over shards of uneven length, and the caller gets the model's own classes back."""
+        if self.synced:
+            for net in (self.model, self.ema.module if self.ema is not None else None):
+                if net is not None:
+                    revert_sync_batchnorm(net)
+            self.synced = False
 
     def _steps_per_epoch(self) -> int:
         if is_loader(self.data):
@@ -313,128 +304,3 @@ class Trainer:
                 self.ema = SwitchEma(self.model, self.recipe.ema_decay)
         set_rng_state(state["rng"])
         self.log.write("resume", step=self.step, epoch=self.epoch, path=str(path))
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def _resume_path(resume: bool | str | Path, out_dir: Path | None) -> Path | None:
-    if resume is False or resume is None:
-        return None
-    if resume is True:
-        if out_dir is None:
-            raise SlimifyError("resume=True needs out_dir (the run directory holding checkpoint.pt)")
-        path = out_dir / CHECKPOINT_NAME
-        return path if path.is_file() else None  # nothing to resume: start fresh
-    path = Path(resume)
-    if not path.is_file():
-        raise SlimifyError(f"cannot resume: checkpoint {str(path)!r} does not exist")
-    return path
-
-
-def finetune(
-    model: nn.Module,
-    train_data: Dataset | DataLoader,
-    recipe: str | Path | Recipe | dict[str, Any] | None = "retrofit",
-    *,
-    val_data: Dataset | Iterable[Any] | None = None,
-    out_dir: str | Path | None = None,
-    resume: bool | str | Path = False,
-    device: str | torch.device | None = None,
-    stop_after: int | None = None,
-    progress: bool | None = None,
-    model_spec: dict[str, Any] | None = None,
-    baseline: bool = True,
-    echo: Callable[[str], None] | None = None,
-    **overrides: Any,
-) -> TrainResult:
-    """Train all switches of a converted ``model`` jointly, in place.
-
-    ``recipe`` is a shipped recipe name ("demo", "retrofit", "resnet50_imagenet", ...), a YAML
-    path, a dict or a :class:`Recipe`; keyword ``overrides`` change single fields (``epochs=3``).
-    ``train_data`` is best a map-style Dataset: data order and augmentation then depend only on
-    (seed, epoch, index), which makes ``resume`` exact and shards data under ``torchrun``.
-    With ``out_dir`` the main process writes ``checkpoint.pt`` (each epoch end and every
-    ``checkpoint_every`` steps) and ``log.jsonl``; ``resume=True`` continues from that
-    checkpoint when it exists, ``resume=PATH`` from a given one. ``stop_after=k`` stops (with a
-    checkpoint) once k optimizer steps are done in total. A plain model trains as one switch.
-    With ``val_data`` and ``baseline``, a fresh run first evaluates every switch as converted
-    (logged as "baseline", passed to ``echo``): the figure fine-tuning has to beat.
-    """
-    r = load_recipe(recipe, **overrides)
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt = _resume_path(resume, out)
-    trainer = Trainer(model, train_data, r, resolve_device(device), out, show_progress(progress), model_spec)
-    trainer.echo = echo
-    if ckpt is not None:
-        trainer.load(ckpt)
-    else:
-        _seed_everything(r.seed)
-        trainer.log.write("start", recipe=trainer.recipe.to_dict(), switches=list(trainer.widths),
-                          world=trainer.info.world, steps_per_epoch=trainer.steps_per_epoch,
-                          workers=usable_workers(r.workers))
-        if baseline and val_data is not None:
-            before = evaluate(trainer.model, val_data, batch_size=r.batch_size, device=trainer.device,
-                              workers=r.workers)
-            trainer.log.write("baseline", top1=before.top1(), metrics=before.to_dict())
-            trainer.metrics.eval("baseline", 0, 0, before.to_dict())
-            if echo is not None and trainer.info.is_main:
-                echo(f"before fine-tuning:\n{before.table()}")
-    losses: dict[float, float] = {}
-    path: Path | None = None
-    while trainer.epoch < r.epochs:
-        meter = trainer.run_epoch(stop_after)
-        losses = meter.means() or losses
-        if trainer.batch >= trainer.steps_per_epoch:
-            trainer.epoch, trainer.batch = trainer.epoch + 1, 0
-            trainer.log.write("epoch", epoch=trainer.epoch, step=trainer.step, loss=losses,
-                              img_per_s=round(meter.throughput(), 1))
-            improved = trainer.improves(_maybe_validate(trainer, val_data, final=False))
-            _maybe_validate(trainer, val_data, final=False, ema=True)
-            path = trainer.save()  # records the best score; the copy follows
-            if improved:
-                trainer.keep_best(path)
-        if stop_after is not None and trainer.step >= stop_after and trainer.epoch < r.epochs:
-            path = trainer.save() if trainer.batch else path  # (an epoch end has just saved)
-            trainer.metrics.close()
-            return TrainResult(model, trainer.step, trainer.epoch, False, losses, None, path, _ema(trainer))
-    if r.calibrate_batches > 0:
-        before = trainer.last_eval if trainer.last_eval is not None and trainer.last_eval[0] == trainer.step \
-            else (trainer.step, _maybe_validate(trainer, val_data, final=True))
-        if before[1] is not None and echo is not None and trainer.info.is_main:
-            echo(f"before BN calibration:\n{before[1].table()}")
-        for net in (model, _ema(trainer)):
-            if net is not None:  # a Dataset is sharded across processes, a loader of yours is not
-                calibrate_bn(net, train_data, batches=r.calibrate_batches, batch_size=r.batch_size, seed=r.seed,
-                             workers=r.workers, device=trainer.device)
-        trainer.log.write("calibrate", batches=r.calibrate_batches)
-    result = _maybe_validate(trainer, val_data, final=True)  # the caller prints it (TrainResult.eval)
-    ema_result = _maybe_validate(trainer, val_data, final=True, ema=True)
-    path = trainer.save()
-    trainer.metrics.close()
-    return TrainResult(model, trainer.step, trainer.epoch, True, losses, result, path, _ema(trainer), ema_result)
-
-
-def _ema(trainer: Trainer) -> nn.Module | None:
-    return trainer.ema.module if trainer.ema is not None else None
-
-
-def _maybe_validate(trainer: Trainer, val_data: Dataset | Iterable[Any] | None, final: bool,
-                    ema: bool = False) -> EvalResult | None:
-    """Evaluate every switch of the raw weights (or of the EMA, when there is one) on schedule."""
-    every = trainer.recipe.eval_every
-    net = _ema(trainer) if ema else trainer.model
-    if net is None or val_data is None or (not final and (every == 0 or trainer.epoch % every)):
-        return None
-    result = evaluate(net, val_data, batch_size=trainer.recipe.batch_size, device=trainer.device,
-                      workers=trainer.recipe.workers)
-    event = "eval_ema" if ema else "eval"
-    trainer.log.write(event, epoch=trainer.epoch, step=trainer.step, final=final, top1=result.top1(),
-                      metrics=result.to_dict())
-    trainer.metrics.eval(event, trainer.epoch, trainer.step, result.to_dict())
-    if not ema:
-        trainer.last_eval = (trainer.step, result)
-    return result

@@ -87,6 +87,7 @@ class Recipe:
     amp_dtype: str | None = None  # "float16" (GradScaler), "bfloat16" (also on CPU), "float32"; None: amp
     channels_last: bool = False  # NHWC memory format for model and images
     compile: bool | str = False  # torch.compile the model: true (inductor) or a backend name
+    sync_bn: bool = False  # several processes: every switch's BatchNorm statistics over the global batch
     tensorboard: bool = False  # also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard package)
 
     def __post_init__(self) -> None:
