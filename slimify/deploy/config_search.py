@@ -1,9 +1,10 @@
 """Per-group widths under a budget: AutoSlim-style greedy slimming (Yu & Huang 2019) on a trained
 slimmable model.
 
-From full width, every move takes one divisor step (``steps`` of them) off the one channel group
-whose removal costs the least held-out accuracy per unit of cost saved; the path it walks is
-recorded and its Pareto set kept. Costs are FLOPs or parameters (exact, per configuration) or
+From full width, every move slims the one channel group whose slimming costs the least held-out
+accuracy per unit of cost saved (far from the budget by a share of its channels, near it by
+``steps`` grid steps: :mod:`slimify.deploy.search_moves`); the path it walks is recorded and its
+Pareto set kept. Costs are FLOPs or parameters (exact, per configuration) or
 latency on this device, estimated from a per-layer table that times each layer shape once and
 checked at the end against the real latency of the exported configuration.
 
@@ -30,8 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimify.deploy.latency_table import LatencyTable, real_latency
+from slimify.deploy.search_moves import candidate_counts, ranking, widened
 from slimify.errors import SlimifyError
-from slimify.rewrite.config_names import add_config
+from slimify.deploy.config_proof import add_config
 from slimify.rewrite.config_slots import _analysis, config_slot, group_divisor_of, group_grid
 from slimify.state import get_state
 from slimify.state import width as at_width
@@ -232,20 +234,6 @@ def _check_data(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor
         raise SlimifyError(f"search data has label {top} but the model has {out.shape[-1]} outputs")
 
 
-def _moves(groups: list, divisors: int | dict[int, int], channels: dict[int, int], steps: int,
-           fraction: float = 0.0) -> dict[int, int]:
-    """group → channels after taking ``steps`` grid steps off it, or more when that removes less
-    than ``fraction`` of its channels (AutoSlim's per-move ratio); groups at their minimum are left out."""
-    out = {}
-    for g in groups:
-        grid = group_grid(g, divisors if isinstance(divisors, int) else divisors[g.index])
-        at = grid.index(channels[g.index])
-        if at > 0:
-            below = [i for i in range(at) if grid[i] <= channels[g.index] * (1 - fraction)]
-            out[g.index] = grid[max(0, min(at - steps, below[-1] if below else 0))]
-    return out
-
-
 def uniform_points(model: nn.Module, scorer: Callable[[], tuple[float, float]], cost: Callable[[Any], float],
                    flops: Callable[[Any], float], widths: Iterable[float]) -> list[Point]:
     from slimify.rewrite.config_slots import channels_of
@@ -259,12 +247,18 @@ def uniform_points(model: nn.Module, scorer: Callable[[], tuple[float, float]], 
 
 
 def search(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], budget: Budget,
-           steps: int = 1, device: str | torch.device = "cpu", latency_runs: int = 10, fraction: float = 0.0,
-           progress: Callable[[str], None] | None = None, name: str | None = None) -> SearchResult:
+           steps: int = 1, device: str | torch.device = "cpu", latency_runs: int = 10, fraction: float = 0.1,
+           progress: Callable[[str], None] | None = None, name: str | None = None,
+           cost_input: torch.Tensor | None = None) -> SearchResult:
     """Slim ``model`` greedily until ``budget`` is met; adds the found configuration under
     ``name`` (default :meth:`Budget.name`) and returns the path, its Pareto set and uniform widths
-    scored the same way. Nothing is added when the budget cannot be met (SlimifyError)."""
-    from slimify.deploy.extract import active_params
+    scored the same way. Nothing is added when the budget cannot be met (SlimifyError).
+
+    ``fraction``: far from the budget a move takes at least this share of a group's channels
+    (AutoSlim's 10 %); once such a move would cross the budget, moves take ``steps`` grid steps
+    (0: always ``steps``). ``batches`` are scored as given, so they may be smaller images than
+    the deployed ones; ``cost_input``: the input FLOPs and latency are counted on (default: one
+    example at the shape the model was converted with)."""
     from slimify.device import resolve_device
 
     state = get_state(model)
@@ -274,97 +268,18 @@ def search(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
     home = next(model.parameters()).device
     model.to(dev)
     held = [(x.to(dev), y.to(dev)) for x, y in batches]
-    analysis = _analysis(state)
-    groups = [g for g in analysis.table.groups if not g.fixed]
-    divisors = {g.index: group_divisor_of(analysis.plan, g) for g in groups}  # each group's own grid
-    x1 = example_input(model).to(dev)
+    x1 = (example_input(model) if cost_input is None else cost_input).to(dev)
     start = time.perf_counter()
     restore = _bn_batch_statistics(model)
     try:
         _check_data(model, held)
-        flops_cache: dict[tuple, float] = {}
-
-        def flops(value: Any) -> float:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            key = tuple(sorted(value.items())) if isinstance(value, dict) else value
-            if key not in flops_cache:
-                with _eval_quiet(model), at_width(model, value), FlopCounterMode(display=False) as counter, \
-                        torch.no_grad():
-                    model(x1)
-                flops_cache[key] = float(counter.get_total_flops())
-            return flops_cache[key]
-
-        table = LatencyTable(model, x1, latency_runs) if budget.kind == "latency" else None
-        if table is not None:
-            with _eval_quiet(model), at_width(model, 1.0):
-                real_full = real_latency(model, 1.0, x1, latency_runs)
-                table.scale = real_full / table.estimate()
-
-        def cost(value: Any) -> float:
-            if budget.kind == "flops":
-                return flops(value)
-            if budget.kind == "params":
-                return float(active_params(model, value))
-            with _eval_quiet(model), at_width(model, value):
-                return table.estimate()  # type: ignore[union-attr]
-
-        scorer = _Scorer(model, held)
-        full_channels = {g.index: g.size for g in groups}
-        with at_width(model, 1.0):
-            top1, loss = scorer()
-        full = Point(full_channels, cost(1.0), top1, loss, width=1.0, flops=flops(1.0))
-        limit = budget.value * full.cost if budget.relative else budget.value
-        cheapest = {g.index: group_grid(g, divisors[g.index])[0] for g in groups}
-        if cost(cheapest) > limit:
-            raise SlimifyError(f"no configuration meets the budget: even every group at its smallest count costs "
-                               f"{cost(cheapest):.4g} > {limit:.4g} ({budget.kind}{', relative to full width' if budget.relative else ''})")
-        result = SearchResult(budget, limit, full, device=str(dev))
-
-        def move(current: Point) -> Point | None:
-            """The cheapest step in accuracy per unit of cost saved (ties: in loss). Measured latency
-            is not monotone in channel counts: when no step saves any, the one saving FLOPs best."""
-            scored = []
-            for gi, channels in _moves(groups, divisors, current.channels, steps, fraction).items():
-                candidate = {**current.channels, gi: channels}
-                try:
-                    config_slot(model, candidate)
-                except SlimifyError:
-                    continue  # e.g. a chunk's pieces that must move together
-                with at_width(model, candidate):
-                    top1, loss = scorer()
-                scored.append(Point(candidate, cost(candidate), top1, loss, flops=flops(candidate)))
-            saving = [p for p in scored if p.cost < current.cost]
-            if not saving and scored:
-                return min(scored, key=lambda p: ((current.top1 - p.top1) / max(current.flops - p.flops, 1.0),
-                                                  (p.loss - current.loss) / max(current.flops - p.flops, 1.0)))
-            return min(saving, key=lambda p: ((current.top1 - p.top1) / (current.cost - p.cost),
-                                              (p.loss - current.loss) / (current.cost - p.cost)), default=None)
-
-        current: Point | None = full
-        while current is not None and current.cost > limit:
-            current = move(current)
-            if current is not None:
-                result.path.append(current)
-                if progress is not None:
-                    progress(f"move {len(result.path)}: cost {current.cost:.4g} (limit {limit:.4g}), "
-                             f"top-1 {current.top1:.2f}")
-        if current is None:
-            raise SlimifyError(f"search got stuck above the budget {limit:.4g}: no group can slim further")
-        if table is not None:  # the table is an estimate: slim on while the real latency misses the budget
-            with _eval_quiet(model):
-                result.measured_ms = real_latency(model, current.channels, x1, latency_runs)
-            while result.measured_ms > limit and (nxt := move(current)) is not None:
-                current = nxt
-                result.path.append(current)
-                with _eval_quiet(model):
-                    result.measured_ms = real_latency(model, current.channels, x1, latency_runs)
-            if result.measured_ms > limit:
-                raise SlimifyError(f"no configuration meets {limit:g} ms on {dev}: the narrowest reached measures "
-                                   f"{result.measured_ms:.3f} ms")
-        result.chosen = current
+        _check_cost_input(model, x1)
+        walk = _Walk(model, _Scorer(model, held), budget, x1, latency_runs, steps, progress)
+        result = walk.run(fraction)
+        result.device = str(dev)
         low = min(state.switches)
-        result.uniform = uniform_points(model, scorer, cost, flops, [round(w, 2) for w in _frange(low, 1.0, 0.05)])
+        result.uniform = uniform_points(model, walk.scorer, walk.cost, walk.flops,
+                                        [round(w, 2) for w in _frange(low, 1.0, 0.05)])
     finally:
         restore()
         model.to(home)
@@ -374,6 +289,133 @@ def search(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
     add_config(model, result.name, result.chosen.channels, replace=True)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _check_cost_input(model: nn.Module, x: torch.Tensor) -> None:
+    try:
+        with _eval_quiet(model), torch.no_grad():
+            model(x)
+    except Exception as e:
+        raise SlimifyError(f"the model does not run on the cost input of shape {list(x.shape)} "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+class _Walk:
+    """One greedy walk: the costs of configurations (cached), the moves and the path."""
+
+    def __init__(self, model: nn.Module, scorer: _Scorer, budget: Budget, x1: torch.Tensor, latency_runs: int,
+                 steps: int, progress: Callable[[str], None] | None) -> None:
+        analysis = _analysis(get_state(model))
+        self.model, self.scorer, self.budget, self.x1, self.runs = model, scorer, budget, x1, latency_runs
+        self.steps, self.progress = steps, progress
+        self.groups = [g for g in analysis.table.groups if not g.fixed]
+        self.groups_by_index = {g.index: g for g in self.groups}
+        self.divisors = {g.index: group_divisor_of(analysis.plan, g) for g in self.groups}  # each group's own grid
+        self.flops_cache: dict[Any, float] = {}
+        self.table = LatencyTable(model, x1, latency_runs) if budget.kind == "latency" else None
+        if self.table is not None:
+            with _eval_quiet(model), at_width(model, 1.0):
+                self.table.scale = real_latency(model, 1.0, x1, latency_runs) / self.table.estimate()
+
+    def flops(self, value: Any) -> float:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        key = tuple(sorted(value.items())) if isinstance(value, dict) else value
+        if key not in self.flops_cache:
+            with _eval_quiet(self.model), at_width(self.model, value), FlopCounterMode(display=False) as counter, \
+                    torch.no_grad():
+                self.model(self.x1)
+            self.flops_cache[key] = float(counter.get_total_flops())
+        return self.flops_cache[key]
+
+    def cost(self, value: Any) -> float:
+        from slimify.deploy.extract import active_params
+
+        if self.budget.kind == "flops":
+            return self.flops(value)
+        if self.budget.kind == "params":
+            return float(active_params(self.model, value))
+        with _eval_quiet(self.model), at_width(self.model, value):
+            return self.table.estimate()  # type: ignore[union-attr]
+
+    def point(self, value: Any, **extra: Any) -> Point:
+        with at_width(self.model, value):
+            top1, loss = self.scorer()
+        channels = value if isinstance(value, dict) else {g.index: g.size for g in self.groups}
+        return Point(channels, self.cost(value), top1, loss, flops=self.flops(value), **extra)
+
+    def move(self, current: Point, fraction: float, limit: float) -> Point | None:
+        """The cheapest move in accuracy per unit of cost saved (:func:`ranking`). Measured latency
+        is not monotone in channel counts: when no move saves any, the one saving FLOPs best.
+        A coarse move (``fraction`` > 0) saves at least ``fraction`` of the distance to ``limit``."""
+        scored = []
+        for gi, channels in candidate_counts(self.groups, self.divisors, current.channels, self.steps,
+                                             fraction).items():
+            candidate = {**current.channels, gi: channels}
+            try:
+                config_slot(self.model, candidate)
+                if fraction > 0:
+                    candidate = self._widened(current, candidate, gi, fraction * (current.cost - limit))
+            except SlimifyError:
+                continue  # e.g. a chunk's pieces that must move together
+            scored.append(self.point(candidate))
+        saving = [p for p in scored if p.cost < current.cost]
+        if not saving:
+            return min(scored, key=lambda p: ranking(current, p, by_flops=True), default=None)
+        return min(saving, key=lambda p: ranking(current, p))
+
+    def _widened(self, current: Point, candidate: dict[int, int], gi: int, min_saving: float) -> dict[int, int]:
+        count = widened(group_grid(self.groups_by_index[gi], self.divisors[gi]), current.channels[gi], candidate[gi],
+                        current.cost - self.cost(candidate), min_saving)
+        if count == candidate[gi]:
+            return candidate
+        wider = {**candidate, gi: count}
+        try:
+            config_slot(self.model, wider)
+        except SlimifyError:
+            return candidate
+        return wider
+
+    def run(self, fraction: float) -> SearchResult:
+        budget, started = self.budget, time.perf_counter()
+        full = self.point(1.0, width=1.0)
+        limit = budget.value * full.cost if budget.relative else budget.value
+        cheapest = {g.index: group_grid(g, self.divisors[g.index])[0] for g in self.groups}
+        if self.cost(cheapest) > limit:
+            raise SlimifyError(f"no configuration meets the budget: even every group at its smallest count costs "
+                               f"{self.cost(cheapest):.4g} > {limit:.4g} ({budget.kind}"
+                               f"{', relative to full width' if budget.relative else ''})")
+        result = SearchResult(budget, limit, full)
+        current: Point | None = full
+        fine = fraction == 0
+        while current is not None and current.cost > limit:
+            nxt = self.move(current, 0.0 if fine else fraction, limit)
+            if not fine and nxt is not None and nxt.cost <= limit:
+                fine = True  # a coarse move would cross the budget: land on it in fine steps
+                nxt = self.move(current, 0.0, limit)
+            current = self._accept(result, nxt, started)
+        if current is None:
+            raise SlimifyError(f"search got stuck above the budget {limit:.4g}: no group can slim further")
+        if self.table is not None:  # the table is an estimate: slim on while the real latency misses the budget
+            with _eval_quiet(self.model):
+                result.measured_ms = real_latency(self.model, current.channels, self.x1, self.runs)
+            while result.measured_ms > limit and (nxt := self.move(current, 0.0, limit)) is not None:
+                current = self._accept(result, nxt, started)
+                with _eval_quiet(self.model):
+                    result.measured_ms = real_latency(self.model, current.channels, self.x1, self.runs)
+            if result.measured_ms > limit:
+                raise SlimifyError(f"no configuration meets {limit:g} ms on {self.x1.device}: the narrowest reached "
+                                   f"measures {result.measured_ms:.3f} ms")
+        result.chosen = current
+        return result
+
+    def _accept(self, result: SearchResult, point: Point | None, started: float) -> Point | None:
+        if point is not None:
+            result.path.append(point)
+            if self.progress is not None:
+                self.progress(f"move {len(result.path)}: cost {point.cost:.4g} (limit {result.limit:.4g}), "
+                              f"top-1 {point.top1:.2f}, {time.perf_counter() - started:.0f} s")
+        return point
 
 
 def _frange(low: float, high: float, step: float) -> list[float]:
