@@ -44,11 +44,11 @@ __all__ = ["SlimifyError", *_LAZY]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
     from slimify.analysis.report import ConversionReport
+    from slimify.deploy.config_proof import add_config
     from slimify.deploy.extract import export
     from slimify.deploy.measure import profile
     from slimify.ordering.permute import reorder
     from slimify.pipeline import convert, report
-    from slimify.deploy.config_proof import add_config
     from slimify.rewrite.config_names import configs
     from slimify.state import get_width, is_slimmable, set_width, switches, width
     from slimify.store.slimfile import load, save

@@ -48,10 +48,10 @@ def search_command(file: str, data: str, flops: str | None, params: str | None, 
     configuration named (usable by export --config, profile, pick, calibrate --config, eval)."""
     import itertools
 
-    import slimify
-    from slimify.deploy.config_search import parse_budget, search
     import torch
 
+    import slimify
+    from slimify.deploy.config_search import parse_budget, search
     from slimify.errors import SlimifyError
     from slimify.store.slimfile import example_shape
     from slimify.train.loader import as_batches
