@@ -119,3 +119,17 @@ def test_search_stores_nothing_when_its_result_fails_the_proof(monkeypatch) -> N
         search(model, held, parse_budget("flops", "0.5x"), steps=3)
     assert list(slimify.configs(model)) == ["0.25", "0.5", "0.75", "1"]
     assert get_state(model).index == 3  # full width again
+
+
+def test_calibrating_a_width_proves_it_before_naming_it() -> None:
+    from slimify.train import calibrate_bn
+
+    model = digitsnet()
+    slot = _slot(model, 0.6)
+    d = slim_data(model.get_submodule("3"))
+    d.params["weight"][slot] = {**d.params["weight"][slot], 0: np.arange(5)}
+    batches = list(itertools.islice(as_batches(digits("train"), 32), 1))
+    with pytest.raises(SlimifyError, match="configuration 0.6 does not run"):
+        calibrate_bn(model, batches, batches=1, widths=[0.6])
+    assert "0.6" not in slimify.configs(model)
+    calibrate_bn(digitsnet(), batches, batches=1, widths=[0.6, 0.5])  # an intact one calibrates

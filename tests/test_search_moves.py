@@ -54,8 +54,8 @@ def test_widened_takes_channels_in_proportion_to_the_saving_asked(saved: float, 
 
 def test_coarse_moves_then_fine_ones_land_just_under_the_budget() -> None:
     model = slim()
-    coarse = search(model, held(), parse_budget("flops", "0.4x"), fraction=0.3)
-    fine = search(slim(), held(), parse_budget("flops", "0.4x"), fraction=0.0)
+    coarse = search(model, held(), parse_budget("flops", "0.6x"), fraction=0.3)
+    fine = search(slim(), held(), parse_budget("flops", "0.6x"), fraction=0.0)
     assert len(coarse.path) < len(fine.path)
     assert coarse.chosen.cost <= coarse.limit < coarse.path[-2].cost
     # the last move is a fine one: one grid step of one group
