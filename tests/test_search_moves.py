@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 import slimify
-from slimify.cli.app import main
 from slimify.deploy.config_search import parse_budget, search
 from slimify.deploy.extract import export
 from slimify.deploy.search_moves import ranking, widened
 from slimify.store.digits_net import DigitsNet
 from slimify.train import digits
 from slimify.train.loader import as_batches
+from tests.test_search import _run
 from tests.zoo import macs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,13 +71,6 @@ def test_costs_are_counted_on_the_cost_input_while_batches_are_smaller() -> None
     assert result.full.flops == 2 * macs(export(model, 1.0), big)
     assert result.chosen.flops == 2 * macs(export(model, result.name), big)
     assert 2 * macs(export(model, result.name), big) <= 0.5 * result.full.flops
-
-
-def _run(args: list, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
 
 def test_search_command_scores_small_images_and_counts_costs_at_another_size(tmp_path: Path, capsys) -> None:

@@ -32,7 +32,7 @@ from slimify.state import get_state
 from slimify.state import width as at_width
 from slimify.store.slimfile import example_input
 
-__all__ = ["add_config", "prove_config", "example_call"]
+__all__ = ["add_config", "prove_config", "example_call", "eval_quiet"]
 
 RTOL = 1e-4  # of the largest output magnitude: float reordering in a smaller model, nothing more
 
@@ -119,13 +119,8 @@ def _shapes(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_eval(model: nn.Module, value: Any) -> Iterator[None]:
-    """Eval mode, borrowed-statistics warnings silenced, and the configuration's "told once" flag
-    as it was: the user still hears it the first time they run it."""
-    state = get_state(model)
-    index = config_slot(model, value) - len(state.switches)
-    slot = state.slots[index] if index >= 0 else None
-    warned = slot.warned if slot is not None else False
+def eval_quiet(model: nn.Module) -> Iterator[None]:
+    """Eval mode (run as deployed) without the borrowed-statistics warnings; modes restored after."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -135,5 +130,19 @@ def _quiet_eval(model: nn.Module, value: Any) -> Iterator[None]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+@contextlib.contextmanager
+def _quiet_eval(model: nn.Module, value: Any) -> Iterator[None]:
+    """:func:`eval_quiet`, and the configuration's "told once" flag as it was: the user still
+    hears about borrowed statistics the first time they run it."""
+    state = get_state(model)
+    index = config_slot(model, value) - len(state.switches)
+    slot = state.slots[index] if index >= 0 else None
+    warned = slot.warned if slot is not None else False
+    try:
+        with eval_quiet(model):
+            yield
+    finally:
         if slot is not None:
             slot.warned = warned

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slimify.deploy.config_proof import add_config
+from slimify.deploy.config_proof import add_config, eval_quiet
 from slimify.deploy.search_result import Budget, Point, SearchResult, parse_budget
-from slimify.deploy.search_walk import Scorer, Walk, eval_quiet
+from slimify.deploy.search_walk import Scorer, Walk
 from slimify.errors import SlimifyError
 from slimify.state import get_state
 from slimify.state import width as at_width

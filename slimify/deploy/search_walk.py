@@ -2,16 +2,15 @@
 configurations (cached), the candidate moves, scored on held-out batches, and the path."""
 from __future__ import annotations
 
-import contextlib
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimify.deploy.config_proof import eval_quiet
 from slimify.deploy.latency_table import LatencyTable, real_latency
 from slimify.deploy.search_moves import candidate_counts, ranking, widened
 from slimify.deploy.search_result import Budget, Point, SearchResult
@@ -20,7 +19,7 @@ from slimify.rewrite.config_slots import _analysis, config_slot, group_divisor_o
 from slimify.state import get_state
 from slimify.state import width as at_width
 
-__all__ = ["Walk", "Scorer", "eval_quiet"]
+__all__ = ["Walk", "Scorer"]
 
 
 class Scorer:
@@ -38,20 +37,6 @@ class Scorer:
             loss += float(F.cross_entropy(logits, labels, reduction="sum"))
             count += labels.numel()
         return 100.0 * correct / count, loss / count
-
-
-@contextlib.contextmanager
-def eval_quiet(model: nn.Module) -> Iterator[None]:
-    """Eval mode (costs are measured as deployed) without the borrowed-statistics warnings."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 class Walk:
