@@ -97,3 +97,15 @@ def test_search_command_data_that_does_not_fit_writes_nothing(tmp_path: Path, ca
     assert code == 2 and "search data has label 11 but the model has 10 outputs" in err
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "m.slim"]
+
+
+def test_a_budget_the_walk_cannot_meet_is_one_error_when_the_floor_is_unknown(monkeypatch) -> None:
+    from slimify.deploy.search_result import Budget
+    from slimify.deploy.search_walk import Walk
+    from slimify.errors import SlimifyError
+
+    monkeypatch.setattr(Walk, "_floor", lambda self: None)  # as for a chunk's pieces that cannot all be smallest
+    model = slim()
+    with pytest.raises(SlimifyError, match="no configuration meets the budget 10: the search slimmed every group"):
+        search(model, held(), Budget("flops", 10.0), fraction=0.5)
+    assert list(slimify.configs(model)) == ["0.25", "0.5", "0.75", "1"]
