@@ -1,11 +1,11 @@
 """Widths beyond the switches on the embedded digits data (issue 14): any uniform width after
 sandwich vs fixed-switch training, with and without BN calibration; searched vs uniform
-configurations at equal FLOPs after the same fine-tuning; a searched configuration of timm
-mobilenetv3_small_050 under 0.35 of the MACs.
+configurations at equal FLOPs after the same fine-tuning; searched configurations of the timm
+models whose uniform 0.5 misses 0.35 of the MACs (mobilenetv3_small_050, edgenext_xx_small).
 
     python -m benchmarks.widths anywidth --seeds 1 --epochs 8 --write
     python -m benchmarks.widths search --seeds 3 --epochs 8 --ft-epochs 2 --write
-    python -m benchmarks.widths mbv3 --epochs 1 --write
+    python -m benchmarks.widths bound --epochs 3 --write
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from slimify.store.digits_net import DigitsNet
 from slimify.train import calibrate_bn, digits, evaluate, finetune
 from slimify.train.loader import as_batches
 
-__all__ = ["train_digitsnet", "any_width", "search_vs_uniform", "mbv3", "main"]
+__all__ = ["train_digitsnet", "any_width", "search_vs_uniform", "bound_search", "main"]
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
 WIDTHS = tuple(round(0.25 + 0.05 * k, 2) for k in range(16))  # 0.25 … 1.0
@@ -146,23 +146,26 @@ def search_vs_uniform(seeds: int, epochs: int, ft_epochs: int, budgets: tuple[st
     return rows
 
 
-def mbv3(epochs: int, log: Log, size: int = 32, fraction: float = 0.2, cost_size: int = 224) -> dict:
-    """timm mobilenetv3_small_050 (10 classes, digits at ``size``²): sandwich-trained briefly, then a
-    FLOPs search at 0.35x with FLOPs counted at ``cost_size``² (the conversion's input: where the
-    bound is stated); MACs of the exported configuration at ``size``² and 224² vs uniform 0.5."""
+def bound_search(name: str, divisor: int, epochs: int, log: Log, size: int = 32, fraction: float = 0.1,
+                 cost_size: int = 224) -> dict:
+    """timm model ``name`` (random init, 10 classes, digits at ``size``²): sandwich-trained briefly,
+    then a FLOPs search at 0.35x scoring candidates at ``size``² and counting FLOPs at
+    ``cost_size``² (where the bound is stated); MACs of the exported configuration at ``size``² and
+    224² vs uniform 0.5."""
     import timm
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10)
-    slimify.convert(model, SWITCHES, 2, torch.randn(1, 3, cost_size, cost_size))
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    slimify.convert(model, SWITCHES, divisor, torch.randn(1, 3, cost_size, cost_size))
     train = digits("train", size=size)
     start = time.perf_counter()
     finetune(model, train, "demo", epochs=epochs, progress=False, width_range=[0.25, 1.0], sandwich=2,
              **{**RECIPE, "lr": 0.05})
     trained = time.perf_counter() - start
     held = list(itertools.islice(as_batches(Subset(digits("train", size=size, augment=False), range(1373, 1437)), 64), 1))
-    result = search(model.eval(), held, parse_budget("flops", "0.35x"), fraction=fraction, progress=log)
+    result = search(model.eval(), held, parse_budget("flops", "0.35x"), fraction=fraction, progress=log,
+                    cost_input=torch.randn(1, 3, cost_size, cost_size))
 
     def macs(value: object, side: int) -> float:
         with FlopCounterMode(display=False) as counter, torch.no_grad(), warnings.catch_warnings():
@@ -170,9 +173,10 @@ def mbv3(epochs: int, log: Log, size: int = 32, fraction: float = 0.2, cost_size
             export(model, value).eval()(torch.randn(1, 3, side, side))
         return counter.get_total_flops() / 2
 
-    out = {"train_s": trained, "search_s": result.seconds, "moves": len(result.path), "name": result.name,
-           "top1_full": result.full.top1, "top1_searched": result.chosen.top1, "size": size, "fraction": fraction,
-           "cost_size": cost_size}
+    out = {"model": name, "divisor": divisor, "train_s": trained, "search_s": result.seconds,
+           "moves": len(result.path), "name": result.name, "top1_full": result.full.top1,
+           "top1_searched": result.chosen.top1, "size": size, "fraction": fraction, "cost_size": cost_size,
+           "uniform": {f"{p.width:g}": p.top1 for p in result.uniform}}
     for side, key in ((size, "small"), (224, "224")):
         full = macs(1.0, side)
         out[f"searched_{key}"] = macs(result.name, side) / full
@@ -229,31 +233,37 @@ def search_markdown(rows: dict, command: str, seconds: float, seeds: int, epochs
     return "\n".join(lines)
 
 
-def mbv3_markdown(out: dict, command: str, seconds: float, epochs: int) -> str:
-    return "\n".join(_header(command, seconds) + [
-        f"timm `mobilenetv3_small_050` (random init, 10 classes), converted with divisor 2, sandwich-trained "
-        f"{epochs} epoch(s) on digits at {out['size']}x{out['size']} ({out['train_s']:.0f} s), then `search --flops 0.35x "
-        f"--fraction {out['fraction']:g}` on 64 held-out training images, FLOPs counted at {out['cost_size']}² "
-        f"({out['moves']} moves, {out['search_s']:.0f} s). MACs of the exported model relative to full width:", "",
-        f"| configuration | MACs ratio at {out['size']}² | MACs ratio at 224² | held-out top-1 |", "|---|---:|---:|---:|",
-        f"| uniform 0.5 | {out['uniform_small']:.3f} | {out['uniform_224']:.3f} | |",
-        f"| {out['name']} | {out['searched_small']:.3f} | {out['searched_224']:.3f} | {out['top1_searched']:.1f} "
-        f"(full {out['top1_full']:.1f}) |", "",
-        f"Uniform 0.5 keeps {out['uniform_224']:.3f} of the MACs at 224² (its depthwise convs and stem scale "
-        f"linearly with width); the searched configuration keeps {out['searched_224']:.3f}. (No other model of the "
-        "test list misses the 0.35 bound at uniform 0.5.)"])
+def bound_markdown(outs: list[dict], command: str, seconds: float, epochs: int) -> str:
+    o = outs[0]
+    lines = _header(command, seconds) + [
+        f"timm models (random init, 10 classes) sandwich-trained {epochs} epoch(s) on digits at {o['size']}x{o['size']}, "
+        f"then `search(..., flops 0.35x, fraction={o['fraction']:g})` scoring candidates on 64 held-out training "
+        f"images at {o['size']}² with FLOPs counted at {o['cost_size']}² (`cost_input`; CLI `--eval-size "
+        f"{o['size']} --cost-size {o['cost_size']}`). MACs of the exported model (torch.utils.flop_counter) "
+        "relative to full width:", "",
+        f"| model (divisor) | configuration | MACs ratio at {o['size']}² | MACs ratio at 224² | held-out top-1 | train | "
+        "search |", "|---|---|---:|---:|---:|---:|---:|"]
+    for o in outs:
+        lines += [f"| {o['model']} ({o['divisor']}) | uniform 0.5 | {o['uniform_small']:.3f} | {o['uniform_224']:.3f} | "
+                  f"{o['uniform'].get('0.5', float('nan')):.1f} | | |",
+                  f"| | {o['name']} | {o['searched_small']:.3f} | **{o['searched_224']:.3f}** | "
+                  f"{o['top1_searched']:.1f} (full {o['top1_full']:.1f}) | {o['train_s']:.0f} s | "
+                  f"{o['moves']} moves, {o['search_s']:.0f} s |"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["anywidth", "search", "mbv3"])
+    parser.add_argument("part", choices=["anywidth", "search", "bound"])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--ft-epochs", type=int, default=2)
     parser.add_argument("--budgets", default="0.3x,0.5x")
-    parser.add_argument("--size", type=int, default=32, help="mbv3: input side.")
-    parser.add_argument("--fraction", type=float, default=0.2, help="mbv3: search --fraction.")
-    parser.add_argument("--cost-size", type=int, default=224, help="mbv3: input side at which FLOPs are counted.")
+    parser.add_argument("--models", default="mobilenetv3_small_050:2,edgenext_xx_small:1",
+                        help="bound: timm models (NAME:DIVISOR) whose uniform 0.5 misses 0.35 of the MACs.")
+    parser.add_argument("--size", type=int, default=32, help="bound: side of the images candidates are scored on.")
+    parser.add_argument("--fraction", type=float, default=0.1, help="bound: search fraction.")
+    parser.add_argument("--cost-size", type=int, default=224, help="bound: input side at which FLOPs are counted.")
     parser.add_argument("--latency-seeds", type=int, default=1, help="Seeds that also run a latency search.")
     parser.add_argument("--write", action="store_true", help="Write the section of benchmarks/RESULTS.md.")
     args = parser.parse_args(argv)
@@ -272,9 +282,9 @@ def main(argv: list[str] | None = None) -> None:
         text = search_markdown(rows, command, time.perf_counter() - start, args.seeds, args.epochs, args.ft_epochs)
     else:
         heading = "Searched configuration of mobilenetv3_small_050"
-        text = mbv3_markdown(mbv3(args.epochs, log, args.size, args.fraction, args.cost_size), command,
-                             time.perf_counter() - start,
-                             args.epochs)
+        outs = [bound_search(n, int(d), args.epochs, log, args.size, args.fraction, args.cost_size)
+                for n, d in (m.split(":") for m in args.models.split(","))]
+        text = bound_markdown(outs, command, time.perf_counter() - start, args.epochs)
     print(text)
     if args.write:
         write_section(heading, text)

@@ -128,7 +128,7 @@ def test_search_command_bad_input_writes_nothing(tmp_path: Path, capsys, args: l
 
 
 def test_fraction_takes_at_least_that_share_of_a_group_per_move() -> None:
-    from slimify.deploy.config_search import _moves
+    from slimify.deploy.search_moves import candidate_counts as _moves
 
     group = type("G", (), {"fixed": False, "unit": 1, "size": 64, "index": 0})()
     assert _moves([group], 4, {0: 64}, 1) == {0: 60}

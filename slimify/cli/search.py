@@ -15,6 +15,7 @@ Examples:
   slimify search m.slim --data digits --flops 0.3x -o searched.slim
   slimify search rn50.slim --data ~/imagenet --flops 1.5G --batches 8 -o rn50-1.5g.slim
   slimify search mbv2.slim --data ~/imagenet --latency-ms 5 --device cuda -o mbv2-5ms.slim
+  slimify search mbv3.slim --data ~/imagenet --flops 0.35x --eval-size 128 --cost-size 224 --batches 2 -o s.slim
   slimify export searched.slim --config search-flops-0.30x -o small.onnx""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", required=True, help="'digits' (its val split) or an ImageFolder directory (its val/ if any).")
@@ -23,26 +24,36 @@ Examples:
 @click.option("--latency-ms", help="Latency budget per image on --device, in ms (or 0.5x of full width).")
 @click.option("--device", default="cpu", show_default=True, help="Where latency is measured and the search runs.")
 @click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Divisor steps taken off a group per move (more: faster, coarser).")
-@click.option("--fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Take at least this fraction of a group's channels per move (AutoSlim uses 0.1; 0: --steps only).")
-@click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True, help="Held-out batches scored.")
+              help="Grid steps taken off a group per move near the budget (more: faster, coarser).")
+@click.option("--fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Far from the budget, take at least this share of a group's channels per move (AutoSlim's "
+                   "0.1); moves turn to --steps once one would cross the budget. 0: --steps only.")
+@click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Held-out batches every candidate is scored on (fewer: faster, noisier).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--eval-size", type=click.IntRange(min=8), metavar="N",
+              help="Score candidates on held-out images of NxN (smaller: faster)  [default: the converted size]")
+@click.option("--cost-size", type=click.IntRange(min=8), metavar="N",
+              help="Count FLOPs / latency on one NxN input  [default: the input the model was converted with]")
 @click.option("--name", help="Name of the found configuration  [default: search-KIND-BUDGET]")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .slim file to write.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Accuracy vs cost plot (.png)  [default: OUTPUT with -search.png]")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and the plot) if they exist.")
 def search_command(file: str, data: str, flops: str | None, params: str | None, latency_ms: str | None, device: str,
-                   steps: int, fraction: float, batches: int, batch_size: int, name: str | None, output: str,
-                   plot_path: str | None, force: bool) -> None:
+                   steps: int, fraction: float, batches: int, batch_size: int, eval_size: int | None,
+                   cost_size: int | None, name: str | None, output: str, plot_path: str | None, force: bool) -> None:
     """Find per-group channel counts of a trained .slim FILE that meet one budget with the least
     held-out accuracy lost (AutoSlim-style greedy slimming), and save the model with the found
     configuration named (usable by export --config, profile, pick, calibrate --config, eval)."""
     import itertools
 
+    import torch
+
     import slimify
     from slimify.deploy.config_search import parse_budget, search
+    from slimify.errors import SlimifyError
+    from slimify.store.slimfile import example_shape
     from slimify.train.loader import as_batches
     from slimify.train.resolve import resolve_data
 
@@ -53,8 +64,14 @@ def search_command(file: str, data: str, flops: str | None, params: str | None, 
     out = check_output(output, force, (".slim",))
     plot = check_output(plot_path or str(out.with_name(out.stem + "-search.png")), force, (".png",))
     net = slimify.load(file)
-    held = list(itertools.islice(as_batches(resolve_data(data, net, train=False), batch_size), batches))
-    result = search(net, held, budget, steps=steps, fraction=fraction, device=device, name=name,
+    shape = example_shape(net)
+    if (eval_size or cost_size) and len(shape) != 4:
+        raise SlimifyError(f"--eval-size and --cost-size are for image models; this one takes inputs of shape {list(shape)}")
+    size = None if eval_size is None else (shape[1], eval_size, eval_size)
+    held = list(itertools.islice(as_batches(resolve_data(data, net, train=False, input_size=size), batch_size), batches))
+    cost_input = None if cost_size is None else \
+        torch.randn(1, shape[1], cost_size, cost_size, generator=torch.Generator().manual_seed(0))
+    result = search(net, held, budget, steps=steps, fraction=fraction, device=device, name=name, cost_input=cost_input,
                     progress=lambda line: click.echo(line, err=True))
     click.echo(result.table())
     result.plot(plot)

@@ -21,7 +21,7 @@ from slimify.rewrite.config_slots import (
 )
 from slimify.state import get_state
 
-__all__ = ["configs", "add_config", "remove_config", "configs_to_json", "configs_from_json", "configs_table"]
+__all__ = ["configs", "add_config", "check_name", "remove_config", "configs_to_json", "configs_from_json", "configs_table"]
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
@@ -35,9 +35,8 @@ def configs(model: nn.Module) -> dict[str, float | dict[int, int]]:
     return out
 
 
-def add_config(model: nn.Module, name: str, value: Any, replace: bool = False) -> str:
-    """Name a configuration (a uniform width or {group: channels}); it is checked and its cuts
-    computed now, saved with the model and known to ``width``, ``export``, ``profile`` and ``pick``."""
+def check_name(model: nn.Module, name: str, replace: bool = False) -> None:
+    """Refuse a name that is malformed, a switch's, or taken (unless ``replace``)."""
     state = get_state(model)
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise SlimifyError(f"a configuration name is 1-64 letters, digits, '.', '_', '+' or '-' starting with a "
@@ -47,6 +46,15 @@ def add_config(model: nn.Module, name: str, value: Any, replace: bool = False) -
         raise SlimifyError(f"{name!r} is a switch of this model: choose another name")
     if name in _names(state) and not replace:
         raise SlimifyError(f"a configuration named {name!r} exists: remove it first or pass replace=True")
+
+
+def add_config(model: nn.Module, name: str, value: Any, replace: bool = False) -> str:
+    """Name a configuration (a uniform width or {group: channels}); its cuts are computed now (it
+    must be servable), it is saved with the model and known to ``width``, ``export``, ``profile``
+    and ``pick``. ``slimify.add_config`` (:mod:`slimify.deploy.config_proof`) also runs it first;
+    this one stores without running (``load`` restores configurations proven when added)."""
+    state = get_state(model)
+    check_name(model, name, replace)
     if isinstance(value, str):
         value = config_counts(model, value)[2]
     if isinstance(value, dict):

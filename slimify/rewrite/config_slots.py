@@ -149,7 +149,35 @@ def _uniform_counts(state: SlimState, w: Any) -> tuple[int, ...]:
                            "width); convert with a narrower switch to go lower")
     analysis = _analysis(state)
     plan = analysis.plan
-    return tuple(kept_classes(analysis.table, w, plan.group_divisors or plan.divisor))
+    counts = kept_classes(analysis.table, w, plan.group_divisors or plan.divisor)
+    return tuple(counts if not _unbalanced(analysis, counts) else _balanced(analysis, state, w, counts))
+
+
+def _unbalanced(analysis: Any, counts: list[int]) -> set[int]:
+    """Slimmable groups whose ``chunk`` pieces ``counts`` would give different widths."""
+    table = analysis.table
+    bad = unbalanced_pieces(analysis.space, table, [active_ids(table, counts)])
+    return {int(g) for pieces in bad for p in pieces for g in np.unique(table.group_of_id[p])
+            if g >= 0 and not table.groups[g].fixed}
+
+
+def _balanced(analysis: Any, state: SlimState, w: float, counts: list[int]) -> list[int]:
+    """A uniform width whose rounding gives the equal pieces of a ``chunk`` different widths
+    (groups of different units round differently; the plan only tied the pieces where a switch
+    did): those groups take the counts of the nearest width above ``w`` that balances them, at
+    worst the next wider switch's (balanced by the plan); every other group keeps ``w``'s."""
+    divisors = analysis.plan.group_divisors or analysis.plan.divisor
+    wider = min((s for s in state.switches if s >= w), default=1.0)
+    steps = 256
+    for k in range(1, steps + 1):
+        above = kept_classes(analysis.table, w + (wider - w) * k / steps, divisors)
+        trial, moved = list(counts), set()
+        while (groups := _unbalanced(analysis, trial)) and not groups <= moved:
+            moved |= groups
+            trial = [above[i] if i in moved else c for i, c in enumerate(counts)]
+        if not groups:
+            return trial
+    return kept_classes(analysis.table, wider, divisors)
 
 
 def _dict_counts(state: SlimState, value: dict) -> tuple[int, ...]:

@@ -11,8 +11,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, Subset
 
 import slimify
+from slimify.deploy.config_proof import prove_config
 from slimify.errors import SlimifyError
-from slimify.rewrite.config_slots import calibration_slot
+from slimify.rewrite.config_slots import calibration_slot, config_slot
 from slimify.train.common import at_width, model_widths, resolve_device
 from slimify.train.distributed import all_reduce_sum, dist_info
 from slimify.train.loader import Batch, as_batches, usable_workers
@@ -115,6 +116,8 @@ def calibrate_bn(
     try:
         if widths is not None and slimify.is_slimmable(model):  # a configuration gets statistics of its own
             for w in chosen:
+                if config_slot(model, w) >= len(slimify.switches(model)):
+                    prove_config(model, w)  # to be named and saved: proven first, like add_config's
                 calibration_slot(model, w)
         loader = as_batches(data, batch_size, workers=usable_workers(workers), pin_memory=dev.type == "cuda",
                             shuffle_seed=seed)

@@ -1,0 +1,48 @@
+"""Uniform widths of a model whose ``chunk`` pieces sit in groups of different units (timm
+EdgeNeXt's SplitTransposeBlock): rounding each group alone would give the equal pieces different
+widths at most widths between the switches; those groups take the nearest balanced counts above."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import slimify
+from slimify.rewrite.config_slots import config_counts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def edgenext() -> torch.nn.Module:
+    from timm import create_model
+
+    torch.manual_seed(0)
+    model = create_model("edgenext_xx_small", num_classes=10).eval()
+    return slimify.convert(model, (0.25, 0.5, 0.75, 1.0), 1, torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("w", [0.29, 0.883316])
+def test_uniform_widths_of_a_chunked_model_serve_and_export(edgenext, w: float) -> None:
+    name = slimify.add_config(edgenext, f"w{w}", w)  # runs it and checks its export against it
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        with slimify.width(edgenext, name):
+            y = edgenext(x)
+        torch.testing.assert_close(slimify.export(edgenext, w).eval()(x), y, rtol=1e-4, atol=1e-4)
+    assert y.shape == (2, 10)
+
+
+def test_balanced_groups_only_move_up_and_the_rest_keep_their_rounding(edgenext) -> None:
+    from slimify.analysis.plan import kept_classes
+    from slimify.state import get_state
+
+    plan = get_state(edgenext).record.analysis.plan
+    table = get_state(edgenext).record.analysis.table
+    rounded = kept_classes(table, 0.29, plan.group_divisors)
+    counts = config_counts(edgenext, 0.29)[0]
+    moved = [g for g, (a, b) in enumerate(zip(rounded, counts)) if a != b]
+    assert moved and all(counts[g] > rounded[g] for g in moved)  # a real rebalancing, upwards only
+    assert len(moved) < len([g for g in table.groups if not g.fixed])
