@@ -15,6 +15,7 @@ import time
 import torch
 
 import slimify
+import slimify.pipeline  # noqa: F401 - ``slimify`` loads it lazily; measure() swaps its self_check
 from benchmarks.results import machine, write_section
 from tests.zoo import ZOO, build
 
