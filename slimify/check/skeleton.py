@@ -124,32 +124,70 @@ def skeleton(model: nn.Module, meta: bool, tensors: dict[int, torch.Tensor] | No
     return module(model)
 
 
-class _MetaBatchNorms:
-    """On the meta device a switch's BatchNorm tensors are only sizes: each BatchNorm of the
-    skeleton gets empty tensors of its switch's channel count (``plan.batchnorms``: the channels
-    the private BatchNorms of the rewrite hold), shared between BatchNorms of one size, set before
-    each switch runs. Building a private ``SwitchBatchNorm`` module per BatchNorm and switch cost
-    a third of a skeleton's rewrite (ResNet-50), and serving cuts of the full tensors instead costs
-    a gather per read."""
+class _MetaSizes:
+    """On the meta device a switch's tensors are only sizes. So the skeleton is rewritten without
+    the plan's parameter cuts and private BatchNorms, and before each switch runs, every cut
+    parameter or buffer (``plan.params``: its index per dim) and every BatchNorm tensor
+    (``plan.batchnorms``: the channels its private copy holds) is set to an empty meta tensor of the
+    size the rewrite would serve, shared between tensors of one shape. Serving them through the
+    rewrite's properties (a cut and a contiguous copy per read) and building a private
+    ``SwitchBatchNorm`` per BatchNorm and switch cost a third of a check on ResNet-50. Tensors the
+    rewrite serves in other ways (a parametrized module's) stay with the rewrite."""
 
     def __init__(self, net: nn.Module, plan: Plan) -> None:
-        self.modules = [(net.get_submodule(path), per_switch) for path, per_switch in plan.batchnorms.items()]
-        self.empty: dict[tuple[int, torch.dtype, bool], torch.Tensor] = {}
+        modules = dict(net.named_modules(remove_duplicate=False))
+        self.entries: list[tuple[dict[str, Any], str, list[tuple[int, ...] | None]]] = []
+        self.taken: set[tuple[str, str]] = set()
+        self.empty: dict[tuple[tuple[int, ...], torch.dtype, bool], torch.Tensor] = {}
+        for (path, name), per_switch in plan.params.items():
+            store = _store(modules[path], name)
+            if store is not None:
+                full = store[name].shape
+                self.entries.append((store, name, [tuple(_length(dims.get(d), n) for d, n in enumerate(full))
+                                                   for dims in per_switch]))
+                self.taken.add((path, name))
+        for path, per_switch in plan.batchnorms.items():
+            for name in BN_TENSORS[:4]:  # weight, bias, running_mean, running_var: the count has no channels
+                store = _store(modules[path], name)
+                if store is not None:
+                    self.entries.append((store, name, [None if w >= 1.0 else (len(index),)
+                                                       for w, index in zip(plan.switches, per_switch)]))
+        self.originals = [store[name] for store, name, _ in self.entries]
 
-    def _sized(self, like: torch.Tensor, n: int, parameter: bool) -> torch.Tensor:
-        key = (n, like.dtype, parameter)
-        if key not in self.empty:
-            t = torch.empty(n, dtype=like.dtype, device="meta")
-            self.empty[key] = nn.Parameter(t, requires_grad=False) if parameter else t
-        return self.empty[key]
+    def plan_without(self, plan: Plan) -> Plan:
+        """``plan`` less what these sizes serve: the rewrite serves the rest (attributes, caches)."""
+        return dataclasses.replace(plan, params={k: v for k, v in plan.params.items() if k not in self.taken},
+                                   batchnorms={})
 
     def select(self, switch: int) -> None:
-        for bn, per_switch in self.modules:
-            n = len(per_switch[switch])
-            for store, parameter in ((bn._parameters, True), (bn._buffers, False)):
-                for name in BN_TENSORS[:4]:  # weight, bias, running_mean, running_var: the count has no channels
-                    if store.get(name) is not None:
-                        store[name] = self._sized(store[name], n, parameter)
+        for (store, name, shapes), original in zip(self.entries, self.originals):
+            shape = shapes[switch]
+            if shape is None or shape == tuple(original.shape):
+                store[name] = original
+                continue
+            key = (shape, original.dtype, isinstance(original, nn.Parameter))
+            if key not in self.empty:
+                t = torch.empty(shape, dtype=original.dtype, device="meta")
+                self.empty[key] = nn.Parameter(t, requires_grad=False) if key[2] else t
+            store[name] = self.empty[key]
+
+
+def _store(module: nn.Module, name: str) -> dict[str, Any] | None:
+    """The dict holding ``module``'s plain tensor ``name`` (``None``: none, or served otherwise)."""
+    if type(module).__dict__.get(name) is not None or "parametrizations" in module._modules:
+        return None  # a property of its class or a parametrization: the rewrite serves it
+    for store in (module._parameters, module._buffers):
+        if store.get(name) is not None:
+            return store
+    return None
+
+
+def _length(index: Any, size: int) -> int:
+    if index is None:
+        return size
+    if isinstance(index, slice):
+        return len(range(*index.indices(size)))
+    return len(index)
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -295,15 +333,14 @@ class Runner:
         empty_caches(net)  # the copy's own empty caches: the model's stay as they are
         return net
 
-    def _rewritten(self, plan: Plan) -> tuple[nn.Module, SlimState, _MetaBatchNorms | None]:
-        """The skeleton rewritten with ``plan``; on meta its BatchNorms get their switch's sizes
-        from a :class:`_MetaBatchNorms` instead of private copies (``None`` for real runs)."""
+    def _rewritten(self, plan: Plan) -> tuple[nn.Module, SlimState, _MetaSizes | None]:
+        """The skeleton rewritten with ``plan``; on meta its cut tensors get their switch's sizes
+        from a :class:`_MetaSizes` instead (``None`` for real runs)."""
         net, state = self._skeleton(), SlimState(plan.switches)
-        served = {path for path, name in plan.params if name in BN_TENSORS}  # cut by the plan itself
-        norms = (_MetaBatchNorms(net, plan) if self.meta and plan.batchnorms and not served & plan.batchnorms.keys()
-                 else None)
-        rewrite(net, plan if norms is None else dataclasses.replace(plan, batchnorms={}), state)
-        return net, state, norms
+        served = {path for path, name in plan.params if name in BN_TENSORS}  # BatchNorm tensors cut by the plan
+        sizes = _MetaSizes(net, plan) if self.meta and not served & plan.batchnorms.keys() else None
+        rewrite(net, plan if sizes is None else sizes.plan_without(plan), state)
+        return net, state, sizes
 
     def _full_width(self, plan: Plan) -> Any:
         if plan.switches[-1] < 1.0:
@@ -322,15 +359,15 @@ class Runner:
     def switches(self, plan: Plan, first: int | None = None) -> Failure | None:
         """Run every switch of ``plan`` narrower than 1.0 on a rewritten skeleton; the first
         failure, trying switch ``first`` first."""
-        net, state, norms = self._rewritten(plan)
+        net, state, sizes = self._rewritten(plan)
         order = [i for i, w in enumerate(plan.switches) if w < 1.0]
         if first in order:
             order.remove(first)
             order.insert(0, first)
         for i in order:
             state.select(plan.switches[i])
-            if norms is not None:
-                norms.select(i)
+            if sizes is not None:
+                sizes.select(i)
             try:
                 got = self._run(net)
             except Exception as e:  # noqa: BLE001 - any failure is what the check looks for
