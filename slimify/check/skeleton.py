@@ -174,8 +174,8 @@ class _MetaSizes:
 
 def _store(module: nn.Module, name: str) -> dict[str, Any] | None:
     """The dict holding ``module``'s plain tensor ``name`` (``None``: none, or served otherwise)."""
-    if type(module).__dict__.get(name) is not None or "parametrizations" in module._modules:
-        return None  # a property of its class or a parametrization: the rewrite serves it
+    if getattr(type(module), name, None) is not None or "parametrizations" in module._modules:
+        return None  # a property of its class (or a base's) or a parametrization: the rewrite serves it
     for store in (module._parameters, module._buffers):
         if store.get(name) is not None:
             return store
