@@ -162,7 +162,7 @@ def common_counts(space: ChannelSpace, table: GroupTable, switches: tuple[float,
                 if not _balanced(linked, active_ids(table, trial)):
                     continue
                 share = sum(found[g] / sizes[g] * channels[g] for g in members) / sum(channels.values())
-                key = (abs(share - w), share)  # nearest the width, ties to fewer
+                key = (round(abs(share - w), 9), share)  # nearest the width, ties to fewer (1/3 and 2/3 of 0.5)
                 if best is None or key < best[:2]:
                     best = (key[0], key[1], found)
             if best is None:

@@ -198,7 +198,7 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
     per_switch = [kept_classes(table, w, divisors) for w in switches]
     actives = [active_ids(table, k) for k in per_switch]
     unbalanced = unbalanced_pieces(space, table, actives)
-    if unbalanced and common_counts(space, table, switches, per_switch, active_ids):  # units differ: a common multiple
+    if unbalanced and space.common_counts and common_counts(space, table, switches, per_switch, active_ids):
         actives = [active_ids(table, k) for k in per_switch]
         unbalanced = unbalanced_pieces(space, table, actives)
     kept = {g.index: [k[g.index] for k in per_switch] for g in table.groups}
