@@ -19,6 +19,11 @@ group must keep from the balances (each piece's count is a step function of its 
 classes, so an equal count is an interval of them), checks every balance of the component, and
 keeps the solution whose share of the component's channels comes nearest the switch's width (ties
 to fewer). Components it cannot solve are left as they were, for the planner's ties.
+
+The plan uses it only on a space with ``common_counts`` set: ``analysis.stages.analyze_model``
+sets it on a second analysis when ties leave channels stuck at full width, and keeps whichever
+plan leaves fewer. Tried everywhere, it would also split streams from heads that ties merge
+harmlessly (EVA02, Swin-V2: other groups, no fewer MACs).
 """
 from __future__ import annotations
 
