@@ -1,10 +1,13 @@
-"""Coverage benchmark: does every model of the benchmark list convert, stay exact at full width,
-run at every switch and really slim? One subprocess per model, results as JSONL (resumable), a
-summary in the ``## Coverage`` section of benchmarks/RESULTS.md.
+"""Coverage benchmark: does every model of the benchmark list convert with ``convert``'s default
+arguments, stay exact at full width, run at every switch and really slim? One subprocess per
+model, results as JSONL (resumable), a summary in the ``## Coverage`` section of
+benchmarks/RESULTS.md.
 
-    python -m benchmarks.coverage --jobs 2                  # the whole list (~30 min on 2 cores)
+    python -m benchmarks.coverage --jobs 2                  # the whole list (~10-25 min on 2 cores)
     python -m benchmarks.coverage --only 'vit*' --rerun     # some models again
     python -m benchmarks.coverage --summary-only            # rewrite RESULTS.md from the JSONL
+    python -m benchmarks.coverage --ladder --out old.jsonl  # the old protocol: divisor 8, then 4/2/1
+    python -m benchmarks.coverage --compare old.jsonl       # models whose results differ from old.jsonl
 """
 from __future__ import annotations
 
@@ -26,10 +29,10 @@ import torch
 import torchvision  # noqa: F401
 
 import slimify.analysis.stages  # noqa: F401
-from benchmarks.coverage_worker import measure
+from benchmarks.coverage_worker import measure, measure_ladder
 from benchmarks.results import machine, write_section
 
-__all__ = ["EXPLAINED", "load_results", "select", "run_all", "summary", "main"]
+__all__ = ["EXPLAINED", "load_results", "select", "run_all", "summary", "compare", "main"]
 
 HERE = Path(__file__).resolve().parent
 MODELS = Path("/work/shared/models/benchmark_models.json")
@@ -47,11 +50,9 @@ REFERENCE: dict[str, dict[str, str]] = {
 
 # model → why it stays uncovered (shown next to what was measured)
 EXPLAINED: dict[str, str] = {
-    "edgenext_xx_small": "SplitTransposeBlock chunks the channels into n pieces of equal width while its XCA reads the "
-                         "same width from 4 heads, which slim whole (XCA's map is channel × channel: an outer product):"
-                         " stages.2 could only hold 66 or 88 channels, stages.3 84 or 168; the plan gives groups their "
-                         "own widths and ties unequal counts, so both keep their streams (a common-multiple plan "
-                         "would keep ~0.33)",
+    "lcnet_035": "with `convert`'s defaults its six 88-channel groups keep divisor 8 (every switch within 10% of C·w, "
+                 "the automatic divisor's rule) and round width 0.5 up to 48 channels (+9%): 0.351 of the MACs, a hair "
+                 "over the bound; divisor 4 everywhere (`--ladder`, the old protocol) gives 0.333",
     "mobilenetv3_small_050": "the 3-channel stem conv (22% of the MACs at 224 px), the classifier (4%) and the depthwise "
                              "convs (~20%) scale linearly with width: every group at exactly half keeps 0.362 (measured at "
                              "divisor 1), so uniform width 0.5 cannot reach 0.35 (test_zoo's bound is 0.37)",
@@ -130,9 +131,15 @@ def _count(rows: list[dict[str, Any]], key: str, test: Any = bool) -> int:
 
 def summary(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> str:
     """The markdown of the ``## Coverage`` section."""
+    ladder = any(r.get("divisor") is not None for r in results.values())
+    protocol = ("switches (0.25, 0.5, 0.75, 1.0), divisor 8, then 4, 2, 1 for a model that misses the MAC bound "
+                "with no group fixed (`--ladder`)" if ladder else
+                "`convert`'s default arguments only (switches (0.25, 0.5, 0.75, 1.0), `divisor=None`: 8, or the "
+                "largest smaller power of two that keeps a narrow group's switches within 10% of C·w)")
+    command = "python -m benchmarks.coverage --jobs 2" + (" --ladder" if ladder else "")
     out = [f"Every model of `shared/models/benchmark_models.json`, random init, batch 1, the model's own "
-           f"input size capped at 224 (fixed sizes kept), switches (0.25, 0.5, 0.75, 1.0), divisor 8, "
-           f"1 thread per model ({machine()}; `python -m benchmarks.coverage --jobs 2`). A model is **covered** when it converts, width 1.0 "
+           f"input size capped at 224 (fixed sizes kept), {protocol}, "
+           f"1 thread per model ({machine()}; `{command}`). A model is **covered** when it converts, width 1.0 "
            f"equals the original (max |Δ| ≤ 1e-5·max |y|), every switch runs with the original output "
            f"shape, width 0.5 keeps ≤ 0.35 of the MACs (torch.utils.flop_counter) and, where "
            f"`slimify.export` exists, the exported width-0.5 model equals the slimmable one (≤ 1e-4).", "",
@@ -148,20 +155,30 @@ def summary(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, li
                    f"| {_median([r['convert_s'] for r in rows if 'convert_s' in r])} "
                    f"(TP {ref_tp[f'median_s_{lib}']}) | {ref_tp[lib]} | {ref_mo[lib]} |")
     loads = [r["load"] for r in results.values() if "load" in r]
-    narrow = sorted(f"`{r['name']}` ({r['divisor']})" for r in results.values() if r.get("divisor", 8) != 8)
+    narrow = sorted(f"`{r['name']}` ({r['divisor']})" for r in results.values() if r.get("divisor") not in (8, None))
+    below = [r for r in results.values() if r.get("divisor") is None and _below_8(r)]
+    groups_below = sum(sum(n for d, n in r["group_divisors"].items() if int(d) < 8) for r in below)
     padded = sorted(f"`{r['name']}`" + ("" if r.get("num_classes") == 0 else f" (num_classes={r.get('num_classes')}!)")
                     for r in results.values() if r.get("padded_output"))
     out += ["", "Torch-Pruning's and ModelOpt's figures count models whose 50% uniform pruning reaches "
                 "MACs ≤ 0.35; Torch-Pruning's time is its DependencyGraph build. Convert times are wall "
                 f"seconds on one thread of a shared machine (median load average {_median(loads)} on "
                 f"{os.cpu_count()} cores during the sweep): compare them with care.", "",
-            "Divisor 8 throughout, except models whose layers are too narrow to halve in steps of 8 (width "
-            "0.5 missed the MAC bound with no group fixed); they count at the divisor in brackets: "
-            + (", ".join(narrow) if narrow else "none") + ".", "",
+            ("Divisor 8 throughout, except models whose layers are too narrow to halve in steps of 8 (width "
+             "0.5 missed the MAC bound with no group fixed); they count at the divisor in brackets: "
+             + (", ".join(narrow) if narrow else "none") + "." if ladder else
+             f"The automatic divisor gave {groups_below} groups of {len(below)} models a divisor below 8 (each "
+             "model's smallest is in the table's divisor column; `divisor=None` picks, per group, the largest "
+             "power of two ≤ 8 that keeps every switch within 10% of C·w)."), "",
             "Models whose output is padded back to full size at narrow widths (they return features, "
             "`docs/design.md`, *Model outputs*): " + (", ".join(padded) if padded else "none") + ".", ""]
     out += _sweep_time(results, models) + _failures(results, models) + [""] + _per_model(results, models) + [""]
     return "\n".join(out)
+
+
+def _below_8(r: dict[str, Any]) -> bool:
+    """Some group of this record used a divisor below 8."""
+    return any(int(d) < 8 for d in r.get("group_divisors") or {})
 
 
 def _sweep_time(results: dict[tuple[str, str], dict[str, Any]], models: dict[str, list[str]]) -> list[str]:
@@ -209,10 +226,28 @@ def _per_model(results: dict[tuple[str, str], dict[str, Any]], models: dict[str,
                 continue
             reason, err, mac, conv = row_cells(r)
             size = "×".join(str(s) for s in r.get("input", [])[1:]) or "-"
+            divisor = r.get("divisor", "-")
+            if divisor is None:  # automatic: the smallest a group used
+                divisor = "auto" + (f" ({min(map(int, r['group_divisors']))})" if r.get("group_divisors") else "")
             out.append(f"| {lib} | {n} | {size} | {'yes' if r['covered'] else 'no'} | {err} | {mac} "
-                       f"| {r.get('divisor', '-')} | {conv} "
+                       f"| {divisor} | {conv} "
                        f"| {r.get('groups', '-')} | {r.get('fixed_groups', '-')} | {reason} |")
     return out + ["", "</details>"]
+
+
+def compare(old: dict[tuple[str, str], dict[str, Any]], new: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """One line per model whose covered flag, group or fixed-group count, or width-0.5 MACs (by more
+    than 0.02) differ between two sweeps (``--compare OLD.jsonl``)."""
+    lines = []
+    for key in sorted(old.keys() & new.keys()):
+        a, b = old[key], new[key]
+        diffs = [f"{field} {a.get(field)} → {b.get(field)}" for field in ("covered", "groups", "fixed_groups")
+                 if a.get(field) != b.get(field)]
+        if abs(a.get("mac_ratio", 1.0) - b.get("mac_ratio", 1.0)) > 0.02:
+            diffs.append(f"MACs at 0.5 {a.get('mac_ratio', float('nan')):.3f} → {b.get('mac_ratio', float('nan')):.3f}")
+        if diffs:
+            lines.append(f"{key[0]}:{key[1]}: " + "; ".join(diffs))
+    return lines
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -253,14 +288,22 @@ def main(argv: list[str] | None = None) -> int:
     add_sweep_arguments(parser, JSONL, RESULTS, jobs=2)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per model")
     parser.add_argument("--skip-export", action="store_true", help="do not check slimify.export")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="JSONL of an earlier sweep: print the models whose results differ, then stop")
+    parser.add_argument("--ladder", action="store_true",
+                        help="the old protocol: divisor 8, then 4/2/1 for a model that misses the MAC bound")
     args = parser.parse_args(argv)
     models: dict[str, list[str]] = json.loads(args.models.read_text())
     results = load_results(args.out)
+    if args.compare is not None:
+        print("\n".join(compare(load_results(args.compare), results)) or "no model differs")
+        return 0
     todo = [] if args.summary_only else [m for m in select(models, args.only) if args.rerun or m not in results]
     torch.set_num_threads(1)
     run = f"{time.time():.0f} jobs={max(1, args.jobs)}"  # one sweep: its records give its duration
     record = recorder(results, args.out, len(todo), run=run)
-    run_all(todo, max(1, args.jobs), args.timeout, not args.skip_export, record)
+    run_all(todo, max(1, args.jobs), args.timeout, not args.skip_export, record,
+            measure_ladder if args.ladder else measure)
     if not args.no_write:
         write_section(HEADING, summary(results, models), args.results)
     return 0

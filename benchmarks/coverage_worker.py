@@ -1,8 +1,11 @@
-"""One model of the coverage sweep: build it with random init, convert it, check the
-invariants. ``coverage.py`` runs :func:`measure` in a forked process per model (a crash or a hang
-costs one model); run alone it prints one JSON line:
+"""One model of the coverage sweep: build it with random init, convert it with ``convert``'s
+default arguments, check the invariants. ``coverage.py`` runs :func:`measure` in a forked process
+per model (a crash or a hang costs one model); run alone it prints one JSON line:
 
-    python -m benchmarks.coverage_worker timm vit_tiny_patch16_224 [--skip-export]
+    python -m benchmarks.coverage_worker timm vit_tiny_patch16_224 [--skip-export] [--ladder]
+
+``--ladder``: the protocol before the automatic divisor (divisor 8, then 4, 2, 1 for a model that
+misses the MAC bound with no group fixed), kept to compare the two.
 """
 from __future__ import annotations
 
@@ -18,13 +21,13 @@ import torch
 import torch.nn as nn
 
 __all__ = ["SWITCHES", "FULL_TOL", "EXPORT_TOL", "MAC_LIMIT", "DIVISORS", "build", "wake_silent_weights", "input_size", "measure",
-           "main"]
+           "measure_ladder", "main"]
 
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
 FULL_TOL = 1e-5  # full width: max |Δ| ≤ FULL_TOL · max |y|
 EXPORT_TOL = 1e-4  # exported width 0.5 vs slimmable width 0.5
 MAC_LIMIT = 0.35  # width 0.5 must keep at most this fraction of the MACs to count as slimmed
-DIVISORS = (8, 4, 2, 1)  # channel rounding: 8, smaller only for models too narrow to halve in steps of 8
+DIVISORS = (8, 4, 2, 1)  # ``--ladder`` only: 8, smaller only for models too narrow to halve in steps of 8
 SIZE_CAP = 224  # inputs are the model's own size, capped here unless the size is fixed
 
 
@@ -112,11 +115,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def _export_check(model: nn.Module, x: torch.Tensor, result: dict[str, Any]) -> None:
-    """Exported width 0.5 == slimmable width 0.5, once ``slimify.export`` exists."""
-    import importlib.util
-
+    """Exported width 0.5 == slimmable width 0.5 (``slimify.export`` is a lazy name of the package,
+    no module: a module lookup would skip this check)."""
     import slimify
-    if importlib.util.find_spec("slimify.export") is None:
+    if not hasattr(slimify, "export"):
         result["export_ok"] = None
         return
     try:
@@ -148,14 +150,20 @@ def _group_stats(model: nn.Module, result: dict[str, Any]) -> None:
     result["num_classes"] = getattr(model, "num_classes", None)  # 0: timm returns features, no classifier
     result["padded_output"] = rep.padded_output is not None  # features slim, zero-padded back to full size
     result["analysis_s"] = rep.seconds
+    result["group_divisors"] = dict(sorted(Counter(g.divisor for g in rep.slimmable).items()))  # divisor → groups
 
 
 def measure(lib: str, name: str, export: bool = True) -> dict[str, Any]:
-    """Every invariant of one model; ``stage`` names where it stopped when it failed.
+    """Every invariant of one model converted with ``convert``'s defaults (``divisor=None``: 8, or
+    a smaller power of two per narrow group); ``stage`` names where it stopped when it failed."""
+    torch.set_num_threads(1)
+    return _measure_at(lib, name, None, export)
 
-    Divisor 8 first. A model whose layers are too narrow to halve in steps of 8 (width 0.5
-    misses the MAC bound although no group is fixed) is measured again at divisors 4, 2, 1;
-    the divisor that counted is recorded."""
+
+def measure_ladder(lib: str, name: str, export: bool = True) -> dict[str, Any]:
+    """The protocol before the automatic divisor: divisor 8 first; a model whose layers are too
+    narrow to halve in steps of 8 (width 0.5 misses the MAC bound although no group is fixed) is
+    measured again at divisors 4, 2, 1; the divisor that counted is recorded."""
     torch.set_num_threads(1)
     result = _measure_at(lib, name, DIVISORS[0], export)
     for divisor in DIVISORS[1:]:
@@ -176,7 +184,7 @@ def _feature_output(r: dict[str, Any]) -> bool:
     return r.get("num_classes") == 0 and not r.get("padded_output")
 
 
-def _measure_at(lib: str, name: str, divisor: int, export: bool) -> dict[str, Any]:
+def _measure_at(lib: str, name: str, divisor: int | None, export: bool) -> dict[str, Any]:
     import slimify
     result: dict[str, Any] = {"lib": lib, "name": name, "stage": "build", "covered": False, "divisor": divisor,
                               "load": os.getloadavg()[0]}  # the machine is shared: timings need their context
@@ -250,7 +258,8 @@ def _why(r: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     lib, name = argv[:2]
-    print(json.dumps(measure(lib, name, export="--skip-export" not in argv)), flush=True)
+    run = measure_ladder if "--ladder" in argv else measure
+    print(json.dumps(run(lib, name, export="--skip-export" not in argv)), flush=True)
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from slimify.analysis.common_counts import common_counts
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import FIXED, ChannelSpace, Count
 from slimify.errors import SlimifyError
@@ -195,10 +196,13 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
     divisors = {g.index: base if g.fixed else group_divisor(len(g.classes), g.unit, switches, base, auto)
                 for g in table.groups}
     per_switch = [kept_classes(table, w, divisors) for w in switches]
-    kept = {g.index: [k[g.index] for k in per_switch] for g in table.groups}
-    plan = Plan(switches, base, kept, auto_divisor=auto, group_divisors=divisors)
     actives = [active_ids(table, k) for k in per_switch]
     unbalanced = unbalanced_pieces(space, table, actives)
+    if unbalanced and space.common_counts and common_counts(space, table, switches, per_switch, active_ids):
+        actives = [active_ids(table, k) for k in per_switch]
+        unbalanced = unbalanced_pieces(space, table, actives)
+    kept = {g.index: [k[g.index] for k in per_switch] for g in table.groups}
+    plan = Plan(switches, base, kept, auto_divisor=auto, group_divisors=divisors)
     if unbalanced:  # as one pair of concatenated pieces: one planning round for all of them
         pairs = [(pieces[0], p) for pieces in unbalanced for p in pieces[1:]]
         raise Unbalanced([np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])])

@@ -89,6 +89,7 @@ class ChannelSpace:
         self.context = ""  # description of the node being analysed, for reasons
         # chunk by position (see rules/segments.py): set by the caller before the rules run
         self.positional_chunks = False
+        self.common_counts = False  # plan: balances across groups of different units by a common multiple
         self.ordered: list[tuple[np.ndarray, str]] = []  # ids whose channels must keep their order
         # a feature output (see ``pad_output``) and the ids that layers with parameters read
         self.output_ids: np.ndarray | None = None

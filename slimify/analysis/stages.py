@@ -71,11 +71,17 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
     splits_by_count = bool(space.balances)  # planning removes the balances it ties: ask before
     table, plan = _plan(space, switches, divisor, type(model).__name__)
     stuck = _stuck_channels(table, plan)
-    if stuck and splits_by_count:  # units of tied chunks may have outgrown their groups
-        other = analyze(traced, positional_chunks=True)
+    # units of tied chunks may have outgrown their groups: chunk by position, then equal counts by a
+    # common multiple instead of ties (``analysis/common_counts.py``), whichever leaves fewer stuck
+    for positional, common in ((True, False), (False, True), (True, True)):
+        if not (stuck and splits_by_count):
+            break
+        other = analyze(traced, positional_chunks=positional)
+        other.common_counts = common
         other_table, other_plan = _plan(other, switches, divisor, type(model).__name__)
-        if _stuck_channels(other_table, other_plan) < stuck:
-            space, table, plan = other, other_table, other_plan
+        other_stuck = _stuck_channels(other_table, other_plan)
+        if other_stuck < stuck:
+            space, table, plan, stuck = other, other_table, other_plan, other_stuck
     if check is not None:
         output = next((n for n in reversed(traced.graph.nodes) if n.op == "output"), None)
         table, plan = check(model, ModelInputs.of(example, example_kwargs), space, table, plan,
