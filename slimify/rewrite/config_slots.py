@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from slimify.analysis.common_counts import common_counts
 from slimify.analysis.plan import (
     EmptyPiece,
     NotABox,
@@ -150,7 +151,15 @@ def _uniform_counts(state: SlimState, w: Any) -> tuple[int, ...]:
     analysis = _analysis(state)
     plan = analysis.plan
     counts = kept_classes(analysis.table, w, plan.group_divisors or plan.divisor)
-    return tuple(counts if not _unbalanced(analysis, counts) else _balanced(analysis, state, w, counts))
+    if not _unbalanced(analysis, counts):
+        return tuple(counts)
+    if analysis.space.common_counts:  # the plan balanced groups of different units by common counts: so does ``w``
+        solved = [list(counts)]
+        common_counts(analysis.space, analysis.table, (w,), solved, active_ids)
+        counts = solved[0]
+        if not _unbalanced(analysis, counts):
+            return tuple(counts)
+    return tuple(_balanced(analysis, state, w, counts))
 
 
 def _unbalanced(analysis: Any, counts: list[int]) -> set[int]:
