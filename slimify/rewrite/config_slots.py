@@ -186,7 +186,17 @@ def _balanced(analysis: Any, state: SlimState, w: float, counts: list[int]) -> l
             trial = [above[i] if i in moved else c for i, c in enumerate(counts)]
         if not groups:
             return trial
-    return kept_classes(analysis.table, wider, divisors)
+    return _switch_counts(analysis, wider)
+
+
+def _switch_counts(analysis: Any, w: float) -> list[int]:
+    """The counts the plan gave switch ``w`` (balanced there, by ties or common counts, which
+    ``kept_classes`` alone does not redo); every class at a width above every switch."""
+    plan, groups = analysis.plan, analysis.table.groups
+    if w not in plan.switches:
+        return [len(g.classes) for g in groups]
+    i = plan.switches.index(w)
+    return [plan.kept[g.index][i] for g in groups]
 
 
 def _dict_counts(state: SlimState, value: dict) -> tuple[int, ...]:
