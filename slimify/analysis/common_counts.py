@@ -34,6 +34,7 @@ import numpy as np
 
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import ChannelSpace
+from slimify.analysis.unique import unique
 
 __all__ = ["common_counts"]
 
@@ -67,7 +68,7 @@ def _pieces(table: GroupTable, balance: list[np.ndarray]) -> list[_Piece]:
     for ids in balance:
         groups = table.group_of_id[ids]
         variable = live[groups]  # -1 (no group) indexes the trailing False
-        found = np.unique(groups[variable])
+        found = unique(groups[variable])
         group = int(found[0]) if found.size == 1 else None
         ranks = np.sort(table.rank[ids[variable]]) if group is not None else np.zeros(0, np.int64)
         out.append(_Piece(ids, group, ranks, int((~variable).sum())))
@@ -85,7 +86,7 @@ def _components(table: GroupTable, balances: list[list[_Piece]]) -> list[tuple[s
 
     touched = []
     for pieces in balances:
-        groups = {int(g) for p in pieces for g in np.unique(table.group_of_id[p.ids])
+        groups = {int(g) for p in pieces for g in unique(table.group_of_id[p.ids])
                   if g >= 0 and not table.groups[g].fixed}
         touched.append(groups)
         for g in groups:

@@ -13,6 +13,7 @@ import networkx as nx
 import numpy as np
 
 from slimify.analysis.space import FIXED, UNREAD_OUTPUT_REASON, ChannelSpace
+from slimify.analysis.unique import unique, unique_counts
 
 __all__ = ["ChannelGroup", "GroupTable", "find_groups", "connected_labels"]
 
@@ -78,7 +79,7 @@ def find_groups(space: ChannelSpace) -> GroupTable:
 
     fixed_reason: dict[int, str] = {}
     for ids, reason in space.fixes + _unread_outputs(space, class_of):
-        for c in np.unique(class_of[ids]).tolist():
+        for c in unique(class_of[ids]).tolist():
             fixed_reason.setdefault(c, reason)
     seen = np.zeros(space.size, bool)
     if space.seen:
@@ -136,21 +137,21 @@ def _linked_classes(space: ChannelSpace, class_of: np.ndarray, var_of: np.ndarra
     if space.cuts:
         lo = class_of[np.concatenate([c[0] for c in space.cuts])]
         hi = class_of[np.concatenate([c[1] for c in space.cuts])]
-        cut_keys = np.unique(np.minimum(lo, hi) * size + np.maximum(lo, hi))
+        cut_keys = unique(np.minimum(lo, hi) * size + np.maximum(lo, hi))
         a, b = class_of[here], class_of[after]
         cut |= np.isin(np.minimum(a, b) * size + np.maximum(a, b), cut_keys)
     segment = np.concatenate([[0], np.cumsum(cut)])  # segment of each producer id
     n_segments = int(segment[-1]) + 1
     first_segment = np.full(size, n_segments, np.int64)
     np.minimum.at(first_segment, class_of[ids], segment)
-    links = np.unique(segment * n_segments + first_segment[class_of[ids]])
+    links = unique(segment * n_segments + first_segment[class_of[ids]])
     graph = nx.Graph()
     graph.add_nodes_from(range(n_segments))
     graph.add_edges_from(zip((links // n_segments).tolist(), (links % n_segments).tolist()))
     component = np.empty(n_segments, np.int64)
     for k, members in enumerate(nx.connected_components(graph)):
         component[list(members)] = k
-    classes = np.unique(class_of[ids])
+    classes = unique(class_of[ids])
     comp_of_class = component[first_segment[classes]]
     order = np.argsort(comp_of_class, kind="stable")
     bounds = np.nonzero(np.diff(comp_of_class[order]))[0] + 1
@@ -165,15 +166,15 @@ def _set_units_and_origins(space: ChannelSpace, groups: list[ChannelGroup], grou
     ids = np.nonzero(producer & (group_of_id >= 0))[0]
     n_vars = len(space.vars) + 1
     gv = group_of_id[ids] * n_vars + var_of[ids]  # one int key per (group, var)
-    keys, counts = np.unique(gv, return_counts=True)
-    distinct = np.unique(gv * class_of.size + class_of[ids])
-    _, n_classes = np.unique(distinct // class_of.size, return_counts=True)
+    keys, counts = unique_counts(gv)
+    distinct = unique(gv * class_of.size + class_of[ids])
+    _, n_classes = unique_counts(distinct // class_of.size)
     units: dict[int, list[int]] = {}
     for key, n_ids, n_cls in zip(keys.tolist(), counts.tolist(), n_classes.tolist()):
         gi, vi = divmod(key, n_vars)
         units.setdefault(gi, []).append(max(1, n_ids // n_cls))
         groups[gi].origins.append(space.vars[vi].origin)
-    seen_groups = set(np.unique(group_of_id[seen & (group_of_id >= 0)]).tolist())
+    seen_groups = set(unique(group_of_id[seen & (group_of_id >= 0)]).tolist())
     for grp in groups:  # the most common producer's unit: a per-head table (1 per head) is not the stream's
         found = units.get(grp.index, [1])
         grp.unit = max(sorted(set(found), reverse=True), key=found.count)
@@ -184,7 +185,7 @@ def _set_units_and_origins(space: ChannelSpace, groups: list[ChannelGroup], grou
 def cut_around(space: ChannelSpace, table: GroupTable, ids: np.ndarray) -> None:
     """Give the classes of ``ids`` a group of their own: a cut wherever one of them sits next to
     a class outside them in some producer's output (``ChannelSpace.cut``)."""
-    member = np.isin(table.class_of, np.unique(table.class_of[np.asarray(ids, np.int64)]))
+    member = np.isin(table.class_of, unique(table.class_of[np.asarray(ids, np.int64)]))
     for v in space.vars:
         if v.producer and v.size > 1:
             here = np.arange(v.start, v.start + v.size - 1)

@@ -11,6 +11,7 @@ import numpy as np
 from slimify.analysis.common_counts import common_counts
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import FIXED, ChannelSpace, Count
+from slimify.analysis.unique import unique
 from slimify.errors import SlimifyError
 
 __all__ = ["make_divisible", "check_switches", "Plan", "make_plan", "Index", "group_divisor", "DEFAULT_DIVISOR",
@@ -184,7 +185,7 @@ def unbalanced_pieces(space: ChannelSpace, table: GroupTable, actives: list[np.n
     unbalanced, touched = [], set()
     for pieces in space.balances:
         if any(len({int(active[p].sum()) for p in pieces}) > 1 for active in actives):
-            groups = {g for g in np.unique(table.group_of_id[np.concatenate(pieces)]).tolist()
+            groups = {g for g in unique(table.group_of_id[np.concatenate(pieces)]).tolist()
                       if g >= 0 and not table.groups[g].fixed}  # tying to a fixed group only fixes: no order
             if not groups & touched:
                 unbalanced.append(pieces)

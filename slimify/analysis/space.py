@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from slimify.analysis.unique import unique
+
 __all__ = ["FIXED", "OUTPUT_REASON", "UNREAD_OUTPUT_REASON", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec", "ChannelSpace"]
 
 FIXED = 0  # id of the "never slims" channel
@@ -130,7 +132,7 @@ class ChannelSpace:
             self.union(moved[:, :1], moved)
 
     def fix(self, ids: np.ndarray, reason: str) -> None:
-        ids = np.unique(np.asarray(ids).ravel())
+        ids = unique(np.asarray(ids).ravel())
         ids = ids[ids != FIXED]
         if ids.size:
             self.fixes.append((ids, reason))
@@ -162,7 +164,7 @@ class ChannelSpace:
         """These ids appear in an activation. Small labels are kept as they are (a ``np.unique``
         per node cost ~2 ms a conversion); only large ones are deduplicated."""
         label = np.asarray(label)
-        self.seen.append(np.unique(label) if label.size > 4096 else label.ravel())
+        self.seen.append(unique(label) if label.size > 4096 else label.ravel())
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._pairs:

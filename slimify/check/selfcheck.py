@@ -30,6 +30,7 @@ from slimify.analysis.space import ChannelSpace, Count
 from slimify.analysis.stages import Replan
 from slimify.analysis.trace import SHAPE_KEY, WHERE_KEY
 from slimify.analysis.trace_concrete import ModelInputs
+from slimify.analysis.unique import unique
 from slimify.check.skeleton import Failure, Runner, first_line, recorded_structure, source_line
 from slimify.errors import SlimifyError
 
@@ -66,7 +67,7 @@ def _suspects(space: ChannelSpace, table: GroupTable, module: str) -> list[int]:
         ids += [c.ids for (owner, _), spec in space.attrs.items() if inside(owner) for c in _counts(spec.template)]
         ids += [np.arange(v.start, v.start + v.size) for v in space.vars if inside(v.origin.split(" ")[0])]
         if ids:
-            groups = set(np.unique(table.group_of_id[np.concatenate([np.ravel(i) for i in ids])]).tolist())
+            groups = set(unique(table.group_of_id[np.concatenate([np.ravel(i) for i in ids])]).tolist())
             found = [g for g in live if g in groups]
             if found:
                 return found

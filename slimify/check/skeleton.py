@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
+from slimify.analysis.metarun import FastMeta
 from slimify.analysis.plan import Plan
 from slimify.analysis.trace_concrete import ModelInputs
-from slimify.check.metarun import FastMeta
 from slimify.errors import SlimifyError
 from slimify.rewrite.apply import rewrite  # the pipeline's rewrite, run on the skeleton
 from slimify.rewrite.batchnorm import BN_TENSORS

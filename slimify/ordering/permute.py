@@ -28,6 +28,7 @@ import torch.nn as nn
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import ChannelSpace
 from slimify.analysis.stages import Analysis, analyze_model, default_input
+from slimify.analysis.unique import unique
 from slimify.check.selfcheck import self_check
 from slimify.errors import SlimifyError
 from slimify.ordering.registry import SCORES, class_scores
@@ -115,7 +116,7 @@ def gather_index(labels: np.ndarray, class_of: np.ndarray, in_rank: np.ndarray,
     if not found.all():
         raise _Irregular(cls[~found], "")
     index = order[at]
-    if len(np.unique(index)) != n:  # classes occur unequally often here: not a permutation
+    if len(unique(index)) != n:  # classes occur unequally often here: not a permutation
         raise _Irregular(cls[target != cls], "")
     return index
 
@@ -183,7 +184,7 @@ def _orders(table: GroupTable, scores: np.ndarray, result: Reordering, space: Ch
         s = scores[g.classes]
         order = np.argsort(-s, kind="stable")  # ties keep their old order
         result.orders[g.index], result.scores[g.index] = order, s[order]
-        if len(np.unique(size[g.classes])) > 1:
+        if len(unique(size[g.classes])) > 1:
             result.skipped[g.index] = "its channel classes differ in size"
         elif g.index in ordered:
             result.skipped[g.index] = ordered[g.index]
@@ -195,7 +196,7 @@ def _ordered_groups(table: GroupTable, space: ChannelSpace) -> dict[int, str]:
     found: dict[int, str] = {}
     returned = [] if space.output_ids is None else [(space.output_ids, "the model returns these features in this order")]
     for ids, reason in space.ordered + returned:
-        for g in np.unique(table.group_of_id[ids]).tolist():
+        for g in unique(table.group_of_id[ids]).tolist():
             if g >= 0:
                 found.setdefault(g, f"its channels are matched by position ({reason})")
     return found
@@ -222,7 +223,7 @@ def permute_groups(model: nn.Module, analysis: Analysis, result: Reordering) -> 
             planned = _plan_moves(moves, table, in_rank, _source(table, result))
             break
         except _Irregular as e:
-            groups = np.unique(table.group_of_id[e.groups])
+            groups = unique(table.group_of_id[e.groups])
             bad = [int(g) for g in groups if g in result.orders and g not in result.skipped]
             if not bad:
                 raise SlimifyError(f"reorder: cannot permute {e.where} consistently") from None

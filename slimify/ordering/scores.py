@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import ChannelSpace
+from slimify.analysis.unique import unique
 from slimify.errors import SlimifyError
 
 __all__ = ["norm_scores", "bn_scores", "taylor_scores", "tensor_of", "as_batches"]
@@ -73,7 +74,7 @@ def bn_scores(model: nn.Module, space: ChannelSpace, table: GroupTable) -> np.nd
             continue
         np.add.at(scores, table.class_of[spec.ids], gamma.detach().float().abs().cpu().numpy())
         groups = table.group_of_id[spec.ids]
-        has_bn[np.unique(groups[groups >= 0])] = True
+        has_bn[unique(groups[groups >= 0])] = True
     if not has_bn.all():
         fallback = norm_scores(model, space, table, 1)
         for g in table.groups:

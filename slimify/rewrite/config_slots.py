@@ -38,6 +38,7 @@ from slimify.analysis.plan import (
     kept_classes,
     unbalanced_pieces,
 )
+from slimify.analysis.unique import unique
 from slimify.errors import SlimifyError
 from slimify.rewrite.batchnorm import SwitchBatchNorm
 from slimify.rewrite.output_pad import find_output_pad
@@ -166,7 +167,7 @@ def _unbalanced(analysis: Any, counts: list[int]) -> set[int]:
     """Slimmable groups whose ``chunk`` pieces ``counts`` would give different widths."""
     table = analysis.table
     bad = unbalanced_pieces(analysis.space, table, [active_ids(table, counts)])
-    return {int(g) for pieces in bad for p in pieces for g in np.unique(table.group_of_id[p])
+    return {int(g) for pieces in bad for p in pieces for g in unique(table.group_of_id[p])
             if g >= 0 and not table.groups[g].fixed}
 
 
@@ -277,7 +278,7 @@ def _cuts(analysis: Any, counts: tuple[int, ...], label: str) -> tuple[Plan, np.
     active = active_ids(table, list(counts))
     bad = unbalanced_pieces(space, table, [active])
     if bad:
-        groups = sorted({int(g) for p in bad[0] for g in np.unique(table.group_of_id[p]) if g >= 0})
+        groups = sorted({int(g) for p in bad[0] for g in unique(table.group_of_id[p]) if g >= 0})
         raise SlimifyError(f"configuration {label} gives the equal pieces of a chunk different widths: groups "
                            f"{', '.join(map(str, groups))} must keep equal counts")
     plan = Plan((1.0,), analysis.plan.divisor, {})

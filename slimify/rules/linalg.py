@@ -9,6 +9,7 @@ import numpy as np
 import torch.fx as fx
 
 from slimify.analysis.space import Count
+from slimify.analysis.unique import unique
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.elementwise import elementwise, passthrough
 from slimify.rules.literal_sizes import follow_literal
@@ -77,7 +78,7 @@ def _outer_product(ctx: RuleContext, taking: list) -> list:
         return taking
     keep = [any(real_b[d] > 1 for d in carried_a), any(real_a[d] > 1 for d in carried_b)]
     if not any(keep):
-        keep = [False, True] if np.unique(a).size >= np.unique(b).size else [True, False]
+        keep = [False, True] if unique(a).size >= unique(b).size else [True, False]
     for (lab, _), k in zip(taking, keep):
         if k:
             ctx.space.fix(lab, f"channels meeting another operand's channels along other dims (an outer "

@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 
 from slimify.analysis.space import Count
+from slimify.analysis.unique import unique
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.literal_sizes import (
     SizeExpr,
@@ -68,7 +69,7 @@ def reshape_to(ctx: RuleContext, x: TensorVal, out_shape: tuple[int, ...], size_
             target[o] = out_shape[o] if v else 1
     label = np.ascontiguousarray(x.expanded(expand_dims)).reshape(target)
     rigid: set[int] = set()
-    sizes = _Sizes(ctx, label, size_args, np.unique(x.label))
+    sizes = _Sizes(ctx, label, size_args, unique(x.label))
     for (ins, outs), v in zip(blocks, varying):
         if not v:
             continue
@@ -130,7 +131,7 @@ class _Sizes:
         e = self.expr(o)
         head = self.head_factor(o)
         if head is not None:  # ``B * self.num_heads``: the attribute follows the heads
-            if not follow_literal(self.ctx, head, Count(np.unique(self.slab_ids(o))), units=True):
+            if not follow_literal(self.ctx, head, Count(unique(self.slab_ids(o))), units=True):
                 self.ctx.space.fix(self.label, f"reshape to a size computed from {head} at {where}")
         elif e is None or e.ids is None:
             what = "computed in code" if e is None else "read from channels that never slim"

@@ -4,12 +4,14 @@ The self-check runs every switch on the meta device. There, many ops cost 0.5-9 
 torch computes their meta result with Python decompositions (``batch_norm`` 9 ms, ``add`` 1 ms),
 while only the output's shape, dtype and the checks that a real kernel would make matter.
 :class:`FastMeta` answers the common ones (element-wise arithmetic, activations, norms,
-convolutions, linear layers, reductions, adaptive pooling, cat) directly: the same broadcasting rules
+convolutions, linear layers, reductions, adaptive pooling, cat, matrix products, attention, normalize, interpolate) directly: the same broadcasting rules
 and the same size checks as the real op (a wrong size still raises), an empty meta tensor as the
 result. Everything else runs its ordinary meta kernel.
 """
 from __future__ import annotations
 
+import functools
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -22,8 +24,8 @@ __all__ = ["FastMeta"]
 
 _BINARY_NAMES = ("add", "sub", "mul", "div", "true_divide")
 _UNARY_NAMES = ("relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "mish", "elu",
-                "leaky_relu", "hardtanh", "softplus", "neg", "exp", "sqrt", "rsqrt", "abs", "dropout", "contiguous",
-                "clone", "softmax", "log_softmax")
+                "leaky_relu", "hardtanh", "softplus", "neg", "exp", "sqrt", "rsqrt", "abs", "dropout", "clone")
+_CONTIGUOUS_NAMES = ("softmax", "log_softmax")  # their kernels write a contiguous output whatever the input
 
 
 def _targets(names: tuple[str, ...], dunders: tuple[str, ...] = ()) -> dict[Any, bool]:
@@ -48,14 +50,50 @@ def _targets(names: tuple[str, ...], dunders: tuple[str, ...] = ()) -> dict[Any,
 
 _BINARY = _targets(_BINARY_NAMES, ("add", "sub", "mul", "truediv"))
 _UNARY = _targets(_UNARY_NAMES)
+_UNARY_CONTIGUOUS = _targets(_CONTIGUOUS_NAMES)
 
 
 def _empty(shape: Any, like: torch.Tensor) -> torch.Tensor:
-    """A meta tensor of ``shape`` (``like``'s strides when the shape is its own): ``empty_like``
-    and ``new_empty`` cost 0.05-3 ms on meta, ``empty`` and ``empty_strided`` a few µs."""
-    if tuple(shape) == tuple(like.shape):
-        return torch.empty_strided(like.shape, like.stride(), dtype=like.dtype, device="meta")
+    """A meta tensor of ``shape`` laid out as an element-wise op lays out its output: dense, with
+    ``like``'s dims in their memory order (a permuted or channels-last input stays so). The
+    layout matters: a later ``view`` that works on the real output must work here too. (``empty_like``
+    and ``new_empty`` cost 0.05-3 ms on meta, ``empty`` and ``empty_strided`` a few µs.)"""
+    stride = like.stride()
+    if like.ndim != len(shape) or 0 in stride or like.is_contiguous():  # broadcast (stride 0): contiguous
+        return torch.empty(tuple(shape), dtype=like.dtype, device="meta")
+    dense, step = [0] * like.ndim, 1
+    for d in sorted(range(like.ndim), key=lambda d: stride[d]):  # innermost first
+        dense[d] = step
+        step *= max(shape[d], 1)
+    return torch.empty_strided(tuple(shape), dense, dtype=like.dtype, device="meta")
+
+
+def _contiguous(shape: Any, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=like.dtype, device="meta")
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """``t.suggest_memory_format()`` is channels-last: torch's stride-order test (c10's
+    ``is_channels_last_strides_2d``), which also holds for a channel slice of a channels-last
+    tensor (not contiguous in any format). Ambiguous strides count as contiguous, as there."""
+    if t.ndim != 4 or t.is_contiguous():
+        return False
+    size, stride, low = t.shape, t.stride(), 0
+    if stride[1] == 0:
+        return False
+    for d in (1, 3, 2, 0):
+        if size[d] == 0 or stride[d] < low or (d == 0 and low == stride[1]):
+            return False
+        low = stride[d] * (size[d] if size[d] > 1 else 1)
+    return True
+
+
+def _suggested(shape: Any, like: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """What kernels that pick a memory format write (convolution, pooling, BatchNorm, cat):
+    channels-last when their inputs are, else contiguous, never another permutation."""
+    if channels_last and len(shape) == 4:
+        return torch.empty(tuple(shape), dtype=like.dtype, device="meta", memory_format=torch.channels_last)
+    return _contiguous(shape, like)
 
 
 def _is_meta_float(t: Any) -> bool:
@@ -69,7 +107,11 @@ def _broadcast(tensors: list[torch.Tensor]) -> torch.Size:
     first = tensors[0].shape
     if len(tensors) == 1 or tensors[1].shape == first:
         return first
-    a, b = list(first), list(tensors[1].shape)
+    return _broadcast_shapes(first, tensors[1].shape)
+
+
+def _broadcast_shapes(first: Any, second: Any) -> torch.Size:
+    a, b = list(first), list(second)
     n = max(len(a), len(b))
     a, b = [1] * (n - len(a)) + a, [1] * (n - len(b)) + b
     out = []
@@ -81,7 +123,7 @@ def _broadcast(tensors: list[torch.Tensor]) -> torch.Size:
     return torch.Size(out)
 
 
-def _binary(args: tuple[Any, ...], kwargs: dict[str, Any], inplace: bool) -> torch.Tensor | None:
+def _binary(args: tuple[Any, ...], kwargs: dict[str, Any], *, inplace: bool) -> torch.Tensor | None:
     if len(args) != 2 or kwargs:
         return None
     a, b = args
@@ -98,11 +140,23 @@ def _binary(args: tuple[Any, ...], kwargs: dict[str, Any], inplace: bool) -> tor
     return _empty(shape, like)
 
 
-def _unary(args: tuple[Any, ...], kwargs: dict[str, Any], inplace: bool) -> torch.Tensor | None:
-    if not args or not _is_meta_float(args[0]) or kwargs.get("dtype") is not None:
+def _unary(args: tuple[Any, ...], kwargs: dict[str, Any], *, inplace: bool,
+           contiguous: bool = False) -> torch.Tensor | None:
+    if not args or not _is_meta_float(args[0]) or kwargs.get("dtype") is not None or "memory_format" in kwargs:
         return None
     x = args[0]
-    return x if inplace or kwargs.get("inplace") or (len(args) > 1 and args[-1] is True) else _empty(x.shape, x)
+    if inplace or kwargs.get("inplace") or (len(args) > 1 and args[-1] is True):
+        return x
+    return _contiguous(x.shape, x) if contiguous else _empty(x.shape, x)
+
+
+def _make_contiguous(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``x.contiguous()``: ``x`` itself when it is, else a contiguous copy (other memory formats:
+    the ordinary path)."""
+    if len(args) != 1 or kwargs or not _is_meta_float(args[0]):
+        return None
+    x = args[0]
+    return x if x.is_contiguous() else _contiguous(x.shape, x)
 
 
 def _sized(name: str, t: Any, size: int) -> None:
@@ -129,7 +183,7 @@ def _batch_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor |
         return None
     for name, t in zip(_BN_NAMES[1:], tensors):
         _sized(name, t, x.shape[1])
-    return _empty(x.shape, x)
+    return _suggested(x.shape, x, _channels_last(x))
 
 
 def _layer_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -144,7 +198,7 @@ def _layer_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor |
         if t is not None and tuple(t.shape) != shape:
             raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
                                f"{list(t.shape)} and normalized_shape = {list(shape)}")
-    return _empty(x.shape, x)
+    return _contiguous(x.shape, x)  # the kernel writes a contiguous output
 
 
 def _group_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -156,7 +210,7 @@ def _group_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor |
                            f"of shape {list(x.shape)} and num_groups={groups}")
     _sized("weight", weight, x.shape[1])
     _sized("bias", bias, x.shape[1])
-    return _empty(x.shape, x)
+    return _contiguous(x.shape, x)  # the kernel writes a contiguous output
 
 
 def _tuple(value: Any, n: int) -> tuple[int, ...]:
@@ -190,7 +244,7 @@ def _conv(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
                    for size, p, d, k, s in zip(x.shape[2:], pad, dilation, w.shape[2:], stride)]
     if min(spatial, default=1) <= 0:
         return None  # let the real meta kernel raise its own error
-    return _empty((x.shape[0], w.shape[0], *spatial), x)
+    return _suggested((x.shape[0], w.shape[0], *spatial), x, _channels_last(x) or _channels_last(w))
 
 
 def _linear(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -201,7 +255,7 @@ def _linear(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | Non
         raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({x.numel() // max(x.shape[-1], 1)}x"
                            f"{x.shape[-1]} and {w.shape[1]}x{w.shape[0]})")
     _sized("bias", bias, w.shape[0])
-    return _empty((*x.shape[:-1], w.shape[0]), x)
+    return _contiguous((*x.shape[:-1], w.shape[0]), x)
 
 
 def _reduce(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -231,7 +285,7 @@ def _cat(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
                                f"{list(first.shape)} but got size {list(t.shape)} for a tensor in the list")
     shape = list(first.shape)
     shape[d] = sum(t.shape[d] for t in tensors)
-    return _empty(shape, first)
+    return _suggested(shape, first, all(_channels_last(t) for t in tensors))
 
 
 def _adaptive_pool(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -243,16 +297,110 @@ def _adaptive_pool(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tenso
     size = _tuple(size, n)
     if len(size) != n or x.ndim < n + 1:
         return None
-    return _empty((*x.shape[:-n], *(s if o is None else o for s, o in zip(x.shape[-n:], size))), x)
+    return _suggested((*x.shape[:-n], *(s if o is None else o for s, o in zip(x.shape[-n:], size))), x, _channels_last(x))
 
 
-_NORMS: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], torch.Tensor | None]] = {
+def _matmul(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``matmul``/``@`` of two tensors of 2+ dims (batch dims broadcast); 1-D operands and
+    ``out=`` take the ordinary path."""
+    if len(args) != 2 or kwargs:
+        return None
+    a, b = args
+    if not (_is_meta_float(a) and _is_meta_float(b)) or a.dtype != b.dtype or a.ndim < 2 or b.ndim < 2:
+        return None
+    if a.shape[-1] != b.shape[-2]:
+        raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: [*, {a.shape[-1]}] "
+                           f"but got: {list(b.shape)} (matmul of {list(a.shape)} and {list(b.shape)})")
+    batch = _broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return _contiguous((*batch, a.shape[-2], b.shape[-1]), a)
+
+
+def _bmm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    if len(args) != 2 or kwargs or not all(_is_meta_float(t) and t.ndim == 3 for t in args):
+        return None
+    a, b = args
+    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1] or a.dtype != b.dtype:
+        raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: [{a.shape[0]}, "
+                           f"{a.shape[2]}] but got: [{b.shape[0]}, {b.shape[1]}].")
+    return _contiguous((a.shape[0], a.shape[1], b.shape[2]), a)
+
+
+_SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _attention(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``scaled_dot_product_attention`` (a ViT block's: ~2 ms as a meta decomposition): query
+    ``(*B, L, E)``, key ``(*B, S, E)``, value ``(*B, S, Ev)`` → ``(*B, L, Ev)``; the mask must
+    broadcast to ``(*B, L, S)``. Grouped-query attention and batch dims that differ between
+    query, key and value take the ordinary path."""
+    q, k, v, mask, _, _, _, gqa = _bound(_SDPA_NAMES, args, kwargs)
+    if gqa or not all(_is_meta_float(t) for t in (q, k, v)) or len({(t.ndim, t.dtype) for t in (q, k, v)}) != 1:
+        return None
+    if q.ndim < 2 or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
+        return None
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise RuntimeError(f"scaled_dot_product_attention: query {list(q.shape)}, key {list(k.shape)} and value "
+                           f"{list(v.shape)} do not fit (query and key need the same last size, key and value the "
+                           "same length)")
+    if mask is not None:
+        if not (isinstance(mask, torch.Tensor) and mask.is_meta):
+            return None
+        scores = (*q.shape[:-1], k.shape[-2])
+        if _broadcast_shapes(mask.shape, scores) != torch.Size(scores):
+            raise RuntimeError(f"scaled_dot_product_attention: attn_mask of shape {list(mask.shape)} does not "
+                               f"broadcast to {list(scores)}")
+    return _empty((*q.shape[:-1], v.shape[-1]), q)  # the CPU kernel writes in the layout of the query
+
+
+def _normalize(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``F.normalize`` (swiftformer, edgenext: ~1.5 ms a call as meta decompositions)."""
+    x, _, dim, _, out = _bound(("input", "p", "dim", "eps", "out"), args, kwargs)
+    dim = 1 if dim is None else dim
+    if not _is_meta_float(x) or out is not None or not isinstance(dim, int) or x.ndim == 0:
+        return None
+    if not -x.ndim <= dim < x.ndim:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-x.ndim}, {x.ndim - 1}], but got {dim})")
+    return _empty(x.shape, x)
+
+
+_INTERPOLATE_DIMS = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}
+
+
+def _interpolate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``F.interpolate`` by ``size`` or ``scale_factor`` (csatv2: ~10 ms a call as a meta
+    decomposition); unusual combinations take the ordinary path, which raises as the op does."""
+    x, size, scale, mode, _, _, _ = _bound(("input", "size", "scale_factor", "mode", "align_corners",
+                                            "recompute_scale_factor", "antialias"), args, kwargs)
+    mode = "nearest" if mode is None else mode
+    if not _is_meta_float(x) or not 3 <= x.ndim <= 5 or (size is None) == (scale is None):
+        return None
+    n = x.ndim - 2
+    if _INTERPOLATE_DIMS.get(mode, n) != n:
+        return None
+    if size is not None:
+        out = _tuple(size, n)
+    else:
+        out = tuple(math.floor(s * f) for s, f in zip(x.shape[2:], _tuple(scale, n)))
+    if len(out) != n or not all(isinstance(o, int) and o > 0 for o in out):
+        return None
+    return _suggested((*x.shape[:2], *out), x, _channels_last(x))
+
+
+Handler = Callable[[tuple[Any, ...], dict[str, Any]], "torch.Tensor | None"]
+_FAST: dict[Any, Handler] = {
+    **{f: functools.partial(_binary, inplace=inplace) for f, inplace in _BINARY.items()},
+    **{f: functools.partial(_unary, inplace=inplace) for f, inplace in _UNARY.items()},
+    **{f: functools.partial(_unary, inplace=inplace, contiguous=True) for f, inplace in _UNARY_CONTIGUOUS.items()},
+    torch.Tensor.contiguous: _make_contiguous,
     F.batch_norm: _batch_norm, torch.batch_norm: _batch_norm, F.layer_norm: _layer_norm,
     torch.layer_norm: _layer_norm, F.group_norm: _group_norm, torch.group_norm: _group_norm,
     F.conv1d: _conv, F.conv2d: _conv, F.conv3d: _conv, F.linear: _linear,
     F.adaptive_avg_pool1d: _adaptive_pool, F.adaptive_avg_pool2d: _adaptive_pool, F.adaptive_avg_pool3d: _adaptive_pool,
     **{getattr(ns, name): _reduce for ns in (torch, torch.Tensor) for name in ("mean", "sum", "amax", "amin")},
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
+    torch.matmul: _matmul, torch.Tensor.matmul: _matmul, torch.Tensor.__matmul__: _matmul,
+    torch.bmm: _bmm, torch.Tensor.bmm: _bmm, F.scaled_dot_product_attention: _attention, F.normalize: _normalize,
+    F.interpolate: _interpolate,
 }
 
 
@@ -261,11 +409,6 @@ class FastMeta(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        out = None
-        if func in _BINARY:
-            out = _binary(args, kwargs, _BINARY[func])
-        elif func in _UNARY:
-            out = _unary(args, kwargs, _UNARY[func])
-        elif func in _NORMS:
-            out = _NORMS[func](args, kwargs)
+        handler = _FAST.get(func)
+        out = None if handler is None else handler(args, kwargs)
         return out if out is not None else func(*args, **kwargs)

@@ -1,0 +1,71 @@
+"""FastMeta (slimify/analysis/metarun.py) lays its outputs out as the real ops do: a ``view`` that
+works on the real output must work on meta, or the shape pass and the self-check fall back to a
+slow real run (timm maxvit's window partition did, on every conversion)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slimify.analysis.metarun import FastMeta
+
+CL = torch.channels_last
+
+
+def _layout(t: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape and the strides of dims longer than 1 (a size-1 dim's stride means nothing)."""
+    return tuple(t.shape), tuple(s for n, s in zip(t.shape, t.stride()) if n > 1)
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 6, 5, generator=g)
+    return {"x": x, "cl": x.to(memory_format=CL), "cl_slice": x.to(memory_format=CL)[:, :4],
+            "perm": torch.randn(2, 6, 5, 8, generator=g).permute(0, 3, 1, 2), "w": torch.randn(4, 8, 3, 3, generator=g),
+            "seq": torch.randn(2, 7, 8, generator=g).transpose(1, 2), "lw": torch.randn(8, 7, generator=g),
+            "q": torch.randn(2, 7, 3, 4, generator=g).transpose(1, 2)}
+
+
+OPS = {
+    "add of a permuted tensor": lambda t: t["perm"] + 1.0,
+    "gelu of a channels-last slice": lambda t: F.gelu(t["cl_slice"]),
+    "conv of a channels-last slice": lambda t: F.conv2d(t["cl_slice"], t["w"][:, :4]),
+    "conv of a permuted tensor": lambda t: F.conv2d(t["perm"], t["w"]),
+    "batch norm of channels-last": lambda t: F.batch_norm(t["cl"], t["lw"][:, 0], t["lw"][:, 1]),
+    "layer norm of a permuted tensor": lambda t: F.layer_norm(t["perm"], (6, 5)),
+    "linear of a transposed sequence": lambda t: F.linear(t["seq"], t["lw"]),
+    "softmax of a transposed sequence": lambda t: t["seq"].softmax(-1),
+    "contiguous": lambda t: t["perm"].contiguous(),
+    "cat of channels-last": lambda t: torch.cat([t["cl"], t["cl"]], 1),
+    "cat of mixed layouts": lambda t: torch.cat([t["cl"], t["x"]], 1),
+    "attention on a transposed query": lambda t: F.scaled_dot_product_attention(t["q"], t["q"], t["q"]),
+    "matmul of transposed": lambda t: t["seq"] @ t["seq"].mT,
+    "adaptive pool of channels-last": lambda t: F.adaptive_avg_pool2d(t["cl"], 2),
+    "interpolate channels-last": lambda t: F.interpolate(t["cl"], scale_factor=1.5, mode="bilinear"),
+    "interpolate by size": lambda t: F.interpolate(t["x"], size=(3, 7)),
+    "interpolate 1-d": lambda t: F.interpolate(t["seq"], scale_factor=0.5, mode="linear"),
+}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_layout_as_the_real_op(name: str) -> None:
+    real = _inputs()
+    want = OPS[name](real)
+    meta = {k: v.to("meta") for k, v in real.items()}  # .to keeps the strides
+    with FastMeta():
+        got = OPS[name](meta)
+    assert got.is_meta and got.dtype == want.dtype
+    assert _layout(got) == _layout(want)
+
+
+def test_maxvit_window_partition_runs_on_meta() -> None:
+    """The view that failed: layer norm of a permuted tensor, then window partition by ``view``."""
+    x = torch.randn(1, 16, 8, 8).permute(0, 2, 3, 1)
+
+    def partition(t: torch.Tensor) -> torch.Tensor:
+        t = F.layer_norm(t, (16,))
+        return t.view(1, 2, 4, 2, 4, 16).permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, 4, 4, 16)
+
+    with FastMeta():
+        got = partition(x.to("meta"))
+    assert got.shape == partition(x).shape
