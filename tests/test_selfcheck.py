@@ -158,9 +158,10 @@ def test_coat_lite_mini_runs_every_switch() -> None:
 
 
 def test_skeleton_shares_nothing_the_rewrite_changes() -> None:
-    model = BranchNet()
+    model = BranchNet().train()
     model.cache = {}
     copy = skeleton(model, meta=True)
+    assert not any(m.training for m in copy.modules()) and all(m.training for m in model.modules())
     copy.cache["x"] = 1
     copy.stem.register_forward_hook(lambda *a: None)
     assert model.cache == {} and not model.stem._forward_hooks

@@ -97,3 +97,17 @@ def test_meta_shortcuts_record_the_real_shapes() -> None:
     with torch.no_grad():
         _ShapeRecorder(traced.graph_module).run(x)
     assert from_meta == _shapes(traced.graph_module)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_trace_puts_every_training_flag_back(training: bool) -> None:
+    """A model in eval mode with one part left training (a user's partly frozen model) keeps
+    exactly those flags: traced in eval mode, put back module by module."""
+    model = Wide().train(training)
+    model.b.train(not training)
+    before = {name: m.training for name, m in model.named_modules()}
+    seen = []
+    model.b.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+    traced = trace(model, torch.randn(1, 3, 8, 8), has_rule=_has_rule)
+    assert {name: m.training for name, m in model.named_modules()} == before
+    assert traced.graph_module is not None and seen in ([], [False])  # a leaf called on meta: in eval mode

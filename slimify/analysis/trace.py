@@ -66,12 +66,13 @@ def trace(model: nn.Module, example_input: Any, has_rule: Callable[[nn.Module], 
     A model called with tensors only is traced symbolically, as fx does; where that fails (control
     flow on shapes, decorated or ``**kwargs`` forwards, outputs fx cannot store) or the call has
     keyword or non-tensor inputs, it is traced with concrete values instead (``analysis/trace_concrete.py``).
-    The model's training flag is restored; its parameters, buffers and attributes are not changed.
+    Every module's training flag is restored; its parameters, buffers and attributes are not changed.
     """
     from slimify.analysis.trace_concrete import ModelInputs
     inputs = ModelInputs.of(example_input, example_kwargs)
-    was_training = model.training
-    model.eval()
+    training = [m for m in model.modules() if m.training]  # put back exactly these: not every module
+    for m in training:  # ``model.eval()`` walks the tree twice more (eval, then train(was_training))
+        m.training = False
     try:
         symbolic_error = None
         if not inputs.kwargs and all(isinstance(a, torch.Tensor) for a in inputs.args):
@@ -81,7 +82,8 @@ def trace(model: nn.Module, example_input: Any, has_rule: Callable[[nn.Module], 
                 symbolic_error = e
         return _trace_with_values(model, inputs, has_rule, symbolic_error)
     finally:
-        model.train(was_training)
+        for m in training:
+            m.training = True
 
 
 def _trace_symbolically(model: nn.Module, example_input: Any, has_rule: Callable[[nn.Module], bool]) -> TracedModel:

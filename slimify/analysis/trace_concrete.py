@@ -125,7 +125,7 @@ class EntryTracer(ConcreteTracer):
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
-            if self.failed_in is None:  # the innermost module first: exceptions unwind outwards
+            if self.failed_in is None and not self.evaluating:  # the innermost traced module first: exceptions unwind outwards
                 self.failed_in = self.path_of_module(m)
             raise
 

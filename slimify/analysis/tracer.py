@@ -3,6 +3,7 @@
 so the tracer itself must sit below both (no import cycle)."""
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,11 @@ PLUMBING = ("/torch/fx/", "/torch/nn/modules/module.py", "/torch/overrides.py", 
              "/slimify/rules/")
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_plumbing(filename: str) -> bool:
+    return any(p in filename for p in PLUMBING)
+
+
 class SlimifyTracer(fx.Tracer):
     """fx tracer whose leaves are torch.nn's own modules, timm's no-trace modules and every
     module with a slimify channel rule (looked up along the MRO). Every node remembers the line
@@ -55,7 +61,7 @@ class SlimifyTracer(fx.Tracer):
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
         frame = sys._getframe(1)
-        while frame is not None and any(p in frame.f_code.co_filename for p in PLUMBING):
+        while frame is not None and _is_plumbing(frame.f_code.co_filename):
             frame = frame.f_back
         if frame is not None:
             node.meta[WHERE_KEY] = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)

@@ -75,7 +75,7 @@ def _kind(cls: type) -> int:
 
 
 def skeleton(model: nn.Module, meta: bool, tensors: dict[int, torch.Tensor] | None = None) -> nn.Module:
-    """A copy of ``model``'s module tree that the rewrite and forward code may change freely: every
+    """A copy of ``model``'s module tree, in eval mode, that the rewrite and forward code may change freely: every
     module a new object with its own parameter, buffer, submodule and hook dicts (and its own copy
     of each dict, list or set attribute, which forward code may fill); its tensors empty on the
     meta device (``meta``; ``tensors`` keeps them from one copy to the next) or the user's own
@@ -99,6 +99,7 @@ def skeleton(model: nn.Module, meta: bool, tensors: dict[int, torch.Tensor] | No
         memo[id(m)] = new
         own = m.__dict__
         state = own.copy()
+        state["training"] = False  # eval mode, without a second walk of the tree
         for k in _HOOKS:  # the module's own hook dicts: the rewrite may register hooks on the copy
             hooks = own.get(k)
             if hooks is not None:
@@ -329,7 +330,7 @@ class Runner:
                            "example_input= a batch the model accepts (input size, channels)") from error
 
     def _skeleton(self) -> nn.Module:
-        net = skeleton(self.model, self.meta, self.tensors).eval()
+        net = skeleton(self.model, self.meta, self.tensors)
         empty_caches(net)  # the copy's own empty caches: the model's stay as they are
         return net
 
