@@ -5,8 +5,8 @@
 
 Why interleaved: on a shared machine the load changes over minutes, so two sweeps run one after
 the other (``convert_time --sweep``) differ by more than the code does. Here two persistent worker
-processes (this checkout's ``slimify`` and the baseline's, one thread each) convert one model at a
-time, by turns, in alternating order, so both see the same load; each reports the minimum CPU time
+processes (this checkout's ``slimify`` and the baseline's, one thread each, pinned to the same CPU:
+``--cpu``) convert one model at a time, by turns, in alternating order, so both see the same load; each reports the minimum CPU time
 (``time.process_time``) of ``--repeats`` conversions, and with ``--rounds`` the whole list is run
 again and the minimum per model kept. Models and inputs are those of the coverage run
 (``benchmarks/coverage.jsonl``); the divisor is the coverage run's (the automatic one), or 8 for
@@ -35,8 +35,10 @@ def _records() -> dict[tuple[str, str], dict]:
     return records
 
 
-def worker(root: str) -> None:
+def worker(root: str, cpu: int | None) -> None:
     """Read ``lib name repeats`` lines; answer ``seconds`` (min CPU time of ``repeats`` conversions)."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
     import copy
     import gc
     import inspect
@@ -71,21 +73,23 @@ def worker(root: str) -> None:
         print(f"{min(seconds):.5f}", flush=True)
 
 
-def _start(root: Path) -> subprocess.Popen:
+def _start(root: Path, cpu: int | None) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.convert_time_compare", "--worker", str(root)],
+    pin = [] if cpu is None else ["--cpu", str(cpu)]
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.convert_time_compare", "--worker", str(root), *pin],
                             cwd=HERE, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         raise SystemExit(f"the worker for {root} did not start")
     return proc
 
 
-def compare(baseline: Path, step: int, repeats: int, rounds: int) -> dict[str, dict[str, tuple[float, float]]]:
+def compare(baseline: Path, step: int, repeats: int, rounds: int,
+            cpu: int | None) -> dict[str, dict[str, tuple[float, float]]]:
     """lib → model → (baseline seconds, new seconds)."""
     from benchmarks.coverage import MODELS
     records = _records()
     lists = json.loads(MODELS.read_text())
-    workers = {"baseline": _start(baseline), "new": _start(HERE)}
+    workers = {"baseline": _start(baseline, cpu), "new": _start(HERE, cpu)}
     found: dict[str, dict[str, dict[str, float]]] = {}
     turn = 0
     for _ in range(rounds):
@@ -115,14 +119,17 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=1, help="every STEP-th model of each list")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1,
+                        help="the one CPU both workers run on (default: the last; -1: not pinned)")
     parser.add_argument("--write", action="store_true", help="write the table to benchmarks/RESULTS.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    cpu = None if args.cpu < 0 else args.cpu
     if args.worker:
-        return worker(args.worker)
+        return worker(args.worker, cpu)
     if args.baseline is None or not (args.baseline / "slimify").is_dir():
         parser.error("--baseline must be a checkout with a slimify/ folder (git worktree add DIR COMMIT)")
-    results = compare(args.baseline.resolve(), args.step, args.repeats, args.rounds)
+    results = compare(args.baseline.resolve(), args.step, args.repeats, args.rounds, cpu)
     rows = []
     for lib, models in results.items():
         ratios = [new / old for old, new in models.values()]
@@ -136,7 +143,7 @@ def main() -> None:
                                 capture_output=True, text=True).stdout.strip()
         write_section("Convert time against a baseline", "\n".join([
             f"Command: `python -m benchmarks.convert_time_compare --baseline <checkout of {commit}> --step {args.step} "
-            f"--repeats {args.repeats} --rounds {args.rounds}`  ",
+            f"--repeats {args.repeats} --rounds {args.rounds} --cpu {args.cpu}`  ",
             f"Machine: {machine()}. Per model the minimum CPU seconds of {args.repeats} conversions (x{args.rounds} "
             "rounds), one thread, the two checkouts by turns (module docstring).",
             "",

@@ -44,6 +44,8 @@ OPS = {
     "interpolate channels-last": lambda t: F.interpolate(t["cl"], scale_factor=1.5, mode="bilinear"),
     "interpolate by size": lambda t: F.interpolate(t["x"], size=(3, 7)),
     "interpolate 1-d": lambda t: F.interpolate(t["seq"], scale_factor=0.5, mode="linear"),
+    "rms norm of a permuted tensor": lambda t: F.rms_norm(t["perm"], (5,), t["lw"][:5, 0]),
+    "new_empty": lambda t: t["perm"].new_empty((3, 2)), "new_empty of sizes": lambda t: t["x"].new_empty(4, 1, 2),
 }
 
 
@@ -56,6 +58,15 @@ def test_layout_as_the_real_op(name: str) -> None:
         got = OPS[name](meta)
     assert got.is_meta and got.dtype == want.dtype
     assert _layout(got) == _layout(want)
+
+
+@pytest.mark.parametrize("op", [lambda t: F.rms_norm(t["x"], (6,)), lambda t: F.rms_norm(t["x"], (5,), t["lw"][:4, 0])])
+def test_raises_where_the_op_does(op) -> None:
+    real = _inputs()
+    with pytest.raises(RuntimeError):
+        op(real)
+    with pytest.raises(RuntimeError), FastMeta():
+        op({k: v.to("meta") for k, v in real.items()})
 
 
 def test_maxvit_window_partition_runs_on_meta() -> None:

@@ -1,12 +1,14 @@
 """Run a model's own forward on the meta device at the cost of its Python code, not its kernels.
 
-The self-check runs every switch on the meta device. There, many ops cost 0.5-9 ms each, because
-torch computes their meta result with Python decompositions (``batch_norm`` 9 ms, ``add`` 1 ms),
-while only the output's shape, dtype and the checks that a real kernel would make matter.
-:class:`FastMeta` answers the common ones (element-wise arithmetic, activations, norms,
-convolutions, linear layers, reductions, adaptive pooling, cat, matrix products, attention, normalize, interpolate) directly: the same broadcasting rules
-and the same size checks as the real op (a wrong size still raises), an empty meta tensor as the
-result. Everything else runs its ordinary meta kernel.
+The shape pass and the self-check run models on the meta device. There, many ops cost 0.5-10 ms
+each, because torch computes their meta result with Python decompositions (``batch_norm`` 9 ms,
+``interpolate`` 10 ms, ``add`` 1 ms), while only the output's shape, dtype and layout and the
+checks that a real kernel would make matter. :class:`FastMeta` answers the common ones
+(element-wise arithmetic, activations, norms, convolutions, linear layers, reductions, adaptive
+pooling, cat, matrix products, attention, normalize, interpolate, ``new_empty``) directly: the same
+broadcasting rules and the same size checks as the real op (a wrong size still raises), an empty
+meta tensor laid out as the real kernel lays out its output as the result. Everything else runs
+its ordinary meta kernel.
 """
 from __future__ import annotations
 
@@ -188,17 +190,41 @@ def _batch_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor |
 
 def _layer_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
     x, shape, weight, bias = _bound(("input", "normalized_shape", "weight", "bias"), args, kwargs)
-    shape = tuple(shape or ())
     if not _is_meta_float(x):
         return None
+    _normalized_shape(x, shape, weight=weight, bias=bias)
+    return _contiguous(x.shape, x)  # the kernel writes a contiguous output
+
+
+def _rms_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``rms_norm`` (AIMv2: ~1 ms a call as a meta decomposition): layer norm's checks, no bias,
+    and an element-wise op's layout."""
+    x, shape, weight = _bound(("input", "normalized_shape", "weight"), args, kwargs)
+    if not _is_meta_float(x):
+        return None
+    _normalized_shape(x, shape, weight=weight)
+    return _empty(x.shape, x)
+
+
+def _normalized_shape(x: torch.Tensor, shape: Any, **affine: torch.Tensor | None) -> None:
+    shape = tuple(shape or ())
     if tuple(x.shape[x.ndim - len(shape):]) != shape:
         raise RuntimeError(f"Given normalized_shape={list(shape)}, expected input with shape [*, "
                            f"{', '.join(map(str, shape))}], but got input of size{list(x.shape)}")
-    for name, t in (("weight", weight), ("bias", bias)):
+    for name, t in affine.items():
         if t is not None and tuple(t.shape) != shape:
             raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
                                f"{list(t.shape)} and normalized_shape = {list(shape)}")
-    return _contiguous(x.shape, x)  # the kernel writes a contiguous output
+
+
+def _new_empty(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``x.new_empty(size)`` (torch's dropout and timm's layers make masks with it): 13 µs on meta."""
+    if len(args) < 2 or not isinstance(args[0], torch.Tensor) or not args[0].is_meta or set(kwargs) - {"dtype"}:
+        return None
+    size = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)) else args[1:]
+    if not all(type(n) is int and n >= 0 for n in size):
+        return None
+    return torch.empty(tuple(size), dtype=kwargs.get("dtype") or args[0].dtype, device="meta")
 
 
 def _group_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -393,7 +419,8 @@ _FAST: dict[Any, Handler] = {
     **{f: functools.partial(_unary, inplace=inplace, contiguous=True) for f, inplace in _UNARY_CONTIGUOUS.items()},
     torch.Tensor.contiguous: _make_contiguous,
     F.batch_norm: _batch_norm, torch.batch_norm: _batch_norm, F.layer_norm: _layer_norm,
-    torch.layer_norm: _layer_norm, F.group_norm: _group_norm, torch.group_norm: _group_norm,
+    torch.layer_norm: _layer_norm, F.rms_norm: _rms_norm, torch.rms_norm: _rms_norm,
+    torch.Tensor.new_empty: _new_empty, F.group_norm: _group_norm, torch.group_norm: _group_norm,
     F.conv1d: _conv, F.conv2d: _conv, F.conv3d: _conv, F.linear: _linear,
     F.adaptive_avg_pool1d: _adaptive_pool, F.adaptive_avg_pool2d: _adaptive_pool, F.adaptive_avg_pool3d: _adaptive_pool,
     **{getattr(ns, name): _reduce for ns in (torch, torch.Tensor) for name in ("mean", "sum", "amax", "amin")},
