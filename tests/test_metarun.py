@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from slimify.analysis.metarun import FastMeta
+from slimify.analysis.metarun import FastMeta, shape_call
 
 CL = torch.channels_last
 
@@ -80,3 +81,56 @@ def test_maxvit_window_partition_runs_on_meta() -> None:
     with FastMeta():
         got = partition(x.to("meta"))
     assert got.shape == partition(x).shape
+
+
+def _modules() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    from timm.layers import BatchNormAct2d
+    x = torch.randn(2, 8, 6, 5)
+    return {
+        "conv": (nn.Conv2d(8, 4, 3, stride=2, padding=1, groups=2), x),
+        "conv same": (nn.Conv2d(8, 8, 3, padding="same", groups=8), x.to(memory_format=CL)),
+        "conv1d": (nn.Conv1d(8, 3, 2, dilation=2), x[..., 0]),
+        "linear": (nn.Linear(5, 7), x),
+        "batch norm": (nn.BatchNorm2d(8), x.to(memory_format=CL)),
+        "batch norm 1d": (nn.BatchNorm1d(8), x[..., 0, 0]),
+        "timm batch norm act": (BatchNormAct2d(8, act_layer=nn.SiLU), x),
+        "relu in place": (nn.ReLU(inplace=True), x), "gelu": (nn.GELU(), x.permute(0, 2, 3, 1)),
+        "dropout": (nn.Dropout(0.3), x), "identity": (nn.Identity(), x),
+    }
+
+
+@pytest.mark.parametrize("name", list(_modules()))
+def test_module_shortcut_gives_the_real_output_layout(name: str) -> None:
+    module, x = _modules()[name]
+    module.eval()
+    want = module(x.clone(memory_format=torch.preserve_format))
+    got = shape_call(module.to("meta"), type(module), x.to("meta"))
+    assert got is not None and got.is_meta and _layout(got) == _layout(want)
+
+
+@pytest.mark.parametrize("name,x,error", [
+    ("conv", torch.randn(2, 6, 6, 5), RuntimeError), ("linear", torch.randn(2, 8, 6, 4), RuntimeError),
+    ("batch norm", torch.randn(2, 7, 6, 5), RuntimeError), ("batch norm", torch.randn(2, 8, 6), ValueError),
+    ("timm batch norm act", torch.randn(2, 8, 6), AssertionError),
+])
+def test_module_shortcut_raises_where_the_forward_does(name: str, x: torch.Tensor, error: type) -> None:
+    module, _ = _modules()[name]
+    module.eval()
+    with pytest.raises(error):
+        module(x)
+    with pytest.raises(error):
+        shape_call(module.to("meta"), type(module), x.to("meta"))
+
+
+def test_self_check_runs_the_shortcuts_on_the_skeleton() -> None:
+    """The skeleton's torch layers take the shortcut (no torch-function call per module) and a
+    model whose own forward is an attribute keeps it."""
+    from slimify.analysis.metarun import _module_forwards
+    from slimify.check.skeleton import _shape_forwards, skeleton
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model[3].forward = model[3]._conv_forward.__get__(model[3])  # its own forward attribute
+    net = skeleton(model, meta=True)
+    _shape_forwards(net)
+    own = vars(net[3])["forward"]
+    assert all("forward" in vars(m) for m in net[:3]) and own.__func__ is nn.Conv2d._conv_forward
+    assert type(net[0]) in _module_forwards() and "forward" not in vars(model[0])

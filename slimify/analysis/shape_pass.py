@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
-from slimify.analysis.metarun import FastMeta
+from slimify.analysis.metarun import FastMeta, shape_call
 from slimify.errors import SlimifyError
 
 __all__ = ["SHAPE_KEY", "WHERE_KEY", "VALUE_KEY",
@@ -145,7 +145,7 @@ class _MetaShapeRecorder(_ShapeRecorder):
         if len(args) == 1 and not kwargs and _float(args[0]):
             if type(module) in SAME_SHAPE_MODULES:
                 return _like(args[0])
-            if type(module) is nn.Linear and (out := _linear(args[0], module.weight)) is not None:
+            if (out := shape_call(module, type(module), args[0])) is not None:  # convolutions, linear layers
                 return out
         return super().call_module(target, args, kwargs)
 

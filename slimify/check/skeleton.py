@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
-from slimify.analysis.metarun import FastMeta
+from slimify.analysis.metarun import FastMeta, shape_forward
 from slimify.analysis.plan import Plan
 from slimify.analysis.trace_concrete import ModelInputs
 from slimify.errors import SlimifyError
@@ -191,6 +191,18 @@ def _length(index: Any, size: int) -> int:
     return len(index)
 
 
+def _shape_forwards(net: nn.Module) -> None:
+    """Torch's and timm's own layers on the skeleton (by their class before the rewrite) get
+    :func:`shape_forward`: the size checks of their forward at a fraction of its cost. A module
+    whose forward is its own attribute keeps it."""
+    for m in net.modules():
+        if "forward" not in m.__dict__:
+            cls = type(m).__dict__.get("__slimify_base__", type(m))
+            forward = shape_forward(m, cls)
+            if forward is not None:
+                m.__dict__["forward"] = forward
+
+
 # -- running ----------------------------------------------------------------------------------
 def structure(value: Any) -> Any:
     """What the check compares: containers, keys and dataclass fields as they are, tensors as
@@ -341,6 +353,8 @@ class Runner:
         served = {path for path, name in plan.params if name in BN_TENSORS}  # BatchNorm tensors cut by the plan
         sizes = _MetaSizes(net, plan) if self.meta and not served & plan.batchnorms.keys() else None
         rewrite(net, plan if sizes is None else sizes.plan_without(plan), state)
+        if self.meta:
+            _shape_forwards(net)
         return net, state, sizes
 
     def _full_width(self, plan: Plan) -> Any:
