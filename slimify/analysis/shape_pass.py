@@ -143,10 +143,10 @@ class _MetaShapeRecorder(_ShapeRecorder):
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
         module = self.fetch_attr(target)
         if len(args) == 1 and not kwargs and _float(args[0]):
+            if (out := shape_call(module, type(module), args[0])) is not None:  # torch's layers, laid out as for real
+                return out
             if type(module) in SAME_SHAPE_MODULES:
                 return _like(args[0])
-            if (out := shape_call(module, type(module), args[0])) is not None:  # convolutions, linear layers
-                return out
         return super().call_module(target, args, kwargs)
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -218,9 +218,9 @@ def state_kept(model: nn.Module, leftover: Callable[[Any], bool] = holds_proxy) 
     finally:
         for m, attrs in before.items():
             for name, value in list(vars(m).items()):
-                kept = attrs.get(name)  # the same object, not a dict: nothing entered it that can be undone
-                if kept is not None and value is kept[0] and kept[1] is None or name in _MODULE_INTERNALS or (
-                        not leftover(value)):
+                kept = attrs.get(name)
+                unchanged = kept is not None and value is kept[0] and kept[1] is None  # same object, not a dict
+                if unchanged or name in _MODULE_INTERNALS or not leftover(value):
                     continue
                 if name not in attrs:
                     delattr(m, name)
