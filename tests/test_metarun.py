@@ -24,7 +24,8 @@ def _inputs() -> dict[str, torch.Tensor]:
     return {"x": x, "cl": x.to(memory_format=CL), "cl_slice": x.to(memory_format=CL)[:, :4],
             "perm": torch.randn(2, 6, 5, 8, generator=g).permute(0, 3, 1, 2), "w": torch.randn(4, 8, 3, 3, generator=g),
             "seq": torch.randn(2, 7, 8, generator=g).transpose(1, 2), "lw": torch.randn(8, 7, generator=g),
-            "q": torch.randn(2, 7, 3, 4, generator=g).transpose(1, 2)}
+            "q": torch.randn(2, 7, 3, 4, generator=g).transpose(1, 2), "mha_in": torch.randn(24, 8, generator=g),
+            "mha_out": torch.randn(5, 8, generator=g)}
 
 
 OPS = {
@@ -46,6 +47,12 @@ OPS = {
     "interpolate by size": lambda t: F.interpolate(t["x"], size=(3, 7)),
     "interpolate 1-d": lambda t: F.interpolate(t["seq"], scale_factor=0.5, mode="linear"),
     "rms norm of a permuted tensor": lambda t: F.rms_norm(t["perm"], (5,), t["lw"][:5, 0]),
+    "multi-head attention": lambda t: F.multi_head_attention_forward(
+        t["seq"].permute(2, 0, 1), t["seq"].permute(2, 0, 1), t["seq"].permute(2, 0, 1), 8, 2, t["mha_in"],
+        None, None, None, False, 0.0, t["mha_out"], None, training=False, need_weights=True)[1],
+    "multi-head attention output": lambda t: F.multi_head_attention_forward(
+        t["seq"].permute(2, 0, 1), t["seq"].permute(2, 0, 1), t["seq"].permute(2, 0, 1), 8, 2, t["mha_in"],
+        None, None, None, False, 0.0, t["mha_out"], None, training=False, need_weights=False)[0],
     "new_empty": lambda t: t["perm"].new_empty((3, 2)), "new_empty of sizes": lambda t: t["x"].new_empty(4, 1, 2),
 }
 
@@ -61,7 +68,11 @@ def test_layout_as_the_real_op(name: str) -> None:
     assert _layout(got) == _layout(want)
 
 
-@pytest.mark.parametrize("op", [lambda t: F.rms_norm(t["x"], (6,)), lambda t: F.rms_norm(t["x"], (5,), t["lw"][:4, 0])])
+@pytest.mark.parametrize("op", [
+    lambda t: F.rms_norm(t["x"], (6,)), lambda t: F.rms_norm(t["x"], (5,), t["lw"][:4, 0]),
+    lambda t: F.multi_head_attention_forward(t["seq"].permute(2, 0, 1), t["seq"].permute(2, 0, 1), t["seq"].permute(
+        2, 0, 1), 8, 2, t["mha_in"][:20], None, None, None, False, 0.0, t["mha_out"], None, training=False),
+])
 def test_raises_where_the_op_does(op) -> None:
     real = _inputs()
     with pytest.raises(RuntimeError):

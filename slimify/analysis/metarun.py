@@ -5,7 +5,7 @@ each, because torch computes their meta result with Python decompositions (``bat
 ``interpolate`` 10 ms, ``add`` 1 ms), while only the output's shape, dtype and layout and the
 checks that a real kernel would make matter. :class:`FastMeta` answers the common ones
 (element-wise arithmetic, activations, norms, convolutions, linear layers, reductions, adaptive
-pooling, cat, matrix products, attention, normalize, interpolate, ``new_empty``) directly: the same
+pooling, cat, matrix products, attention, multi-head attention, normalize, interpolate, ``new_empty``) directly: the same
 broadcasting rules and the same size checks as the real op (a wrong size still raises), an empty
 meta tensor laid out as the real kernel lays out its output as the result. Everything else runs
 its ordinary meta kernel.
@@ -412,6 +412,42 @@ def _interpolate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor 
     return _suggested((*x.shape[:2], *out), x, _channels_last(x))
 
 
+_MHA_NAMES = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
+              "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+              "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+              "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal")
+
+
+def _multi_head_attention(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any] | None:
+    """``F.multi_head_attention_forward`` (``nn.MultiheadAttention`` on meta: ~5 ms a call, its body
+    running plain meta kernels) for batched (L, N, E) inputs with one packed input projection and
+    no extra key/value biases: its size checks, then (L, N, E_out) and the attention weights."""
+    (q, k, v, embed_dim, heads, in_w, in_b, bias_k, bias_v, zero_attn, _, out_w, out_b, _, padding, need_weights,
+     mask, separate, *_, static_k, static_v, average, _) = _bound(_MHA_NAMES, args, kwargs)
+    tensors = (q, k, v, in_w, out_w)
+    if not all(_is_meta_float(t) for t in tensors) or q.ndim != 3 or k.ndim != 3 or v.ndim != 3 or any(
+            t is not None for t in (bias_k, bias_v, static_k, static_v, padding, mask)) or zero_attn or separate:
+        return None
+    if not isinstance(embed_dim, int) or not isinstance(heads, int) or heads <= 0:
+        return None
+    if q.shape[2] != embed_dim:
+        raise AssertionError(f"was expecting embedding dimension of {embed_dim}, but got {q.shape[2]}")
+    if embed_dim % heads:
+        raise AssertionError(f"embed_dim {embed_dim} not divisible by num_heads {heads}")
+    if k.shape != v.shape or k.shape[1] != q.shape[1] or k.shape[2] != embed_dim:
+        raise AssertionError(f"key shape {tuple(k.shape)} does not match value shape {tuple(v.shape)}")
+    if tuple(in_w.shape) != (3 * embed_dim, embed_dim) or out_w.ndim != 2 or out_w.shape[1] != embed_dim:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied (in_proj_weight {list(in_w.shape)}, "
+                           f"out_proj_weight {list(out_w.shape)}, embed_dim {embed_dim})")
+    _sized("in_proj_bias", in_b, 3 * embed_dim)
+    _sized("out_proj_bias", out_b, out_w.shape[0])
+    out = _contiguous((q.shape[0], q.shape[1], out_w.shape[0]), q)
+    if not need_weights:
+        return out, None
+    weights = (q.shape[1], q.shape[0], k.shape[0]) if average or average is None else (q.shape[1], heads, q.shape[0], k.shape[0])
+    return out, _contiguous(weights, q)
+
+
 Handler = Callable[[tuple[Any, ...], dict[str, Any]], "torch.Tensor | None"]
 _FAST: dict[Any, Handler] = {
     **{f: functools.partial(_binary, inplace=inplace) for f, inplace in _BINARY.items()},
@@ -427,7 +463,7 @@ _FAST: dict[Any, Handler] = {
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
     torch.matmul: _matmul, torch.Tensor.matmul: _matmul, torch.Tensor.__matmul__: _matmul,
     torch.bmm: _bmm, torch.Tensor.bmm: _bmm, F.scaled_dot_product_attention: _attention, F.normalize: _normalize,
-    F.interpolate: _interpolate,
+    F.interpolate: _interpolate, F.multi_head_attention_forward: _multi_head_attention,
 }
 
 
