@@ -5,7 +5,7 @@ each, because torch computes their meta result with Python decompositions (``bat
 ``interpolate`` 10 ms, ``add`` 1 ms), while only the output's shape, dtype and layout and the
 checks that a real kernel would make matter. :class:`FastMeta` answers the common ones
 (element-wise arithmetic, activations, norms, convolutions, linear layers, reductions, adaptive
-pooling, cat, matrix products, attention, multi-head attention, normalize, interpolate, ``new_empty``) directly: the same
+pooling, cat, matrix products, attention, multi-head attention, normalize, interpolate, ``roll``, ``masked_fill``, ``new_empty``) directly: the same
 broadcasting rules and the same size checks as the real op (a wrong size still raises), an empty
 meta tensor laid out as the real kernel lays out its output as the result. Everything else runs
 its ordinary meta kernel.
@@ -412,6 +412,37 @@ def _interpolate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor 
     return _suggested((*x.shape[:2], *out), x, _channels_last(x))
 
 
+def _roll(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``roll`` (Swin's shifted windows: ~1 ms a call on meta): along given dims it keeps the
+    input's layout, flattened it is contiguous."""
+    x, shifts, dims = _bound(("input", "shifts", "dims"), args, kwargs)
+    if not _is_meta_float(x) or shifts is None:
+        return None
+    shifts, dims = _tuple(shifts, 1), () if dims is None else _tuple(dims, 1)
+    if not all(isinstance(v, int) for v in shifts + dims):
+        return None
+    if not dims:
+        return _contiguous(x.shape, x) if len(shifts) == 1 else None
+    if len(shifts) != len(dims):
+        raise RuntimeError(f"shifts and dimensions must align. shifts: {len(shifts)}, dims:{len(dims)}")
+    if not all(-x.ndim <= d < x.ndim for d in dims):
+        return None  # the ordinary path raises its own error
+    return _empty(x.shape, x)
+
+
+def _masked_fill(args: tuple[Any, ...], kwargs: dict[str, Any], *, inplace: bool) -> torch.Tensor | None:
+    """``masked_fill`` (Swin's attention masks): the mask broadcasts to the input; a new
+    contiguous tensor, or the input itself in place."""
+    x, mask, value = _bound(("input", "mask", "value"), args, kwargs)
+    if not _is_meta_float(x) or not (isinstance(mask, torch.Tensor) and mask.is_meta and mask.dtype == torch.bool):
+        return None
+    if not (type(value) in (int, float, bool) or isinstance(value, torch.Tensor) and value.ndim == 0):
+        return None
+    if _broadcast_shapes(x.shape, mask.shape) != x.shape:
+        raise RuntimeError(f"masked_fill: mask of shape {list(mask.shape)} does not broadcast to {list(x.shape)}")
+    return x if inplace else _contiguous(x.shape, x)
+
+
 _MHA_NAMES = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
               "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
               "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
@@ -464,6 +495,9 @@ _FAST: dict[Any, Handler] = {
     torch.matmul: _matmul, torch.Tensor.matmul: _matmul, torch.Tensor.__matmul__: _matmul,
     torch.bmm: _bmm, torch.Tensor.bmm: _bmm, F.scaled_dot_product_attention: _attention, F.normalize: _normalize,
     F.interpolate: _interpolate, F.multi_head_attention_forward: _multi_head_attention,
+    torch.roll: _roll, torch.Tensor.roll: _roll, torch.masked_fill: functools.partial(_masked_fill, inplace=False),
+    torch.Tensor.masked_fill: functools.partial(_masked_fill, inplace=False),
+    torch.Tensor.masked_fill_: functools.partial(_masked_fill, inplace=True),
 }
 
 
