@@ -31,7 +31,8 @@ from slimify.analysis.stages import Replan
 from slimify.analysis.trace import SHAPE_KEY, WHERE_KEY
 from slimify.analysis.trace_concrete import ModelInputs
 from slimify.analysis.unique import unique
-from slimify.check.skeleton import Failure, Runner, first_line, recorded_structure, source_line
+from slimify.check.output_structure import recorded_structure
+from slimify.check.skeleton import Failure, Runner, first_line, source_line
 from slimify.errors import SlimifyError
 
 __all__ = ["self_check", "unexpected", "with_line"]

@@ -23,7 +23,8 @@ import torch.nn as nn
 from torch.utils._pytree import tree_map
 
 from slimify.analysis.example_inputs import rebuild
-from slimify.check.skeleton import first_line, structure
+from slimify.check.output_structure import structure
+from slimify.check.skeleton import first_line
 from slimify.deploy.extract import export
 from slimify.errors import SlimifyError
 from slimify.rewrite import config_names
