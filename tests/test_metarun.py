@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimify.analysis.metarun import FastMeta, shape_call
+from slimify.analysis.meta_layers import shape_call
+from slimify.analysis.metarun import FastMeta
 
 CL = torch.channels_last
 
@@ -141,7 +142,7 @@ def test_module_shortcut_raises_where_the_forward_does(name: str, x: torch.Tenso
 def test_self_check_runs_the_shortcuts_on_the_skeleton() -> None:
     """The skeleton's torch layers take the shortcut (no torch-function call per module) and a
     model whose own forward is an attribute keeps it."""
-    from slimify.analysis.metarun import _module_forwards
+    from slimify.analysis.meta_layers import _module_forwards
     from slimify.check.skeleton import _shape_forwards, skeleton
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
     model[3].forward = model[3]._conv_forward.__get__(model[3])  # its own forward attribute

@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
-from slimify.analysis.metarun import FastMeta, shape_call
+from slimify.analysis.meta_layers import shape_call
+from slimify.analysis.metarun import FastMeta
 from slimify.errors import SlimifyError
 
 __all__ = ["SHAPE_KEY", "WHERE_KEY", "VALUE_KEY",

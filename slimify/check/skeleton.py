@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
-from slimify.analysis.metarun import FastMeta, shape_forward
+from slimify.analysis.meta_layers import shape_forward
+from slimify.analysis.metarun import FastMeta
 from slimify.analysis.plan import Plan
 from slimify.analysis.trace_concrete import ModelInputs
 from slimify.check.output_structure import difference, structure
