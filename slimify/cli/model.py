@@ -12,13 +12,16 @@ import click
 from slimify.cli.app import command
 
 __all__ = ["convert_command", "inspect_command", "parse_switches", "parse_input_size", "check_output",
-           "size_option", "RegistryChoice", "LiveHelpOption", "pretrained_options", "check_weights_options"]
+           "size_option", "RegistryChoice", "LiveHelpOption", "pretrained_options", "check_weights_options", "DATA_HELP"]
 
 F = Callable[..., Any]
 
 # importance score used when pretrained weights are given and --reorder is left at "auto": BatchNorm |gamma|
 # beat keeping the prefix at widths 0.25 and 0.5 on both zero-shot benchmarks (benchmarks/RESULTS.md), L1 did not
 PRETRAINED_REORDER = "bn"
+# what every --data option accepts (slimify.train.resolve.resolve_data reads it)
+DATA_HELP = ("'digits' (embedded), 'fashion-mnist' (Debian's dataset-fashion-mnist), a directory of the four IDX "
+             "files (e.g. MNIST's), or an ImageFolder directory (or one with train/, val/, test/)")
 
 
 class RegistryChoice(click.Choice):

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import LiveHelpOption, RegistryChoice, check_output, conversion_options
+from slimify.cli.model import DATA_HELP, LiveHelpOption, RegistryChoice, check_output, conversion_options
 from slimify.ordering.registry import SCORES
 
 __all__ = ["reorder_command", "WEIGHT_SUFFIXES"]
@@ -66,7 +66,7 @@ Examples:
 @click.option("--method", type=RegistryChoice(SCORES.names), default="bn", show_default=True, cls=LiveHelpOption,
               help_fn=lambda: "Importance score: " + "; ".join(f"{e.name}: {e.help}" for e in SCORES) + ".")
 @click.option("--data", cls=LiveHelpOption, help_fn=lambda: "Data for a --method that needs it (" + ", ".join(
-    SCORES.names(lambda e: e.options.get("needs_data"))) + "): 'digits' or an image folder.")
+    SCORES.names(lambda e: e.options.get("needs_data"))) + f"): {DATA_HELP}.")
 @click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True,
               help="Batches of --data the Taylor score sums over.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -93,7 +93,7 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
         raise SlimifyError(f"{model} is already slimmable: reorder the plain model (name + --checkpoint) "
                            "before converting")
     if SCORES.get(method).options.get("needs_data") and data is None:
-        raise click.UsageError(f"--method {method} needs --data ('digits' or an image folder)")
+        raise click.UsageError(f"--method {method} needs --data ({DATA_HELP})")
     out = check_output(output, force, WEIGHT_SUFFIXES + (".slim",))
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     net = create(model, checkpoint=checkpoint, **kwargs).eval()

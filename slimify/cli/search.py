@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import check_output
+from slimify.cli.model import DATA_HELP, check_output
 
 __all__ = ["search_command"]
 
@@ -18,7 +18,7 @@ Examples:
   slimify search mbv3.slim --data ~/imagenet --flops 0.35x --eval-size 128 --cost-size 224 --batches 2 -o s.slim
   slimify export searched.slim --config search-flops-0.30x -o small.onnx""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data", required=True, help="'digits' (its val split) or an ImageFolder directory (its val/ if any).")
+@click.option("--data", required=True, help=f"Held-out data, its val split: {DATA_HELP}.")
 @click.option("--flops", help="FLOPs budget per image: absolute (300M, 1.5G) or of full width (0.3x).")
 @click.option("--params", help="Parameter budget: absolute (2M) or of full width (0.5x).")
 @click.option("--latency-ms", help="Latency budget per image on --device, in ms (or 0.5x of full width).")

@@ -11,6 +11,7 @@ import click
 
 from slimify.cli.app import command
 from slimify.cli.model import (
+    DATA_HELP,
     check_weights_options,
     parse_input_size,
     parse_switches,
@@ -46,8 +47,10 @@ def workers_option(f: F) -> F:
 
 
 def _workers(workers: int | None, data: str) -> int | None:
-    """None lets the loader use the CPUs there are; the digits set is in memory: no workers."""
-    return 0 if workers is None and data == "digits" else workers
+    """None lets the loader use the CPUs there are; in-memory sets (digits, IDX) need no workers."""
+    from slimify.train.resolve import in_memory
+
+    return 0 if workers is None and in_memory(data) else workers
 
 
 def _fresh_output(path: str, force: bool) -> None:
@@ -76,11 +79,11 @@ def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, 
           num_classes: int | None, reorder: str | None, input_size: tuple[int, int, int] | None = None,
           pretrained: bool = False, pretrained_tag: str | None = None,
           model_kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    from slimify.train.resolve import count_classes, load_slimmable
+    from slimify.train.resolve import count_classes, default_input_size, load_slimmable
 
     classes = num_classes or count_classes(data)
     return load_slimmable(model, checkpoint, switches, divisor, classes,
-                          input_size=input_size or ((3, 32, 32) if data == "digits" else None),
+                          input_size=input_size or default_input_size(data),
                           reorder=resolve_reorder(reorder, checkpoint or pretrained), pretrained=pretrained,
                           pretrained_tag=pretrained_tag, model_kwargs=model_kwargs)
 
@@ -108,8 +111,9 @@ Examples:
   torchrun --nproc_per_node 4 -m slimify.train finetune rn50.slim --data ~/imagenet --sync-bn --resume""")
 @model_options
 @pretrained_options
-@click.option("--data", required=True, help="'digits' or an ImageFolder directory (or one with train/ and val/).")
-@click.option("--val", "val_data", help="Validation data (default: DATA's val/ sub-folder, or digits' val split).")
+@click.option("--data", required=True, help=f"Training data: {DATA_HELP}.")
+@click.option("--val", "val_data", help="Validation data (default: DATA's val/ sub-folder, or the val split of digits "
+                                        "and IDX sets, held out from their training images).")
 @click.option("--recipe", default="retrofit", show_default=True, help="Shipped recipe name or YAML file.")
 @click.option("-o", "--out", default="runs/finetune", show_default=True, type=click.Path(file_okay=False),
               help="Run directory: checkpoint.pt, log.jsonl, final model.")
@@ -135,7 +139,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     from slimify.train.augment import augment_args
     from slimify.train.distributed import dist_info, init_from_env, shutdown
     from slimify.train.recipe import load_recipe
-    from slimify.train.resolve import resolve_data, save_model
+    from slimify.train.resolve import has_validation, resolve_data, save_model
     from slimify.train.run import finetune
 
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers,
@@ -154,7 +158,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     if dist_info().is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
         _warn_random_init(model, checkpoint, pretrained)
     train = resolve_data(data, net, train=True, input_size=input_size, augment=augment_args(r))
-    has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
+    has_val = val_data is not None or has_validation(data)
     val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
     result = finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
                       progress=progress, model_spec=spec, echo=click.echo)
@@ -180,7 +184,7 @@ Examples:
   slimify calibrate m.slim --data ~/imagenet --width 0.6 -o m-060.slim
   slimify calibrate searched.slim --data digits --config search-flops-0.30x -o searched.slim --force""")
 @model_options
-@click.option("--data", required=True, help="'digits' or an ImageFolder directory of training images.")
+@click.option("--data", required=True, help=f"Training images: {DATA_HELP}.")
 @click.option("--width", type=float, help="Calibrate only this uniform width (any in range; stored with it, .slim).")
 @click.option("--config", "config_name", help="Calibrate only this named configuration (.slim).")
 @click.option("--batches", type=click.IntRange(min=1), default=100, show_default=True, help="Batches per switch.")
@@ -188,7 +192,8 @@ Examples:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--val", "val_data", help="Validation data for the accuracy before and after (default: DATA's val/ "
-                                        "sub-folder, or digits' val split; none: no accuracy printed).")
+                                        "sub-folder, or the val split of digits and IDX sets; none: no accuracy "
+                                        "printed).")
 @workers_option
 def calibrate_command(model: str, data: str, width: float | None, config_name: str | None, batches: int,
                       batch_size: int, output: str, force: bool, val_data: str | None, workers: int | None,
@@ -201,7 +206,7 @@ def calibrate_command(model: str, data: str, width: float | None, config_name: s
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
-    from slimify.train.resolve import resolve_data, save_model
+    from slimify.train.resolve import has_validation, resolve_data, save_model
 
     if width is not None and config_name is not None:
         raise click.UsageError("give --width or --config, not both")
@@ -212,7 +217,7 @@ def calibrate_command(model: str, data: str, width: float | None, config_name: s
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     dev = resolve_device(device)
     net.to(dev)
-    has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
+    has_val = val_data is not None or has_validation(data)
     val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
     n = _workers(workers, data)
     widths = None if chosen is None else [chosen]
@@ -235,7 +240,8 @@ Examples:
   slimify eval runs/rn18/model.pt --data digits
   slimify eval rn50.slim --data ~/imagenet/val --widths 0.5,1.0 --markdown""")
 @model_options
-@click.option("--data", required=True, help="'digits' (its val split) or an ImageFolder directory.")
+@click.option("--data", required=True, help=f"Test data: {DATA_HELP}; evaluated on its test split (IDX sets: the "
+                                            "published test set; folders: test/, else val/; digits: its val split).")
 @click.option("--widths", callback=parse_switches, help="Switches to evaluate (default: all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
@@ -257,7 +263,7 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
     net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     _check_classes(net, data)
     dev = resolve_device(device)
-    result = evaluate(net.to(dev), resolve_data(data, net, train=False, input_size=input_size), widths=widths,
+    result = evaluate(net.to(dev), resolve_data(data, net, train=False, split="test", input_size=input_size), widths=widths,
                       batch_size=batch_size, device=dev, workers=_workers(workers, data))
     click.echo(result.table(markdown=markdown))
     if json_path:

@@ -14,10 +14,36 @@ from slimify.errors import SlimifyError
 from slimify.store.sources import check_state_dict
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.data import digits, image_folder, recorded_input_size
+from slimify.train.idx_data import FASHION_MNIST, idx_classes, idx_images, idx_root, is_idx_directory
 
-__all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model", "DIGITS"]
+__all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model",
+           "has_validation", "in_memory", "default_input_size", "DIGITS", "FASHION_MNIST"]
 
 DIGITS = "digits"  # the data argument that selects the embedded digits set
+
+
+def _is_idx(data: str) -> bool:
+    return data == FASHION_MNIST or is_idx_directory(data)
+
+
+def in_memory(data: str) -> bool:
+    """Data sets held as tensors in this process (digits, IDX): DataLoader workers would only add cost."""
+    return data == DIGITS or _is_idx(data)
+
+
+def has_validation(data: str) -> bool:
+    """Whether ``data`` has a validation split of its own (digits, IDX sets, a folder with ``val/``)."""
+    return in_memory(data) or (Path(data) / "val").is_dir()
+
+
+def default_input_size(data: str) -> tuple[int, int, int] | None:
+    """The input size to convert a model name at for ``data`` when the user gives none: the
+    images' own (digits 3x32x32; IDX sets 3x28x28, grey replicated for ImageNet-style stems)."""
+    if data == DIGITS:
+        return 3, 32, 32
+    if _is_idx(data):
+        return 3, 28, 28
+    return None
 
 
 def convert_spec(model: nn.Module, spec: dict[str, Any], reorder: str | None = None) -> nn.Module:
@@ -91,31 +117,40 @@ def load_slimmable(source: str, checkpoint: str | None = None, switches: tuple[f
 
 
 def count_classes(data: str) -> int | None:
-    """Number of classes of a data argument (digits: 10; a folder: its class sub-folders)."""
+    """Number of classes of a data argument (digits: 10; IDX sets: their labels; a folder: its class sub-folders)."""
     if data == DIGITS:
         return 10
+    if _is_idx(data):
+        return len(idx_classes(idx_root(data)))
     root = Path(data)
     root = root / "train" if (root / "train").is_dir() else root
     if not root.is_dir():
-        raise SlimifyError(f"data directory {data!r} does not exist (or use '{DIGITS}')")
+        raise SlimifyError(f"data directory {data!r} does not exist (or use '{DIGITS}' or '{FASHION_MNIST}')")
     return len([p for p in root.iterdir() if p.is_dir()]) or None
 
 
 def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = None,
                  input_size: tuple[int, int, int] | None = None, augment: dict[str, Any] | None = None) -> Dataset:
-    """``digits`` or an ImageFolder directory (with ``train``/``val`` sub-folders, the one
-    ``split`` names, default by ``train``) preprocessed for ``model`` at ``input_size`` (default:
-    the size the model was converted with); ``augment``: timm training-transform arguments for
-    image folders (digits, in-memory tensors, keep their own random shifts)."""
+    """``digits``, ``fashion-mnist``, an IDX directory or an ImageFolder directory (with ``train``/
+    ``val``/``test`` sub-folders, the one ``split`` names, default by ``train``) preprocessed for
+    ``model`` at ``input_size`` (default: the size the model was converted with); ``augment``:
+    timm training-transform arguments for image folders (digits and IDX sets, in memory, keep
+    their own random shifts). ``split="test"`` is the published test set of an IDX set, a folder's
+    ``test/`` (else its ``val/``), and digits' val split (it has no other)."""
     split = split or ("train" if train else "val")
     if data == DIGITS:
         _, h, w = input_size or recorded_input_size(model) or (3, 32, 32)
         if h != w:
             raise SlimifyError(f"the digits data set is square: input size {h}x{w} does not fit it")
-        return digits(split, size=h, augment=train)
+        return digits("val" if split == "test" else split, size=h, augment=train)
+    if _is_idx(data):
+        size = input_size or recorded_input_size(model) or (3, 28, 28)
+        return idx_images(data, split, size, augment=train)
     root = Path(data)
-    if (root / split).is_dir():
-        root = root / split
+    for name in (split, "val") if split == "test" else (split,):
+        if (root / name).is_dir():
+            root = root / name
+            break
     return image_folder(root, model, train=train, input_size=input_size, augment=augment)
 
 

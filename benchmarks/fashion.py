@@ -1,0 +1,189 @@
+"""Accuracy on Fashion-MNIST: one slimmable network against networks trained at each width alone,
+the retrofit of a trained checkpoint through the CLI, and the slimmable-network paper's claims.
+
+Rows (each at every width, test top-1, mean ± std over seeds):
+  a individual    the plain architecture of each width, trained from scratch (the paper's baseline)
+  b slimmable     all switches per step, switchable BN, in-place distillation, same recipe and epochs
+  c retrofit      a's full-width network as the checkpoint: ``slimify convert`` (no reordering, or
+                  reordered by BN |gamma|) and ``slimify finetune`` for 10/25/50 % of b's epochs
+  d claims        shared BN; labels instead of distillation; incremental training; 8 switches;
+                  zero-shot widths of the converted checkpoint (BN calibrated), with/without reordering
+  e any width     sandwich training over [0.25, 1] + BN calibration at 0.3 … 0.9 vs a at those widths
+  f search        ``search`` at 0.3x / 0.5x FLOPs vs the uniform width of equal FLOPs, both fine-tuned
+
+Each cell (net, row, variant, seed) is cached in a JSONL file as soon as it ends, so a stopped run
+resumes where it was; ``--jobs n`` shares the cells among n processes (each claims one at a time).
+
+    python -m benchmarks.fashion --jobs 2             # the full table: ~3 h on 2 cores
+    python -m benchmarks.fashion --write              # tables + plot from the cache, into RESULTS.md
+    python -m benchmarks.fashion --quick              # one seed, ResNet, small: under 15 minutes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.fashion_cells import ANY_WIDTHS, SWITCHES, SWITCHES8, Cell, Setting, macs, run_cell
+from benchmarks.fashion_data import subset_directory
+from benchmarks.results import machine, write_section
+
+__all__ = ["SETTINGS", "cells", "load_cache", "main"]
+
+HERE = Path(__file__).resolve().parent
+HEADING = "Accuracy (Fashion-MNIST)"
+SETTINGS: dict[str, Setting] = {
+    # 9,600 training + 2,400 validation images, the whole test set; 20 epochs: ~3 h on 2 cores (two workers)
+    "full": Setting("full", 12000, None, 20, 20, ("resnet", "mobilenet"), 2),
+    "quick": Setting("quick", 3000, 2000, 4, 5, ("resnet",), 1),
+    "smoke": Setting("smoke", 400, 200, 1, 2, ("resnet",), 1),  # the test suite's run of the plumbing
+}
+
+
+def _budgets(epochs: int) -> list[int]:
+    """Retrofit fine-tuning epochs: 10, 25 and 50 % of the from-scratch epochs (at least 1)."""
+    return sorted({max(1, round(epochs * f)) for f in (0.1, 0.25, 0.5)})
+
+
+def cells(s: Setting) -> list[Cell]:
+    """Every cell of a setting, the most telling first (rows a, b, c for every seed, then the rest)."""
+    out: list[Cell] = []
+    for net in s.nets:
+        for seed in range(s.seeds):
+            out += [Cell("individual", f"{w:g}", net, seed) for w in reversed(SWITCHES)]
+            out.append(Cell("slimmable", "distill", net, seed))
+            out += [Cell("retrofit", f"{r}-{e}", net, seed) for e in _budgets(s.epochs) for r in ("none", "bn")]
+            out += [Cell("retrofit", f"{r}-0", net, seed) for r in ("none", "bn", "l1")]
+        for seed in range(s.seeds):
+            out += [Cell("slimmable", v, net, seed) for v in ("labels", "shared-bn", "8-switches", "sandwich")]
+            out.append(Cell("incremental", "joint-epochs", net, seed))
+            out += [Cell("individual", f"{w:g}", net, seed) for w in ANY_WIDTHS]
+            out += [Cell("search", b, net, seed) for b in ("0.3x", "0.5x")]
+    return out
+
+
+def load_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """Finished cells by key (a line cut short by a kill is ignored)."""
+    done: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[entry["key"]] = entry
+    return done
+
+
+def _append(path: Path, entry: dict[str, Any]) -> None:
+    """One line per cell, written with one O_APPEND write: workers never interleave lines."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _claim(claims: Path, cell: Cell) -> bool:
+    """Take ``cell`` for this process unless a live process holds it (a killed run's claims lapse)."""
+    path = claims / cell.key.replace("/", "_")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        if holder_alive(path):
+            return False
+        path.unlink(missing_ok=True)
+        return _claim(claims, cell)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+def holder_alive(path: Path) -> bool:
+    """Whether the process whose pid ``path`` holds is still running."""
+    try:
+        os.kill(int(path.read_text() or 0), 0)
+        return True
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return True
+
+
+def run(s: Setting, cache: Path, work: Path) -> None:
+    """Run every cell not yet in ``cache`` nor taken by another process (``--jobs`` runs several)."""
+    data_dir = subset_directory(work / f"fashion-{s.train_images}-{s.test_images or 'all'}", s.train_images,
+                                s.test_images)
+    claims = work / f"claims-{s.name}"
+    claims.mkdir(parents=True, exist_ok=True)
+    for cell in cells(s):
+        if cell.key in load_cache(cache) or not _claim(claims, cell):
+            continue
+        start = time.perf_counter()
+        result = run_cell(s, data_dir, cell, work)
+        seconds = time.perf_counter() - start
+        _append(cache, {"key": cell.key, "result": {str(k): v for k, v in result.items()}, "seconds": round(seconds, 1),
+                        "setting": s.name, "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        (claims / cell.key.replace("/", "_")).unlink(missing_ok=True)
+        print(f"{cell.key}: {seconds:.0f} s " + " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
+
+
+def _spawn(jobs: int, argv: list[str]) -> int:
+    """``jobs`` processes of this benchmark sharing the cells (each claims one at a time)."""
+    import subprocess
+
+    rest = [a for i, a in enumerate(argv) if not a.startswith("--jobs") and (i == 0 or argv[i - 1] != "--jobs")]
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.fashion", *rest, "--jobs", "1", "--no-report"])
+             for _ in range(jobs)]
+    return max(p.wait() for p in procs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one seed, the ResNet, 3,000 images, 4 epochs")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), help="full (default), quick or smoke")
+    parser.add_argument("--jobs", type=int, default=1, help="processes sharing the cells (each one torch thread)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    parser.add_argument("--cache", type=Path, help="JSONL of finished cells (default: benchmarks/fashion-SETTING.jsonl)")
+    parser.add_argument("--work", type=Path, default=HERE / "out" / "fashion", help="data subsets, checkpoints, runs")
+    parser.add_argument("--write", action="store_true", help="only write the tables and the plot from the cache")
+    parser.add_argument("--no-report", action="store_true", help="run cells only (the processes --jobs starts)")
+    args = parser.parse_args(argv)
+    s = SETTINGS[args.setting or ("quick" if args.quick else "full")]
+    if args.jobs < 1:
+        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    cache = args.cache or HERE / f"fashion-{s.name}.jsonl"
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1 and not args.write:
+        _spawn(args.jobs, list(argv if argv is not None else sys.argv[1:]))
+    elif not args.write:
+        from slimify.errors import SlimifyError
+
+        try:
+            run(s, cache, args.work)
+        except SlimifyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if args.no_report:
+        return 0
+    from benchmarks.fashion_report import report
+
+    command = "python -m benchmarks.fashion" + (f" --setting {s.name}" if s.name != "full" else "")
+    costs = {net: macs(net, tuple(sorted({*SWITCHES, *SWITCHES8, *ANY_WIDTHS}))) for net in s.nets}
+    body = report(s, cells(s), load_cache(cache), costs, command, machine(), cache.with_suffix(".png"))
+    if s.name == "full":
+        write_section(HEADING, body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The Fashion-MNIST accuracy benchmark's plumbing at its smallest setting: one cell of every kind
+runs (the retrofit through the CLI), the cache makes a second run do nothing, the report and plot
+are written. The accuracy table itself is a benchmark (python -m benchmarks.fashion), not a test."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import benchmarks.fashion as fashion
+from benchmarks.fashion_cells import Cell
+from slimify.train.idx_data import is_idx_directory
+from tests.test_idx_data import FASHION_INSTALLED
+
+pytestmark = pytest.mark.skipif(not FASHION_INSTALLED, reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+
+SMOKE_CELLS = [Cell("individual", "1", "resnet", 0), Cell("individual", "0.25", "resnet", 0),
+               Cell("slimmable", "distill", "resnet", 0), Cell("slimmable", "shared-bn", "resnet", 0),
+               Cell("incremental", "joint-epochs", "resnet", 0), Cell("retrofit", "bn-1", "resnet", 0),
+               Cell("slimmable", "sandwich", "resnet", 0), Cell("search", "0.5x", "resnet", 0)]
+
+
+def test_smoke_run_resumes_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(fashion, "cells", lambda s: list(SMOKE_CELLS))
+    cache, work = tmp_path / "cells.jsonl", tmp_path / "work"
+    argv = ["--setting", "smoke", "--cache", str(cache), "--work", str(work)]
+    assert fashion.main(argv) == 0
+    entries = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert [e["key"] for e in entries] == [c.key for c in SMOKE_CELLS]
+    by_key = {e["key"]: e["result"] for e in entries}
+    assert set(by_key["resnet/slimmable/distill/seed0"]) == {"0.25", "0.5", "0.75", "1.0"}
+    assert {"0.3", "0.6", "0.9"} <= set(by_key["resnet/slimmable/sandwich/seed0"])  # any width, calibrated
+    assert set(by_key["resnet/retrofit/bn-1/seed0"]) == {"0.25", "0.5", "0.75", "1.0"}  # through the CLI
+    search = by_key["resnet/search/0.5x/seed0"]
+    assert search["searched_macs"] <= 0.5 + 1e-6 and search["uniform_macs"] <= search["searched_macs"] + 1e-6
+    assert all(0.0 <= v <= 100.0 for r in by_key.values() for k, v in r.items() if not k.endswith(("macs", "width")))
+    assert is_idx_directory(work / "fashion-400-200")  # the subset every row reads, CLI included
+    report = capsys.readouterr().out
+    assert "| a. individual (each width trained alone) | 1 |" in report and "8 of 8 cells finished" in report
+    assert cache.with_suffix(".png").stat().st_size > 10_000 and "![accuracy vs MACs](cells.png)" in report
+
+    def no_cell(*args: object) -> None:
+        raise AssertionError("a cached cell ran again")
+
+    monkeypatch.setattr(fashion, "run_cell", no_cell)
+    assert fashion.main(argv) == 0  # everything cached: nothing runs
+    assert len(cache.read_text().splitlines()) == len(SMOKE_CELLS)
+
+
+def test_claims_skip_cells_a_live_process_holds(tmp_path: Path) -> None:
+    cell = Cell("individual", "1", "resnet", 0)
+    assert fashion._claim(tmp_path, cell)
+    assert not fashion._claim(tmp_path, cell)  # held by this (live) process
+    (tmp_path / cell.key.replace("/", "_")).write_text("999999999")  # a killed run's claim
+    assert fashion._claim(tmp_path, cell) and int((tmp_path / cell.key.replace("/", "_")).read_text()) == os.getpid()
+
+
+def test_bad_jobs_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert fashion.main(["--jobs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --jobs must be at least 1, got 0"
