@@ -81,6 +81,11 @@ class Recipe:
     reprob: float = 0.0  # random erasing probability (image folders slimify builds)
     remode: str = "pixel"  # random erasing mode: "pixel", "rand" or "const"
     color_jitter: float | None = None  # colour jitter strength when auto_augment is off (None: timm's 0.4)
+    scale: list[float] | None = None  # random-resized-crop area range (None: timm's [0.08, 1.0])
+    ratio: list[float] | None = None  # random-resized-crop aspect range (None: timm's [3/4, 4/3])
+    hflip: float = 0.5  # horizontal flip probability (timm's default)
+    vflip: float = 0.0  # vertical flip probability
+    no_aug: bool = False  # no training augmentation: resize and center-crop only (in-memory sets: no shifts)
     drop_path: float | None = None  # stochastic depth rate of the deepest block (timm models with DropPath)
     ema_decay: float | None = None  # timm ModelEmaV3 decay (e.g. 0.9998), evaluated beside the raw weights
     accum_steps: int = 1  # batches whose gradients add up before each optimizer step
@@ -200,7 +205,7 @@ def _check_toolbox(r: Recipe) -> None:
     """Ranges of the timm-named keys; an optimizer name timm does not know is an error here, not mid-run."""
     unit = {"mixup_prob": r.mixup_prob, "mixup_switch_prob": r.mixup_switch_prob, "reprob": r.reprob,
             "smoothing": r.smoothing, "drop_path": r.drop_path, "layer_decay": r.layer_decay,
-            "ema_decay": r.ema_decay, "decay_rate": r.decay_rate}
+            "ema_decay": r.ema_decay, "decay_rate": r.decay_rate, "hflip": r.hflip, "vflip": r.vflip}
     for name, value in unit.items():
         if value is not None and not 0.0 <= value <= 1.0:
             raise SlimifyError(f"key {name!r} must be in [0, 1], got {value!r}")
@@ -210,6 +215,10 @@ def _check_toolbox(r: Recipe) -> None:
             raise SlimifyError(f"key {name!r} must be >= 0, got {value!r}")
     if (r.mixup > 0 or r.cutmix > 0) and r.batch_size % 2:
         raise SlimifyError(f"key 'batch_size' must be even with mixup/cutmix (timm mixes pairs), got {r.batch_size}")
+    if r.scale is not None and not (len(r.scale) == 2 and 0 < r.scale[0] <= r.scale[1] <= 1):
+        raise SlimifyError(f"key 'scale' must be [min, max] with 0 < min <= max <= 1, got {r.scale!r}")
+    if r.ratio is not None and not (len(r.ratio) == 2 and 0 < r.ratio[0] <= r.ratio[1]):
+        raise SlimifyError(f"key 'ratio' must be [min, max] with 0 < min <= max, got {r.ratio!r}")
     if r.opt_betas is not None and (len(r.opt_betas) != 2 or not all(0 <= b < 1 for b in r.opt_betas)):
         raise SlimifyError(f"key 'opt_betas' must be two numbers in [0, 1), got {r.opt_betas!r}")
     if r.opt is not None:

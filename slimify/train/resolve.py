@@ -135,17 +135,18 @@ def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = N
     ``val``/``test`` sub-folders, the one ``split`` names, default by ``train``) preprocessed for
     ``model`` at ``input_size`` (default: the size the model was converted with); ``augment``:
     timm training-transform arguments for image folders (digits and IDX sets, in memory, keep
-    their own random shifts). ``split="test"`` is the published test set of an IDX set, a folder's
+    their own random shifts unless ``no_aug``). ``split="test"`` is the published test set of an IDX set, a folder's
     ``test/`` (else its ``val/``), and digits' val split (it has no other)."""
     split = split or ("train" if train else "val")
+    shifts = train and not (augment or {}).get("no_aug", False)  # in-memory sets' own augmentation
     if data == DIGITS:
         _, h, w = input_size or recorded_input_size(model) or (3, 32, 32)
         if h != w:
             raise SlimifyError(f"the digits data set is square: input size {h}x{w} does not fit it")
-        return digits("val" if split == "test" else split, size=h, augment=train)
+        return digits("val" if split == "test" else split, size=h, augment=shifts)
     if _is_idx(data):
         size = input_size or recorded_input_size(model) or (3, 28, 28)
-        return idx_images(data, split, size, augment=train)
+        return idx_images(data, split, size, augment=shifts)
     root = Path(data)
     for name in (split, "val") if split == "test" else (split,):
         if (root / name).is_dir():
