@@ -15,16 +15,11 @@ from PIL import Image
 import slimify
 from slimify.cli.app import cli
 from slimify.errors import SlimifyError
+from slimify.preprocess import DEFAULTS, DataConfig
 from slimify.store.sources import create
 from slimify.train.checkpoint import load_checkpoint
 from slimify.train.data import model_transform
-from slimify.train.data_config import (
-    DEFAULTS,
-    DataConfig,
-    record_data_config,
-    recorded_data_config,
-    resolved_data_config,
-)
+from slimify.train.data_config import record_data_config, recorded_data_config, resolved_data_config
 from slimify.train.resolve import load_slimmable, save_model
 from tests.digit_folder import write_digit_folder
 

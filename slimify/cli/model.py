@@ -167,7 +167,7 @@ def _parse_crop(ctx: click.Context | None, param: click.Parameter | None, value:
 def _check_field(name: str, value: Any) -> None:
     """Build a DataConfig with ``name`` set (which checks it): a bad value is a usage error."""
     from slimify.errors import SlimifyError
-    from slimify.train.data_config import DataConfig
+    from slimify.preprocess import DataConfig
 
     try:
         DataConfig(**{name: value})
@@ -177,9 +177,9 @@ def _check_field(name: str, value: Any) -> None:
 
 def data_config_options(f: F) -> F:
     """``--crop-pct``, ``--mean``, ``--std``, ``--interpolation`` (as in timm's validate.py/train.py)."""
-    from slimify.train.data_config import INTERPOLATIONS
+    from slimify.preprocess import INTERPOLATIONS  # no torch: --help stays fast
 
-    default = "  [default: the one recorded on the model (finetune records it), else the model's own, else ImageNet's]"
+    default = "  [default: the model's recorded one (finetune records it), else its own (timm), else ImageNet's]"
     f = click.option("--interpolation", type=click.Choice(INTERPOLATIONS),
                      help="Image resize interpolation." + default)(f)
     f = click.option("--std", callback=_parse_floats, metavar="S[,S,S]",
@@ -195,8 +195,8 @@ def data_config_of(net: Any, input_size: tuple[int, int, int] | None, crop_pct: 
                    mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
                    interpolation: str | None) -> Any:
     """The DataConfig the options give (None when none is), checked against the model's channels."""
+    from slimify.preprocess import DataConfig, check_data_config
     from slimify.train.data import recorded_input_size
-    from slimify.train.data_config import DataConfig, check_data_config
 
     if crop_pct is None and mean is None and std is None and interpolation is None:
         return None

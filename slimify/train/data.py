@@ -17,13 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from slimify.errors import SlimifyError
-from slimify.train.data_config import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DataConfig,
-    recorded_data_config,
-    resolved_data_config,
-)
+from slimify.preprocess import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from slimify.train.data_config import recorded_data_config, resolved_data_config
 
 __all__ = ["DigitsDataset", "digits", "image_folder", "load_image", "model_transform", "recorded_input_size",
            "IMAGENET_MEAN", "IMAGENET_STD"]

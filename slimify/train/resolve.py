@@ -11,10 +11,11 @@ from torch.utils.data import Dataset
 
 import slimify
 from slimify.errors import SlimifyError
+from slimify.preprocess import DataConfig
 from slimify.store.sources import check_state_dict
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.data import digits, image_folder, recorded_input_size
-from slimify.train.data_config import DataConfig, record_data_config
+from slimify.train.data_config import record_data_config
 
 __all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model", "DIGITS"]
 
