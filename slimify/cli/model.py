@@ -133,16 +133,16 @@ def size_option(f: F) -> F:
                         help="Input H=W (224), HxW (160x128) or CxHxW (3x160x128).  [default: the model's own]")(f)
 
 
-def check_input_size(net: Any, input_size: tuple[int, int, int] | None) -> None:
+def check_input_size(net: Any, input_size: tuple[int, int, int] | None, warn: bool = True) -> None:
     """The one check of --input-size against a loaded model (``slimify.store.input_size``): other
     channels, a size it cannot run at or below its downsampling is an error; under half the
-    recorded size, a warning (on stdout: stderr holds only errors)."""
+    recorded size, a warning (on stdout: stderr holds only errors; ``warn=False`` where stdout is JSON)."""
     if input_size is None:
         return
     from slimify.store.input_size import check_input_size as check
 
     note = check(net, input_size)
-    if note:
+    if note and warn:
         click.echo(f"warning: {note}")
 
 
@@ -320,7 +320,7 @@ def inspect_command(model_or_file: str, switches: tuple[float, ...], divisor: in
     loaded = path.suffix == ".slim" or path.is_file()
     net = slimify.load(path) if loaded else _convert(model_or_file, None, switches, divisor, num_classes, input_size)
     if loaded:
-        check_input_size(net, input_size)
+        check_input_size(net, input_size, warn=not as_json)
     rep = slimify.report(net)
     shape = example_shape(net)
     if as_json:

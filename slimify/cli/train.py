@@ -166,7 +166,9 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
     val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size,
                        data_config=cfg) if has_val else None
-    if data != "digits":  # an image folder: the config it trains with is the model's from now on
+    from torchvision.datasets import ImageFolder
+
+    if isinstance(train, ImageFolder):  # preprocessed by the data config: the model's from now on
         from slimify.train.data import recorded_input_size
         from slimify.train.data_config import record_resolved
 

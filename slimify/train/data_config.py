@@ -63,7 +63,10 @@ def describe_data_config(model: nn.Module, size: tuple[int, int, int] | None = N
     """One line: the config ``model`` preprocesses with and where it comes from."""
     size = size or (3, 224, 224)
     recorded = recorded_data_config(model)
-    cfg = resolved_data_config(model, size)
+    try:
+        cfg = resolved_data_config(model, size)
+    except SlimifyError as e:  # e.g. a timm model's 3-channel statistics on a 1-channel input
+        return f"data config: {e}"
     source = "recorded" if recorded else "the model's own (timm)" if _own_config(model) else "defaults"
     mean, std = (", ".join(f"{v:g}" for v in cfg[k]) for k in ("mean", "std"))
     return (f"data config ({source}): crop_pct {cfg['crop_pct']:g}, mean {mean}, std {std}, "
