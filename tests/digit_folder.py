@@ -30,16 +30,16 @@ def write_digit_folder(root: Path, per_split: dict[str, int] | None = None) -> P
     return root
 
 
-def train_timm_at(folder: Path, epochs: int = 4, seed: int = 0, crop_pct: float | None = None) -> torch.nn.Module:
+def train_timm_at(folder: Path, epochs: int = 4, seed: int = 0) -> torch.nn.Module:
     """A plain ``ARCH`` with 10 classes trained (Adam, no augmentation) on ``folder`` through
-    timm's own evaluation pipeline at ``SIZE`` pixels (with ``crop_pct``, default the model's own)."""
+    timm's own evaluation pipeline at ``SIZE`` pixels."""
     import timm
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
 
     torch.manual_seed(seed)
     model = timm.create_model(ARCH, num_classes=10)
-    tf = create_transform(**resolve_data_config({"input_size": (3, SIZE, SIZE), "crop_pct": crop_pct}, model=model))
+    tf = create_transform(**resolve_data_config({"input_size": (3, SIZE, SIZE)}, model=model))
     ds = ImageFolder(str(folder), transform=tf)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     labels = torch.tensor(ds.targets)
