@@ -31,7 +31,7 @@ class ConversionRecord:
     shape (what ``save`` records so ``load`` rebuilds the same plan); ``example_inputs``: the form of
     several or keyword example inputs (``analysis/example_inputs.describe``; ``None`` for one tensor),
     which ``save`` records and ``load`` rebuilds; and the accuracy per width of the last evaluation
-    (finetune's, kept in the ``.slim`` for ``profile``'s plot)."""
+    (finetune's, kept in the ``.slim`` for ``profile``'s plot); the preprocessing the model was trained with."""
 
     report: ConversionReport | None = None
     analysis: Analysis | None = None
@@ -39,6 +39,7 @@ class ConversionRecord:
     reorder: Reordering | None = None
     example_shape: list[int] | None = None
     evaluation: dict[str, Any] | None = None  # see slimify.deploy.accuracy
+    data_config: dict[str, Any] | None = None  # crop_pct, mean, std, interpolation: see slimify.train.data_config
     example_inputs: dict[str, Any] | None = None
     configs: dict[str, Any] = field(default_factory=dict)  # name → uniform width or {group: channels}
     config_slots: dict[tuple[int, ...], int] = field(default_factory=dict)  # classes kept per group → slot

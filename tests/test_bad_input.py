@@ -25,9 +25,11 @@ import slimify
 from slimify.cli.app import main
 from slimify.deploy.budget import parse_amount
 from slimify.errors import SlimifyError
+from slimify.preprocess import DataConfig
 from slimify.store.digits_net import DigitsNet
+from slimify.store.input_size import check_input_size
 from slimify.store.sources import TinyNet, create, read_state_dict
-from slimify.train import digits, evaluate, finetune, load_recipe
+from slimify.train import digits, evaluate, finetune, load_recipe, model_transform
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.slimfiles import rewrite_slim
 
@@ -203,8 +205,33 @@ CLI_CASES: list[CliCase] = [
     _c("argument-missing", "convert", message="missing argument"),
 ]
 
+# input sizes and data configs (issue 22): every command that takes them, on ok.slim's 32-px TinyNet
+_COMMANDS = {"inspect": ("inspect", "{ok.slim}"), "finetune": ("finetune", "{ok.slim}", "--data", "digits", "-o", "{out}"),
+             "calibrate": ("calibrate", "{ok.slim}", "--data", "digits", "-o", "{out}"),
+             "eval": ("eval", "{ok.slim}", "--data", "digits"),
+             "export": ("export", "{ok.slim}", "--width", "0.5", "-o", "{out}"), "profile": ("profile", "{ok.slim}"),
+             "pick": ("pick", "{ok.slim}", "--params", "1G"),
+             "search": ("search", "{ok.slim}", "--data", "digits", "--params", "0.5x", "-o", "{out}"),
+             "reorder": ("reorder", "slimify:tinynet", "-o", "{out}")}
+_SIZE_COMMANDS = ("inspect", "finetune", "calibrate", "eval", "export", "profile", "pick")  # --input-size of a file
+_DATA_COMMANDS = ("finetune", "calibrate", "eval", "search", "reorder")  # --crop-pct, --mean, --std
+_OUT = {"finetune": "run", "export": "o.onnx", "reorder": "o.pt"}  # the output each command would write
+SIZE_CASES = [("channels", ("--input-size", "1x32x32"), "1 channel"),  # the model takes 3
+              ("tiny", ("--input-size", "2"), "smaller than the model's downsampling")]  # 8x8 at 32: at least 4
+DATA_CASES = [("crop-zero", ("--crop-pct", "0"), "(0, 1]"), ("crop-above-1", ("--crop-pct", "1.5"), "(0, 1]"),
+              ("mean-length", ("--mean", "0.5,0.5"), "mean has 2 values"),
+              ("std-length", ("--std", "0.2,0.2,0.2,0.2"), "std has 4 values"),
+              ("std-zero", ("--std", "0.5,0,0.5"), "std must be positive"), ("std-negative", ("--std=-1",), "positive"),
+              ("mean-text", ("--mean", "grey"), "expected numbers")]
+CLI_CASES += [CliCase(f"size-{name}-{cmd}", (*_COMMANDS[cmd], *opt), message, out=_OUT.get(cmd, "o.slim"))
+              for cmd in _SIZE_COMMANDS for name, opt, message in SIZE_CASES]
+CLI_CASES += [CliCase(f"data-{name}-{cmd}", (*_COMMANDS[cmd], *opt), message, out=_OUT.get(cmd, "o.slim"))
+              for cmd in _DATA_COMMANDS for name, opt, message in DATA_CASES]
+CLI_CASES += [_c("size-channels-reorder", *_COMMANDS["reorder"], "--input-size", "1x32x32", out="o.pt", message="channels")]
+
 # cases also run as ``python -m slimify`` in a fresh process (real stderr: warnings, logging)
-SUBPROCESS_IDS = ["slim-source-os", "recipe-unknown-key", "data-fake-png-worker", "ckpt-raw-pickle"]
+SUBPROCESS_IDS = ["slim-source-os", "recipe-unknown-key", "data-fake-png-worker", "ckpt-raw-pickle",
+                  "size-channels-profile"]
 
 
 def _write_slim_variants(root: Path, ok: Path) -> None:
@@ -464,6 +491,12 @@ API_CASES: list[ApiCase] = [
     _a("profile-bad-device", lambda f, o: slimify.profile(_loaded(f), 32, runs=1, device="bogus"), "unknown device"),
     _a("pick-bad-amount", lambda f, o: parse_amount("lots"), "such as 300k"),
     _a("reorder-unknown-method", lambda f, o: slimify.reorder(TinyNet(), "magic"), "unknown reorder method"),
+    _a("input-size-channels", lambda f, o: check_input_size(_loaded(f), (1, 32, 32)), "1 channel"),
+    _a("input-size-tiny", lambda f, o: check_input_size(_loaded(f), (3, 3, 3)), "at least 4x4"),
+    _a("data-config-crop", lambda f, o: DataConfig(crop_pct=0.0), "(0, 1]"),
+    _a("data-config-std", lambda f, o: DataConfig(std=(0.2, -0.2, 0.2)), "positive"),
+    _a("data-config-mean-length", lambda f, o: model_transform(_loaded(f), False, data_config=DataConfig(mean=(0, 0))),
+       "mean has 2 values"),
 ]
 
 

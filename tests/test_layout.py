@@ -18,7 +18,7 @@ PACKAGE = ROOT / "slimify"
 
 # stage → rank: a module may import its own stage and the stages of lower rank, never higher ones
 RANKS: dict[str, int] = {
-    "errors": 0, "state": 0, "gcpause": 0, "device": 0, "registry": 0,
+    "errors": 0, "state": 0, "gcpause": 0, "device": 0, "registry": 0, "preprocess": 0,
     "analysis": 1, "rules": 1,  # one stage in two folders: analysis/walk runs the rules, rules read analysis/space
     "rewrite": 2,
     "check": 3,  # the self-check: runs a rewritten copy of the model, reads the trace's records

@@ -16,8 +16,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from slimify.analysis.frames import is_library
 from slimify.analysis.shape_pass import SHAPE_KEY, VALUE_KEY, WHERE_KEY, record_shapes, state_kept
-from slimify.analysis.tracer import PLUMBING, SlimifyTracer, graph_module
+from slimify.analysis.tracer import SlimifyTracer, graph_module
 from slimify.errors import SlimifyError
 
 __all__ = ["TracedModel", "SlimifyTracer", "graph_module", "trace", "SHAPE_KEY", "VALUE_KEY", "WHERE_KEY"]
@@ -123,6 +124,5 @@ def _first_line(e: BaseException) -> str:
 def _model_line(e: BaseException) -> str:
     """`` (at file:line, in function)``: the innermost frame of model code the error passed."""
     import traceback
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not any(p in f.filename for p in PLUMBING + ("/torch/", "/slimify/"))]
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not is_library(f.filename)]
     return f" (at {frames[-1].filename}:{frames[-1].lineno}, in {frames[-1].name})" if frames else ""

@@ -3,7 +3,6 @@
 so the tracer itself must sit below both (no import cycle)."""
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,9 +10,10 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
+from slimify.analysis.frames import is_tracing
 from slimify.analysis.shape_pass import WHERE_KEY
 
-__all__ = ["SlimifyTracer", "graph_module", "PLUMBING"]
+__all__ = ["SlimifyTracer", "graph_module"]
 
 
 def _notrace_modules() -> tuple[type, ...]:
@@ -30,16 +30,6 @@ def _notrace_functions() -> tuple[Callable[..., Any], ...]:
     except ImportError:
         return ()
     return tuple(timm_fx.get_notrace_functions())
-
-
-PLUMBING = ("/torch/fx/", "/torch/nn/modules/module.py", "/torch/overrides.py", "/torch/_tensor.py",
-             "/torch/_ops.py", "/torch/utils/_device.py", "/slimify/analysis/trace.py", "/slimify/analysis/tracer.py",
-             "/slimify/rules/")
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_plumbing(filename: str) -> bool:
-    return any(p in filename for p in PLUMBING)
 
 
 class SlimifyTracer(fx.Tracer):
@@ -61,7 +51,7 @@ class SlimifyTracer(fx.Tracer):
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
         frame = sys._getframe(1)
-        while frame is not None and _is_plumbing(frame.f_code.co_filename):
+        while frame is not None and is_tracing(frame.f_code.co_filename):
             frame = frame.f_back
         if frame is not None:
             node.meta[WHERE_KEY] = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
+from slimify.analysis.frames import is_library
 from slimify.analysis.meta_layers import shape_forward
 from slimify.analysis.metarun import FastMeta
 from slimify.analysis.plan import Plan
@@ -30,7 +31,6 @@ from slimify.state import SlimState
 
 __all__ = ["Failure", "Runner", "skeleton", "source_line", "first_line"]
 
-_PLUMBING = ("/torch/", "/slimify/", "/contextlib.py", "/functools.py")
 _INTERNALS = frozenset(vars(nn.Module()))  # the module's own dicts, sets and flags
 
 
@@ -210,7 +210,7 @@ def source_line(tb: Any) -> tuple[str, str]:
     """The innermost module (its path via ``paths``) and model source line in a traceback."""
     frames = traceback.extract_tb(tb)
     for f in reversed(frames):
-        if not any(p in f.filename for p in _PLUMBING):
+        if not is_library(f.filename):
             code = (f.line or linecache.getline(f.filename, f.lineno)).strip()
             return f.filename, f"{f.filename}, line {f.lineno}, in {f.name}: {code}"
     return "", ""

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import LiveHelpOption, check_output, size_option
+from slimify.cli.model import LiveHelpOption, check_input_size, check_output, size_option
 from slimify.deploy.formats import ALL_WIDTHS, FORMATS
 
 __all__ = ["export_command", "profile_command", "pick_command", "write_export"]
@@ -51,6 +51,7 @@ def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int
     from slimify.store.slimfile import example_shape
 
     net = slimify.load(file)
+    check_input_size(net, input_size)
     shape = (batch_size, *(input_size or example_shape(net)[1:]))
     result = slimify.profile(net, input_size=shape, runs=runs, warmup=warmup, threads=threads, device=device,
                              mode=mode, latency=latency)
@@ -92,6 +93,7 @@ def export_command(file: str, width: float | None, config_name: str | None, all_
         raise click.UsageError("--batch-size applies to one width; an --all-widths file has a dynamic batch")
     out = check_output(output, force, ALL_WIDTHS.names() if all_widths else FORMATS.names())
     net = slimify.load(file)
+    check_input_size(net, input_size)
     if all_widths:
         import torch
 

@@ -12,6 +12,7 @@ import click
 from slimify.cli.app import command
 
 __all__ = ["convert_command", "inspect_command", "parse_switches", "parse_input_size", "check_output",
+           "check_input_size", "data_config_options", "data_config_of",
            "size_option", "RegistryChoice", "LiveHelpOption", "pretrained_options", "check_weights_options", "DATA_HELP"]
 
 F = Callable[..., Any]
@@ -135,6 +136,79 @@ def size_option(f: F) -> F:
                         help="Input H=W (224), HxW (160x128) or CxHxW (3x160x128).  [default: the model's own]")(f)
 
 
+def check_input_size(net: Any, input_size: tuple[int, int, int] | None, warn: bool = True) -> None:
+    """The one check of --input-size against a loaded model (``slimify.store.input_size``): other
+    channels, a size it cannot run at or below its downsampling is an error; under half the
+    recorded size, a warning (on stdout: stderr holds only errors; ``warn=False`` where stdout is JSON)."""
+    if input_size is None:
+        return
+    from slimify.store.input_size import check_input_size as check
+
+    note = check(net, input_size)
+    if note and warn:
+        click.echo(f"warning: {note}")
+
+
+def _parse_floats(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[float, ...] | None:
+    """``"0.5,0.5,0.5"`` or ``"0.5 0.5 0.5"`` → a tuple of floats, each finite."""
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers like 0.485,0.456,0.406, got {value!r}") from None
+    _check_field(param.name if param and param.name else "mean", values)
+    return values
+
+
+def _parse_crop(ctx: click.Context | None, param: click.Parameter | None, value: float | None) -> float | None:
+    if value is not None:
+        _check_field("crop_pct", value)
+    return value
+
+
+def _check_field(name: str, value: Any) -> None:
+    """Build a DataConfig with ``name`` set (which checks it): a bad value is a usage error."""
+    from slimify.errors import SlimifyError
+    from slimify.preprocess import DataConfig
+
+    try:
+        DataConfig(**{name: value})
+    except SlimifyError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def data_config_options(f: F) -> F:
+    """``--crop-pct``, ``--mean``, ``--std``, ``--interpolation`` (as in timm's validate.py/train.py)."""
+    from slimify.preprocess import INTERPOLATIONS  # no torch: --help stays fast
+
+    default = "  [default: the model's recorded one (finetune records it), else its own (timm), else ImageNet's]"
+    f = click.option("--interpolation", type=click.Choice(INTERPOLATIONS),
+                     help="Image resize interpolation." + default)(f)
+    f = click.option("--std", callback=_parse_floats, metavar="S[,S,S]",
+                     help="Normalisation std, one value or one per channel, each > 0." + default)(f)
+    f = click.option("--mean", callback=_parse_floats, metavar="M[,M,M]",
+                     help="Normalisation mean, one value or one per channel." + default)(f)
+    return click.option("--crop-pct", type=float, callback=_parse_crop, metavar="P",
+                        help="Evaluation crop: resize to size / P, center-crop the size; in (0, 1] (1: no crop)."
+                             + default)(f)
+
+
+def data_config_of(net: Any, input_size: tuple[int, int, int] | None, crop_pct: float | None,
+                   mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+                   interpolation: str | None) -> Any:
+    """The DataConfig the options give (None when none is), checked against the model's channels."""
+    from slimify.preprocess import DataConfig, check_data_config
+    from slimify.train.data import recorded_input_size
+
+    if crop_pct is None and mean is None and std is None and interpolation is None:
+        return None
+    cfg = DataConfig(crop_pct=crop_pct, mean=mean, std=std, interpolation=interpolation)
+    size = input_size or recorded_input_size(net)
+    check_data_config(cfg, size[0] if size else None)
+    return cfg
+
+
 def check_output(path: str, force: bool, suffixes: tuple[str, ...]) -> Path:
     """Fail before any work if ``path`` has the wrong suffix or exists without ``--force``."""
     out = Path(path)
@@ -239,15 +313,22 @@ Examples:
 def inspect_command(model_or_file: str, switches: tuple[float, ...], divisor: int, num_classes: int | None,
                     input_size: tuple[int, int, int] | None, max_rows: int, as_json: bool) -> None:
     """Show the channel groups of a .slim file or of a model name converted on the fly: channels
-    per switch of each slimmable group, and every fixed group with the reason it cannot slim."""
+    per switch of each slimmable group, every fixed group with the reason it cannot slim, and the
+    data config (crop, mean, std, interpolation) the model preprocesses with."""
     import slimify
+    from slimify.store.slimfile import example_shape
+    from slimify.train.data_config import describe_data_config, recorded_data_config
 
     path = Path(model_or_file)
-    net = slimify.load(path) if path.suffix == ".slim" or path.is_file() else \
-        _convert(model_or_file, None, switches, divisor, num_classes, input_size)
+    loaded = path.suffix == ".slim" or path.is_file()
+    net = slimify.load(path) if loaded else _convert(model_or_file, None, switches, divisor, num_classes, input_size)
+    if loaded:
+        check_input_size(net, input_size, warn=not as_json)
     rep = slimify.report(net)
+    shape = example_shape(net)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
+        recorded = recorded_data_config(net)
+        click.echo(json.dumps({**rep.to_dict(), "data_config": recorded.given() if recorded else None}, indent=2))
         return
     click.echo(rep.table(max_rows=max_rows))
     from slimify.rewrite.config_names import configs_table
@@ -257,3 +338,5 @@ def inspect_command(model_or_file: str, switches: tuple[float, ...], divisor: in
         click.echo("\n" + named)
     click.echo("")
     click.echo(_params_line(net))
+    if len(shape) == 4:
+        click.echo(describe_data_config(net, tuple(shape[1:])))

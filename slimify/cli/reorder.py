@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import DATA_HELP, LiveHelpOption, RegistryChoice, check_output, conversion_options
+from slimify.cli.model import (
+    DATA_HELP,
+    LiveHelpOption,
+    RegistryChoice,
+    check_output,
+    conversion_options,
+    data_config_of,
+    data_config_options,
+)
 from slimify.ordering.registry import SCORES
 
 __all__ = ["reorder_command", "WEIGHT_SUFFIXES"]
@@ -16,13 +24,14 @@ __all__ = ["reorder_command", "WEIGHT_SUFFIXES"]
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth")  # plain state-dict outputs
 
 
-def _taylor_batches(data: str, net: Any, batches: int, batch_size: int) -> list[Any]:
+def _taylor_batches(data: str, net: Any, batches: int, batch_size: int, input_size: tuple[int, int, int] | None,
+                    data_config: Any) -> list[Any]:
     """The first ``batches`` batches of ``data`` ('digits' or an image folder), in a fixed order."""
     import torch
 
     from slimify.train.resolve import resolve_data
 
-    dataset = resolve_data(data, net, train=False)
+    dataset = resolve_data(data, net, train=False, input_size=input_size, data_config=data_config)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
     out = []
@@ -73,9 +82,11 @@ Examples:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Plain reordered weights (.safetensors/.pt/.pth), or a converted model (.slim).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@data_config_options
 def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_classes: int | None,
                     input_size: tuple[int, int, int] | None, checkpoint: str | None, method: str, data: str | None,
-                    batches: int, batch_size: int, output: str, force: bool) -> None:
+                    batches: int, batch_size: int, output: str, force: bool, crop_pct: float | None,
+                    mean: tuple[float, ...] | None, std: tuple[float, ...] | None, interpolation: str | None) -> None:
     """Permute each channel group of MODEL (a timm name, 'torchvision:NAME' or 'slimify:NAME',
     loaded from --checkpoint) so its most important channels come first. The network computes
     the same function; narrow switches of a later conversion start from the best channels.
@@ -98,12 +109,18 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     net = create(model, checkpoint=checkpoint, **kwargs).eval()
     example = torch.randn(1, *input_size) if input_size else default_input(net)
-    batches_ = _taylor_batches(data, net, batches, batch_size) if data is not None else None
+    cfg = data_config_of(net, tuple(example.shape[1:]), crop_pct, mean, std, interpolation)
+    batches_ = _taylor_batches(data, net, batches, batch_size, tuple(example.shape[1:]), cfg) \
+        if data is not None else None
     if out.suffix == ".slim":
         slimify.convert(net, switches=switches, divisor=divisor, example_input=example, reorder=method,
                         reorder_data=batches_)
         state = slimify.state.get_state(net)
         state.record.example_shape = list(example.shape)
+        if cfg is not None:  # its Taylor scores came from images preprocessed so: the model keeps it
+            from slimify.train.data_config import record_data_config
+
+            record_data_config(net, cfg)
         result = state.record.reorder
         slimify.save(net, out, overwrite=force)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import DATA_HELP, check_output
+from slimify.cli.model import DATA_HELP, check_input_size, check_output, data_config_of, data_config_options
 
 __all__ = ["search_command"]
 
@@ -40,9 +40,12 @@ Examples:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Accuracy vs cost plot (.png)  [default: OUTPUT with -search.png]")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and the plot) if they exist.")
+@data_config_options
 def search_command(file: str, data: str, flops: str | None, params: str | None, latency_ms: str | None, device: str,
                    steps: int, fraction: float, batches: int, batch_size: int, eval_size: int | None,
-                   cost_size: int | None, name: str | None, output: str, plot_path: str | None, force: bool) -> None:
+                   cost_size: int | None, name: str | None, output: str, plot_path: str | None, force: bool,
+                   crop_pct: float | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+                   interpolation: str | None) -> None:
     """Find per-group channel counts of a trained .slim FILE that meet one budget with the least
     held-out accuracy lost (AutoSlim-style greedy slimming), and save the model with the found
     configuration named (usable by export --config, profile, pick, calibrate --config, eval)."""
@@ -68,11 +71,19 @@ def search_command(file: str, data: str, flops: str | None, params: str | None, 
     if (eval_size or cost_size) and len(shape) != 4:
         raise SlimifyError(f"--eval-size and --cost-size are for image models; this one takes inputs of shape {list(shape)}")
     size = None if eval_size is None else (shape[1], eval_size, eval_size)
-    held = list(itertools.islice(as_batches(resolve_data(data, net, train=False, input_size=size), batch_size), batches))
+    for n in (eval_size, cost_size):
+        check_input_size(net, None if n is None else (shape[1], n, n))
+    cfg = data_config_of(net, size, crop_pct, mean, std, interpolation)
+    held = list(itertools.islice(as_batches(resolve_data(data, net, train=False, input_size=size, data_config=cfg),
+                                            batch_size), batches))
     cost_input = None if cost_size is None else \
         torch.randn(1, shape[1], cost_size, cost_size, generator=torch.Generator().manual_seed(0))
     result = search(net, held, budget, steps=steps, fraction=fraction, device=device, name=name, cost_input=cost_input,
                     progress=lambda line: click.echo(line, err=True))
     click.echo(result.table())
+    if cfg is not None:  # scored with it: the saved model keeps it
+        from slimify.train.data_config import record_data_config
+
+        record_data_config(net, cfg)
     result.plot(plot)
     click.echo(f"wrote {slimify.save(net, out, overwrite=force)} (configuration {result.name!r}) and {plot}")

@@ -12,7 +12,10 @@ import click
 from slimify.cli.app import command
 from slimify.cli.model import (
     DATA_HELP,
+    check_input_size,
     check_weights_options,
+    data_config_of,
+    data_config_options,
     parse_input_size,
     parse_switches,
     pretrained_options,
@@ -128,14 +131,18 @@ Examples:
 @click.option("--sync-bn/--no-sync-bn", default=None,
               help="Override the recipe's sync_bn: each switch's BatchNorm statistics over all processes' batches.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
+@data_config_options
 def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool, force: bool,
                      epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
                      compile_: bool | None, sync_bn: bool | None, progress: bool | None, checkpoint: str | None,
                      switches: tuple[float, ...] | None, divisor: int, num_classes: int | None, device: str | None,
                      reorder: str | None, input_size: tuple[int, int, int] | None, pretrained: bool,
-                     pretrained_tag: str | None) -> None:
+                     pretrained_tag: str | None, crop_pct: float | None, mean: tuple[float, ...] | None,
+                     std: tuple[float, ...] | None, interpolation: str | None) -> None:
     """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
-    name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
+    name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision). The
+    data config it trains image folders with (crop, mean, std, interpolation) is recorded in the
+    run's model; later commands use it."""
     from slimify.train.augment import augment_args
     from slimify.train.distributed import dist_info, init_from_env, shutdown
     from slimify.train.recipe import load_recipe
@@ -154,12 +161,22 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     torch.manual_seed(r.seed)  # the same seed builds the same initial weights
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size, pretrained,
                       pretrained_tag, _build_kwargs(model, r.drop_path))
+    cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
+    check_input_size(net, input_size)
     _check_classes(net, data)
     if dist_info().is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
         _warn_random_init(model, checkpoint, pretrained)
-    train = resolve_data(data, net, train=True, input_size=input_size, augment=augment_args(r))
+    train = resolve_data(data, net, train=True, input_size=input_size, augment=augment_args(r), data_config=cfg)
     has_val = val_data is not None or has_validation(data)
-    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
+    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size,
+                       data_config=cfg) if has_val else None
+    from torchvision.datasets import ImageFolder
+
+    if isinstance(train, ImageFolder):  # preprocessed by the data config: the model's from now on
+        from slimify.train.data import recorded_input_size
+        from slimify.train.data_config import record_resolved
+
+        spec["data_config"] = record_resolved(net, input_size or recorded_input_size(net) or (3, 224, 224), cfg)
     result = finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
                       progress=progress, model_spec=spec, echo=click.echo)
     if dist_info().is_main:
@@ -195,11 +212,14 @@ Examples:
                                         "sub-folder, or the val split of digits and IDX sets; none: no accuracy "
                                         "printed).")
 @workers_option
+@data_config_options
 def calibrate_command(model: str, data: str, width: float | None, config_name: str | None, batches: int,
                       batch_size: int, output: str, force: bool, val_data: str | None, workers: int | None,
                       checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
                       num_classes: int | None, device: str | None, reorder: str | None,
-                      input_size: tuple[int, int, int] | None) -> None:
+                      input_size: tuple[int, int, int] | None, crop_pct: float | None,
+                      mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+                      interpolation: str | None) -> None:
     """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it; with
     --width or --config, only that configuration's, which it then owns (saved in the .slim file).
     With validation data, print the accuracy before and after."""
@@ -215,10 +235,13 @@ def calibrate_command(model: str, data: str, width: float | None, config_name: s
         raise click.UsageError("a configuration's statistics are stored in .slim files: give -o NAME.slim")
     _fresh_output(output, force)
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
+    cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
+    check_input_size(net, input_size)
     dev = resolve_device(device)
     net.to(dev)
     has_val = val_data is not None or has_validation(data)
-    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
+    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size,
+                       data_config=cfg) if has_val else None
     n = _workers(workers, data)
     widths = None if chosen is None else [chosen]
 
@@ -228,9 +251,13 @@ def calibrate_command(model: str, data: str, width: float | None, config_name: s
                        f"{evaluate(net, val, widths=widths, batch_size=batch_size, device=dev, workers=n).table()}")
 
     accuracy("before")
-    calibrate_bn(net, resolve_data(data, net, train=True, input_size=input_size), batches=batches,
+    calibrate_bn(net, resolve_data(data, net, train=True, input_size=input_size, data_config=cfg), batches=batches,
                  batch_size=batch_size, workers=n, device=dev, widths=widths)
     accuracy("after")
+    if cfg is not None:  # calibrated with it: the saved model keeps it
+        from slimify.train.data_config import record_data_config
+
+        record_data_config(net, cfg)
     what = "per switch" if chosen is None else f"for {chosen!r}" if config_name else f"for width {width:g}"
     click.echo(f"calibrated {batches} batches {what}; saved {save_model(net, spec, output, overwrite=force)}")
 
@@ -248,11 +275,13 @@ Examples:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
 @click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
 @workers_option
+@data_config_options
 def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_size: int, markdown: bool,
                  json_path: str | None, force: bool, workers: int | None, checkpoint: str | None,
                  switches: tuple[float, ...] | None,
                  divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
-                 input_size: tuple[int, int, int] | None) -> None:
+                 input_size: tuple[int, int, int] | None, crop_pct: float | None, mean: tuple[float, ...] | None,
+                 std: tuple[float, ...] | None, interpolation: str | None) -> None:
     """Top-1 / top-5 / loss of every switch of MODEL on DATA."""
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
@@ -261,10 +290,13 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
     if json_path:
         _fresh_output(json_path, force)
     net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
+    cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
+    check_input_size(net, input_size)
     _check_classes(net, data)
     dev = resolve_device(device)
-    result = evaluate(net.to(dev), resolve_data(data, net, train=False, split="test", input_size=input_size), widths=widths,
-                      batch_size=batch_size, device=dev, workers=_workers(workers, data))
+    result = evaluate(net.to(dev), resolve_data(data, net, train=False, split="test", input_size=input_size,
+                                                data_config=cfg),
+                      widths=widths, batch_size=batch_size, device=dev, workers=_workers(workers, data))
     click.echo(result.table(markdown=markdown))
     if json_path:
         from slimify.store.slimfile import atomic_path

@@ -174,6 +174,8 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
               "model": type(model).__name__}
     if state.record.evaluation:  # accuracy per width from finetune (slimify.deploy.accuracy)
         config["evaluation"] = state.record.evaluation
+    if state.record.data_config:  # the preprocessing it was trained with (slimify.train.data_config)
+        config["data_config"] = state.record.data_config
     from slimify.rewrite.config_names import configs_to_json
 
     if (named := configs_to_json(model)):
@@ -280,6 +282,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     state.record.example_shape = list(x.shape)
     if isinstance(config.get("evaluation"), dict):
         state.record.evaluation = config["evaluation"]
+    if isinstance(config.get("data_config"), dict):
+        state.record.data_config = config["data_config"]
     if plan_digest(model) != config["plan_sha256"]:
         raise SlimifyError(f"{path}: the {'model passed to load' if given else 'rebuilt model'} slims differently "
                            "from the saved one (plan digest mismatch; saved with another slimify/timm/torchvision "

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from slimify.errors import SlimifyError
+from slimify.preprocess import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from slimify.train.data_config import recorded_data_config, resolved_data_config
 
 __all__ = ["DigitsDataset", "digits", "image_folder", "load_image", "model_transform", "recorded_input_size",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_VAL_FRACTION = 0.2  # of each class, held out for validation (stratified, fixed seed)
 
 
@@ -105,48 +105,57 @@ def _size3(size: int | tuple[int, ...] | list[int]) -> tuple[int, int, int]:
     raise SlimifyError(f"input size must be H, (H, W) or (C, H, W), got {size!r}")
 
 
-def _timm_transform(model: nn.Module, train: bool, size: tuple[int, int, int] | None,
+def _timm_transform(model: nn.Module, train: bool, cfg: dict[str, Any],
                     augment: dict[str, Any]) -> Callable[[Any], torch.Tensor] | None:
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if not cfg and not (train and augment):
+    """timm's pipeline for a timm model (one with a pretrained config) or a recipe's augmentation."""
+    if not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)) and not (train and augment):
         return None
-    from timm.data import create_transform, resolve_data_config
+    from timm.data import create_transform
 
-    if not cfg:  # a recipe's augmentation on a non-timm model: timm's pipeline with ImageNet statistics
-        data_cfg: dict[str, Any] = {"input_size": size or (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    else:
-        data_cfg = resolve_data_config({"input_size": size} if size else {}, model=model)
-    return create_transform(**data_cfg, is_training=train, **(augment if train else {}))
+    return create_transform(**cfg, is_training=train, **(augment if train else {}))
 
 
 def model_transform(model: nn.Module, train: bool, weights: str | None = None,
                     input_size: int | tuple[int, ...] | None = None,
-                    augment: dict[str, Any] | None = None) -> Callable[[Any], torch.Tensor]:
-    """The preprocessing ``model`` expects at its input size: timm's data config for timm models,
+                    augment: dict[str, Any] | None = None,
+                    data_config: DataConfig | None = None) -> Callable[[Any], torch.Tensor]:
+    """The preprocessing ``model`` expects at its input size: timm's pipeline for timm models,
     the torchvision weights' transforms when ``weights`` names them (e.g.
-    ``"ResNet18_Weights.IMAGENET1K_V1"``), else ImageNet defaults (random-resized crop + flip for
-    training, resize + center crop else).
+    ``"ResNet18_Weights.IMAGENET1K_V1"``) and no data config is given or recorded, else
+    torchvision's (random-resized crop + flip for training, resize to size / crop_pct + center
+    crop else).
 
     The size is ``input_size`` if given, else the one the model was converted with (so a model
     converted at 32 px is trained and evaluated at 32 px, not at timm's 224), else the model's
-    own default (timm's config; 224 otherwise). ``augment`` adds ``timm.data.create_transform``
-    training arguments (RandAugment, random erasing: see :func:`slimify.train.augment.augment_args`)."""
+    own default (timm's config; 224 otherwise). Crop percentage, mean, std and interpolation come
+    from ``data_config``, else the one recorded on the model, else timm's pretrained config, else
+    ImageNet's with a 0.875 crop (:func:`slimify.train.data_config.resolved_data_config`).
+    ``augment`` adds ``timm.data.create_transform`` training arguments (RandAugment, random
+    erasing: see :func:`slimify.train.augment.augment_args`)."""
     from torchvision import transforms as T
 
     size = _size3(input_size) if input_size is not None else recorded_input_size(model)
-    timm_tf = _timm_transform(model, train, size, augment or {})
+    cfg = resolved_data_config(model, size or _own_size(model), data_config)
+    timm_tf = _timm_transform(model, train, cfg, augment or {})
     if timm_tf is not None:
         return timm_tf
-    _, h, w = size or (3, 224, 224)
-    if weights is not None and not train:
+    _, h, w = cfg["input_size"]
+    if weights is not None and not train and data_config is None and recorded_data_config(model) is None:
         from torchvision.models import get_weight
 
         preset = get_weight(weights).transforms
         return preset() if size is None else preset(crop_size=h, resize_size=int(round(h / 0.875)))
-    normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    mode = T.InterpolationMode(cfg["interpolation"])
+    normalize = [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
     if train:
-        return T.Compose([T.RandomResizedCrop((h, w)), T.RandomHorizontalFlip(), *normalize])
-    return T.Compose([T.Resize(int(round(min(h, w) / 0.875))), T.CenterCrop((h, w)), *normalize])
+        return T.Compose([T.RandomResizedCrop((h, w), interpolation=mode), T.RandomHorizontalFlip(), *normalize])
+    return T.Compose([T.Resize(int(round(min(h, w) / cfg["crop_pct"])), interpolation=mode), T.CenterCrop((h, w)),
+                      *normalize])
+
+
+def _own_size(model: nn.Module) -> tuple[int, int, int]:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    return tuple(cfg.get("input_size", (3, 224, 224)))  # type: ignore[return-value]
 
 
 def load_image(path: str) -> Any:
@@ -161,16 +170,18 @@ def load_image(path: str) -> Any:
 
 
 def image_folder(root: str | Path, model: nn.Module, train: bool, weights: str | None = None,
-                 input_size: int | tuple[int, ...] | None = None, augment: dict[str, Any] | None = None) -> Dataset:
+                 input_size: int | tuple[int, ...] | None = None, augment: dict[str, Any] | None = None,
+                 data_config: DataConfig | None = None) -> Dataset:
     """A torchvision ImageFolder at ``root`` (one sub-folder per class) with the model's transform
-    (at ``input_size``, default the model's recorded size: see :func:`model_transform`)."""
+    (at ``input_size``, default the model's recorded size; ``data_config``, default the model's
+    recorded one: see :func:`model_transform`)."""
     from torchvision.datasets import ImageFolder
 
     root = Path(root)
     if not root.is_dir():
         raise SlimifyError(f"data directory {str(root)!r} does not exist")
     try:
-        transform = model_transform(model, train, weights, input_size, augment)
+        transform = model_transform(model, train, weights, input_size, augment, data_config)
         return ImageFolder(str(root), transform=transform, loader=load_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise SlimifyError(f"{root}: not an image folder (one sub-folder of images per class): {e}") from e

@@ -11,9 +11,11 @@ from torch.utils.data import Dataset
 
 import slimify
 from slimify.errors import SlimifyError
+from slimify.preprocess import DataConfig
 from slimify.store.sources import check_state_dict
 from slimify.train.checkpoint import load_checkpoint, save_checkpoint
 from slimify.train.data import digits, image_folder, recorded_input_size
+from slimify.train.data_config import record_data_config
 from slimify.train.idx_data import FASHION_MNIST, idx_classes, idx_images, idx_root, is_idx_directory
 
 __all__ = ["load_slimmable", "convert_spec", "model_from_spec", "resolve_data", "count_classes", "save_model",
@@ -64,7 +66,7 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
     the spec's ``reorder`` method runs before converting (a checkpoint's weights, loaded after
     rebuilding, are already in that order)."""
     if "slim" in spec:
-        return slimify.load(spec["slim"])
+        return _with_data_config(slimify.load(spec["slim"]), spec)
     from slimify.store.sources import create
 
     classes = spec.get("num_classes")
@@ -72,6 +74,13 @@ def model_from_spec(spec: dict[str, Any], plain_weights: str | Path | None = Non
     model = create(spec["name"], checkpoint=plain_weights, **kwargs)
     if spec.get("switches"):
         model = convert_spec(model, spec, spec.get("reorder") if plain_weights is not None else None)
+    return _with_data_config(model, spec)
+
+
+def _with_data_config(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    """The data config a checkpoint's spec records (finetune's), kept on the model."""
+    if spec.get("data_config") and slimify.is_slimmable(model):
+        record_data_config(model, DataConfig.from_dict(spec["data_config"], "the checkpoint's data config"))
     return model
 
 
@@ -130,13 +139,15 @@ def count_classes(data: str) -> int | None:
 
 
 def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = None,
-                 input_size: tuple[int, int, int] | None = None, augment: dict[str, Any] | None = None) -> Dataset:
+                 input_size: tuple[int, int, int] | None = None, augment: dict[str, Any] | None = None,
+                 data_config: DataConfig | None = None) -> Dataset:
     """``digits``, ``fashion-mnist``, an IDX directory or an ImageFolder directory (with ``train``/
     ``val``/``test`` sub-folders, the one ``split`` names, default by ``train``) preprocessed for
     ``model`` at ``input_size`` (default: the size the model was converted with); ``augment``:
     timm training-transform arguments for image folders (digits and IDX sets, in memory, keep
-    their own random shifts unless ``no_aug``). ``split="test"`` is the published test set of an IDX set, a folder's
-    ``test/`` (else its ``val/``), and digits' val split (it has no other)."""
+    their own random shifts unless ``no_aug``); ``data_config``: crop, mean, std, interpolation of
+    image folders (default: the model's recorded or own). ``split="test"`` is the published test
+    set of an IDX set, a folder's ``test/`` (else its ``val/``), and digits' val split (it has no other)."""
     split = split or ("train" if train else "val")
     shifts = train and not (augment or {}).get("no_aug", False)  # in-memory sets' own augmentation
     if data == DIGITS:
@@ -152,7 +163,7 @@ def resolve_data(data: str, model: nn.Module, train: bool, split: str | None = N
         if (root / name).is_dir():
             root = root / name
             break
-    return image_folder(root, model, train=train, input_size=input_size, augment=augment)
+    return image_folder(root, model, train=train, input_size=input_size, augment=augment, data_config=data_config)
 
 
 def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path, overwrite: bool = True) -> Path:
@@ -163,5 +174,7 @@ def save_model(model: nn.Module, spec: dict[str, Any], path: str | Path, overwri
         raise SlimifyError(f"{path} already exists: pass --force to replace it")
     if path.suffix == ".slim":
         return slimify.save(model, path, overwrite=overwrite)
-    save_checkpoint(path, {"model": model.state_dict(), "model_spec": spec})
+    recorded = slimify.state.get_state(model).record.data_config
+    save_checkpoint(path, {"model": model.state_dict(),
+                           "model_spec": {**spec, **({"data_config": recorded} if recorded else {})}})
     return path
