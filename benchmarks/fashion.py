@@ -117,21 +117,33 @@ def holder_alive(path: Path) -> bool:
 
 
 def run(s: Setting, cache: Path, work: Path) -> None:
-    """Run every cell not yet in ``cache`` nor taken by another process (``--jobs`` runs several)."""
+    """Run every cell not yet in ``cache`` nor taken by another process (``--jobs`` runs several);
+    a cell that fails is reported and left for the next run, the others go on."""
+    from slimify.errors import SlimifyError
+
     data_dir = subset_directory(work / f"fashion-{s.train_images}-{s.test_images or 'all'}", s.train_images,
                                 s.test_images)
     claims = work / f"claims-{s.name}"
     claims.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
     for cell in cells(s):
         if cell.key in load_cache(cache) or not _claim(claims, cell):
             continue
         start = time.perf_counter()
-        result = run_cell(s, data_dir, cell, work)
+        try:
+            result = run_cell(s, data_dir, cell, work)
+        except Exception as e:  # one broken cell must not stop the others: say which and go on
+            print(f"{cell.key}: failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            (claims / cell.key.replace("/", "_")).unlink(missing_ok=True)
+            failed.append(cell.key)
+            continue
         seconds = time.perf_counter() - start
         _append(cache, {"key": cell.key, "result": {str(k): v for k, v in result.items()}, "seconds": round(seconds, 1),
                         "setting": s.name, "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         (claims / cell.key.replace("/", "_")).unlink(missing_ok=True)
         print(f"{cell.key}: {seconds:.0f} s " + " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
+    if failed:
+        raise SlimifyError(f"{len(failed)} cell(s) failed: {', '.join(failed)} (their errors are above; rerun to retry)")
 
 
 def _spawn(jobs: int, argv: list[str]) -> int:
