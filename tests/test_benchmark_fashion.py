@@ -61,3 +61,23 @@ def test_claims_skip_cells_a_live_process_holds(tmp_path: Path) -> None:
 def test_bad_jobs_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert fashion.main(["--jobs", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --jobs must be at least 1, got 0"
+
+
+def test_a_failing_cell_does_not_stop_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = SMOKE_CELLS[:2]
+    monkeypatch.setattr(fashion, "cells", lambda s: [first, second])
+
+    def one_fails(s: object, data_dir: Path, cell: Cell, work: Path) -> dict:
+        if cell == first:
+            raise RuntimeError("boom")
+        return {"1.0": 50.0}
+
+    monkeypatch.setattr(fashion, "run_cell", one_fails)
+    cache = tmp_path / "cells.jsonl"
+    argv = ["--setting", "smoke", "--cache", str(cache), "--work", str(tmp_path / "work"), "--no-report"]
+    assert fashion.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{first.key}: failed: RuntimeError: boom" in err and f"1 cell(s) failed: {first.key}" in err
+    assert [json.loads(line)["key"] for line in cache.read_text().splitlines()] == [second.key]
+    assert not list((tmp_path / "work" / "claims-smoke").iterdir())  # no claim left behind
