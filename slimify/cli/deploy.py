@@ -13,7 +13,7 @@ from slimify.cli.app import command
 from slimify.cli.model import LiveHelpOption, check_output, size_option
 from slimify.deploy.formats import ALL_WIDTHS, FORMATS
 
-__all__ = ["export_command", "profile_command", "pick_command", "write_export"]
+__all__ = ["export_command", "profile_command", "pick_command", "write_export", "sized_call"]
 
 F = Callable[..., Any]
 
@@ -22,12 +22,16 @@ def write_export(net: Any, width: Any, out: Path, force: bool, input_size: tuple
                  batch_size: int | None = None) -> str:
     """Export ``width`` (a width or a configuration's name) of ``net`` to ``out`` by its suffix
     (batch dynamic unless ``batch_size``); returns a one-line summary naming the dynamic dimensions."""
-    import torch
-
     from slimify.deploy.formats import write_width
 
-    example = torch.randn(1, *input_size) if input_size else None
-    return write_width(net, width, out, example, overwrite=force, batch_size=batch_size)
+    return write_width(net, width, out, sized_call(net, input_size), overwrite=force, batch_size=batch_size)
+
+
+def sized_call(net: Any, input_size: tuple[int, int, int] | None) -> Any:
+    """The call ``net`` was converted on (all its inputs), its first tensor at ``--input-size``."""
+    from slimify.store.slimfile import example_call
+
+    return example_call(net, batch=1, shape=(1, *input_size) if input_size else None)
 
 
 def measure_options(f: F) -> F:
@@ -93,12 +97,9 @@ def export_command(file: str, width: float | None, config_name: str | None, all_
     out = check_output(output, force, ALL_WIDTHS.names() if all_widths else FORMATS.names())
     net = slimify.load(file)
     if all_widths:
-        import torch
-
         from slimify.deploy.formats import write_all_widths
 
-        example = torch.randn(1, *input_size) if input_size else None
-        click.echo(write_all_widths(net, out, example, overwrite=force))
+        click.echo(write_all_widths(net, out, sized_call(net, input_size), overwrite=force))
         return
     chosen = width if width is not None else config_name
     slot_of(net, chosen)  # a width out of range or an unknown name: one line, before writing anything

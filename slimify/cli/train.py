@@ -19,7 +19,7 @@ from slimify.cli.model import (
     resolve_reorder,
 )
 
-__all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
+__all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command", "check_one_input"]
 
 F = Callable[..., Any]
 
@@ -56,12 +56,27 @@ def _fresh_output(path: str, force: bool) -> None:
         raise click.UsageError(f"{path} already exists: pass --force to replace it")
 
 
-def _check_classes(net: Any, data: str) -> None:
-    """Fail before any work when DATA has more classes than the model has outputs."""
+def check_one_input(net: Any, command: str) -> None:
+    """Fail before any work when ``net`` takes more than one image batch: a data command feeds it
+    only the images of DATA."""
+    from slimify.store.slimfile import example_call
+
+    call = example_call(net)
+    if not call.single:
+        name = getattr(type(net), "__slimify_base__", type(net)).__name__
+        raise click.UsageError(f"{name} takes several inputs ({call.shapes()}): {command} feeds it one image batch "
+                               f"from DATA; run slimify.train's functions in Python with your own data loader")
+
+
+def _check_classes(net: Any, data: str, command: str) -> None:
+    """Fail before any work when the model takes other inputs than DATA's images, or DATA has more
+    classes than the model has outputs."""
     import torch
 
     from slimify.store.slimfile import example_input
     from slimify.train.resolve import count_classes
+
+    check_one_input(net, command)
 
     classes, was_training = count_classes(data), net.training
     with torch.no_grad():
@@ -150,7 +165,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     torch.manual_seed(r.seed)  # the same seed builds the same initial weights
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size, pretrained,
                       pretrained_tag, _build_kwargs(model, r.drop_path))
-    _check_classes(net, data)
+    _check_classes(net, data, "finetune")
     if dist_info().is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
         _warn_random_init(model, checkpoint, pretrained)
     train = resolve_data(data, net, train=True, input_size=input_size, augment=augment_args(r))
@@ -210,6 +225,7 @@ def calibrate_command(model: str, data: str, width: float | None, config_name: s
         raise click.UsageError("a configuration's statistics are stored in .slim files: give -o NAME.slim")
     _fresh_output(output, force)
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
+    check_one_input(net, "calibrate")
     dev = resolve_device(device)
     net.to(dev)
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
@@ -255,7 +271,7 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
     if json_path:
         _fresh_output(json_path, force)
     net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
-    _check_classes(net, data)
+    _check_classes(net, data, "eval")
     dev = resolve_device(device)
     result = evaluate(net.to(dev), resolve_data(data, net, train=False, input_size=input_size), widths=widths,
                       batch_size=batch_size, device=dev, workers=_workers(workers, data))

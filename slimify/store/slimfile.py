@@ -26,12 +26,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import ExampleCall
 from slimify.errors import SlimifyError
 from slimify.state import get_state
 from slimify.store.sources import ModelSource, build, check_state_dict
 
-__all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_shape", "plan_digest",
-           "tensors_digest", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_call", "example_shape",
+           "plan_digest", "tensors_digest", "FORMAT", "VERSION"]
 
 FORMAT = "slimify"
 VERSION = 1  # bump when the config changes incompatibly; load refuses newer versions
@@ -85,6 +86,21 @@ def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
     """A fixed random batch at the shape ``model`` was converted with."""
     shape = (batch, *example_shape(model)[1:])
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def example_call(model: nn.Module, batch: int | None = None, shape: tuple[int, ...] | None = None) -> ExampleCall:
+    """The call ``model`` was converted on, rebuilt with fixed random values: its recorded form
+    (several or keyword inputs) or one tensor at the recorded shape; ``batch`` rows in every batched
+    tensor, the first tensor at ``shape`` (its batch included) if given."""
+    spec = get_state(model).record.example_inputs
+    if spec is None:
+        call = ExampleCall.of(example_input(model))
+    else:
+        from slimify.analysis.example_inputs import rebuild
+
+        call = ExampleCall(*rebuild(spec, torch.Generator().manual_seed(0)))
+    call = call.resized(shape) if shape is not None else call
+    return call.batched(batch) if batch is not None else call
 
 
 def _feed(h: Any, obj: Any) -> None:
