@@ -2,6 +2,7 @@
 ``slimify.train``; each registers with ``slimify.cli.app.command``."""
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,11 +13,14 @@ import click
 from slimify.cli.app import command
 from slimify.cli.model import (
     check_weights_options,
+    chosen_width,
+    chosen_widths,
     parse_input_size,
     parse_switches,
     pretrained_options,
     reorder_option,
     resolve_reorder,
+    width_options,
 )
 
 __all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command", "check_one_input"]
@@ -196,8 +200,7 @@ Examples:
   slimify calibrate searched.slim --data digits --config search-flops-0.30x -o searched.slim --force""")
 @model_options
 @click.option("--data", required=True, help="'digits' or an ImageFolder directory of training images.")
-@click.option("--width", type=float, help="Calibrate only this uniform width (any in range; stored with it, .slim).")
-@click.option("--config", "config_name", help="Calibrate only this named configuration (.slim).")
+@functools.partial(width_options, several=False)
 @click.option("--batches", type=click.IntRange(min=1), default=100, show_default=True, help="Batches per switch.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
@@ -205,22 +208,21 @@ Examples:
 @click.option("--val", "val_data", help="Validation data for the accuracy before and after (default: DATA's val/ "
                                         "sub-folder, or digits' val split; none: no accuracy printed).")
 @workers_option
-def calibrate_command(model: str, data: str, width: float | None, config_name: str | None, batches: int,
+def calibrate_command(model: str, data: str, width: float | str | None, config_name: str | None, batches: int,
                       batch_size: int, output: str, force: bool, val_data: str | None, workers: int | None,
                       checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
                       num_classes: int | None, device: str | None, reorder: str | None,
                       input_size: tuple[int, int, int] | None) -> None:
     """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it; with
-    --width or --config, only that configuration's, which it then owns (saved in the .slim file).
+    --width (a width or a configuration's name) or --config, only that one's, which it then owns
+    (saved in the .slim file).
     With validation data, print the accuracy before and after."""
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
     from slimify.train.resolve import resolve_data, save_model
 
-    if width is not None and config_name is not None:
-        raise click.UsageError("give --width or --config, not both")
-    chosen = width if width is not None else config_name
+    chosen = chosen_width(width, config_name)
     if chosen is not None and Path(output).suffix != ".slim":
         raise click.UsageError("a configuration's statistics are stored in .slim files: give -o NAME.slim")
     _fresh_output(output, force)
@@ -242,7 +244,7 @@ def calibrate_command(model: str, data: str, width: float | None, config_name: s
     calibrate_bn(net, resolve_data(data, net, train=True, input_size=input_size), batches=batches,
                  batch_size=batch_size, workers=n, device=dev, widths=widths)
     accuracy("after")
-    what = "per switch" if chosen is None else f"for {chosen!r}" if config_name else f"for width {width:g}"
+    what = "per switch" if chosen is None else f"for {chosen!r}" if isinstance(chosen, str) else f"for width {chosen:g}"
     click.echo(f"calibrated {batches} batches {what}; saved {save_model(net, spec, output, overwrite=force)}")
 
 
@@ -252,18 +254,21 @@ Examples:
   slimify eval rn50.slim --data ~/imagenet/val --widths 0.5,1.0 --markdown""")
 @model_options
 @click.option("--data", required=True, help="'digits' (its val split) or an ImageFolder directory.")
-@click.option("--widths", callback=parse_switches, help="Switches to evaluate (default: all).")
+@functools.partial(width_options, several=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
 @click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
 @workers_option
-def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_size: int, markdown: bool,
+def eval_command(model: str, data: str, widths: tuple[Any, ...] | None, config_name: tuple[str, ...],
+                 batch_size: int, markdown: bool,
                  json_path: str | None, force: bool, workers: int | None, checkpoint: str | None,
                  switches: tuple[float, ...] | None,
                  divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
                  input_size: tuple[int, int, int] | None) -> None:
-    """Top-1 / top-5 / loss of every switch of MODEL on DATA."""
+    """Top-1 / top-5 / loss of every switch and named configuration of MODEL on DATA (or of
+    --widths / --config: widths in range and configuration names)."""
+    from slimify.state import switches as slimify_switches
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
     from slimify.train.resolve import resolve_data
@@ -273,7 +278,11 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
     net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     _check_classes(net, data, "eval")
     dev = resolve_device(device)
-    result = evaluate(net.to(dev), resolve_data(data, net, train=False, input_size=input_size), widths=widths,
+    from slimify.rewrite.config_names import configs
+
+    named = [n for n, v in configs(net).items() if not (isinstance(v, float) and v in slimify_switches(net))]
+    chosen = chosen_widths(widths, config_name) or (*slimify_switches(net), *named)
+    result = evaluate(net.to(dev), resolve_data(data, net, train=False, input_size=input_size), widths=chosen,
                       batch_size=batch_size, device=dev, workers=_workers(workers, data))
     click.echo(result.table(markdown=markdown))
     if json_path:

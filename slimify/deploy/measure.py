@@ -87,18 +87,23 @@ class ProfileResult:
     def table(self) -> str:
         head = (f"{self.model} on {self.device} ({self.threads} thread(s)), input {list(self.input_size)}, "
                 f"{self.runs} runs after {self.warmup} warm-up, mode {self.mode}")
-        cols = f"{'width':>6} | {'params':>10} | {'MMACs':>9} | {'GFLOPs':>7} | {'ms (median)':>11} | " \
+        n = max([6, *(len(r.config) for r in self.rows)])  # a configuration's name, in full
+        cols = f"{'width':>{n}} | {'params':>10} | {'MMACs':>9} | {'GFLOPs':>7} | {'ms (median)':>11} | " \
                f"{'± IQR':>6} | {'runs':>4} | {'ms (p90)':>8} | {'memory MB':>9}" + \
                (" | accuracy" if self._has_accuracy() else "")
         lines = [head, "", cols]
         for r in self.rows:
-            acc = f" | {r.accuracy:8.2f}" if self._has_accuracy() and r.accuracy is not None else ""
+            acc = (f" | {r.accuracy:8.2f}" if r.accuracy is not None else f" | {'?':>8}") if self._has_accuracy() else ""
             timed = (f"{r.latency_ms:>11.2f} | {r.latency_iqr_ms or 0:>6.2f} | {r.latency_runs or self.runs:>4} | "
                      f"{r.latency_p90_ms:>8.2f}") if r.latency_ms is not None else \
                 f"{'not timed':>11} | {'':>6} | {'':>4} | {'':>8}"
-            lines.append(f"{r.config or f'{r.width:g}':>6} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | "
+            lines.append(f"{r.config or f'{r.width:g}':>{n}} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | "
                          f"{r.flops / 1e9:>7.3f} | {timed} | {r.memory_mb:>9.1f}{acc}")
+        unknown = [r.config or f"{r.width:g}" for r in self.rows if r.accuracy is None]
         lines += ["", f"memory: {self.memory_method}"] + [f"warning: {w}" for w in self.warnings]
+        if self._has_accuracy() and unknown:
+            lines.append(f"accuracy ?: not evaluated for {', '.join(unknown)} (slimify eval --widths … --json, then "
+                         "--accuracy FILE)")
         return "\n".join(lines)
 
     def __str__(self) -> str:

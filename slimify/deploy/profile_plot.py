@@ -1,5 +1,5 @@
-"""The profile plot, named for what it shows: with an accuracy for every width it is accuracy
-against cost (measured latency, else FLOPs), one point per switch labelled by its width and the
+"""The profile plot, named for what it shows: with accuracy (for the widths that have one, as in
+the table) it is accuracy against cost (measured latency, else FLOPs), one point per switch labelled by its width and the
 Pareto-optimal ones joined — the trade-off a user picks from; without accuracy it is cost against
 cost (GFLOPs vs latency) and says so, since a "Pareto front" of two costs means nothing."""
 from __future__ import annotations
@@ -25,9 +25,9 @@ def plot_profile(result: Any, path: str | Path, overwrite: bool = False) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result.rows
-    timed = all(r.latency_ms is not None for r in rows)
-    use_acc = all(r.accuracy is not None for r in rows)
+    timed = all(r.latency_ms is not None for r in result.rows)
+    use_acc = any(r.accuracy is not None for r in result.rows)  # the rows the table shows an accuracy for
+    rows = [r for r in result.rows if r.accuracy is not None] if use_acc else result.rows
     if timed:
         xs = [r.latency_ms for r in rows]
         xlabel = f"latency, ms (median; {result.device}, {result.threads} thread(s))"
