@@ -13,7 +13,7 @@ from slimify.cli.app import command
 
 __all__ = ["convert_command", "inspect_command", "parse_switches", "parse_width", "parse_widths", "width_options",
            "chosen_width", "chosen_widths", "parse_input_size", "check_output", "size_option", "RegistryChoice",
-           "LiveHelpOption", "pretrained_options", "check_weights_options"]
+           "LiveHelpOption", "pretrained_options", "check_weights_options", "count_text"]
 
 F = Callable[..., Any]
 
@@ -235,8 +235,15 @@ def _params_line(net: Any) -> str:
     import slimify
     from slimify.deploy.extract import active_params
 
-    return "parameters per switch: " + ", ".join(f"{w:g}: {active_params(net, w) / 1e6:.2f} M"
+    return "parameters per switch: " + ", ".join(f"{w:g}: {count_text(active_params(net, w))}"
                                                  for w in slimify.switches(net))
+
+
+def count_text(n: int) -> str:
+    """A parameter count people read: ``512`` below a thousand, ``13.5 K`` below a million, ``11.69 M``."""
+    if n < 1000:
+        return str(n)
+    return f"{n / 1e3:.1f} K" if n < 999_500 else f"{n / 1e6:.2f} M"
 
 
 @command("convert", epilog="""\b

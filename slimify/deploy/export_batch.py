@@ -31,31 +31,39 @@ __all__ = ["quiet_native_stderr", "first_line", "batch_of", "input_names", "dyna
 
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
-    """Hide what exporters print while the block runs — C++ code on file descriptor 2 (TorchScript's
-    ONNX exporter), torch's loggers (torch.export's fake tensors log whole tracebacks), warnings —
-    so that an error reaches the user as one line of the exception."""
+    """Hide what exporters print while the block runs — C++ code on file descriptors 1 and 2
+    (TorchScript's ONNX exporter), Python prints (its IR dump before an error, on stdout), torch's
+    loggers (torch.export's fake tensors log whole tracebacks), warnings — so that an error reaches
+    the user as one line of the exception. With the ``slimify`` logger at DEBUG (``slimify
+    --verbose``) nothing is hidden."""
+    if logging.getLogger("slimify").isEnabledFor(logging.DEBUG):
+        yield
+        return
     torch_logger = logging.getLogger("torch")
     level = torch_logger.level
     torch_logger.setLevel(logging.CRITICAL)
-    try:
-        fd = os.dup(2)
-    except OSError:  # no stderr to hide
-        fd = None
+    saved = {}
+    for fd in (1, 2):
+        try:
+            saved[fd] = os.dup(fd)
+        except OSError:  # no such stream to hide
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
     try:
         with tempfile.TemporaryFile() as sink, contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
+                contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if fd is not None:
-                sys.stderr.flush()
-                os.dup2(sink.fileno(), 2)
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
             try:
                 yield
             finally:
-                if fd is not None:
-                    os.dup2(fd, 2)
+                for fd, kept in saved.items():
+                    os.dup2(kept, fd)
     finally:
-        if fd is not None:
-            os.close(fd)
+        for kept in saved.values():
+            os.close(kept)
         torch_logger.setLevel(level)
 
 
