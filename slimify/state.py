@@ -41,6 +41,9 @@ class ConversionRecord:
     evaluation: dict[str, Any] | None = None  # see slimify.deploy.accuracy
     example_inputs: dict[str, Any] | None = None
     configs: dict[str, Any] = field(default_factory=dict)  # name → uniform width or {group: channels}
+    # the weights were never trained: converted from a model name with neither a checkpoint nor published
+    # weights (set by the CLI, kept in the .slim, cleared by finetune); narrow_loss "distill" needs trained ones
+    random_init: bool = False
     config_slots: dict[tuple[int, ...], int] = field(default_factory=dict)  # classes kept per group → slot
 
 

@@ -273,6 +273,7 @@ def convert_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     net = _convert(model, checkpoint, switches, divisor, num_classes, input_size, reorder=method,
                    pretrained=pretrained, tag=pretrained_tag)
     rep = slimify.report(net)
+    slimify.state.get_state(net).record.random_init = not (checkpoint or pretrained)  # kept in the .slim
     slimify.save(net, out, overwrite=force)
     click.echo(f"{rep.model}: {len(rep.groups)} channel groups, {len(rep.slimmable)} slimmable, {len(rep.fixed)} fixed "
                f"({rep.seconds:.1f} s)")

@@ -104,6 +104,7 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
                         reorder_data=batches_)
         state = slimify.state.get_state(net)
         state.record.example_shape = list(example.shape)
+        state.record.random_init = checkpoint is None  # kept in the .slim: finetune warns about distillation
         result = state.record.reorder
         slimify.save(net, out, overwrite=force)
     else:

@@ -95,28 +95,49 @@ def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, 
           num_classes: int | None, reorder: str | None, input_size: tuple[int, int, int] | None = None,
           pretrained: bool = False, pretrained_tag: str | None = None,
           model_kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    from slimify.state import get_state
     from slimify.train.resolve import count_classes, load_slimmable
 
     classes = num_classes or count_classes(data)
-    return load_slimmable(model, checkpoint, switches, divisor, classes,
-                          input_size=input_size or ((3, 32, 32) if data == "digits" else None),
-                          reorder=resolve_reorder(reorder, checkpoint or pretrained), pretrained=pretrained,
-                          pretrained_tag=pretrained_tag, model_kwargs=model_kwargs)
+    net, spec = load_slimmable(model, checkpoint, switches, divisor, classes,
+                               input_size=input_size or ((3, 32, 32) if data == "digits" else None),
+                               reorder=resolve_reorder(reorder, checkpoint or pretrained), pretrained=pretrained,
+                               pretrained_tag=pretrained_tag, model_kwargs=model_kwargs)
+    if _is_name(model) and not (checkpoint or pretrained):
+        get_state(net).record.random_init = True  # a model name built with random weights
+    return net, spec
+
+
+def _is_name(model: str) -> bool:
+    """MODEL names a model to build (not a .slim file or a training checkpoint)."""
+    return not (Path(model).suffix == ".slim" or Path(model).is_file())
 
 
 def _build_kwargs(model: str, drop_path: float | None) -> dict[str, Any]:
     """Factory arguments a recipe implies for a timm model name: stochastic depth must exist in the
     built model (timm builds Identity where the rate is 0) before the recipe can set its rate."""
     source = model.rpartition(":")[0]
-    is_name = not (Path(model).suffix == ".slim" or Path(model).is_file())
-    return {"drop_path_rate": drop_path} if drop_path and is_name and source in ("", "timm") else {}
+    return {"drop_path_rate": drop_path} if drop_path and _is_name(model) and source in ("", "timm") else {}
 
 
-def _warn_random_init(model: str, checkpoint: str | None, pretrained: bool) -> None:
-    """A model name with neither --pretrained nor --checkpoint is random init: say so before training."""
-    if not (checkpoint or pretrained or Path(model).suffix == ".slim" or Path(model).is_file()):
+def _warn_random_init(model: str, net: Any, narrow_loss: str) -> None:
+    """Random weights (a model name with neither --pretrained nor --checkpoint, or a .slim converted
+    so and never trained): say so before training, and that distillation needs a trained widest
+    switch. stdout: stderr holds only errors."""
+    from slimify.state import get_state, switches
+
+    if not get_state(net).record.random_init:
+        return
+    if _is_name(model):
         click.echo(f"warning: {model} starts from random weights (neither --pretrained nor --checkpoint): this "
-                   "trains it from scratch, not a retrofit of trained weights")  # stdout: stderr holds only errors
+                   "trains it from scratch, not a retrofit of trained weights")
+    else:
+        click.echo(f"warning: {model} holds random weights (converted without --checkpoint or --pretrained, never "
+                   "trained): this trains it from scratch")
+    if narrow_loss == "distill" and len(switches(net)) > 1:
+        click.echo("warning: narrow_loss: distill teaches the narrow switches the widest one's predictions, which "
+                   "mean nothing until it is trained; from scratch use --narrow-loss labels (or a recipe with "
+                   "narrow_loss: labels)")
 
 
 @command("finetune", epilog="""\b
@@ -140,17 +161,22 @@ Examples:
 @click.option("--workers", type=click.IntRange(min=0), help="Override the recipe's DataLoader workers.")
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="Override the recipe's compile: torch.compile the training model (inductor).")
+@click.option("--narrow-loss", type=click.Choice(["labels", "distill"]),
+              help="Override the recipe's narrow_loss: narrow switches learn from labels, or from the widest "
+                   "switch's predictions (distill: for trained weights).")
 @click.option("--sync-bn/--no-sync-bn", default=None,
               help="Override the recipe's sync_bn: each switch's BatchNorm statistics over all processes' batches.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool, force: bool,
                      epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
-                     compile_: bool | None, sync_bn: bool | None, progress: bool | None, checkpoint: str | None,
+                     compile_: bool | None, sync_bn: bool | None, narrow_loss: str | None, progress: bool | None,
+                     checkpoint: str | None,
                      switches: tuple[float, ...] | None, divisor: int, num_classes: int | None, device: str | None,
                      reorder: str | None, input_size: tuple[int, int, int] | None, pretrained: bool,
                      pretrained_tag: str | None) -> None:
     """Fine-tune all switches of MODEL jointly (a .slim file, a training checkpoint, or a model
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision)."""
+    from slimify.state import get_state
     from slimify.train.augment import augment_args
     from slimify.train.distributed import dist_info, init_from_env, shutdown
     from slimify.train.recipe import load_recipe
@@ -158,7 +184,8 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     from slimify.train.run import finetune
 
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers,
-                                        compile=compile_, sync_bn=sync_bn).items() if v is not None}
+                                        compile=compile_, sync_bn=sync_bn, narrow_loss=narrow_loss).items()
+                 if v is not None}
     r = load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
     check_weights_options(checkpoint, pretrained, pretrained_tag)
     if not (resume or force) and any((Path(out) / n).exists() for n in ("checkpoint.pt", "model.slim", "model.pt")):
@@ -171,12 +198,15 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
                       pretrained_tag, _build_kwargs(model, r.drop_path))
     _check_classes(net, data, "finetune")
     if dist_info().is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
-        _warn_random_init(model, checkpoint, pretrained)
+        _warn_random_init(model, net, r.narrow_loss)
     train = resolve_data(data, net, train=True, input_size=input_size, augment=augment_args(r))
     has_val = val_data is not None or data == "digits" or (Path(data) / "val").is_dir()
     val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size) if has_val else None
     result = finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
                       progress=progress, model_spec=spec, echo=click.echo)
+    for trained in (net, result.ema_model):
+        if trained is not None:
+            get_state(trained).record.random_init = False  # trained now: its .slim says so
     if dist_info().is_main:
         if result.eval is not None:
             click.echo(f"{'after BN calibration' if r.calibrate_batches else 'after fine-tuning'}:\n"

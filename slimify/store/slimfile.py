@@ -190,6 +190,8 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
               "model": type(model).__name__}
     if state.record.evaluation:  # accuracy per width from finetune (slimify.deploy.accuracy)
         config["evaluation"] = state.record.evaluation
+    if state.record.random_init:  # never trained (ConversionRecord.random_init)
+        config["random_init"] = True
     from slimify.rewrite.config_names import configs_to_json
 
     if (named := configs_to_json(model)):
@@ -296,6 +298,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     state.record.example_shape = list(x.shape)
     if isinstance(config.get("evaluation"), dict):
         state.record.evaluation = config["evaluation"]
+    state.record.random_init = config.get("random_init") is True
     if plan_digest(model) != config["plan_sha256"]:
         raise SlimifyError(f"{path}: the {'model passed to load' if given else 'rebuilt model'} slims differently "
                            "from the saved one (plan digest mismatch; saved with another slimify/timm/torchvision "
