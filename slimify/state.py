@@ -42,6 +42,9 @@ class ConversionRecord:
     data_config: dict[str, Any] | None = None  # crop_pct, mean, std, interpolation: see slimify.train.data_config
     example_inputs: dict[str, Any] | None = None
     configs: dict[str, Any] = field(default_factory=dict)  # name → uniform width or {group: channels}
+    # the weights were never trained: converted from a model name with neither a checkpoint nor published
+    # weights (set by the CLI, kept in the .slim, cleared by finetune); narrow_loss "distill" needs trained ones
+    random_init: bool = False
     config_slots: dict[tuple[int, ...], int] = field(default_factory=dict)  # classes kept per group → slot
 
 

@@ -81,7 +81,8 @@ CLI_CASES: list[CliCase] = [
     _c("width-above-1-export", "export", "{ok.slim}", "--width", "2", "-o", "{out}", out="o.pt",
        message="outside this model's range"),
     _c("width-below-range-eval", "eval", *DIGITS, "--widths", "0.1", message="outside this model's range"),
-    _c("widths-unparsable-eval", "eval", *DIGITS, "--widths", "x", message="comma-separated"),
+    _c("widths-unparsable-eval", "eval", *DIGITS, "--widths", "x", message="no width configuration named 'x'"),
+    _c("widths-out-of-range-eval", "eval", *DIGITS, "--widths", "0.5,1.5", message="outside this model's range"),
     # model names and sources
     _c("model-unknown-timm", "convert", "no_such_model_xyz", "-o", "{out}", message="unknown model"),
     _c("model-unknown-torchvision", "convert", "torchvision:no_such_net", "-o", "{out}", message="unknown model"),

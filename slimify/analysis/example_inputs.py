@@ -1,15 +1,18 @@
 """The example a model was converted on, kept as data: a ``.slim`` file records its form (shapes,
 dtypes, lists, keyword names, plain values) so ``load`` converts on an input of the same form —
-several inputs (a Siamese pair, RAFT's two frames), a list of images, keyword inputs (a timestep)."""
+several inputs (a Siamese pair, RAFT's two frames), a list of images, keyword inputs (a timestep).
+:class:`ExampleCall` is such a call as a value: what export, profile and the checks call a model with."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 from slimify.errors import SlimifyError
 
-__all__ = ["describe", "rebuild", "first_shape"]
+__all__ = ["describe", "rebuild", "first_shape", "ExampleCall"]
 
 _PLAIN = (type(None), bool, int, float, str)
 
@@ -71,3 +74,97 @@ def first_shape(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> 
         elif isinstance(value, dict):
             stack = [*value.values(), *stack]
     return None
+
+
+@dataclass(frozen=True)
+class ExampleCall:
+    """``model(*args, **kwargs)`` as a value. Its batch is the first dim of its first tensor; every
+    tensor with that first dim is batched (an image and its per-image metadata), others (a scalar,
+    a table) are passed as they are at any batch size.
+
+        >>> call = ExampleCall.of((img, meta))       # a tensor, a tuple of inputs or a call
+        >>> y = call.run(model); call.batched(8).to("cuda")
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def of(example: Any, kwargs: dict[str, Any] | None = None) -> ExampleCall:
+        """A call from one input, a tuple of positional inputs, or a call (kept)."""
+        if isinstance(example, ExampleCall):
+            return example if not kwargs else ExampleCall(example.args, {**example.kwargs, **kwargs})
+        args = tuple(example) if isinstance(example, tuple) else (example,)
+        return ExampleCall(args, dict(kwargs or {}))
+
+    @property
+    def single(self) -> bool:
+        """One tensor, no keywords: the form of an image model."""
+        return len(self.args) == 1 and isinstance(self.args[0], torch.Tensor) and not self.kwargs
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors of the call in order (positional, then keyword; lists and dicts flattened)."""
+        return [t for t in pytree.tree_leaves((self.args, self.kwargs)) if isinstance(t, torch.Tensor)]
+
+    @property
+    def first(self) -> torch.Tensor:
+        tensors = self.tensors()
+        if not tensors:
+            raise SlimifyError("the example call has no tensor input")
+        return tensors[0]
+
+    @property
+    def batch(self) -> int | None:
+        return self.first.shape[0] if self.first.dim() else None
+
+    def is_batched(self, t: torch.Tensor) -> bool:
+        return t.dim() > 0 and t.shape[0] == self.batch
+
+    def map(self, fn: Any) -> ExampleCall:
+        """The call with ``fn`` applied to every tensor."""
+        args, kwargs = pytree.tree_map(lambda v: fn(v) if isinstance(v, torch.Tensor) else v, (self.args, self.kwargs))
+        return ExampleCall(tuple(args), dict(kwargs))
+
+    def batched(self, batch: int) -> ExampleCall:
+        """The call with ``batch`` rows in every batched tensor (repeating its first row)."""
+        return self.map(lambda t: t[:1].expand(batch, *t.shape[1:]).contiguous()
+                        if self.is_batched(t) and t.shape[0] != batch else t)
+
+    def resized(self, shape: tuple[int, ...] | list[int]) -> ExampleCall:
+        """The call with its first tensor at ``shape`` (random values of the same dtype; same seed)."""
+        first = self.first
+        if tuple(first.shape) == tuple(shape):
+            return self
+        new = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0)).to(first.dtype)
+        return self.map(lambda t: new.to(t.device) if t is first else t)
+
+    def to(self, device: Any) -> ExampleCall:
+        return self.map(lambda t: t.to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.first.device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def run(self, model: Any) -> Any:
+        return model(*self.args, **self.kwargs)
+
+    def shapes(self) -> str:
+        """``[1, 3, 32, 32]`` for one tensor, ``[1, 3, 32, 32], [1, 4], scale=[1]`` for several."""
+        if self.single:
+            return str(list(self.first.shape))
+        parts = [_shape_text(a) for a in self.args] + [f"{k}={_shape_text(v)}" for k, v in self.kwargs.items()]
+        return ", ".join(parts)
+
+
+def _shape_text(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return str(list(value.shape))
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_shape_text(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_shape_text(v)}" for k, v in value.items()) + "}"
+    return repr(value)

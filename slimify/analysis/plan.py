@@ -14,7 +14,7 @@ from slimify.analysis.space import FIXED, ChannelSpace, Count
 from slimify.analysis.unique import unique
 from slimify.errors import SlimifyError
 
-__all__ = ["make_divisible", "check_switches", "Plan", "make_plan", "Index", "group_divisor", "DEFAULT_DIVISOR",
+__all__ = ["make_divisible", "check_switches", "check_minimum", "Plan", "make_plan", "Index", "group_divisor", "DEFAULT_DIVISOR",
            "EmptyPiece", "kept_classes", "active_ids", "unbalanced_pieces", "fill_cuts", "NotABox"]
 
 DEFAULT_DIVISOR = 8  # ``divisor=None``: 8, or the largest smaller power of two a narrow group needs
@@ -191,6 +191,18 @@ def unbalanced_pieces(space: ChannelSpace, table: GroupTable, actives: list[np.n
                 unbalanced.append(pieces)
             touched |= groups
     return unbalanced
+
+
+def check_minimum(table: GroupTable, switches: tuple[float, ...], name: str) -> None:
+    """Refuse switches at which a slimmable group would keep no channel (C·w < 1): the plan would
+    round them up to a divisor, so the switch would not be the width it says. The message names
+    the smallest usable width (1/C of the smallest slimmable group)."""
+    sizes = [g.size for g in table.groups if not g.fixed]
+    if not sizes or switches[0] * min(sizes) >= 1:
+        return
+    smallest = math.ceil(1000 / min(sizes)) / 1000
+    raise SlimifyError(f"switch {switches[0]:g} is too narrow for {name}: a group of {min(sizes)} channels would "
+                       f"keep {switches[0] * min(sizes):.2g} of them; the smallest usable width is {smallest:g}")
 
 
 def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...], divisor: int | None) -> Plan:

@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_map
 
 from slimify.analysis.meta_layers import shape_call
 from slimify.analysis.metarun import FastMeta
+from slimify.analysis.own_names import attr_of
 from slimify.errors import SlimifyError
 
 __all__ = ["SHAPE_KEY", "WHERE_KEY", "VALUE_KEY",
@@ -115,6 +116,9 @@ class _ShapeRecorder(fx.Interpreter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.extra_traceback = False  # the error names the model's line (``_cannot_run``), not fx's node dump
+
+    def fetch_attr(self, target: str) -> Any:
+        return attr_of(self.module, target)  # the model's path, also where it clashes with the GraphModule's names
 
     def run_node(self, n: fx.Node) -> Any:
         try:
@@ -257,7 +261,7 @@ def _tensors_on_meta(gm: fx.GraphModule) -> Iterator[None]:
         for node in gm.graph.nodes:
             if node.op == "get_attr":
                 owner, _, name = node.target.rpartition(".")
-                attrs = vars(gm.get_submodule(owner) if owner else gm)
+                attrs = vars(attr_of(gm, owner) if owner else gm)
                 if isinstance(attrs.get(name), torch.Tensor):
                     swap(attrs, name)
         yield

@@ -13,7 +13,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from slimify.analysis.groups import GroupTable, cut_around, find_groups
-from slimify.analysis.plan import EmptyPiece, NotABox, Plan, Unbalanced, check_switches, make_plan
+from slimify.analysis.plan import EmptyPiece, NotABox, Plan, Unbalanced, check_minimum, check_switches, make_plan
 from slimify.analysis.report import ConversionReport, build_report
 from slimify.analysis.space import ChannelSpace
 from slimify.analysis.trace import trace
@@ -70,6 +70,7 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
         space = analyze(traced)
     splits_by_count = bool(space.balances)  # planning removes the balances it ties: ask before
     table, plan = _plan(space, switches, divisor, type(model).__name__)
+    check_minimum(table, switches, type(model).__name__)
     stuck = _stuck_channels(table, plan)
     # units of tied chunks may have outgrown their groups: chunk by position, then equal counts by a
     # common multiple instead of ties (``analysis/common_counts.py``), whichever leaves fewer stuck

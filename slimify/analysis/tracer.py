@@ -11,9 +11,10 @@ import torch.fx as fx
 import torch.nn as nn
 
 from slimify.analysis.frames import is_tracing
+from slimify.analysis.own_names import attr_of, graph_module
 from slimify.analysis.shape_pass import WHERE_KEY
 
-__all__ = ["SlimifyTracer", "graph_module"]
+__all__ = ["SlimifyTracer", "graph_module", "attr_of"]
 
 
 def _notrace_modules() -> tuple[type, ...]:
@@ -56,15 +57,3 @@ class SlimifyTracer(fx.Tracer):
         if frame is not None:
             node.meta[WHERE_KEY] = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
         return node
-
-
-
-def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
-    """A GraphModule whose Python code is generated only if it is ever called: analysis only
-    interprets the graph, and generating and compiling ``forward`` cost ~30 ms a conversion."""
-    try:
-        from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
-    except ImportError:  # a torch without lazy graph modules: the eager one works the same
-        return fx.GraphModule(root, graph, name)
-    with _use_lazy_graph_module(True):
-        return _make_graph_module(root, graph, name)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from slimify.analysis.own_names import attr_of
 from slimify.analysis.paired_sizes import follow_paired_sizes
 from slimify.analysis.space import OUTPUT_REASON, ChannelSpace
 from slimify.analysis.trace import SHAPE_KEY, VALUE_KEY, TracedModel
@@ -112,7 +113,7 @@ def _placeholder(ctx: RuleContext, shape: Any) -> Any:
 
 def _get_attr(ctx: RuleContext, traced: TracedModel, node: fx.Node) -> Any:
     owner, _, name = node.target.rpartition(".")
-    value = traced.graph_module.get_submodule(owner) if owner else traced.graph_module
+    value = attr_of(traced.graph_module, owner) if owner else traced.graph_module
     tensor = getattr(value, name)
     if isinstance(tensor, torch.Tensor):
         if traced.concrete and not _is_state(traced, owner, name):  # a value forward code computed

@@ -6,16 +6,19 @@ its commands with :func:`command`; a new module here is a new command, nothing e
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from slimify.errors import SlimifyError
 
-__all__ = ["main", "one_line", "command", "COMMANDS"]
+__all__ = ["main", "one_line", "notes", "command", "COMMANDS"]
 
 COMMANDS: dict[str, click.Command] = {}  # name → click command, filled by @command in this folder's modules
 
@@ -54,8 +57,11 @@ packages you trust:  slimify --trust-source mypkg inspect mine.slim   (or SLIMIF
 @click.version_option(package_name="slimify")
 @click.option("--trust-source", "trust_source", multiple=True, metavar="PACKAGE",
               help="Allow model classes/factories from PACKAGE (your own code) to be imported; repeatable.")
-def cli(trust_source: tuple[str, ...]) -> None:
+@click.option("--verbose", is_flag=True, help="Also show what torch's exporters print and other libraries' warnings.")
+def cli(trust_source: tuple[str, ...], verbose: bool) -> None:
     """slimify: turn a PyTorch image model into a slimmable network and deploy any width."""
+    if verbose:  # read below the CLI as the slimify logger's level (deploy/export_batch.quiet_native_stderr)
+        logging.getLogger("slimify").setLevel(logging.DEBUG)
     if trust_source:
         from slimify.store.trust import trust
 
@@ -71,13 +77,27 @@ def one_line(message: str) -> str:
     return lines[0]
 
 
+def notes(caught: list[warnings.WarningMessage], everything: bool = False) -> list[str]:
+    """The warnings of a command as lines for people: slimify's own (all with ``everything``), each
+    message once, its first line only (no file, line or category)."""
+    home = Path(__file__).resolve().parents[1]
+    lines = [one_line(str(w.message)) for w in caught
+             if everything or Path(w.filename).resolve().is_relative_to(home)]
+    return list(dict.fromkeys(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback; the
+    warnings of a command that succeeds follow its output as ``note:`` lines, each once."""
     from slimify.store.trust import trusted
 
+    logger = logging.getLogger("slimify")
+    level = logger.level
     try:
-        with trusted():  # --trust-source lasts for this command only (tests call main repeatedly)
-            cli.main(args=argv, standalone_mode=False)
+        with trusted(), warnings.catch_warnings(record=True) as caught:  # --trust-source lasts for this command
+            cli.main(args=argv, standalone_mode=False)  # only (tests call main repeatedly)
+        for line in notes(caught, everything=logger.isEnabledFor(logging.DEBUG)):
+            click.echo(f"note: {line}", err=True)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
@@ -89,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except SystemExit:
         raise
+    finally:
+        logger.setLevel(level)
     sys.exit(0)
 
 

@@ -3,6 +3,7 @@
 :mod:`slimify.deploy.measure` and :mod:`slimify.deploy.budget`."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,18 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import LiveHelpOption, check_input_size, check_output, size_option
+from slimify.cli.model import (
+    LiveHelpOption,
+    check_input_size,
+    check_output,
+    chosen_width,
+    chosen_widths,
+    size_option,
+    width_options,
+)
 from slimify.deploy.formats import ALL_WIDTHS, FORMATS
 
-__all__ = ["export_command", "profile_command", "pick_command", "write_export"]
+__all__ = ["export_command", "profile_command", "pick_command", "write_export", "sized_call"]
 
 F = Callable[..., Any]
 
@@ -22,16 +31,21 @@ def write_export(net: Any, width: Any, out: Path, force: bool, input_size: tuple
                  batch_size: int | None = None) -> str:
     """Export ``width`` (a width or a configuration's name) of ``net`` to ``out`` by its suffix
     (batch dynamic unless ``batch_size``); returns a one-line summary naming the dynamic dimensions."""
-    import torch
-
     from slimify.deploy.formats import write_width
 
-    example = torch.randn(1, *input_size) if input_size else None
-    return write_width(net, width, out, example, overwrite=force, batch_size=batch_size)
+    return write_width(net, width, out, sized_call(net, input_size), overwrite=force, batch_size=batch_size)
+
+
+def sized_call(net: Any, input_size: tuple[int, int, int] | None) -> Any:
+    """The call ``net`` was converted on (all its inputs), its first tensor at ``--input-size``."""
+    from slimify.store.slimfile import example_call
+
+    return example_call(net, batch=1, shape=(1, *input_size) if input_size else None)
 
 
 def measure_options(f: F) -> F:
-    """How to measure: input size, batch, runs, threads, device, mode."""
+    """What and how to measure: widths, input size, batch, runs, threads, device, mode."""
+    f = width_options(f, several=True)
     f = click.option("--mode", type=click.Choice(["export", "slim"]), default="export", show_default=True,
                      help="Measure each width as its exported plain model, or the slimmable model itself.")(f)
     f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 …")(f)
@@ -45,7 +59,7 @@ def measure_options(f: F) -> F:
 
 def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
              threads: int | None, device: str, mode: str, latency: bool = True,
-             accuracy: str | None = None) -> tuple[Any, Any]:
+             accuracy: str | None = None, widths: tuple[Any, ...] | None = None) -> tuple[Any, Any]:
     import slimify
     from slimify.deploy.accuracy import attach_accuracy
     from slimify.store.slimfile import example_shape
@@ -54,7 +68,7 @@ def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int
     check_input_size(net, input_size)
     shape = (batch_size, *(input_size or example_shape(net)[1:]))
     result = slimify.profile(net, input_size=shape, runs=runs, warmup=warmup, threads=threads, device=device,
-                             mode=mode, latency=latency)
+                             mode=mode, latency=latency, widths=widths)
     return net, attach_accuracy(result, net, accuracy)
 
 
@@ -67,8 +81,7 @@ Examples:
   slimify export rn50.slim --all-widths -o rn50_all.onnx   # one file, input 'width' picks the switch
   slimify export searched.slim --config search-flops-0.30x -o small.onnx""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--width", type=float, help="A uniform width between the narrowest switch and 1 (a switch or any other).")
-@click.option("--config", "config_name", help="A named width configuration of FILE (see `slimify inspect`).")
+@functools.partial(width_options, several=False)
 @click.option("--all-widths", is_flag=True, cls=LiveHelpOption,
               help_fn=lambda: "Every switch in one file, weights stored once: "
               + "; ".join(f"{e.name}: {e.help}" for e in ALL_WIDTHS) + ".")
@@ -79,7 +92,7 @@ Examples:
               help_fn=lambda: f"A static batch size for {'/'.join(FORMATS.names(lambda e: bool(e.options.get('batch_size'))))}."
               "  [default: dynamic batch]")
 @size_option
-def export_command(file: str, width: float | None, config_name: str | None, all_widths: bool, output: str,
+def export_command(file: str, width: float | str | None, config_name: str | None, all_widths: bool, output: str,
                    force: bool, batch_size: int | None, input_size: tuple[int, int, int] | None) -> None:
     """Export one width of a .slim FILE as a plain, physically narrow model (no slimify needed to
     run it), or with --all-widths every width in one file; the example input for .pt2/.onnx is the
@@ -88,21 +101,19 @@ def export_command(file: str, width: float | None, config_name: str | None, all_
     from slimify.state import slot_of
 
     if (width is not None) + (config_name is not None) + all_widths != 1:
-        raise click.UsageError("give either --width W (a width in range), --config NAME or --all-widths")
+        raise click.UsageError("give either --width W (a width in range or a configuration's name), --config NAME "
+                               "or --all-widths")
     if all_widths and batch_size is not None:
         raise click.UsageError("--batch-size applies to one width; an --all-widths file has a dynamic batch")
     out = check_output(output, force, ALL_WIDTHS.names() if all_widths else FORMATS.names())
     net = slimify.load(file)
     check_input_size(net, input_size)
     if all_widths:
-        import torch
-
         from slimify.deploy.formats import write_all_widths
 
-        example = torch.randn(1, *input_size) if input_size else None
-        click.echo(write_all_widths(net, out, example, overwrite=force))
+        click.echo(write_all_widths(net, out, sized_call(net, input_size), overwrite=force))
         return
-    chosen = width if width is not None else config_name
+    chosen = chosen_width(width, config_name)
     slot_of(net, chosen)  # a width out of range or an unknown name: one line, before writing anything
     click.echo(write_export(net, chosen, out, force, input_size, batch_size))
 
@@ -123,13 +134,15 @@ Examples:
                    "[default: the .slim's own]")
 @click.option("--force", is_flag=True, help="Replace output files that exist.")
 def profile_command(file: str, input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
-                    threads: int | None, device: str, mode: str, json_path: str | None, csv_path: str | None,
+                    threads: int | None, device: str, mode: str, widths: tuple[Any, ...] | None,
+                    config_name: tuple[str, ...], json_path: str | None, csv_path: str | None,
                     plot_path: str | None, accuracy_path: str | None, force: bool) -> None:
     """Measure parameters, MACs/FLOPs, latency (median, spread, p90) and peak memory of every switch of a
     .slim FILE on this machine, and print them as a table."""
     outputs = [check_output(p, force, s) for p, s in ((json_path, (".json",)), (csv_path, (".csv",)),
                                                       (plot_path, (".png",))) if p]
-    _, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode, accuracy=accuracy_path)
+    _, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode, accuracy=accuracy_path,
+                         widths=chosen_widths(widths, config_name))
     click.echo(result.table())
     for out in outputs:
         writer = {".json": result.to_json, ".csv": result.to_csv, ".png": result.plot}[out.suffix.lower()]
@@ -153,7 +166,8 @@ Examples:
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def pick_command(file: str, latency_ms: float | None, flops: str | None, params: str | None, memory_mb: float | None,
                  input_size: tuple[int, int, int] | None, batch_size: int, runs: int, warmup: int,
-                 threads: int | None, device: str, mode: str, output: str | None, force: bool) -> None:
+                 threads: int | None, device: str, mode: str, widths: tuple[Any, ...] | None,
+                 config_name: tuple[str, ...], output: str | None, force: bool) -> None:
     """Measure every switch of a .slim FILE on this machine and print the widest one within all
     the budgets given (and export it with -o)."""
     from slimify.deploy.budget import parse_amount, pick
@@ -169,7 +183,8 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
         raise click.BadParameter(str(e), param_hint="--flops/--params") from None
     out = check_output(output, force, FORMATS.names()) if output else None
     net, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode,
-                           latency=latency_ms is not None)  # FLOPs/params/memory budgets time nothing
+                           latency=latency_ms is not None,  # FLOPs/params/memory budgets time nothing
+                           widths=chosen_widths(widths, config_name))
     click.echo(result.table())
     best = pick(result, **budgets)
     timed = f"{best.latency_ms:.2f} ms median, " if best.latency_ms is not None else ""

@@ -11,9 +11,10 @@ import click
 
 from slimify.cli.app import command
 
-__all__ = ["convert_command", "inspect_command", "parse_switches", "parse_input_size", "check_output",
-           "check_input_size", "data_config_options", "data_config_of",
-           "size_option", "RegistryChoice", "LiveHelpOption", "pretrained_options", "check_weights_options", "DATA_HELP"]
+__all__ = ["convert_command", "inspect_command", "parse_switches", "parse_width", "parse_widths", "width_options",
+           "chosen_width", "chosen_widths", "parse_input_size", "check_output", "size_option", "RegistryChoice",
+           "LiveHelpOption", "pretrained_options", "check_weights_options", "count_text", "check_input_size",
+           "data_config_options", "data_config_of", "DATA_HELP"]
 
 F = Callable[..., Any]
 
@@ -109,6 +110,62 @@ def parse_switches(ctx: click.Context | None, param: click.Parameter | None, val
     if not widths or any(not 0 < w <= 1 for w in widths):
         raise click.BadParameter(f"widths must lie in (0, 1], got {value!r}")
     return widths
+
+
+def _width_or_name(item: str) -> float | str:
+    """A number as a width (its range is the model's: checked with it), anything else as the name
+    of a width configuration."""
+    try:
+        return float(item)
+    except ValueError:
+        return item
+
+
+def parse_width(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> float | str | None:
+    """``"0.5"`` → 0.5; a configuration's name (``search-flops-0.50x``) stays a name."""
+    return None if value is None else _width_or_name(value.strip())
+
+
+def parse_widths(ctx: click.Context | None, param: click.Parameter | None,
+                 value: str | None) -> tuple[float | str, ...] | None:
+    """``"0.5,1,search-flops-0.50x"`` → (0.5, 1.0, 'search-flops-0.50x'): widths and configuration names."""
+    if value is None:
+        return None
+    items = tuple(dict.fromkeys(_width_or_name(v.strip()) for v in value.split(",") if v.strip()))
+    if not items:
+        raise click.BadParameter(f"expected comma-separated widths or configuration names like 0.5,1.0, got {value!r}")
+    return items
+
+
+def width_options(f: F, several: bool) -> F:
+    """``--width W`` (``--widths W,…`` with ``several``) and ``--config NAME``: one spelling in every
+    command that takes a width; a width option takes configuration names too."""
+    f = click.option("--config", "config_name", multiple=several, metavar="NAME",
+                     help="A named width configuration of the model (see `slimify inspect`; same as giving its "
+                          f"name to --width{'s' if several else ''}){'; repeatable' if several else ''}.")(f)
+    if several:
+        return click.option("--widths", callback=parse_widths, metavar="W,…",
+                            help="Widths (any in range) or configuration names  [default: every switch and named "
+                                 "configuration]")(f)
+    return click.option("--width", callback=parse_width, metavar="W",
+                        help="A width between the narrowest switch and 1 (a switch or any other), or a "
+                             "configuration's name.")(f)
+
+
+def chosen_width(width: float | str | None, config_name: str | None, required: bool = False) -> float | str | None:
+    """The one width ``--width``/``--config`` name (both: a usage error)."""
+    if width is not None and config_name is not None:
+        raise click.UsageError("give --width or --config, not both")
+    chosen = width if width is not None else config_name
+    if chosen is None and required:
+        raise click.UsageError("give --width W (a width in range or a configuration's name) or --config NAME")
+    return chosen
+
+
+def chosen_widths(widths: tuple[float | str, ...] | None, config_names: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """``--widths`` and every ``--config`` together, in order (None: neither given)."""
+    chosen = (*(widths or ()), *config_names)
+    return tuple(dict.fromkeys(chosen)) or None
 
 
 def parse_input_size(ctx: click.Context | None, param: click.Parameter | None,
@@ -255,8 +312,15 @@ def _params_line(net: Any) -> str:
     import slimify
     from slimify.deploy.extract import active_params
 
-    return "parameters per switch: " + ", ".join(f"{w:g}: {active_params(net, w) / 1e6:.2f} M"
+    return "parameters per switch: " + ", ".join(f"{w:g}: {count_text(active_params(net, w))}"
                                                  for w in slimify.switches(net))
+
+
+def count_text(n: int) -> str:
+    """A parameter count people read: ``512`` below a thousand, ``13.5 K`` below a million, ``11.69 M``."""
+    if n < 1000:
+        return str(n)
+    return f"{n / 1e3:.1f} K" if n < 999_500 else f"{n / 1e6:.2f} M"
 
 
 @command("convert", epilog="""\b
@@ -286,6 +350,7 @@ def convert_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     net = _convert(model, checkpoint, switches, divisor, num_classes, input_size, reorder=method,
                    pretrained=pretrained, tag=pretrained_tag)
     rep = slimify.report(net)
+    slimify.state.get_state(net).record.random_init = not (checkpoint or pretrained)  # kept in the .slim
     slimify.save(net, out, overwrite=force)
     click.echo(f"{rep.model}: {len(rep.groups)} channel groups, {len(rep.slimmable)} slimmable, {len(rep.fixed)} fixed "
                f"({rep.seconds:.1f} s)")

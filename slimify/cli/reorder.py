@@ -121,6 +121,7 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
             from slimify.train.data_config import record_data_config
 
             record_data_config(net, cfg)
+        state.record.random_init = checkpoint is None  # kept in the .slim: finetune warns about distillation
         result = state.record.reorder
         slimify.save(net, out, overwrite=force)
     else:

@@ -6,6 +6,7 @@ import click
 
 from slimify.cli.app import command
 from slimify.cli.model import DATA_HELP, check_input_size, check_output, data_config_of, data_config_options
+from slimify.cli.train import check_one_input
 
 __all__ = ["search_command"]
 
@@ -67,6 +68,7 @@ def search_command(file: str, data: str, flops: str | None, params: str | None, 
     out = check_output(output, force, (".slim",))
     plot = check_output(plot_path or str(out.with_name(out.stem + "-search.png")), force, (".png",))
     net = slimify.load(file)
+    check_one_input(net, "search")
     shape = example_shape(net)
     if (eval_size or cost_size) and len(shape) != 4:
         raise SlimifyError(f"--eval-size and --cost-size are for image models; this one takes inputs of shape {list(shape)}")

@@ -2,6 +2,7 @@
 ``slimify.train``; each registers with ``slimify.cli.app.command``."""
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from slimify.cli.model import (
     DATA_HELP,
     check_input_size,
     check_weights_options,
+    chosen_width,
+    chosen_widths,
     data_config_of,
     data_config_options,
     parse_input_size,
@@ -21,9 +24,10 @@ from slimify.cli.model import (
     pretrained_options,
     reorder_option,
     resolve_reorder,
+    width_options,
 )
 
-__all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command"]
+__all__ = ["finetune_command", "calibrate_command", "eval_command", "demo_command", "check_one_input"]
 
 F = Callable[..., Any]
 
@@ -62,12 +66,27 @@ def _fresh_output(path: str, force: bool) -> None:
         raise click.UsageError(f"{path} already exists: pass --force to replace it")
 
 
-def _check_classes(net: Any, data: str) -> None:
-    """Fail before any work when DATA has more classes than the model has outputs."""
+def check_one_input(net: Any, command: str) -> None:
+    """Fail before any work when ``net`` takes more than one image batch: a data command feeds it
+    only the images of DATA."""
+    from slimify.store.slimfile import example_call
+
+    call = example_call(net)
+    if not call.single:
+        name = getattr(type(net), "__slimify_base__", type(net)).__name__
+        raise click.UsageError(f"{name} takes several inputs ({call.shapes()}): {command} feeds it one image batch "
+                               f"from DATA; run slimify.train's functions in Python with your own data loader")
+
+
+def _check_classes(net: Any, data: str, command: str) -> None:
+    """Fail before any work when the model takes other inputs than DATA's images, or DATA has more
+    classes than the model has outputs."""
     import torch
 
     from slimify.store.slimfile import example_input
     from slimify.train.resolve import count_classes
+
+    check_one_input(net, command)
 
     classes, was_training = count_classes(data), net.training
     with torch.no_grad():
@@ -82,28 +101,49 @@ def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, 
           num_classes: int | None, reorder: str | None, input_size: tuple[int, int, int] | None = None,
           pretrained: bool = False, pretrained_tag: str | None = None,
           model_kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    from slimify.state import get_state
     from slimify.train.resolve import count_classes, default_input_size, load_slimmable
 
     classes = num_classes or count_classes(data)
-    return load_slimmable(model, checkpoint, switches, divisor, classes,
-                          input_size=input_size or default_input_size(data),
-                          reorder=resolve_reorder(reorder, checkpoint or pretrained), pretrained=pretrained,
-                          pretrained_tag=pretrained_tag, model_kwargs=model_kwargs)
+    net, spec = load_slimmable(model, checkpoint, switches, divisor, classes,
+                               input_size=input_size or default_input_size(data),
+                               reorder=resolve_reorder(reorder, checkpoint or pretrained), pretrained=pretrained,
+                               pretrained_tag=pretrained_tag, model_kwargs=model_kwargs)
+    if _is_name(model) and not (checkpoint or pretrained):
+        get_state(net).record.random_init = True  # a model name built with random weights
+    return net, spec
+
+
+def _is_name(model: str) -> bool:
+    """MODEL names a model to build (not a .slim file or a training checkpoint)."""
+    return not (Path(model).suffix == ".slim" or Path(model).is_file())
 
 
 def _build_kwargs(model: str, drop_path: float | None) -> dict[str, Any]:
     """Factory arguments a recipe implies for a timm model name: stochastic depth must exist in the
     built model (timm builds Identity where the rate is 0) before the recipe can set its rate."""
     source = model.rpartition(":")[0]
-    is_name = not (Path(model).suffix == ".slim" or Path(model).is_file())
-    return {"drop_path_rate": drop_path} if drop_path and is_name and source in ("", "timm") else {}
+    return {"drop_path_rate": drop_path} if drop_path and _is_name(model) and source in ("", "timm") else {}
 
 
-def _warn_random_init(model: str, checkpoint: str | None, pretrained: bool) -> None:
-    """A model name with neither --pretrained nor --checkpoint is random init: say so before training."""
-    if not (checkpoint or pretrained or Path(model).suffix == ".slim" or Path(model).is_file()):
+def _warn_random_init(model: str, net: Any, narrow_loss: str) -> None:
+    """Random weights (a model name with neither --pretrained nor --checkpoint, or a .slim converted
+    so and never trained): say so before training, and that distillation needs a trained widest
+    switch. stdout: stderr holds only errors."""
+    from slimify.state import get_state, switches
+
+    if not get_state(net).record.random_init:
+        return
+    if _is_name(model):
         click.echo(f"warning: {model} starts from random weights (neither --pretrained nor --checkpoint): this "
-                   "trains it from scratch, not a retrofit of trained weights")  # stdout: stderr holds only errors
+                   "trains it from scratch, not a retrofit of trained weights")
+    else:
+        click.echo(f"warning: {model} holds random weights (converted without --checkpoint or --pretrained, never "
+                   "trained): this trains it from scratch")
+    if narrow_loss == "distill" and len(switches(net)) > 1:
+        click.echo("warning: narrow_loss: distill teaches the narrow switches the widest one's predictions, which "
+                   "mean nothing until it is trained; from scratch use --narrow-loss labels (or a recipe with "
+                   "narrow_loss: labels)")
 
 
 @command("finetune", epilog="""\b
@@ -128,13 +168,17 @@ Examples:
 @click.option("--workers", type=click.IntRange(min=0), help="Override the recipe's DataLoader workers.")
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="Override the recipe's compile: torch.compile the training model (inductor).")
+@click.option("--narrow-loss", type=click.Choice(["labels", "distill"]),
+              help="Override the recipe's narrow_loss: narrow switches learn from labels, or from the widest "
+                   "switch's predictions (distill: for trained weights).")
 @click.option("--sync-bn/--no-sync-bn", default=None,
               help="Override the recipe's sync_bn: each switch's BatchNorm statistics over all processes' batches.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @data_config_options
 def finetune_command(model: str, data: str, val_data: str | None, recipe: str, out: str, resume: bool, force: bool,
                      epochs: int | None, batch_size: int | None, lr: float | None, workers: int | None,
-                     compile_: bool | None, sync_bn: bool | None, progress: bool | None, checkpoint: str | None,
+                     compile_: bool | None, sync_bn: bool | None, narrow_loss: str | None, progress: bool | None,
+                     checkpoint: str | None,
                      switches: tuple[float, ...] | None, divisor: int, num_classes: int | None, device: str | None,
                      reorder: str | None, input_size: tuple[int, int, int] | None, pretrained: bool,
                      pretrained_tag: str | None, crop_pct: float | None, mean: tuple[float, ...] | None,
@@ -143,6 +187,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision). The
     data config it trains image folders with (crop, mean, std, interpolation) is recorded in the
     run's model; later commands use it."""
+    from slimify.state import get_state
     from slimify.train.augment import augment_args
     from slimify.train.distributed import dist_info, init_from_env, shutdown
     from slimify.train.recipe import load_recipe
@@ -150,7 +195,8 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     from slimify.train.run import finetune
 
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers,
-                                        compile=compile_, sync_bn=sync_bn).items() if v is not None}
+                                        compile=compile_, sync_bn=sync_bn, narrow_loss=narrow_loss).items()
+                 if v is not None}
     r = load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
     check_weights_options(checkpoint, pretrained, pretrained_tag)
     if not (resume or force) and any((Path(out) / n).exists() for n in ("checkpoint.pt", "model.slim", "model.pt")):
@@ -163,9 +209,9 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
                       pretrained_tag, _build_kwargs(model, r.drop_path))
     cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
     check_input_size(net, input_size)
-    _check_classes(net, data)
+    _check_classes(net, data, "finetune")
     if dist_info().is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
-        _warn_random_init(model, checkpoint, pretrained)
+        _warn_random_init(model, net, r.narrow_loss)
     train = resolve_data(data, net, train=True, input_size=input_size, augment=augment_args(r), data_config=cfg)
     has_val = val_data is not None or has_validation(data)
     val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size,
@@ -179,6 +225,9 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
         spec["data_config"] = record_resolved(net, input_size or recorded_input_size(net) or (3, 224, 224), cfg)
     result = finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
                       progress=progress, model_spec=spec, echo=click.echo)
+    for trained in (net, result.ema_model):
+        if trained is not None:
+            get_state(trained).record.random_init = False  # trained now: its .slim says so
     if dist_info().is_main:
         if result.eval is not None:
             click.echo(f"{'after BN calibration' if r.calibrate_batches else 'after fine-tuning'}:\n"
@@ -202,8 +251,7 @@ Examples:
   slimify calibrate searched.slim --data digits --config search-flops-0.30x -o searched.slim --force""")
 @model_options
 @click.option("--data", required=True, help=f"Training images: {DATA_HELP}.")
-@click.option("--width", type=float, help="Calibrate only this uniform width (any in range; stored with it, .slim).")
-@click.option("--config", "config_name", help="Calibrate only this named configuration (.slim).")
+@functools.partial(width_options, several=False)
 @click.option("--batches", type=click.IntRange(min=1), default=100, show_default=True, help="Batches per switch.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save (.pt or .slim).")
@@ -213,7 +261,7 @@ Examples:
                                         "printed).")
 @workers_option
 @data_config_options
-def calibrate_command(model: str, data: str, width: float | None, config_name: str | None, batches: int,
+def calibrate_command(model: str, data: str, width: float | str | None, config_name: str | None, batches: int,
                       batch_size: int, output: str, force: bool, val_data: str | None, workers: int | None,
                       checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
                       num_classes: int | None, device: str | None, reorder: str | None,
@@ -221,22 +269,22 @@ def calibrate_command(model: str, data: str, width: float | None, config_name: s
                       mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
                       interpolation: str | None) -> None:
     """Re-estimate each switch's BatchNorm statistics of MODEL on training images and save it; with
-    --width or --config, only that configuration's, which it then owns (saved in the .slim file).
+    --width (a width or a configuration's name) or --config, only that one's, which it then owns
+    (saved in the .slim file).
     With validation data, print the accuracy before and after."""
     from slimify.train.calibrate import calibrate_bn
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
     from slimify.train.resolve import has_validation, resolve_data, save_model
 
-    if width is not None and config_name is not None:
-        raise click.UsageError("give --width or --config, not both")
-    chosen = width if width is not None else config_name
+    chosen = chosen_width(width, config_name)
     if chosen is not None and Path(output).suffix != ".slim":
         raise click.UsageError("a configuration's statistics are stored in .slim files: give -o NAME.slim")
     _fresh_output(output, force)
     net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
     check_input_size(net, input_size)
+    check_one_input(net, "calibrate")
     dev = resolve_device(device)
     net.to(dev)
     has_val = val_data is not None or has_validation(data)
@@ -258,7 +306,7 @@ def calibrate_command(model: str, data: str, width: float | None, config_name: s
         from slimify.train.data_config import record_data_config
 
         record_data_config(net, cfg)
-    what = "per switch" if chosen is None else f"for {chosen!r}" if config_name else f"for width {width:g}"
+    what = "per switch" if chosen is None else f"for {chosen!r}" if isinstance(chosen, str) else f"for width {chosen:g}"
     click.echo(f"calibrated {batches} batches {what}; saved {save_model(net, spec, output, overwrite=force)}")
 
 
@@ -269,20 +317,23 @@ Examples:
 @model_options
 @click.option("--data", required=True, help=f"Test data: {DATA_HELP}; evaluated on its test split (IDX sets: the "
                                             "published test set; folders: test/, else val/; digits: its val split).")
-@click.option("--widths", callback=parse_switches, help="Switches to evaluate (default: all).")
+@functools.partial(width_options, several=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--markdown", is_flag=True, help="Print a markdown table.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
 @click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
 @workers_option
 @data_config_options
-def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_size: int, markdown: bool,
+def eval_command(model: str, data: str, widths: tuple[Any, ...] | None, config_name: tuple[str, ...],
+                 batch_size: int, markdown: bool,
                  json_path: str | None, force: bool, workers: int | None, checkpoint: str | None,
                  switches: tuple[float, ...] | None,
                  divisor: int, num_classes: int | None, device: str | None, reorder: str | None,
                  input_size: tuple[int, int, int] | None, crop_pct: float | None, mean: tuple[float, ...] | None,
                  std: tuple[float, ...] | None, interpolation: str | None) -> None:
-    """Top-1 / top-5 / loss of every switch of MODEL on DATA."""
+    """Top-1 / top-5 / loss of every switch and named configuration of MODEL on DATA (or of
+    --widths / --config: widths in range and configuration names)."""
+    from slimify.state import switches as slimify_switches
     from slimify.train.common import resolve_device
     from slimify.train.evaluate import evaluate
     from slimify.train.resolve import resolve_data
@@ -292,11 +343,15 @@ def eval_command(model: str, data: str, widths: tuple[float, ...] | None, batch_
     net, _ = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size)
     cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
     check_input_size(net, input_size)
-    _check_classes(net, data)
+    _check_classes(net, data, "eval")
     dev = resolve_device(device)
+    from slimify.rewrite.config_names import configs
+
+    named = [n for n, v in configs(net).items() if not (isinstance(v, float) and v in slimify_switches(net))]
+    chosen = chosen_widths(widths, config_name) or (*slimify_switches(net), *named)
     result = evaluate(net.to(dev), resolve_data(data, net, train=False, split="test", input_size=input_size,
                                                 data_config=cfg),
-                      widths=widths, batch_size=batch_size, device=dev, workers=_workers(workers, data))
+                      widths=chosen, batch_size=batch_size, device=dev, workers=_workers(workers, data))
     click.echo(result.table(markdown=markdown))
     if json_path:
         from slimify.store.slimfile import atomic_path

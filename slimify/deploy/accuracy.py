@@ -42,9 +42,9 @@ def stored_accuracy(model: nn.Module) -> dict[float | str, float] | None:
     return {_key(w): float(a) for w, a in stored["top1"].items()}
 
 
-def read_accuracy(path: str | Path) -> dict[float, float]:
-    """Accuracy per width from ``path``: a list of rows with ``width`` and ``top1`` (``slimify eval
-    --json``), or a mapping width → accuracy (optionally under ``"top1"``)."""
+def read_accuracy(path: str | Path) -> dict[float | str, float]:
+    """Accuracy per width (or configuration name) from ``path``: a list of rows with ``width`` and
+    ``top1`` (``slimify eval --json``), or a mapping width → accuracy (optionally under ``"top1"``)."""
     try:
         data: Any = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -53,9 +53,9 @@ def read_accuracy(path: str | Path) -> dict[float, float]:
         if isinstance(data, dict) and isinstance(data.get("top1"), dict):
             data = data["top1"]
         if isinstance(data, list):
-            return {float(row["width"]): float(row["top1"]) for row in data}
+            return {_key(row["width"]): float(row["top1"]) for row in data}
         if isinstance(data, dict):
-            return {float(w): float(a) for w, a in data.items()}
+            return {_key(w): float(a) for w, a in data.items()}
     except (TypeError, KeyError, ValueError):
         pass
     raise SlimifyError(f"{path}: expected 'slimify eval --json' output (rows with width and top1) or a mapping "

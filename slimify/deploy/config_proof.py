@@ -20,9 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils._pytree import tree_map
 
-from slimify.analysis.example_inputs import rebuild
 from slimify.check.output_structure import structure
 from slimify.check.skeleton import first_line
 from slimify.deploy.extract import export
@@ -31,7 +29,7 @@ from slimify.rewrite import config_names
 from slimify.rewrite.config_slots import config_counts, config_slot
 from slimify.state import get_state
 from slimify.state import width as at_width
-from slimify.store.slimfile import example_input
+from slimify.store.slimfile import example_call as recorded_call
 
 __all__ = ["add_config", "prove_config", "example_call", "eval_quiet"]
 
@@ -48,15 +46,10 @@ def add_config(model: nn.Module, name: str, value: Any, replace: bool = False) -
 
 
 def example_call(model: nn.Module) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The example call the model was converted on, rebuilt: its recorded form (several or keyword
-    inputs) or one random tensor at the converted shape, on the model's device."""
-    record = get_state(model).record
-    if record.example_inputs is not None:
-        args, kwargs = rebuild(record.example_inputs, torch.Generator().manual_seed(0))
-    else:
-        args, kwargs = (example_input(model),), {}
-    device = next(model.parameters(), torch.empty(0)).device
-    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, (args, kwargs))
+    """The example call the model was converted on, rebuilt (``store.slimfile.example_call``), on
+    the model's device, as (args, kwargs)."""
+    call = recorded_call(model).to(next(model.parameters(), torch.empty(0)).device)
+    return call.args, call.kwargs
 
 
 def prove_config(model: nn.Module, value: Any) -> None:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import ExampleCall
+from slimify.deploy.export_batch import input_names, onnx_file
 from slimify.deploy.extract import _served_names, export
 from slimify.errors import SlimifyError
 from slimify.rewrite.batchnorm import BN_TENSORS
@@ -32,7 +34,7 @@ from slimify.rewrite.serve import slim_data
 from slimify.rewrite.slicing import cut
 from slimify.state import get_state, switches
 from slimify.state import width as at_width
-from slimify.store.slimfile import atomic_path, example_input
+from slimify.store.slimfile import atomic_path, example_call
 
 __all__ = ["to_onnx_all_widths", "check_onnx_all_widths", "AllWidthsInfo", "WIDTH_TOLERANCE", "unknown_width_node"]
 
@@ -85,21 +87,20 @@ def _key_prefix(model: nn.Module, w: float) -> str:
         return "0." if pad is not None and pad.plain() is not None else ""
 
 
-def _plain_onnx(model: nn.Module, w: float, x: torch.Tensor, opset: int) -> tuple[Any, str]:
+def _plain_onnx(model: nn.Module, w: float, x: ExampleCall, opset: int) -> tuple[Any, str]:
     """Switch ``w`` exported like :func:`slimify.deploy.extract.to_onnx`, but without folding BatchNorm
     into the convolutions (the folded weights would no longer be cuts of the shared tensors;
     onnxruntime fuses them again when the session is created). Returns (ModelProto, key prefix)."""
     import onnx
 
-    prefix = _key_prefix(model, w)
+    prefix = ("model." if x.kwargs else "") + _key_prefix(model, w)  # keywords: the Positional wrapper's name
     plain = export(model, w).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(plain, (x,), buffer, dynamo=False, opset_version=opset, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                              do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
+            onnx_file(plain, x, buffer, opset, dynamic=True, do_constant_folding=False,
+                      training=torch.onnx.TrainingMode.PRESERVE)
         except Exception as e:
             raise SlimifyError(f"ONNX export failed for {type(plain).__name__} at width {w:g}: "
                                f"{str(e).splitlines()[0]}") from e
@@ -144,9 +145,9 @@ def _rename_graph(graph: Any, rename: dict[str, str], tag: str) -> None:
             item.name = name(item.name)
 
 
-def _branch(model: nn.Module, w: float, index: int, x: torch.Tensor, opset: int,
+def _branch(model: nn.Module, w: float, index: int, x: ExampleCall, opset: int,
             shared: dict[str, np.ndarray]) -> tuple[Any, Any, int, Any]:
-    """Switch ``w`` as a subgraph reading ``input`` and the shared tensors from the outer graph;
+    """Switch ``w`` as a subgraph reading the inputs and the shared tensors from the outer graph;
     adds the full tensors it cuts to ``shared``. Returns (GraphProto, its output's type, private
     bytes, the plain ModelProto)."""
     from onnx import helper, numpy_helper
@@ -169,7 +170,7 @@ def _branch(model: nn.Module, w: float, index: int, x: torch.Tensor, opset: int,
                 continue
         keep.append(init)
         private += value.nbytes
-    rename = {"input": "input"}
+    rename = {name: name for name in input_names(model, x)}
     for init_name, nodes, _ in cuts:
         if not nodes:  # served uncut: the branch reads the outer tensor itself
             rename[init_name] = sources[init_name][0]
@@ -235,7 +236,7 @@ def _same_signature(types: list[Any], widths: tuple[float, ...]) -> None:
                                f"{list(first[2])} per sample, width {w:g} returns {list(sig(t)[2])}")
 
 
-def build_all_widths(model: nn.Module, x: torch.Tensor, opset: int = 17) -> tuple[Any, int, int]:
+def build_all_widths(model: nn.Module, x: ExampleCall, opset: int = 17) -> tuple[Any, int, int]:
     """The all-widths ModelProto of a converted ``model`` (see the module docstring), with the
     bytes of shared and private tensor data."""
     import onnx
@@ -268,10 +269,11 @@ def build_all_widths(model: nn.Module, x: torch.Tensor, opset: int = 17) -> tupl
             otherwise = helper.make_graph([node], f"not_{widths[i - 1]:g}", [],
                                           [helper.make_value_info(out, types[-1])])
     first = protos[0].graph
-    image = next(v for v in first.input if v.name == "input")
+    names = input_names(model, x)
+    inputs = [v for v in first.input if v.name in names]
     width_input = helper.make_tensor_value_info("width", TensorProto.FLOAT, [])
     output = helper.make_value_info("output", types[-1])  # full width: every size known
-    graph = helper.make_graph(nodes, "slimify_all_widths", [image, width_input], [output], inits)
+    graph = helper.make_graph(nodes, "slimify_all_widths", [*inputs, width_input], [output], inits)
     model_proto = helper.make_model(graph, opset_imports=list(protos[0].opset_import),
                                     producer_name="slimify", doc_string="every width of a slimmable model; "
                                     f"input 'width' is one of {', '.join(f'{w:g}' for w in widths)}")
@@ -284,14 +286,16 @@ def build_all_widths(model: nn.Module, x: torch.Tensor, opset: int = 17) -> tupl
     return model_proto, shared_bytes, private
 
 
-def to_onnx_all_widths(model: nn.Module, path: str | Path, example: torch.Tensor | None = None,
+def to_onnx_all_widths(model: nn.Module, path: str | Path, example: Any = None,
                        overwrite: bool = False, opset: int = 17, check: bool = True) -> AllWidthsInfo:
     """Write every switch of the converted ``model`` to one ONNX file at ``path`` (inputs ``input``
-    with a dynamic batch and ``width``, a float scalar; output ``output``); with ``check``, run it
-    in onnxruntime at every switch and raise if it differs from the slimmable model by more than
-    1e-4 × max|y|, or if a width that is no switch does not fail. Nothing is written on error."""
+    with a dynamic batch — or, for several, named after ``forward``'s parameters — and ``width``, a
+    float scalar; output ``output``); with ``check``, run it in onnxruntime at every switch and raise
+    if it differs from the slimmable model by more than 1e-4 × max|y|, or if a width that is no
+    switch does not fail. ``example``: one input, a tuple of inputs or an ``ExampleCall`` (default:
+    the form the model was converted on). Nothing is written on error."""
     get_state(model)
-    x = example_input(model) if example is None else example
+    x = example_call(model) if example is None else ExampleCall.of(example)
     was_training = model.training
     model.eval()
     try:
@@ -309,7 +313,7 @@ def to_onnx_all_widths(model: nn.Module, path: str | Path, example: torch.Tensor
     return info
 
 
-def check_onnx_all_widths(path: str | Path, model: nn.Module, x: torch.Tensor, rtol: float = 1e-4) -> float:
+def check_onnx_all_widths(path: str | Path, model: nn.Module, x: Any, rtol: float = 1e-4) -> float:
     """Run the all-widths file at every switch of ``model`` and compare with the slimmable model
     (raise beyond ``rtol`` × max|y|); check that a width that is no switch fails. Returns the
     largest difference."""
@@ -318,15 +322,16 @@ def check_onnx_all_widths(path: str | Path, model: nn.Module, x: torch.Tensor, r
     options = ort.SessionOptions()
     options.log_severity_level = 4  # the unknown-width probe below fails on purpose: no error log
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = x.detach().cpu().numpy()
+    x = ExampleCall.of(x)
+    feed = {n: t.detach().cpu().numpy() for n, t in zip(input_names(model, x), x.tensors())}
     worst = 0.0
     was_training = model.training
     model.eval()
     try:
         for w in switches(model):
-            got = session.run(None, {"input": feed, "width": np.array(w, dtype=np.float32)})[0]
+            got = session.run(None, {**feed, "width": np.array(w, dtype=np.float32)})[0]
             with at_width(model, w), torch.no_grad():
-                want = model(x).detach().cpu().numpy()
+                want = x.run(model).detach().cpu().numpy()
             diff = float(np.abs(got - want).max())
             if got.shape != want.shape or diff > rtol * max(float(np.abs(want).max()), 1e-6):
                 raise SlimifyError(f"the all-widths ONNX file differs from the slimmable model at width {w:g} "
@@ -336,7 +341,7 @@ def check_onnx_all_widths(path: str | Path, model: nn.Module, x: torch.Tensor, r
         model.train(was_training)
     bogus = min(switches(model)) / 2
     try:
-        session.run(None, {"input": feed, "width": np.array(bogus, dtype=np.float32)})
+        session.run(None, {**feed, "width": np.array(bogus, dtype=np.float32)})
     except Exception as e:  # onnxruntime raises its own exception types
         if unknown_width_node(switches(model)) not in str(e):
             raise SlimifyError(f"width {bogus:g} failed in the all-widths file, but not with the message "

@@ -1,4 +1,5 @@
-"""Every width as ONE ``torch.export`` program: ``program.module()(x, width)``, the weights stored once.
+"""Every width as ONE ``torch.export`` program: ``program.module()(x, width)`` (a model of several
+inputs takes them all first: ``(img, meta, width)``), the weights stored once.
 
     >>> to_torch_export_all_widths(model, "model_all.pt2", example)
     >>> net = torch.export.load("model_all.pt2").module()
@@ -21,13 +22,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import ExampleCall
 from slimify.deploy.export_all_widths import WIDTH_TOLERANCE, _key_prefix, _tensor_sources, unknown_width_node
+from slimify.deploy.export_batch import Positional
 from slimify.deploy.extract import export
 from slimify.errors import SlimifyError
 from slimify.rewrite.slicing import cut
 from slimify.state import switches
 from slimify.state import width as at_width
-from slimify.store.slimfile import atomic_path
+from slimify.store.slimfile import atomic_path, example_call
 
 __all__ = ["AllWidths", "to_torch_export_all_widths"]
 
@@ -36,11 +39,13 @@ _META_DROPPED = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node
 
 
 class AllWidths(nn.Module):
-    """``forward(x, width)``: the converted ``model`` at switch ``width`` (a 0-d float tensor),
-    with no slimify class inside, so that ``torch.export`` can capture it."""
+    """``forward(*inputs, width)``: the converted ``model`` at switch ``width`` (a 0-d float tensor),
+    with no slimify class inside, so that ``torch.export`` can capture it. ``inputs``: the tensors of
+    ``call`` (default: one), in order; its other values are constants of the program."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, call: ExampleCall | None = None) -> None:
         super().__init__()
+        call = example_call(model) if call is None else call
         self.widths = switches(model)
         full = model.state_dict()
         self._buffer_of = {key: f"t{i}" for i, key in enumerate(full)}  # state-dict keys hold dots
@@ -52,28 +57,29 @@ class AllWidths(nn.Module):
         self._sources: list[dict[str, tuple[str, dict]]] = []
         for i, w in enumerate(self.widths):
             plain = export(model, w).eval()
-            self._plain.append(plain)
+            self._plain.append(Positional(plain, call))  # its tensors are named model.*
             self._names.append(list(plain.state_dict()))
             self._sources.append(_tensor_sources(model, i, _key_prefix(model, w)))
 
     def _branch(self, i: int) -> Any:
-        def run(x: torch.Tensor) -> torch.Tensor:
+        def run(*xs: torch.Tensor) -> torch.Tensor:
             tensors = {}
             for name in self._names[i]:
                 source, dims = self._sources[i][name]
-                tensors[name] = cut(getattr(self, self._buffer_of[source]), dims)
-            return torch.func.functional_call(self._plain[i], tensors, (x,))
+                tensors[f"model.{name}"] = cut(getattr(self, self._buffer_of[source]), dims)
+            return torch.func.functional_call(self._plain[i], tensors, xs)
         return run
 
-    def forward(self, x: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        *xs, width = inputs
         close = (width - self.switches).abs() < WIDTH_TOLERANCE
         torch._assert_async(close.any(), unknown_width_node(self.widths))
 
         def chain(i: int) -> Any:
             if i == len(self.widths) - 1:
                 return self._branch(i)
-            return lambda x: torch.cond(close[i], self._branch(i), chain(i + 1), (x,))
-        return chain(0)(x)
+            return lambda *xs: torch.cond(close[i], self._branch(i), chain(i + 1), tuple(xs))
+        return chain(0)(*xs)
 
 
 def _strip_debug_info(graph_module: torch.fx.GraphModule) -> None:
@@ -85,22 +91,25 @@ def _strip_debug_info(graph_module: torch.fx.GraphModule) -> None:
             _strip_debug_info(child)
 
 
-def to_torch_export_all_widths(model: nn.Module, path: str | Path, example: torch.Tensor,
+def to_torch_export_all_widths(model: nn.Module, path: str | Path, example: Any,
                                overwrite: bool = False, check: bool = True) -> str:
     """Capture :class:`AllWidths` of ``model`` with ``torch.export`` (dynamic batch), check the
     program at every switch against the slimmable model (≤ 1e-4 × max|y|) and save it to ``path``;
-    returns a one-line summary."""
+    returns a one-line summary. ``example``: one input, a tuple of inputs or an ``ExampleCall``."""
     model.eval()
-    wrapper = AllWidths(model).eval()
+    call = ExampleCall.of(example)
+    if call.batch == 1:  # torch.export would specialise a batch of 1 to a constant
+        call = call.batched(2)
+    wrapper = AllWidths(model, call).eval()
     width0 = torch.tensor(wrapper.widths[-1], dtype=torch.float32)
-    if example.shape[0] == 1:  # torch.export would specialise a batch of 1 to a constant
-        example = example.expand(2, *example.shape[1:]).contiguous()
+    batch = torch.export.Dim("batch")
+    dims = tuple({0: batch} if call.is_batched(t) else None for t in call.tensors())
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(wrapper, (example, width0),
-                                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}, "width": None})
+            program = torch.export.export(wrapper, (*call.tensors(), width0),
+                                          dynamic_shapes={"inputs": (*dims, None)})
     except Exception as e:
         raise SlimifyError(f"torch.export could not capture every width of {type(model).__name__} in one program: "
                            f"{str(e).strip().splitlines()[0]}") from e
@@ -108,18 +117,18 @@ def to_torch_export_all_widths(model: nn.Module, path: str | Path, example: torc
     with atomic_path(path, overwrite) as tmp:
         torch.export.save(program, str(tmp))
         if check:
-            _check(torch.export.load(str(tmp)).module(), model, example)
+            _check(torch.export.load(str(tmp)).module(), model, call)
     return (f"wrote {path}: widths {', '.join(f'{w:g}' for w in wrapper.widths)} in one torch.export program "
             f"({time.perf_counter() - start:.0f} s; dynamic batch; weights stored once; run it with "
-            "torch.export.load(path).module()(x, torch.tensor(width)))")
+            f"torch.export.load(path).module()({'x' if call.single else '*inputs'}, torch.tensor(width)))")
 
 
-def _check(program: nn.Module, model: nn.Module, x: torch.Tensor, rtol: float = 1e-4) -> None:
-    xs = torch.cat([x, x, x])  # another batch size than the captured one
+def _check(program: nn.Module, model: nn.Module, call: ExampleCall, rtol: float = 1e-4) -> None:
+    xs = call.batched(3 * (call.batch or 1))  # another batch size than the captured one
     for w in switches(model):
         with torch.no_grad(), at_width(model, w):
-            want = model(xs)
-            got = program(xs, torch.tensor(w, dtype=torch.float32))
+            want = xs.run(model)
+            got = program(*xs.tensors(), torch.tensor(w, dtype=torch.float32))
         diff = float((got - want).abs().max())
         if got.shape != want.shape or diff > rtol * max(float(want.abs().max()), 1e-6):
             raise SlimifyError(f"the all-widths program differs from the slimmable model at width {w:g} by {diff:.3g}")

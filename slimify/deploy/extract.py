@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils._pytree import tree_leaves
 
-from slimify.deploy.export_batch import batch_of, first_line, onnx_file, quiet_native_stderr
+from slimify.analysis.example_inputs import ExampleCall
+from slimify.deploy.export_batch import batch_of, dynamic_batch, first_line, onnx_file, quiet_native_stderr
 from slimify.errors import SlimifyError
 from slimify.rewrite.batchnorm import BN_TENSORS, SwitchBatchNorm
 from slimify.rewrite.output_pad import find_output_pad, remove_output_pad
@@ -139,23 +141,26 @@ def _plain_eval(model: nn.Module, width: Any) -> nn.Module:
     return plain.eval()
 
 
-def to_torch_export(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
+def to_torch_export(model: nn.Module, width: float, path: str | Path, example: Any = None,
                     overwrite: bool = False, batch_size: int | None = None) -> Path:
     """Export switch ``width`` with ``torch.export`` and save the program to ``path`` (``.pt2``);
-    load it with ``torch.export.load(path).module()``. The batch dimension is dynamic unless
-    ``batch_size`` is given (or the model cannot have one: see :func:`export_pt2`)."""
+    load it with ``torch.export.load(path).module()``. ``example``: one input, a tuple of inputs
+    (``(img, meta)``) or an ``ExampleCall`` with keyword inputs; default: the form the model was
+    converted on. The batch dimension is dynamic unless ``batch_size`` is given (or the model
+    cannot have one: see :func:`export_pt2`)."""
     return export_pt2(model, width, path, example, overwrite, batch_size)[0]
 
 
-def to_onnx(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
+def to_onnx(model: nn.Module, width: float, path: str | Path, example: Any = None,
             overwrite: bool = False, opset: int = 17, check: bool = True, batch_size: int | None = None) -> Path:
     """Export switch ``width`` to ONNX (opset ``opset``, dynamic batch unless ``batch_size``; the
     TorchScript-based exporter, which handles these CNNs fast) and, with ``check``, compare
-    onnxruntime's output with PyTorch's on ``example``; see :func:`export_onnx`."""
+    onnxruntime's output with PyTorch's on ``example`` (as for :func:`to_torch_export`; inputs are
+    named ``input``, or after ``forward``'s parameters for several); see :func:`export_onnx`."""
     return export_onnx(model, width, path, example, overwrite, opset, check, batch_size)[0]
 
 
-def export_pt2(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
+def export_pt2(model: nn.Module, width: float, path: str | Path, example: Any = None,
                overwrite: bool = False, batch_size: int | None = None) -> tuple[Path, str]:
     """``torch.export`` switch ``width`` to ``path``; batch dimension dynamic unless ``batch_size``
     is given or capture with a dynamic batch fails (then static, said in the note). Returns
@@ -167,8 +172,9 @@ def export_pt2(model: nn.Module, width: float, path: str | Path, example: torch.
         x = batch_of(model, example, 2)  # batch 1 would be specialised to a constant
         try:
             with quiet_native_stderr():
-                program = torch.export.export(plain, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-            note = "dynamic: batch (dim 0 of the input)"
+                program = torch.export.export(plain, x.args, x.kwargs,
+                                              dynamic_shapes=dynamic_batch(plain, x, torch.export.Dim("batch")))
+            note = f"dynamic: batch (dim 0 of the input{'' if x.single else 's'})"
         except Exception as e:
             reason = first_line(e)
             batch_size = 1
@@ -177,7 +183,7 @@ def export_pt2(model: nn.Module, width: float, path: str | Path, example: torch.
         x = batch_of(model, example, batch_size)
         try:
             with quiet_native_stderr():
-                program = torch.export.export(plain, (x,))
+                program = torch.export.export(plain, x.args, x.kwargs)
         except Exception as e:
             raise SlimifyError(f"torch.export could not capture {type(plain).__name__} at {width_label(width)}: "
                                f"{first_line(e)}") from e
@@ -187,7 +193,7 @@ def export_pt2(model: nn.Module, width: float, path: str | Path, example: torch.
     return Path(path), note
 
 
-def export_onnx(model: nn.Module, width: float, path: str | Path, example: torch.Tensor | None = None,
+def export_onnx(model: nn.Module, width: float, path: str | Path, example: Any = None,
                 overwrite: bool = False, opset: int = 17, check: bool = True,
                 batch_size: int | None = None) -> tuple[Path, str]:
     """ONNX export of switch ``width`` (see :func:`to_onnx`). With a dynamic batch the file is also
@@ -204,7 +210,7 @@ def export_onnx(model: nn.Module, width: float, path: str | Path, example: torch
                     check_onnx(tmp, plain, x)
                 with quiet_native_stderr():  # onnxruntime logs the failure of a baked batch size
                     check_onnx(tmp, plain, batch_of(model, example, 3))  # another batch size
-                note = "dynamic: batch (dim 0 of input and output)"
+                note = f"dynamic: batch (dim 0 of {'input' if x.single else 'the inputs'} and output)"
             except Exception as e:
                 note = f"static batch 1: a dynamic batch is impossible for this model ({first_line(e)[:160]})"
                 batch_size = 1
@@ -221,16 +227,20 @@ def export_onnx(model: nn.Module, width: float, path: str | Path, example: torch
     return Path(path), note
 
 
-def check_onnx(path: str | Path, plain: nn.Module, x: torch.Tensor, rtol: float = 1e-4) -> float:
-    """Run the ONNX file with onnxruntime and raise if it differs from ``plain(x)`` by more than
-    ``rtol`` × max|y|; returns the largest difference."""
+def check_onnx(path: str | Path, plain: nn.Module, x: Any, rtol: float = 1e-4) -> float:
+    """Run the ONNX file with onnxruntime and raise if it differs from ``plain(x)`` (``x``: one
+    input, a tuple of inputs or an ``ExampleCall``) by more than ``rtol`` × max|y|; returns the
+    largest difference."""
     import numpy as np
     import onnxruntime as ort
 
+    call = ExampleCall.of(x)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})[0]
+    feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), call.tensors())}
+    got = session.run(None, feed)[0]
     with torch.no_grad():
-        want = plain(x).detach().cpu().numpy()
+        out = [t for t in tree_leaves(call.run(plain)) if isinstance(t, torch.Tensor)]  # the first output
+        want = out[0].detach().cpu().numpy()
     diff = float(np.abs(got - want).max())
     if diff > rtol * max(float(np.abs(want).max()), 1e-6):
         raise SlimifyError(f"ONNX output differs from PyTorch by {diff:.3g} (max |y| {np.abs(want).max():.3g})")

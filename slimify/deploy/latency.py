@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import ExampleCall
+
 __all__ = ["LatencyStats", "measure_latency", "latency_warnings", "MAX_ROUNDS", "STABLE", "NOISY"]
 
 MAX_ROUNDS = 5  # rounds of ``runs`` timed forwards at most
@@ -36,23 +38,25 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def measure_latency(model: nn.Module, x: torch.Tensor, runs: int, warmup: int, max_rounds: int = MAX_ROUNDS,
+def measure_latency(model: nn.Module, x: Any, runs: int, warmup: int, max_rounds: int = MAX_ROUNDS,
                     tolerance: float = STABLE) -> LatencyStats:
-    """Median, p90 and spread (ms) of ``model(x)`` after ``warmup`` untimed calls: rounds of
-    ``runs`` timed calls until a round moves the median by less than ``tolerance`` (at most
-    ``max_rounds``); CUDA is synchronised around each call."""
-    sync: Any = (lambda: torch.cuda.synchronize(x.device)) if x.device.type == "cuda" else (lambda: None)
+    """Median, p90 and spread (ms) of ``model(x)`` (``x``: one input, a tuple of inputs or an
+    ``ExampleCall``) after ``warmup`` untimed calls: rounds of ``runs`` timed calls until a round
+    moves the median by less than ``tolerance`` (at most ``max_rounds``); CUDA is synchronised
+    around each call."""
+    call = ExampleCall.of(x)
+    sync: Any = (lambda: torch.cuda.synchronize(call.device)) if call.device.type == "cuda" else (lambda: None)
     times: list[float] = []
     previous = None
     stable = False
     with torch.inference_mode():
         for _ in range(warmup):
-            model(x)
+            call.run(model)
         for _ in range(max_rounds):
             for _ in range(runs):
                 sync()
                 start = time.perf_counter()
-                model(x)
+                call.run(model)
                 sync()
                 times.append((time.perf_counter() - start) * 1e3)
             median = statistics.median(times)

@@ -22,12 +22,13 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from slimify.analysis.example_inputs import ExampleCall
 from slimify.deploy.extract import active_params, export
 from slimify.deploy.latency import latency_warnings, measure_latency
 from slimify.errors import SlimifyError
 from slimify.state import get_state
 from slimify.state import width as at_width
-from slimify.store.slimfile import atomic_path
+from slimify.store.slimfile import atomic_path, example_call
 
 __all__ = ["profile", "ProfileResult", "SwitchProfile", "measure_memory", "input_shape", "MEMORY_METHOD"]
 
@@ -86,18 +87,23 @@ class ProfileResult:
     def table(self) -> str:
         head = (f"{self.model} on {self.device} ({self.threads} thread(s)), input {list(self.input_size)}, "
                 f"{self.runs} runs after {self.warmup} warm-up, mode {self.mode}")
-        cols = f"{'width':>6} | {'params':>10} | {'MMACs':>9} | {'GFLOPs':>7} | {'ms (median)':>11} | " \
+        n = max([6, *(len(r.config) for r in self.rows)])  # a configuration's name, in full
+        cols = f"{'width':>{n}} | {'params':>10} | {'MMACs':>9} | {'GFLOPs':>7} | {'ms (median)':>11} | " \
                f"{'± IQR':>6} | {'runs':>4} | {'ms (p90)':>8} | {'memory MB':>9}" + \
                (" | accuracy" if self._has_accuracy() else "")
         lines = [head, "", cols]
         for r in self.rows:
-            acc = f" | {r.accuracy:8.2f}" if self._has_accuracy() and r.accuracy is not None else ""
+            acc = (f" | {r.accuracy:8.2f}" if r.accuracy is not None else f" | {'?':>8}") if self._has_accuracy() else ""
             timed = (f"{r.latency_ms:>11.2f} | {r.latency_iqr_ms or 0:>6.2f} | {r.latency_runs or self.runs:>4} | "
                      f"{r.latency_p90_ms:>8.2f}") if r.latency_ms is not None else \
                 f"{'not timed':>11} | {'':>6} | {'':>4} | {'':>8}"
-            lines.append(f"{r.config or f'{r.width:g}':>6} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | "
+            lines.append(f"{r.config or f'{r.width:g}':>{n}} | {r.params:>10,} | {r.macs / 1e6:>9.1f} | "
                          f"{r.flops / 1e9:>7.3f} | {timed} | {r.memory_mb:>9.1f}{acc}")
+        unknown = [r.config or f"{r.width:g}" for r in self.rows if r.accuracy is None]
         lines += ["", f"memory: {self.memory_method}"] + [f"warning: {w}" for w in self.warnings]
+        if self._has_accuracy() and unknown:
+            lines.append(f"accuracy ?: not evaluated for {', '.join(unknown)} (slimify eval --widths … --json, then "
+                         "--accuracy FILE)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -163,20 +169,22 @@ def _tensor_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in seen.values())
 
 
-def measure_memory(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """(total MB, peak-activation MB) of one inference forward; see :data:`MEMORY_METHOD`."""
-    fixed = _tensor_bytes(model) + x.numel() * x.element_size()
+def measure_memory(model: nn.Module, x: Any) -> tuple[float, float]:
+    """(total MB, peak-activation MB) of one inference forward on ``x`` (one input, a tuple of
+    inputs or an ``ExampleCall``); see :data:`MEMORY_METHOD`."""
+    call = ExampleCall.of(x)
+    fixed, dev = _tensor_bytes(model) + call.nbytes, call.device
     with torch.inference_mode():
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-            base = torch.cuda.memory_allocated(x.device)
-            torch.cuda.reset_peak_memory_stats(x.device)
-            model(x)
-            torch.cuda.synchronize(x.device)
-            activation = torch.cuda.max_memory_allocated(x.device) - base
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            base = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            call.run(model)
+            torch.cuda.synchronize(dev)
+            activation = torch.cuda.max_memory_allocated(dev) - base
         else:
             with _LiveBytes() as tracker:
-                model(x)
+                call.run(model)
             activation = tracker.peak
     return (fixed + activation) / 2**20, activation / 2**20
 
@@ -191,12 +199,14 @@ def input_shape(input_size: int | tuple[int, ...] | list[int]) -> tuple[int, ...
     return shape
 
 
-def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 224), runs: int = 20, warmup: int = 3,
+def profile(model: nn.Module, input_size: int | tuple[int, ...] | None = None, runs: int = 20, warmup: int = 3,
             threads: int | None = None, device: str | torch.device | None = None,
             widths: tuple[Any, ...] | list[Any] | None = None, mode: str = "export",
             latency: bool = True) -> ProfileResult:
     """Profile every switch and named configuration (or ``widths``: switches, uniform widths in
-    range, configuration names) of the converted ``model`` on one batch of ``input_size``.
+    range, configuration names) of the converted ``model`` on one batch of ``input_size`` (default:
+    the shape it was converted with). A model of several or keyword inputs is called in the form it
+    was converted on, ``input_size`` setting the shape of its first tensor and the batch of all.
 
     ``mode="export"`` measures each width as the plain model :func:`slimify.export` makes (what
     you deploy); ``"slim"`` the slimmable model itself. ``threads`` sets torch's intra-op threads
@@ -213,7 +223,9 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
     from slimify.device import resolve_device
 
     dev = resolve_device(device or "cpu")  # an unknown device or missing CUDA is a SlimifyError
-    shape = input_shape(input_size)
+    call = example_call(model) if input_size is None else \
+        example_call(model, batch=input_shape(input_size)[0], shape=input_shape(input_size))
+    shape = tuple(call.first.shape)
     chosen = _chosen(model, widths)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or previous_threads)
@@ -224,7 +236,7 @@ def profile(model: nn.Module, input_size: int | tuple[int, ...] = (1, 3, 224, 22
     try:
         if mode == "slim":
             model.to(dev)
-        x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dev)
+        x = call.to(dev)
         for size, value, name in chosen:
             row = _profile_one(model, value, x, runs, warmup, mode, dev, latency)
             row.width, row.config = size, name
@@ -254,7 +266,7 @@ def _chosen(model: nn.Module, widths: Any) -> list[tuple[float, Any, str]]:
     return sorted(out, key=lambda t: t[0])
 
 
-def _profile_one(model: nn.Module, w: Any, x: torch.Tensor, runs: int, warmup: int, mode: str,
+def _profile_one(model: nn.Module, w: Any, x: ExampleCall, runs: int, warmup: int, mode: str,
                  dev: torch.device, timed: bool = True) -> SwitchProfile:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -268,7 +280,7 @@ def _profile_one(model: nn.Module, w: Any, x: torch.Tensor, runs: int, warmup: i
         model.eval()
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            net(x)
+            x.run(net)
         flops = int(counter.get_total_flops())
         memory, activation = measure_memory(net, x)
         stats = measure_latency(net, x, runs, warmup) if timed else None

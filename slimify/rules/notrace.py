@@ -22,7 +22,7 @@ import torch.fx._symbolic_trace as fx_trace
 import torch.nn as nn
 
 from slimify.analysis.shape_pass import VALUE_KEY, holds_tensor, note_value
-from slimify.analysis.tracer import SlimifyTracer, graph_module
+from slimify.analysis.tracer import SlimifyTracer, attr_of, graph_module
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.caches import empty_caches
 from slimify.rules.dispatch import run_rule
@@ -284,7 +284,7 @@ def _concrete_graph(ctx: RuleContext, m: nn.Module, bound: inspect.BoundArgument
         if node.op == "get_attr" and node.target not in state:
             constants.add(node)
             owner, _, name = node.target.rpartition(".")
-            tracer.values.setdefault(node, getattr(gm.get_submodule(owner) if owner else gm, name))
+            tracer.values.setdefault(node, attr_of(gm, node.target))
     return gm, tracer, constants
 
 

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import ExampleCall
 from slimify.errors import SlimifyError
 from slimify.state import get_state
 from slimify.store.sources import ModelSource, build, check_state_dict
 
-__all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_shape", "plan_digest",
-           "tensors_digest", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_call", "example_shape",
+           "plan_digest", "tensors_digest", "FORMAT", "VERSION"]
 
 FORMAT = "slimify"
 VERSION = 1  # bump when the config changes incompatibly; load refuses newer versions
@@ -85,6 +86,21 @@ def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
     """A fixed random batch at the shape ``model`` was converted with."""
     shape = (batch, *example_shape(model)[1:])
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def example_call(model: nn.Module, batch: int | None = None, shape: tuple[int, ...] | None = None) -> ExampleCall:
+    """The call ``model`` was converted on, rebuilt with fixed random values: its recorded form
+    (several or keyword inputs) or one tensor at the recorded shape; ``batch`` rows in every batched
+    tensor, the first tensor at ``shape`` (its batch included) if given."""
+    spec = get_state(model).record.example_inputs
+    if spec is None:
+        call = ExampleCall.of(example_input(model))
+    else:
+        from slimify.analysis.example_inputs import rebuild
+
+        call = ExampleCall(*rebuild(spec, torch.Generator().manual_seed(0)))
+    call = call.resized(shape) if shape is not None else call
+    return call.batched(batch) if batch is not None else call
 
 
 def _feed(h: Any, obj: Any) -> None:
@@ -176,6 +192,8 @@ def save(model: nn.Module, path: str | Path, overwrite: bool = False,
         config["evaluation"] = state.record.evaluation
     if state.record.data_config:  # the preprocessing it was trained with (slimify.train.data_config)
         config["data_config"] = state.record.data_config
+    if state.record.random_init:  # never trained (ConversionRecord.random_init)
+        config["random_init"] = True
     from slimify.rewrite.config_names import configs_to_json
 
     if (named := configs_to_json(model)):
@@ -284,6 +302,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         state.record.evaluation = config["evaluation"]
     if isinstance(config.get("data_config"), dict):
         state.record.data_config = config["data_config"]
+    state.record.random_init = config.get("random_init") is True
     if plan_digest(model) != config["plan_sha256"]:
         raise SlimifyError(f"{path}: the {'model passed to load' if given else 'rebuilt model'} slims differently "
                            "from the saved one (plan digest mismatch; saved with another slimify/timm/torchvision "

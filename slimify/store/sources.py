@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
-from slimify.store.trust import is_trusted, trust_hint
+from slimify.store.trust import import_trusted, is_trusted, trust_hint
 
 __all__ = ["ModelSource", "TinyNet", "create", "build", "source_of", "set_source", "load_checkpoint",
            "read_state_dict", "check_state_dict", "ALLOWED_MODULES", "EXAMPLES", "SOURCE_ATTR"]
@@ -122,11 +122,12 @@ def _factory(spec: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
             raise SlimifyError(f"unknown slimify example model {name!r}; known: {sorted(EXAMPLES)}")
         return EXAMPLES[name.lower()], {}
     prefix = MOVED_MODULES.get(prefix, prefix)
-    if not any(prefix == root or prefix.startswith(root + ".") for root in ALLOWED_MODULES) and not is_trusted(prefix):
+    allowed = any(prefix == root or prefix.startswith(root + ".") for root in ALLOWED_MODULES)
+    if not allowed and not is_trusted(prefix):
         raise SlimifyError(f"model source {prefix!r} is not allowed: only factories under {list(ALLOWED_MODULES)} "
                            f"can be named (a model file must never import arbitrary code); {trust_hint(prefix)}")
     try:
-        module = importlib.import_module(prefix)
+        module = importlib.import_module(prefix) if allowed else import_trusted(prefix)
     except ImportError as e:
         raise SlimifyError(f"cannot import model source {prefix!r}: {e}") from None
     obj = getattr(module, name, None)

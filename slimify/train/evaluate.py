@@ -23,7 +23,7 @@ __all__ = ["evaluate", "EvalResult", "SwitchMetrics"]
 class SwitchMetrics:
     """Validation metrics of one switch."""
 
-    width: float  # the switch
+    width: float | str  # the switch, a width in range or a configuration's name
     top1: float  # accuracy in percent
     top5: float  # top-5 accuracy in percent (top-k with k = min(5, classes))
     loss: float  # mean cross-entropy
@@ -56,12 +56,13 @@ class EvalResult:
 
     def table(self, markdown: bool = False) -> str:
         head = ("width", "top-1", "top-5", "loss", "images")
-        cells = [(f"{r.width:.2f}" if isinstance(r.width, float) else str(r.width), f"{r.top1:.2f}", f"{r.top5:.2f}", f"{r.loss:.4f}", str(r.images))
-                 for r in self.rows]
+        cells = [(f"{r.width:.2f}" if isinstance(r.width, float) else str(r.width), f"{r.top1:.2f}", f"{r.top5:.2f}",
+                  f"{r.loss:.4f}", str(r.images)) for r in self.rows]
         if markdown:
             lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
             return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
-        return "\n".join(" ".join(f"{v:>7}" for v in row) for row in [head, *cells])
+        sizes = [max(7, *(len(row[i]) for row in cells)) for i in range(len(head))]  # a configuration's name
+        return "\n".join(" ".join(f"{v:>{n}}" for v, n in zip(row, sizes)) for row in [head, *cells])
 
     def __str__(self) -> str:
         return self.table()

@@ -35,6 +35,7 @@ class LossMeter:
         self.smooth: dict[float, float] = {}
         self.images = 0
         self.start = time.perf_counter()
+        self.timed: tuple[float, int] | None = None  # (time, images) when the first step ended
 
     def update(self, losses: dict[float, float], images: int) -> None:
         for w, v in losses.items():
@@ -42,12 +43,17 @@ class LossMeter:
             self.counts[w] = self.counts.get(w, 0) + 1
             self.smooth[w] = v if w not in self.smooth else 0.9 * self.smooth[w] + 0.1 * v
         self.images += images
+        if self.timed is None:  # the first step pays for loader start-up (and a resume's fast-forward)
+            self.timed = (time.perf_counter(), self.images)
 
     def means(self) -> dict[float, float]:
         return {w: self.sums[w] / self.counts[w] for w in sorted(self.sums, key=_order, reverse=True)}
 
     def throughput(self) -> float:
-        return self.images / max(1e-9, time.perf_counter() - self.start)
+        """Images per second over the steps after the first (over all of them while there is one)."""
+        if self.timed is None or self.images == self.timed[1]:
+            return self.images / max(1e-9, time.perf_counter() - self.start)
+        return (self.images - self.timed[1]) / max(1e-9, time.perf_counter() - self.timed[0])
 
     def postfix(self) -> dict[str, str]:
         fields = {f"{w:g}" if isinstance(w, float) else str(w): f"{v:.3f}"

@@ -145,6 +145,9 @@ def _start(trainer: Trainer, ckpt: Path | None, val_data: Dataset | Iterable[Any
     r = trainer.recipe
     if ckpt is not None:
         trainer.load(ckpt)
+        if echo is not None and trainer.info.is_main:
+            echo(f"resumed from step {trainer.step} of {trainer.updates_per_epoch * r.epochs}, epoch "
+                 f"{min(trainer.epoch + 1, r.epochs)} of {r.epochs} ({ckpt})")
     else:
         _seed_everything(r.seed)
         trainer.log.write("start", recipe=trainer.recipe.to_dict(), switches=list(trainer.widths),
