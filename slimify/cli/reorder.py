@@ -55,7 +55,7 @@ def _write_weights(net: Any, out: Path, force: bool) -> None:
 
 @command("reorder", epilog="""\b
 Examples:
-  slimify reorder resnet18 --checkpoint rn18.pth -o rn18_l1.safetensors
+  slimify reorder resnet18 --checkpoint rn18.pth --method l1 -o rn18_l1.safetensors
   slimify reorder torchvision:mobilenet_v2 --checkpoint mbv2.pth --method bn -o mbv2.slim
   slimify reorder slimify:digitsnet --checkpoint net.pt --method taylor --data digits \\
       --input-size 32 -o net_taylor.pt""")
