@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import LiveHelpOption, RegistryChoice, check_output, conversion_options
+from slimify.cli.model import LiveHelpOption, RegistryChoice, check_one_image, check_output, conversion_options
 from slimify.ordering.registry import SCORES
 
 __all__ = ["reorder_command", "WEIGHT_SUFFIXES"]
@@ -97,6 +97,7 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     out = check_output(output, force, WEIGHT_SUFFIXES + (".slim",))
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     net = create(model, checkpoint=checkpoint, **kwargs).eval()
+    check_one_image(net)
     example = torch.randn(1, *input_size) if input_size else default_input(net)
     batches_ = _taylor_batches(data, net, batches, batch_size) if data is not None else None
     if out.suffix == ".slim":
