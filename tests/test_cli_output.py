@@ -59,8 +59,8 @@ def test_exporter_output_only_with_verbose(tmp_path: Path, capfd) -> None:
 
 
 def test_switches_that_would_empty_a_group_are_refused(capsys, tmp_path: Path) -> None:
-    with pytest.raises(SlimifyError, match=r"switch 0.001 is too narrow for TinyNet: a group of (\d+) channels would "
-                                           r"keep .* the smallest usable width is 0.0"):
+    with pytest.raises(SlimifyError, match=r"switch 0.001 is too narrow for TinyNet: its widest slimmable group of "
+                                           r"(\d+) channels would keep .* the smallest usable width is 0.0"):
         slimify.convert(TinyNet(), switches=(0.001, 1.0), example_input=torch.randn(1, 3, 32, 32))
     code, _, err = run(["convert", "slimify:tinynet", "--switches", "0.001,1", "-o", tmp_path / "t.slim"], capsys)
     smallest = float(err.rsplit(" ", 1)[-1])
