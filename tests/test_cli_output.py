@@ -59,8 +59,8 @@ def test_exporter_output_only_with_verbose(tmp_path: Path, capfd) -> None:
 
 
 def test_switches_that_would_empty_a_group_are_refused(capsys, tmp_path: Path) -> None:
-    with pytest.raises(SlimifyError, match=r"switch 0.001 is too narrow for TinyNet: a group of (\d+) channels would "
-                                           r"keep .* the smallest usable width is 0.0"):
+    with pytest.raises(SlimifyError, match=r"switch 0.001 is too narrow for TinyNet: its widest slimmable group of "
+                                           r"(\d+) channels would keep .* the smallest usable width is 0.0"):
         slimify.convert(TinyNet(), switches=(0.001, 1.0), example_input=torch.randn(1, 3, 32, 32))
     code, _, err = run(["convert", "slimify:tinynet", "--switches", "0.001,1", "-o", tmp_path / "t.slim"], capsys)
     smallest = float(err.rsplit(" ", 1)[-1])
@@ -100,3 +100,22 @@ def test_rates_leave_out_the_first_step(monkeypatch) -> None:
     for _ in range(3):
         meter.update({1.0: 0.5}, 32)
     assert meter.throughput() == pytest.approx(32.0)  # 64 images in 2 s, not 96 in 7 s
+
+
+class SizeChecked(nn.Module):
+    """Checks its input size as timm's patch embeddings do, with the size formatted into the message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 16, 3, bias=False), nn.BatchNorm2d(16), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height = x.shape[2]
+        torch._assert(height == 32, f"Input height ({height}) doesn't match model (32).")
+        return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+
+def test_an_error_names_the_value_not_a_proxy() -> None:
+    with pytest.raises(SlimifyError, match=r"Input height \(16\) doesn't match model \(32\)") as e:
+        slimify.convert(SizeChecked(), example_input=torch.randn(1, 3, 16, 16))
+    assert "Proxy" not in str(e.value)

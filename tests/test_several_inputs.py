@@ -170,3 +170,13 @@ def test_trust_source_imports_from_the_current_directory(tmp_path: Path, capsys,
     monkeypatch.delitem(sys.modules, "own_models_27.nets")
     code, _, err = run(["inspect", "n.slim"], capsys)  # not trusted: never imported, from here or anywhere
     assert code == 2 and "--trust-source own_models_27" in err and "own_models_27.nets" not in sys.modules
+
+
+@pytest.mark.parametrize("command", [["convert", "-o", "{tmp}/m.slim"], ["inspect"], ["reorder", "-o", "{tmp}/m.pt"]])
+@pytest.mark.parametrize("cls", ["TwoInput", "KeywordInput"])
+def test_commands_of_a_model_name_refuse_several_inputs_in_one_line(cls: str, command, tmp_path: Path,
+                                                                     capsys) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    code, _, err = run([*TRUST, args[0], f"tests.test_several_inputs:{cls}", "--input-size", "16", *args[1:]], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{cls}.forward takes 2 inputs (img, meta)" in err and "give the .slim file" in err

@@ -194,15 +194,18 @@ def unbalanced_pieces(space: ChannelSpace, table: GroupTable, actives: list[np.n
 
 
 def check_minimum(table: GroupTable, switches: tuple[float, ...], name: str) -> None:
-    """Refuse switches at which a slimmable group would keep no channel (C·w < 1): the plan would
-    round them up to a divisor, so the switch would not be the width it says. The message names
-    the smallest usable width (1/C of the smallest slimmable group)."""
+    """Refuse a switch at which even the widest slimmable group would keep no channel (C·w < 1):
+    every group would be rounded up to its minimum, so the switch would not be the width it says.
+    The message names the smallest usable width (1/C of that group). A narrow group alone keeping
+    less than one channel is not refused: the plan keeps one unit of it (an SE layer of 2 channels
+    at the default 0.25)."""
     sizes = [g.size for g in table.groups if not g.fixed]
-    if not sizes or switches[0] * min(sizes) >= 1:
+    if not sizes or switches[0] * max(sizes) >= 1:
         return
-    smallest = math.ceil(1000 / min(sizes)) / 1000
-    raise SlimifyError(f"switch {switches[0]:g} is too narrow for {name}: a group of {min(sizes)} channels would "
-                       f"keep {switches[0] * min(sizes):.2g} of them; the smallest usable width is {smallest:g}")
+    smallest = math.ceil(1000 / max(sizes)) / 1000
+    raise SlimifyError(f"switch {switches[0]:g} is too narrow for {name}: its widest slimmable group of {max(sizes)} "
+                       f"channels would keep {switches[0] * max(sizes):.2g} of them; the smallest usable width is "
+                       f"{smallest:g}")
 
 
 def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...], divisor: int | None) -> Plan:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import linecache
 import operator
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -135,9 +136,22 @@ def _cannot_run(gm: fx.GraphModule, node: fx.Node, error: Exception) -> str:
     code = f"{where[0]}, line {where[1]}, in {where[2]}: {linecache.getline(where[0], where[1]).strip()}" \
         if where else node.format_node()
     module = f" ({node.target})" if node.op == "call_module" else ""
-    first = (str(error).splitlines() or [""])[0][:300]
+    first = _proxies_as_values(gm, (str(error).splitlines() or [""])[0][:300])
     return (f"{type(gm).__name__} does not run on the example input: {code}{module}: {type(error).__name__}: {first}; "
             "give example_input= a batch the model accepts (its input size and channels)")
+
+
+def _proxies_as_values(gm: fx.GraphModule, message: str) -> str:
+    """A message forward code formatted while it was traced names a value as ``Proxy(getitem_2)``:
+    put the value the run computed there (``Input height (100) doesn't match model (224)``)."""
+    if "Proxy(" not in message:
+        return message
+    nodes = {n.name: n for n in gm.graph.nodes}
+
+    def value(match: re.Match[str]) -> str:
+        node = nodes.get(match.group(1))
+        return str(node.meta[VALUE_KEY]) if node is not None and VALUE_KEY in node.meta else "?"
+    return re.sub(r"Proxy\((\w+)\)", value, message)
 
 
 class _MetaShapeRecorder(_ShapeRecorder):

@@ -122,7 +122,8 @@ def export_command(file: str, width: float | str | None, config_name: str | None
 Examples:
   slimify profile rn50.slim
   slimify profile rn50.slim --input-size 160 --batch-size 8 --threads 4 --json prof.json --plot prof.png
-  slimify profile mbv2.slim --device cuda --runs 100 --csv prof.csv""")
+  slimify profile mbv2.slim --device cuda --runs 100 --csv prof.csv
+  slimify profile searched.slim --widths 0.5,1.0 --config search-flops-0.30x --accuracy acc.json --plot p.png""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @measure_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")

@@ -14,7 +14,7 @@ from slimify.cli.app import command
 __all__ = ["convert_command", "inspect_command", "parse_switches", "parse_width", "parse_widths", "width_options",
            "chosen_width", "chosen_widths", "parse_input_size", "check_output", "size_option", "RegistryChoice",
            "LiveHelpOption", "pretrained_options", "check_weights_options", "count_text", "check_input_size",
-           "data_config_options", "data_config_of", "DATA_HELP"]
+           "data_config_options", "data_config_of", "DATA_HELP", "check_one_image"]
 
 F = Callable[..., Any]
 
@@ -289,6 +289,24 @@ def conversion_options(f: F) -> F:
     return f
 
 
+def check_one_image(net: Any) -> None:
+    """Fail with one line when ``net.forward`` needs more than the one image batch the CLI gives it
+    (a model of several inputs is converted in Python, and its .slim then goes to every command)."""
+    import inspect
+
+    try:
+        params = inspect.signature(net.forward).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the conversion say what fails
+        return
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    needed = [p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+    if len(needed) > 1:
+        name = type(net).__name__
+        raise click.UsageError(f"{name}.forward takes {len(needed)} inputs ({', '.join(needed)}) and the command line "
+                               "converts on one image batch: convert it in Python (slimify.convert with "
+                               "example_input=(…) and example_kwargs={…}) and slimify.save it, then give the .slim file")
+
+
 def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], divisor: int,
              num_classes: int | None, input_size: tuple[int, int, int] | None, reorder: str | None = None,
              pretrained: bool = False, tag: str | None = None) -> Any:
@@ -302,6 +320,7 @@ def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], di
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     net = (create_pretrained(model, tag, **kwargs) if pretrained else create(model, checkpoint=checkpoint,
                                                                              **kwargs)).eval()
+    check_one_image(net)
     example = torch.randn(1, *input_size) if input_size else default_input(net)
     slimify.convert(net, switches=switches, divisor=divisor, example_input=example, reorder=reorder)
     slimify.state.get_state(net).record.example_shape = list(example.shape)

@@ -12,6 +12,7 @@ from slimify.cli.model import (
     DATA_HELP,
     LiveHelpOption,
     RegistryChoice,
+    check_one_image,
     check_output,
     conversion_options,
     data_config_of,
@@ -64,7 +65,7 @@ def _write_weights(net: Any, out: Path, force: bool) -> None:
 
 @command("reorder", epilog="""\b
 Examples:
-  slimify reorder resnet18 --checkpoint rn18.pth -o rn18_l1.safetensors
+  slimify reorder resnet18 --checkpoint rn18.pth --method l1 -o rn18_l1.safetensors
   slimify reorder torchvision:mobilenet_v2 --checkpoint mbv2.pth --method bn -o mbv2.slim
   slimify reorder slimify:digitsnet --checkpoint net.pt --method taylor --data digits \\
       --input-size 32 -o net_taylor.pt""")
@@ -108,6 +109,7 @@ def reorder_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     out = check_output(output, force, WEIGHT_SUFFIXES + (".slim",))
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     net = create(model, checkpoint=checkpoint, **kwargs).eval()
+    check_one_image(net)
     example = torch.randn(1, *input_size) if input_size else default_input(net)
     cfg = data_config_of(net, tuple(example.shape[1:]), crop_pct, mean, std, interpolation)
     batches_ = _taylor_batches(data, net, batches, batch_size, tuple(example.shape[1:]), cfg) \

@@ -246,7 +246,7 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
 
 @command("calibrate", epilog="""\b
 Examples:
-  slimify calibrate runs/rn18/model.pt --data ~/imagenet --batches 100 -o rn18-calibrated.pt
+  slimify calibrate runs/rn18/model.slim --data ~/imagenet --batches 100 -o rn18-calibrated.slim
   slimify calibrate m.slim --data ~/imagenet --width 0.6 -o m-060.slim
   slimify calibrate searched.slim --data digits --config search-flops-0.30x -o searched.slim --force""")
 @model_options
@@ -312,8 +312,9 @@ def calibrate_command(model: str, data: str, width: float | str | None, config_n
 
 @command("eval", epilog="""\b
 Examples:
-  slimify eval runs/rn18/model.pt --data digits
-  slimify eval rn50.slim --data ~/imagenet/val --widths 0.5,1.0 --markdown""")
+  slimify eval runs/rn18/model.slim --data digits
+  slimify eval rn50.slim --data ~/imagenet/val --widths 0.5,1.0 --markdown
+  slimify eval searched.slim --data digits --widths 0.5,search-flops-0.30x --json acc.json""")
 @model_options
 @click.option("--data", required=True, help=f"Test data: {DATA_HELP}; evaluated on its test split (IDX sets: the "
                                             "published test set; folders: test/, else val/; digits: its val split).")

@@ -15,7 +15,6 @@ width that is no switch runs the last ``else`` branch, which fails with a node w
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,14 +95,12 @@ def _plain_onnx(model: nn.Module, w: float, x: ExampleCall, opset: int) -> tuple
     prefix = ("model." if x.kwargs else "") + _key_prefix(model, w)  # keywords: the Positional wrapper's name
     plain = export(model, w).eval()
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            onnx_file(plain, x, buffer, opset, dynamic=True, do_constant_folding=False,
-                      training=torch.onnx.TrainingMode.PRESERVE)
-        except Exception as e:
-            raise SlimifyError(f"ONNX export failed for {type(plain).__name__} at width {w:g}: "
-                               f"{str(e).splitlines()[0]}") from e
+    try:  # onnx_file hides the exporter's output
+        onnx_file(plain, x, buffer, opset, dynamic=True, do_constant_folding=False,
+                  training=torch.onnx.TrainingMode.PRESERVE)
+    except Exception as e:
+        raise SlimifyError(f"ONNX export failed for {type(plain).__name__} at width {w:g}: "
+                           f"{str(e).splitlines()[0]}") from e
     return onnx.load_from_string(buffer.getvalue()), prefix
 
 

@@ -15,7 +15,6 @@ measured numbers. A width that is no switch fails with ``_assert_async``'s messa
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch.nn as nn
 
 from slimify.analysis.example_inputs import ExampleCall
 from slimify.deploy.export_all_widths import WIDTH_TOLERANCE, _key_prefix, _tensor_sources, unknown_width_node
-from slimify.deploy.export_batch import Positional
+from slimify.deploy.export_batch import Positional, quiet_native_stderr
 from slimify.deploy.extract import export
 from slimify.errors import SlimifyError
 from slimify.rewrite.slicing import cut
@@ -106,8 +105,7 @@ def to_torch_export_all_widths(model: nn.Module, path: str | Path, example: Any,
     dims = tuple({0: batch} if call.is_batched(t) else None for t in call.tensors())
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_native_stderr():  # torch.export's logs and prints; a failure is one line
             program = torch.export.export(wrapper, (*call.tensors(), width0),
                                           dynamic_shapes={"inputs": (*dims, None)})
     except Exception as e:
