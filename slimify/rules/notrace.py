@@ -31,7 +31,9 @@ from slimify.rules.registry import find_module_rule, rule
 __all__ = ["ConcreteTracer", "trace_through", "untraced_rule", "notrace_classes", "assign_items"]
 
 
-_CONCRETE_ATTRS = frozenset({"device", "dtype", "is_cuda", "layout", "requires_grad", "is_floating_point"})
+# answered with the value: sizes that never change with the width (einops indexes a dict by ``x.ndim``)
+_CONCRETE_ATTRS = frozenset({"device", "dtype", "is_cuda", "layout", "requires_grad", "is_floating_point",
+                             "ndim", "dim", "ndimension"})
 
 
 class _ConcreteProxy(fx.Proxy):
@@ -184,7 +186,16 @@ class ConcreteTracer(SlimifyTracer):
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         if self.evaluating:  # a module run for its value inside ``_evaluate``: nothing to record
             return forward(*args, **kwargs)
+        if not self._installed(m):  # made inside forward code (``nn.ZeroPad2d((1, 0, 1, 0))(x)``): its code is
+            return forward(*args, **kwargs)  # the model's, traced through (no path to name it by)
         return super().call_module(m, forward, args, kwargs)
+
+    def _installed(self, m: nn.Module) -> bool:
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return False
+        return True
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         return attr_val if self.evaluating else super().getattr(attr, attr_val, parameter_proxy_cache)
