@@ -20,6 +20,7 @@ class GroupInfo:
     reason: str
     origins: list[str]  # layers producing these channels
     divisor: int = 8  # every width a multiple of it (smaller than asked for a narrow group, automatic divisor)
+    full: str = ""  # not fixed, yet kept at full size at width 0.5: why (``analysis/full_width.py``)
 
 
 @dataclass
@@ -34,11 +35,12 @@ class ConversionReport:
 
     @property
     def fixed(self) -> list[GroupInfo]:
-        return [g for g in self.groups if g.fixed]
+        """Groups that keep their full size: fixed ones, and those no narrower switch narrows."""
+        return [g for g in self.groups if g.fixed or g.full]
 
     @property
     def slimmable(self) -> list[GroupInfo]:
-        return [g for g in self.groups if not g.fixed]
+        return [g for g in self.groups if not (g.fixed or g.full)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +67,7 @@ class ConversionReport:
         if fixed:
             lines += ["", "fixed groups (keep their full size):"]
             for g in fixed:
-                lines.append(f"  group {g.index} ({g.size} ch, {_first(g.origins, 2) or '-'}): {g.reason}")
+                lines.append(f"  group {g.index} ({g.size} ch, {_first(g.origins, 2) or '-'}): {g.reason or g.full}")
         return "\n".join(lines)
 
     def _divisor_text(self) -> str:
@@ -83,11 +85,14 @@ def _first(names: list[str], n: int) -> str:
     return ", ".join(names[:n]) + (f", … ({len(names) - n} more)" if len(names) > n else "")
 
 
-def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float) -> ConversionReport:
+def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float,
+                 full: dict[int, str] | None = None) -> ConversionReport:
+    """``full``: why groups that are not fixed keep their full size at width 0.5 (by index)."""
+    full = full or {}
     report = ConversionReport(model_name, plan.switches, plan.divisor, seconds=seconds,
                               padded_output=plan.output_widths, auto_divisor=plan.auto_divisor)
     for g in table.groups:
         channels = [k * g.unit for k in plan.kept[g.index]]
         report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason, list(g.origins),
-                                       plan.group_divisors.get(g.index, plan.divisor)))
+                                       plan.group_divisors.get(g.index, plan.divisor), full.get(g.index, "")))
     return report

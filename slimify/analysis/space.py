@@ -81,6 +81,7 @@ class ChannelSpace:
         self.size = 1  # id 0 is FIXED
         self.vars: list[Var] = []
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pair_contexts: list[str] = []  # the node each union was recorded at (``analysis/full_width.py``)
         self.fixes: list[tuple[np.ndarray, str]] = []
         self.cuts: list[tuple[np.ndarray, np.ndarray]] = []  # (left, right) ids of split points
         self.balances: list[list[np.ndarray]] = []  # equal pieces that must keep equal widths
@@ -118,6 +119,11 @@ class ChannelSpace:
             self.fix(np.concatenate([a[touches_fixed], b[touches_fixed]]),
                      f"joined with a channel that cannot slim at {self.context}")
         self._pairs.append((a, b))
+        self.pair_contexts.append(self.context)
+
+    def pair_records(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every union as recorded, in order (``pair_contexts`` says where)."""
+        return self._pairs
 
     def union_all(self, ids: np.ndarray) -> None:
         """All these ids are one unit (a head, a group of a grouped conv)."""
