@@ -231,6 +231,9 @@ def fill_cuts(plan: Plan, space: ChannelSpace, actives: list[np.ndarray]) -> Non
         plan.batchnorms[bn.module] = [np.nonzero(active[bn.ids])[0] for active in actives]
     if space.output_ids is not None:
         plan.output_widths = _output_widths(space.output_ids, actives)
+    for condition in space.size_conditions:  # a branch on a size must go the example's way at every switch
+        if not all(condition.holds(active) for active in actives):
+            raise NotABox(condition.ids, f"{condition.reason}, and a narrow width would change its answer")
 
 
 def _output_widths(ids: np.ndarray, actives: list[np.ndarray]) -> list[int] | None:

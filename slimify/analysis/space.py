@@ -10,13 +10,15 @@ once at the end (see ``groups.py``), so analysis stays linear in graph size.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from slimify.analysis.unique import unique
 
-__all__ = ["FIXED", "OUTPUT_REASON", "UNREAD_OUTPUT_REASON", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec", "ChannelSpace"]
+__all__ = ["FIXED", "OUTPUT_REASON", "UNREAD_OUTPUT_REASON", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec",
+           "SizeCondition", "ChannelSpace"]
 
 FIXED = 0  # id of the "never slims" channel
 OUTPUT_REASON = "model output (classifier outputs keep their size)"
@@ -67,6 +69,23 @@ class AttrSpec:
 
 
 @dataclass
+class SizeCondition:
+    """A branch forward code took on a size of slimming channels compared with a literal
+    (``if skip.shape[1] != 0:``): ``decide(active(ids) · num // den)`` must give ``taken`` at every
+    switch, or the narrow network would take another path; the plan checks it per switch."""
+
+    ids: np.ndarray
+    num: int
+    den: int
+    decide: Callable[[int], bool]  # the comparison, with the literal bound
+    taken: bool  # its answer on the example (full width)
+    reason: str
+
+    def holds(self, active: np.ndarray) -> bool:
+        return bool(self.decide(int(active[self.ids].sum()) * self.num // self.den)) == self.taken
+
+
+@dataclass
 class BatchNormSpec:
     """A BatchNorm that becomes switchable: private statistics and affine per switch."""
 
@@ -97,6 +116,7 @@ class ChannelSpace:
         # a feature output (see ``pad_output``) and the ids that layers with parameters read
         self.output_ids: np.ndarray | None = None
         self.read: list[np.ndarray] = []
+        self.size_conditions: list[SizeCondition] = []  # branches on sizes, checked per switch by the plan
 
     # -- allocation ---------------------------------------------------------------------
     def new_var(self, size: int, origin: str, producer: bool = True) -> np.ndarray:

@@ -2,7 +2,9 @@
 follow the width, or fix the channels with a reason naming the line of code."""
 from __future__ import annotations
 
+import functools
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch.fx as fx
 
 from slimify.analysis.shape_pass import VALUE_KEY
-from slimify.analysis.space import Count
+from slimify.analysis.space import Count, SizeCondition
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 
 __all__ = ["keep_compared_size", "expand_sizes", "is_dynamic", "follow_literal", "counts_units", "attribute_candidates",
@@ -304,7 +306,9 @@ def keep_compared_size(ctx: RuleContext, node: fx.Node) -> None:
     """``if num_channels != self.num_channels: raise`` (transformers' patch embeddings, checked
     again on every stage's input): a size read from slimming channels compared with a literal. The
     attribute holding the literal follows those channels, so the branch goes the same way at every
-    width; a literal that is no attribute keeps the channels at their size."""
+    width. A literal that is no attribute (``if skip.shape[1] != 0:``, smp's Linknet) becomes a
+    condition the plan evaluates per switch (``SizeCondition``): the channels keep their size only
+    where some switch's planned count would flip the answer."""
     if node.op != "call_function" or node.target not in _COMPARISONS or len(node.args) != 2:
         return
     for size, other in (node.args, node.args[::-1]):
@@ -313,8 +317,17 @@ def keep_compared_size(ctx: RuleContext, node: fx.Node) -> None:
         expr = size_expr(ctx, size)
         if expr is None or expr.ids is None:
             continue
-        if expr.num != 1 or expr.den != 1 or not follow_literal(ctx, other, Count(np.asarray(expr.ids))):
-            ctx.space.fix(np.asarray(expr.ids), f"a size compared with {other} decides a branch at {ctx.space.context}")
+        if expr.num == 1 and expr.den == 1 and follow_literal(ctx, other, Count(np.asarray(expr.ids))):
+            continue
+        compare, first = node.target, size is node.args[0]
+        decide = functools.partial(_compare, compare, other, first)
+        ctx.space.size_conditions.append(SizeCondition(  # fixed by the plan only where a switch flips it
+            np.asarray(expr.ids), expr.num, expr.den, decide, decide(expr.value),
+            f"a size compared with {other} decides a branch at {ctx.space.context}"))
+
+
+def _compare(op: Callable[[Any, Any], Any], literal: int, size_first: bool, size: int) -> bool:
+    return bool(op(size, literal) if size_first else op(literal, size))
 
 
 def _arith(op: Any, a: SizeExpr | None, b: SizeExpr | None) -> SizeExpr | None:
