@@ -55,3 +55,30 @@ def test_comparison_a_switch_would_flip_keeps_the_channels() -> None:
     assert group.fixed and "a size compared with 24 decides a branch" in group.reason, group
     assert "test_size_branches.py, line" in group.reason and "would change its answer" in group.reason
     _converted(SkipBranch(wide_only=True), x)  # full width exact, every switch runs, export equals
+
+
+class StoredShape(nn.Module):
+    """MONAI UNETR's ``proj_feat``: tokens viewed back to a map through a stored shape list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden_size = 48
+        self.embed = nn.Conv2d(3, 48, 4, stride=4)
+        self.mlp = nn.Sequential(nn.Linear(48, 96), nn.GELU(), nn.Linear(96, 48))
+        self.proj_view_shape = [2, 2, self.hidden_size]
+        self.head = nn.Conv2d(48, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = t + self.mlp(t)
+        new_view = [t.size(0)] + self.proj_view_shape
+        return self.head(t.view(new_view).permute(0, 3, 1, 2).contiguous())
+
+
+def test_a_stored_shape_list_follows_the_width() -> None:
+    model = _converted(StoredShape(), torch.randn(1, 3, 8, 8))
+    group = _group(model, "embed")
+    assert not group.fixed and group.channels[1] == 24, group
+    with slimify.width(model, 0.5):
+        assert model.proj_view_shape == [2, 2, 24]
+    assert model.proj_view_shape == [2, 2, 48]

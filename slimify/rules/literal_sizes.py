@@ -156,6 +156,11 @@ def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool 
     candidates = attribute_candidates(ctx, value)
     if not candidates and nested and type(value) is int:
         candidates = nested_candidates(ctx, value)
+    shapes = _shape_holders(ctx, value) if type(value) is int and isinstance(counts, Count) else []
+    for path, name, attr, at in shapes:  # also where a stored shape holds it (``[B] + self.proj_view_shape``)
+        register_attr(ctx, path, name, type(attr)(counts if i == at else v for i, v in enumerate(attr)))
+    if not candidates and shapes:
+        return True
     if not candidates:
         if isinstance(value, (list, tuple)) and not isinstance(counts, Count) and len(value) == len(counts):
             return _follow_entries(ctx, list(value), list(counts), prefer_hint)
@@ -178,6 +183,23 @@ def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool 
                 for child, cname in _children_with(ctx, path, name, value):
                     register_attr(ctx, child, cname, counts)
     return True
+
+
+_SHAPE_NAMES = ("shape", "view")  # a list attribute so named is a tensor shape forward code reshapes to
+
+
+def _shape_holders(ctx: RuleContext, value: int) -> list[tuple[str, str, Any, int]]:
+    """(module path, attribute, its value, index) for a list or tuple of ints named like a shape
+    (MONAI UNETR's ``proj_view_shape = [*feat_size, hidden_size]``, viewed to as ``[B] + shape``)
+    holding the literal once, in the module whose forward code made this node."""
+    owner = ctx.owner_paths()[0]
+    try:
+        module = ctx.root.get_submodule(owner) if owner else ctx.root
+    except AttributeError:
+        return []
+    return [(owner, name, attr, list(attr).index(value)) for name, attr in vars(module).items()
+            if isinstance(attr, (list, tuple)) and not name.startswith("_") and any(h in name.lower() for h in _SHAPE_NAMES)
+            and all(type(v) is int for v in attr) and list(attr).count(value) == 1]
 
 
 def _follow_entries(ctx: RuleContext, value: list, counts: list, prefer_hint: bool) -> bool:
