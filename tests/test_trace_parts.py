@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 import torch.nn as nn
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 import slimify
 from slimify.analysis.trace_concrete import ModelInputs, trace_concretely
@@ -119,3 +120,25 @@ def test_module_made_in_forward_is_traced_through() -> None:
     model = _converted(PadInForward(), torch.randn(1, 3, 33, 33))
     _stem_slims(model, "conv1")
     _stem_slims(model, "conv2")
+
+
+class PasteMasks(nn.Module):
+    """Mask R-CNN's post-processing: ``paste_masks_in_image`` branches on box values in Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.mask = nn.Conv2d(16, 1, 1)
+
+    def forward(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return paste_masks_in_image(self.mask(torch.relu(self.stem(x))).sigmoid(), boxes, (32, 32))
+
+
+def test_detection_post_processing_is_run_for_its_value() -> None:
+    x, boxes = torch.randn(2, 3, 14, 14), torch.tensor([[2.0, 3.0, 20.0, 18.0], [0.0, 0.0, 31.0, 31.0]])
+    model = PasteMasks().eval()
+    expected = model(x, boxes)
+    slimify.convert(model, example_input=(x, boxes))
+    with slimify.width(model, 1.0):
+        assert torch.allclose(model(x, boxes), expected, atol=1e-6)
+    _stem_slims(model, "stem")

@@ -25,6 +25,7 @@ from slimify.analysis.shape_pass import VALUE_KEY, holds_tensor, note_value
 from slimify.analysis.tracer import SlimifyTracer, graph_module
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.caches import empty_caches
+from slimify.rules.detection import postprocessing_functions
 from slimify.rules.dispatch import run_rule
 from slimify.rules.registry import find_module_rule, rule
 
@@ -135,6 +136,7 @@ class ConcreteTracer(SlimifyTracer):
     def __init__(self, has_rule: Any, inputs: list[Any]) -> None:
         super().__init__(has_rule)
         self.proxy_buffer_attributes = True  # ``self.rel_indices.expand(B, …)`` needs a proxy to dispatch
+        self._autowrap_function_ids.update(id(f) for f in postprocessing_functions())  # leaves, run for value
         self.values: dict[fx.Node, Any] = {}
         self._inputs = list(inputs)
         self.evaluating = False  # inside ``_evaluate``: module calls and attributes run as they are
