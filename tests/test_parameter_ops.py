@@ -134,3 +134,44 @@ def test_report_accounts_for_full_width(make, x) -> None:
     model = make().eval()
     slimify.convert(model, example_input=torch.randn(*x))
     _accounted(model)
+
+
+class DenseHead(nn.Module):
+    """A detector-like head: class scores for 6 anchors x 91 classes on every pixel carry most MACs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.body = nn.Conv2d(32, 32, 3, padding=1)
+        self.cls = nn.Conv2d(32, 6 * 91, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls(torch.relu(self.body(torch.relu(self.stem(x)))))
+
+
+def _macs(model: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def test_report_says_when_outputs_keep_width_half_above_the_bound() -> None:
+    x = torch.randn(1, 3, 16, 16)
+    model = DenseHead().eval()
+    slimify.convert(model, example_input=x)
+    line = slimify.report(model).design_floor
+    assert line and line in slimify.report(model).table()
+    floor = float(line.split("at least ")[1].split(" ")[0])
+    full = _macs(model, x)
+    with slimify.width(model, 0.5):
+        measured = _macs(model, x) / full
+    assert measured > 0.35 and abs(measured - floor) < 0.02, (measured, line)
+    assert "94% of them" in line
+
+
+@pytest.mark.parametrize("name", ["residual", "attention", "flatten_linear"])
+def test_no_design_line_where_the_bound_is_reachable(name: str) -> None:
+    model = GOLDEN[name]().eval()
+    slimify.convert(model, example_input=torch.randn(1, 3, 16, 16))
+    assert slimify.report(model).design_floor is None

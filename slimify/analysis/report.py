@@ -32,6 +32,7 @@ class ConversionReport:
     seconds: float = 0.0
     padded_output: list[int] | None = None  # features computed per switch of a zero-padded output
     auto_divisor: bool = False  # ``divisor=None``: ``divisor`` is the largest, narrow groups use less
+    design_floor: str | None = None  # one line when channels fixed by design keep width 0.5 above 0.35 of the MACs
 
     @property
     def fixed(self) -> list[GroupInfo]:
@@ -63,11 +64,13 @@ class ConversionReport:
         if self.padded_output is not None:
             lines += ["", f"model output: {self.padded_output[-1]} features at full width; narrower switches compute "
                           f"{', '.join(map(str, self.padded_output[:-1]))} and pad the rest with zeros (same output shape)"]
+        if self.design_floor:
+            lines += ["", self.design_floor]
         fixed = [g for g in self.fixed if g.reason != "model input channels"]
         if fixed:
             lines += ["", "fixed groups (keep their full size):"]
             for g in fixed:
-                lines.append(f"  group {g.index} ({g.size} ch, {_first(g.origins, 2) or '-'}): {g.reason or g.full}")
+                lines.append(f"  group {g.index} ({g.size} ch, {_first(g.origins, 2) or '-'}): {g.reason}")
         return "\n".join(lines)
 
     def _divisor_text(self) -> str:
@@ -93,6 +96,7 @@ def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float,
                               padded_output=plan.output_widths, auto_divisor=plan.auto_divisor)
     for g in table.groups:
         channels = [k * g.unit for k in plan.kept[g.index]]
-        report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason, list(g.origins),
+        report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason or full.get(g.index, ""),
+                                       list(g.origins),
                                        plan.group_divisors.get(g.index, plan.divisor), full.get(g.index, "")))
     return report

@@ -198,7 +198,7 @@ def _shape_holders(ctx: RuleContext, value: int) -> list[tuple[str, str, Any, in
     except AttributeError:
         return []
     return [(owner, name, attr, list(attr).index(value)) for name, attr in vars(module).items()
-            if isinstance(attr, (list, tuple)) and not name.startswith("_") and any(h in name.lower() for h in _SHAPE_NAMES)
+            if type(attr) in (list, tuple) and not name.startswith("_") and any(h in name.lower() for h in _SHAPE_NAMES)
             and all(type(v) is int for v in attr) and list(attr).count(value) == 1]
 
 
