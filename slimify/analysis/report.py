@@ -93,7 +93,8 @@ def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float,
     """``full``: why groups that are not fixed keep their full size at width 0.5 (by index)."""
     full = full or {}
     report = ConversionReport(model_name, plan.switches, plan.divisor, seconds=seconds,
-                              padded_output=plan.output_widths, auto_divisor=plan.auto_divisor)
+                              padded_output=None if plan.output_widths is None else [sum(w) for w in plan.output_widths],
+                              auto_divisor=plan.auto_divisor)
     for g in table.groups:
         channels = [k * g.unit for k in plan.kept[g.index]]
         report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason or full.get(g.index, ""),

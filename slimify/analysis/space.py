@@ -115,6 +115,7 @@ class ChannelSpace:
         self.ordered: list[tuple[np.ndarray, str]] = []  # ids whose channels must keep their order
         # a feature output (see ``pad_output``) and the ids that layers with parameters read
         self.output_ids: np.ndarray | None = None
+        self.output_layout: list[tuple[int, int, int]] = []  # per padded output tensor: (index, dim, size)
         self.read: list[np.ndarray] = []
         self.size_conditions: list[SizeCondition] = []  # branches on sizes, checked per switch by the plan
 
@@ -175,12 +176,15 @@ class ChannelSpace:
         """These channels are matched by position, not identity: reordering must leave them."""
         self.ordered.append((np.asarray(ids, np.int64).ravel(), reason))
 
-    def pad_output(self, ids: np.ndarray) -> None:
-        """The model returns one tensor whose last dim holds these channels. Channels that layers
-        inside the model also read (a residual stream returned as features) may slim: narrow
-        switches pad the output back to full size with zeros. The others (logits, a final
+    def pad_output(self, ids: np.ndarray, layout: list[tuple[int, int, int]] | None = None) -> None:
+        """The model returns one tensor whose last dim holds these channels (``layout`` None), or a
+        list/tuple of feature maps, each with its channels along one dim (``layout``: per map, its
+        index in the output, that dim and its size; ``ids`` concatenated in that order). Channels
+        that layers inside the model also read (a residual stream returned as features) may slim:
+        narrow switches pad the output back to full size with zeros. The others (logits, a final
         projection made only for the caller) keep their size: ``groups.py`` fixes them."""
         self.output_ids = np.asarray(ids, np.int64).ravel()
+        self.output_layout = layout or [(0, -1, len(self.output_ids))]
 
     def mark_read(self, label: np.ndarray) -> None:
         """A layer with parameters reads these channels (see ``pad_output``)."""
