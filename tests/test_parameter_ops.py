@@ -175,3 +175,29 @@ def test_no_design_line_where_the_bound_is_reachable(name: str) -> None:
     model = GOLDEN[name]().eval()
     slimify.convert(model, example_input=torch.randn(1, 3, 16, 16))
     assert slimify.report(model).design_floor is None
+
+
+class FunctionalNorms(nn.Module):
+    """Model code calling ``F.batch_norm`` / ``F.instance_norm`` with its own tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.weight, self.bias = nn.Parameter(torch.rand(32) + 0.5), nn.Parameter(torch.randn(32))
+        self.register_buffer("running_mean", torch.randn(32))
+        self.register_buffer("running_var", torch.rand(32) + 0.5)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.scale = nn.Parameter(torch.rand(32) + 0.5)
+        self.head = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.batch_norm(self.conv1(x), self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, 1e-5)
+        x = F.instance_norm(self.conv2(torch.relu(x)), weight=self.scale, bias=None)
+        return self.head(torch.relu(x))
+
+
+def test_functional_norms_serve_their_tensors_narrow() -> None:
+    model = _converted(FunctionalNorms(), torch.randn(1, 3, 8, 8))
+    assert _group(model, "conv1").channels[1] == 16 and _group(model, "conv2").channels[1] == 16
+    with slimify.width(model, 0.5):
+        assert model.running_mean.shape == (16,) and model.scale.shape == (16,)
