@@ -174,3 +174,24 @@ def test_container_copy_keeps_type_items_and_attributes() -> None:
     assert list(copied.items()) == [("a", 1), ("b", 2)] and copied.a == 1 and copied._frozen
     refill(copied, ["b", 3])
     assert list(copied.items()) == [("b", 3)] and list(frozen.items()) == [("a", 1), ("b", 2)]
+
+
+class ReplacesItsLayer(nn.Module):
+    """Assigns a new layer to itself on every call: no plan holds for the next call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.conv = nn.Conv2d(3, 8, 3)
+        return self.head(self.conv(x))
+
+
+def test_model_replacing_its_layers_is_refused_and_left_as_it_was() -> None:
+    model = ReplacesItsLayer().eval()
+    before = model_snapshot(model)
+    with pytest.raises(slimify.SlimifyError, match=r"replaces its own layer 'conv' when it runs .*test_model_untouched"):
+        slimify.convert(model, example_input=example())
+    assert_same(model_snapshot(model), before)

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_map
 from slimify.analysis.containers import contents, refill, same_contents
 from slimify.analysis.meta_layers import shape_call
 from slimify.analysis.metarun import FastMeta
+from slimify.analysis.own_layers import layers_kept
 from slimify.errors import SlimifyError
 
 __all__ = ["SHAPE_KEY", "WHERE_KEY", "VALUE_KEY",
@@ -218,7 +219,8 @@ def state_kept(model: nn.Module, leftover: Callable[[Any], bool] = holds_proxy) 
     before = {m: {k: (v, contents(v)) for k, v in vars(m).items()
                   if k not in _MODULE_INTERNALS} for m in model.modules()}
     try:
-        yield
+        with layers_kept(model):  # its layers, weights and buffers too
+            yield
     finally:
         for m, attrs in before.items():
             own = vars(m)
