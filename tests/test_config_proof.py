@@ -74,7 +74,7 @@ def test_a_configuration_that_crashes_is_refused_and_not_stored() -> None:
 def test_a_configuration_changing_the_output_shape_is_refused() -> None:
     model = features()
     slot = _slot(model, {0: 8, 1: 12})
-    find_output_pad(model).widths[slot] = 8  # pads 12 channels as if they were 8: the output grows
+    find_output_pad(model).widths[slot] = (8,)  # pads 12 channels as if they were 8: the output grows
     with pytest.raises(SlimifyError, match=r"changes the model's output: \[1, 36\] where full width gives \[1, 32\]"):
         slimify.add_config(model, "lean", {0: 8, 1: 12})
     assert "lean" not in slimify.configs(model)

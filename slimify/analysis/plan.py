@@ -61,7 +61,8 @@ class Plan:
     attrs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     batchnorms: dict[str, list[np.ndarray]] = field(default_factory=dict)
     # a feature output that narrow switches pad back with zeros: its active features per switch
-    output_widths: list[int] | None = None
+    output_widths: list[tuple[int, ...]] | None = None  # per switch, the active features of each padded tensor
+    output_layout: list[tuple[int, int, int]] = field(default_factory=list)  # those tensors: (index, dim, size)
     auto_divisor: bool = False  # ``divisor=None``: narrow groups may use a smaller one
     group_divisors: dict[int, int] = field(default_factory=dict)  # group index → divisor it used
 
@@ -245,16 +246,28 @@ def fill_cuts(plan: Plan, space: ChannelSpace, actives: list[np.ndarray]) -> Non
     for bn in space.batchnorms:
         plan.batchnorms[bn.module] = [np.nonzero(active[bn.ids])[0] for active in actives]
     if space.output_ids is not None:
-        plan.output_widths = _output_widths(space.output_ids, actives)
+        plan.output_widths = _output_widths(space, actives)
+        plan.output_layout = list(space.output_layout)
+    for condition in space.size_conditions:  # a branch on a size must go the example's way at every switch
+        if not all(condition.holds(active) for active in actives):
+            raise NotABox(condition.ids, f"{condition.reason}, and a narrow width would change its answer")
 
 
-def _output_widths(ids: np.ndarray, actives: list[np.ndarray]) -> list[int] | None:
-    """Active features of a padded output per switch; they must be a prefix (zeros pad the end)."""
-    widths = []
-    for active in actives:
-        mask = active[ids]
+def output_counts(space: ChannelSpace, active: np.ndarray) -> tuple[int, ...]:
+    """Active features of each padded output tensor; they must be a prefix (zeros pad the end)."""
+    counts, start = [], 0
+    for _, _, size in space.output_layout:
+        mask = active[space.output_ids[start:start + size]]
         k = int(mask.sum())
         if not mask[:k].all():
-            raise NotABox(ids, "model output: its active features would not be a prefix, which padding needs")
-        widths.append(k)
-    return widths if min(widths) < len(ids) else None
+            raise NotABox(space.output_ids, "model output: its active features would not be a prefix, which padding needs")
+        counts.append(k)
+        start += size
+    return tuple(counts)
+
+
+def _output_widths(space: ChannelSpace, actives: list[np.ndarray]) -> list[tuple[int, ...]] | None:
+    """:func:`output_counts` per switch; None when no switch narrows the output."""
+    widths = [output_counts(space, active) for active in actives]
+    full = tuple(size for _, _, size in space.output_layout)
+    return widths if any(w != full for w in widths) else None

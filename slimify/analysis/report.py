@@ -20,6 +20,7 @@ class GroupInfo:
     reason: str
     origins: list[str]  # layers producing these channels
     divisor: int = 8  # every width a multiple of it (smaller than asked for a narrow group, automatic divisor)
+    full: str = ""  # not fixed, yet kept at full size at width 0.5: why (``analysis/full_width.py``)
 
 
 @dataclass
@@ -31,14 +32,16 @@ class ConversionReport:
     seconds: float = 0.0
     padded_output: list[int] | None = None  # features computed per switch of a zero-padded output
     auto_divisor: bool = False  # ``divisor=None``: ``divisor`` is the largest, narrow groups use less
+    design_floor: str | None = None  # one line when channels fixed by design keep width 0.5 above 0.35 of the MACs
 
     @property
     def fixed(self) -> list[GroupInfo]:
-        return [g for g in self.groups if g.fixed]
+        """Groups that keep their full size: fixed ones, and those no narrower switch narrows."""
+        return [g for g in self.groups if g.fixed or g.full]
 
     @property
     def slimmable(self) -> list[GroupInfo]:
-        return [g for g in self.groups if not g.fixed]
+        return [g for g in self.groups if not (g.fixed or g.full)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +64,8 @@ class ConversionReport:
         if self.padded_output is not None:
             lines += ["", f"model output: {self.padded_output[-1]} features at full width; narrower switches compute "
                           f"{', '.join(map(str, self.padded_output[:-1]))} and pad the rest with zeros (same output shape)"]
+        if self.design_floor:
+            lines += ["", self.design_floor]
         fixed = [g for g in self.fixed if g.reason != "model input channels"]
         if fixed:
             lines += ["", "fixed groups (keep their full size):"]
@@ -83,11 +88,16 @@ def _first(names: list[str], n: int) -> str:
     return ", ".join(names[:n]) + (f", … ({len(names) - n} more)" if len(names) > n else "")
 
 
-def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float) -> ConversionReport:
+def build_report(model_name: str, table: GroupTable, plan: Plan, seconds: float,
+                 full: dict[int, str] | None = None) -> ConversionReport:
+    """``full``: why groups that are not fixed keep their full size at width 0.5 (by index)."""
+    full = full or {}
     report = ConversionReport(model_name, plan.switches, plan.divisor, seconds=seconds,
-                              padded_output=plan.output_widths, auto_divisor=plan.auto_divisor)
+                              padded_output=None if plan.output_widths is None else [sum(w) for w in plan.output_widths],
+                              auto_divisor=plan.auto_divisor)
     for g in table.groups:
         channels = [k * g.unit for k in plan.kept[g.index]]
-        report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason, list(g.origins),
-                                       plan.group_divisors.get(g.index, plan.divisor)))
+        report.groups.append(GroupInfo(g.index, g.size, g.unit, channels, g.fixed, g.reason or full.get(g.index, ""),
+                                       list(g.origins),
+                                       plan.group_divisors.get(g.index, plan.divisor), full.get(g.index, "")))
     return report

@@ -21,8 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
+from slimify.analysis.containers import contents, refill, same_contents
 from slimify.analysis.meta_layers import shape_call
 from slimify.analysis.metarun import FastMeta
+from slimify.analysis.own_layers import layers_kept
 from slimify.analysis.own_names import attr_of
 from slimify.errors import SlimifyError
 
@@ -228,26 +230,32 @@ _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 @contextlib.contextmanager
 def state_kept(model: nn.Module, leftover: Callable[[Any], bool] = holds_proxy) -> Iterator[None]:
     """Forward code that stores state (a cache dict, ``self.last = x``) would keep fx proxies (or
-    meta tensors) in the user's model after tracing: put back every attribute, or dict's
-    contents, such a value entered."""
-    before = {m: {k: (v, dict(v) if isinstance(v, dict) else None) for k, v in vars(m).items()
+    meta tensors) in the user's model after tracing: put back every attribute, or dict's or
+    list's contents, such a value entered. Only what changed is written, straight into the
+    module's ``__dict__`` and through the built-in container methods, so an object the model owns
+    is never asked to change (a frozen config stays as it was, ``containers.refill``)."""
+    before = {m: {k: (v, contents(v)) for k, v in vars(m).items()
                   if k not in _MODULE_INTERNALS} for m in model.modules()}
     try:
-        yield
+        with layers_kept(model):  # its layers, weights and buffers too
+            yield
     finally:
         for m, attrs in before.items():
-            for name, value in list(vars(m).items()):
-                kept = attrs.get(name)
-                unchanged = kept is not None and value is kept[0] and kept[1] is None  # same object, not a dict
-                if unchanged or name in _MODULE_INTERNALS or not leftover(value):
+            own = vars(m)
+            for name, value in list(own.items()):
+                if name in _MODULE_INTERNALS:
                     continue
-                if name not in attrs:
-                    delattr(m, name)
-                elif isinstance(value, dict) and attrs[name][1] is not None and value is attrs[name][0]:
-                    value.clear()
-                    value.update(attrs[name][1])
-                else:
-                    setattr(m, name, attrs[name][0])
+                kept = attrs.get(name)
+                if kept is None:
+                    if leftover(value):
+                        del own[name]
+                elif value is not kept[0]:
+                    if leftover(value):
+                        own[name] = kept[0]
+                elif kept[1] is not None and not same_contents(value, kept[1]) and leftover(value):
+                    refill(value, kept[1])
+            for name in attrs.keys() - own.keys():  # deleted by forward code
+                own[name] = attrs[name][0]
 
 
 @contextlib.contextmanager

@@ -10,13 +10,15 @@ once at the end (see ``groups.py``), so analysis stays linear in graph size.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from slimify.analysis.unique import unique
 
-__all__ = ["FIXED", "OUTPUT_REASON", "UNREAD_OUTPUT_REASON", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec", "ChannelSpace"]
+__all__ = ["FIXED", "OUTPUT_REASON", "UNREAD_OUTPUT_REASON", "Var", "Count", "ParamSpec", "AttrSpec", "BatchNormSpec",
+           "SizeCondition", "ChannelSpace"]
 
 FIXED = 0  # id of the "never slims" channel
 OUTPUT_REASON = "model output (classifier outputs keep their size)"
@@ -67,6 +69,23 @@ class AttrSpec:
 
 
 @dataclass
+class SizeCondition:
+    """A branch forward code took on a size of slimming channels compared with a literal
+    (``if skip.shape[1] != 0:``): ``decide(active(ids) · num // den)`` must give ``taken`` at every
+    switch, or the narrow network would take another path; the plan checks it per switch."""
+
+    ids: np.ndarray
+    num: int
+    den: int
+    decide: Callable[[int], bool]  # the comparison, with the literal bound
+    taken: bool  # its answer on the example (full width)
+    reason: str
+
+    def holds(self, active: np.ndarray) -> bool:
+        return bool(self.decide(int(active[self.ids].sum()) * self.num // self.den)) == self.taken
+
+
+@dataclass
 class BatchNormSpec:
     """A BatchNorm that becomes switchable: private statistics and affine per switch."""
 
@@ -81,6 +100,7 @@ class ChannelSpace:
         self.size = 1  # id 0 is FIXED
         self.vars: list[Var] = []
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pair_contexts: list[str] = []  # the node each union was recorded at (``analysis/full_width.py``)
         self.fixes: list[tuple[np.ndarray, str]] = []
         self.cuts: list[tuple[np.ndarray, np.ndarray]] = []  # (left, right) ids of split points
         self.balances: list[list[np.ndarray]] = []  # equal pieces that must keep equal widths
@@ -95,7 +115,9 @@ class ChannelSpace:
         self.ordered: list[tuple[np.ndarray, str]] = []  # ids whose channels must keep their order
         # a feature output (see ``pad_output``) and the ids that layers with parameters read
         self.output_ids: np.ndarray | None = None
+        self.output_layout: list[tuple[int, int, int]] = []  # per padded output tensor: (index, dim, size)
         self.read: list[np.ndarray] = []
+        self.size_conditions: list[SizeCondition] = []  # branches on sizes, checked per switch by the plan
 
     # -- allocation ---------------------------------------------------------------------
     def new_var(self, size: int, origin: str, producer: bool = True) -> np.ndarray:
@@ -118,6 +140,11 @@ class ChannelSpace:
             self.fix(np.concatenate([a[touches_fixed], b[touches_fixed]]),
                      f"joined with a channel that cannot slim at {self.context}")
         self._pairs.append((a, b))
+        self.pair_contexts.append(self.context)
+
+    def pair_records(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every union as recorded, in order (``pair_contexts`` says where)."""
+        return self._pairs
 
     def union_all(self, ids: np.ndarray) -> None:
         """All these ids are one unit (a head, a group of a grouped conv)."""
@@ -149,12 +176,15 @@ class ChannelSpace:
         """These channels are matched by position, not identity: reordering must leave them."""
         self.ordered.append((np.asarray(ids, np.int64).ravel(), reason))
 
-    def pad_output(self, ids: np.ndarray) -> None:
-        """The model returns one tensor whose last dim holds these channels. Channels that layers
-        inside the model also read (a residual stream returned as features) may slim: narrow
-        switches pad the output back to full size with zeros. The others (logits, a final
+    def pad_output(self, ids: np.ndarray, layout: list[tuple[int, int, int]] | None = None) -> None:
+        """The model returns one tensor whose last dim holds these channels (``layout`` None), or a
+        list/tuple of feature maps, each with its channels along one dim (``layout``: per map, its
+        index in the output, that dim and its size; ``ids`` concatenated in that order). Channels
+        that layers inside the model also read (a residual stream returned as features) may slim:
+        narrow switches pad the output back to full size with zeros. The others (logits, a final
         projection made only for the caller) keep their size: ``groups.py`` fixes them."""
         self.output_ids = np.asarray(ids, np.int64).ravel()
+        self.output_layout = layout or [(0, -1, len(self.output_ids))]
 
     def mark_read(self, label: np.ndarray) -> None:
         """A layer with parameters reads these channels (see ``pad_output``)."""

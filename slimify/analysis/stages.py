@@ -12,6 +12,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from slimify.analysis.design_floor import design_floor
+from slimify.analysis.full_width import full_width_reasons
 from slimify.analysis.groups import GroupTable, cut_around, find_groups
 from slimify.analysis.plan import EmptyPiece, NotABox, Plan, Unbalanced, check_minimum, check_switches, make_plan
 from slimify.analysis.report import ConversionReport, build_report
@@ -88,7 +90,10 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
         table, plan = check(model, ModelInputs.of(example, example_kwargs), space, table, plan,
                             lambda trial: _plan(trial, switches, divisor, type(model).__name__), output)
     seconds = time.perf_counter() - start
-    return Analysis(space, table, plan, build_report(type(model).__name__, table, plan, seconds))
+    report = build_report(type(model).__name__, table, plan, seconds, full_width_reasons(space, table, plan))
+    floor = design_floor(traced.graph_module, space, table)
+    report.design_floor = None if floor is None else floor.line()
+    return Analysis(space, table, plan, report)
 
 
 def _plan(space: ChannelSpace, switches: tuple[float, ...], divisor: int | None, name: str) -> tuple[GroupTable, Plan]:

@@ -107,6 +107,8 @@ def _trace_with_values(model: nn.Module, inputs: Any, has_rule: Callable[[nn.Mod
     try:
         gm, tracer = trace_concretely(model, inputs, has_rule)
     except Exception as e:
+        if isinstance(e, SlimifyError):  # already says what is wrong (a model replacing its own layers)
+            raise
         if isinstance(symbolic_error, SlimifyError):  # the symbolic graph ran and failed on the example:
             raise symbolic_error from symbolic_error.__cause__  # that error names the model's line (``shape_pass._cannot_run``)
         raise SlimifyError(f"cannot trace {type(model).__name__} on the example input: {type(e).__name__}: "

@@ -12,7 +12,10 @@ arguments are the example inputs themselves (positional, then keyword tensors), 
 ``forward`` runs as Python, not as a signature fx must understand.
 
 A module whose code even the concrete tracer cannot follow (it raises while tracing) becomes a
-leaf, traced on its own by the no-trace rule, and the model is traced again (a few rounds at most).
+leaf on the spot: the nodes its failed attempt made are taken out of the graph and the call is
+recorded again as one ``call_module`` node (run for its value), traced on its own later by the
+no-trace rule. The trace goes on from there, so any number of such modules costs one trace of the
+model plus one run of each, not a trace per module.
 """
 from __future__ import annotations
 
@@ -33,7 +36,6 @@ from slimify.rules.notrace import ConcreteTracer
 __all__ = ["ModelInputs", "trace_concretely", "plain_output"]
 
 _log = logging.getLogger(__name__)
-MAX_ROUNDS = 8  # modules made leaves because even concrete tracing fails inside them
 
 
 @dataclasses.dataclass
@@ -81,7 +83,6 @@ class EntryTracer(ConcreteTracer):
     def __init__(self, has_rule: Callable[[nn.Module], bool], inputs: ModelInputs, leaves: set[str]) -> None:
         super().__init__(has_rule, list(inputs.flat))
         self.inputs, self.leaves = inputs, leaves
-        self.failed_in: str | None = None
         self._live: dict[fx.Node, int] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -122,12 +123,51 @@ class EntryTracer(ConcreteTracer):
         return super().to_bool(obj)
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Trace through ``m``; where that raises, record it again as a leaf (``_retry_as_leaf``)."""
+        if self.evaluating:
+            return super().call_module(m, forward, args, kwargs)
+        last, depth = next(iter(reversed(self.graph.nodes)), None), len(self.module_stack)
         try:
             return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_in is None and not self.evaluating:  # the innermost traced module first: exceptions unwind outwards
-                self.failed_in = self.path_of_module(m)
+        except Exception as e:
+            path = self._retry_as_leaf(m, e)
+            if path is None:
+                raise
+            _log.debug("tracing fails inside %s (%s): a leaf now", path, e, exc_info=True)
+            self._abandon(last, depth)
+            self.leaves.add(path)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as e:
+            e.__slimify_leaf_failed__ = True  # type: ignore[attr-defined]  # the outer modules fail the same way
             raise
+
+    def _retry_as_leaf(self, m: nn.Module, e: Exception) -> str | None:
+        """The path of ``m`` if it was traced through and may be tried again as a leaf: not after a
+        branch on values (refused), and not where a leaf inside it failed for real (so would it)."""
+        if isinstance(e, DataDependentBranch) or getattr(e, "__slimify_leaf_failed__", False):
+            return None
+        try:
+            path = self.path_of_module(m)
+        except NameError:  # a module made inside forward code
+            return None
+        return None if self.is_leaf_module(m, path) else path
+
+    def _abandon(self, last: fx.Node | None, depth: int) -> None:
+        """Take the nodes a failed attempt made out of the graph (newest first, so each has no users
+        left), except parameter reads, which fx caches for later reads of the same tensor; and the
+        module-stack entries fx did not pop."""
+        made = []
+        for node in reversed(self.graph.nodes):
+            if node is last:
+                break
+            made.append(node)
+        for node in made:
+            if node.op != "get_attr" and not node.users:
+                self.graph.erase_node(node)
+                self.values.pop(node, None)
+        while len(self.module_stack) > depth:
+            self.module_stack.popitem()
 
 
 def _arg_names(root_fn: Any, inputs: ModelInputs) -> list[str]:
@@ -146,16 +186,7 @@ def trace_concretely(model: nn.Module, inputs: ModelInputs, has_rule: Callable[[
     """The example's path through ``model`` as a graph module whose nodes already hold their
     shapes (``shapes.note_value``). The model's state is put back, forward code may store what it
     computes (the constants fx keeps on the model are the caller's to drop, ``trace._drop_constants``)."""
-    leaves: set[str] = set()
-    for _ in range(MAX_ROUNDS):
-        tracer = EntryTracer(has_rule, inputs, leaves)
-        try:
-            with state_kept(model, lambda value: True), torch.no_grad():  # real tensors too, not only proxies
-                graph = tracer.trace(model)
-                return graph_module(model, graph, type(model).__name__), tracer
-        except Exception as e:
-            if not tracer.failed_in or tracer.failed_in in leaves or isinstance(e, DataDependentBranch):
-                raise
-            _log.debug("tracing fails inside %s (%s): a leaf now", tracer.failed_in, e, exc_info=True)
-            leaves.add(tracer.failed_in)
-    raise RuntimeError(f"tracing fails inside more than {MAX_ROUNDS} modules")
+    tracer = EntryTracer(has_rule, inputs, set())
+    with state_kept(model, lambda value: True), torch.no_grad():  # real tensors too, not only proxies
+        graph = tracer.trace(model)
+        return graph_module(model, graph, type(model).__name__), tracer

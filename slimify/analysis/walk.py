@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -72,13 +73,24 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
 
 
 def _output(ctx: RuleContext, outputs: Any) -> None:
-    """Model outputs keep their size, except one feature tensor (channels along its last dim
-    only), which may slim and be padded back (``ChannelSpace.pad_output``)."""
-    if isinstance(outputs, TensorVal) and outputs.ndim >= 2 and outputs.carries(outputs.ndim - 1) \
-            and all(n == 1 for n in outputs.label.shape[:-1]):
+    """Model outputs keep their size, except features, which may slim and be padded back
+    (``ChannelSpace.pad_output``): one tensor with channels along its last dim only, or a list or
+    tuple of feature maps (a backbone's stages: timm's ``features_only``), each with its channels
+    along dim 1 only."""
+    if isinstance(outputs, TensorVal) and outputs.ndim >= 2 and _carries_only(outputs, outputs.ndim - 1):
         ctx.space.pad_output(outputs.label)
         return
+    if isinstance(outputs, (list, tuple)) and outputs and not hasattr(outputs, "_fields") \
+            and all(isinstance(t, TensorVal) and t.ndim >= 3 and _carries_only(t, 1) for t in outputs):
+        ids = [ctx.channel_ids(t, 1) for t in outputs]
+        ctx.space.pad_output(np.concatenate(ids), [(i, 1, len(c)) for i, c in enumerate(ids)])
+        return
     ctx.fix_all([outputs], OUTPUT_REASON)
+
+
+def _carries_only(t: TensorVal, dim: int) -> bool:
+    """Channel ids vary along ``dim`` and along no other dim."""
+    return t.carries(dim) and all(n == 1 for d, n in enumerate(t.label.shape) if d != dim)
 
 
 def _note_reads(space: ChannelSpace, node: fx.Node, modules: dict, args: Any, kwargs: Any) -> None:

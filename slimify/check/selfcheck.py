@@ -46,6 +46,7 @@ def _with_fixes(space: ChannelSpace, ids: list[np.ndarray], reason: str) -> Chan
     trial = copy.copy(space)
     trial.fixes = list(space.fixes)
     trial._pairs = list(space._pairs)
+    trial.pair_contexts = list(space.pair_contexts)
     trial.cuts = list(space.cuts)
     trial.balances = list(space.balances)
     for group_ids in ids:

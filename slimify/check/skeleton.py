@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
+from slimify.analysis.containers import copy_container
 from slimify.analysis.frames import is_library
 from slimify.analysis.meta_layers import shape_forward
 from slimify.analysis.metarun import FastMeta
@@ -113,7 +114,7 @@ def skeleton(model: nn.Module, meta: bool, tensors: dict[int, torch.Tensor] | No
                 kind = _kind(type(v))
             if kind == _CONTAINER:  # what forward code may fill in place: one copy per container
                 copied = memo.get(id(v))
-                state[k] = copied if copied is not None else memo.setdefault(id(v), v.copy())
+                state[k] = copied if copied is not None else memo.setdefault(id(v), copy_container(v))
             elif kind == _TENSOR:  # on meta too, or the meta run would mix devices
                 state[k] = tensor(v)
             elif kind == _METHOD and v.__self__ is m:  # `self.forward = self.forward_x`: else the copy

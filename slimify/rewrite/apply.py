@@ -47,7 +47,7 @@ def rewrite(model: nn.Module, plan: Plan, state: SlimState) -> None:
     for path, module_data in data.items():
         make_slimmable(modules[path], module_data)
     if plan.output_widths is not None:  # a feature output keeps its size: pad narrow switches
-        model.register_forward_hook(OutputPad(state, plan.output_widths, plan.output_widths[-1]))
+        model.register_forward_hook(OutputPad(state, plan.output_widths, plan.output_layout))
 
 
 def _differs(value: Any, current: Any) -> bool:

@@ -32,10 +32,10 @@ from slimify.analysis.plan import (
     EmptyPiece,
     NotABox,
     Plan,
-    _output_widths,
     active_ids,
     fill_cuts,
     kept_classes,
+    output_counts,
     unbalanced_pieces,
 )
 from slimify.analysis.unique import unique
@@ -285,7 +285,7 @@ def _cuts(analysis: Any, counts: tuple[int, ...], label: str) -> tuple[Plan, np.
     try:
         fill_cuts(plan, space, [active])
         if space.output_ids is not None:
-            _output_widths(space.output_ids, [active])  # checks the padded output stays a prefix
+            output_counts(space, active)  # checks the padded output stays a prefix
     except NotABox as e:
         raise SlimifyError(f"configuration {label} cannot be served: {e.reason}") from None
     except EmptyPiece as e:
@@ -329,7 +329,7 @@ def _build_slot(model: nn.Module, state: SlimState, slot: Slot) -> int:
         make_slimmable(module, data[path])
     hook = find_output_pad(model)
     if hook is not None:
-        hook.widths = [*hook.widths, int(active[analysis.space.output_ids].sum())]
+        hook.widths = [*hook.widths, output_counts(analysis.space, active)]
     state.slots.append(slot)
     return n
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch.fx as fx
 import torch.nn as nn
 
 from slimify.analysis.space import Count
@@ -18,8 +19,8 @@ from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.literal_sizes import follow_literal, register_attr
 from slimify.rules.registry import rule
 
-__all__ = ["head_units", "multihead_attention", "shifted_window_attention", "relative_position_bias",
-           "decomposed_rel_pos"]
+__all__ = ["head_units", "multihead_attention", "multi_head_attention_forward", "shifted_window_attention",
+           "relative_position_bias", "decomposed_rel_pos"]
 
 
 def head_units(ctx: RuleContext, pieces: list[np.ndarray], heads: int) -> np.ndarray:
@@ -100,6 +101,60 @@ def multihead_attention(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     register_attr(ctx, path, "num_heads", Count(head_ids))
     out = TensorVal(out_ids.reshape([1] * (q.ndim - 1) + [-1]), tuple(out_shapes[0]))
     return (out, None if out_shapes[1] is None else ctx.fixed(tuple(out_shapes[1])))
+
+
+# F.multi_head_attention_forward's arguments by position (keywords by the same names)
+_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
+             "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+             "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+             "k_proj_weight", "v_proj_weight", "static_k", "static_v")
+
+
+@rule("multi_head_attention_forward")
+def multi_head_attention_forward(ctx: RuleContext, args: list, kwargs: dict) -> Any:
+    """``F.multi_head_attention_forward`` called by model code (open_clip's ModifiedResNet attention
+    pool, with separate q/k/v weights and a concatenated bias): the rule of ``nn.MultiheadAttention``
+    on the weights passed in. Heads are the unit; ``num_heads`` and a literal ``embed_dim_to_check``
+    follow their attributes; the inputs are tied to the heads (``head_dim = query.shape[-1] // num_heads``)."""
+    a = {name: _arg(args, kwargs, i, name) for i, name in enumerate(_MHA_ARGS)}
+    out_shapes = ctx.out_shape
+    separate = bool(a["use_separate_proj_weight"])
+    weights = [a["q_proj_weight"], a["k_proj_weight"], a["v_proj_weight"]] if separate else [a["in_proj_weight"]]
+    heads = a["num_heads"]
+    if (not all(isinstance(w, ParamVal) for w in weights + [a["out_proj_weight"]]) or not isinstance(heads, int)
+            or any(a[n] is not None for n in ("bias_k", "bias_v", "static_k", "static_v")) or a["add_zero_attn"]):
+        ctx.fix_all([args, kwargs], f"multi_head_attention_forward with computed weights, bias_k/v or zero "
+                                    f"attention at {ctx.space.context}")
+        return tuple(None if s is None else ctx.fixed(tuple(s)) for s in out_shapes)
+    q, k, v = (ctx.tensor(a[n]) for n in ("query", "key", "value"))
+    ins = [ctx.channel_ids(t, t.ndim - 1) for t in (q, k, v)]
+    e = weights[0].tensor.shape[0] // (1 if separate else 3)
+    inner = ctx.space.new_var(3 * e, f"{_owner(weights[0])} (q, k, v)")
+    pieces = [inner[:e], inner[e:2 * e], inner[2 * e:]]
+    head_ids = head_units(ctx, pieces, heads)
+    for x_ids, piece in zip(ins, pieces):
+        _tie_width(ctx, x_ids, piece)
+    if separate:
+        for w, piece, x_ids in zip(weights, pieces, ins):
+            ctx.space.param(w.module, w.name, {0: piece, 1: x_ids})
+    else:
+        ctx.space.param(weights[0].module, weights[0].name, {0: inner, 1: ins[0]})
+    _serve(ctx, a["in_proj_bias"], inner)
+    out_w = a["out_proj_weight"]
+    out_ids = ctx.space.new_var(out_w.tensor.shape[0], f"{_owner(out_w)} (output features)")
+    ctx.space.param(out_w.module, out_w.name, {0: out_ids, 1: pieces[2]})
+    _serve(ctx, a["out_proj_bias"], out_ids)
+    check = ctx.node.args[3] if len(ctx.node.args) > 3 else ctx.node.kwargs.get("embed_dim_to_check")
+    if not follow_literal(ctx, heads, Count(head_ids), units=True) or (
+            not isinstance(check, fx.Node) and not follow_literal(ctx, a["embed_dim_to_check"], Count(pieces[0]))):
+        ctx.fix_all([q, k, v], f"num_heads={heads} or embed_dim_to_check of multi_head_attention_forward has no "
+                               f"attribute to follow at {ctx.space.context}")
+    out = TensorVal(out_ids.reshape([1] * (q.ndim - 1) + [-1]), tuple(out_shapes[0]))
+    return (out, None if out_shapes[1] is None else ctx.fixed(tuple(out_shapes[1])))
+
+
+def _owner(p: ParamVal) -> str:
+    return p.module or p.name
 
 
 @rule("torchvision.models.swin_transformer:shifted_window_attention",

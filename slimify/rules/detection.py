@@ -18,12 +18,28 @@ from slimify.rules.base import RuleContext, TensorVal, tensors_in
 from slimify.rules.elementwise import fixed_output
 from slimify.rules.registry import rule
 
-__all__ = ["roi_align", "multiscale_roi_align", "box_op"]
+__all__ = ["roi_align", "multiscale_roi_align", "box_op", "POSTPROCESSING", "postprocessing_functions"]
 
 OPS = "torchvision.ops"
 BOX_OPS = ("nms", "batched_nms", "box_iou", "clip_boxes_to_image", "remove_small_boxes", "box_area",
            "_batched_nms_coordinate_trick", "_batched_nms_vanilla")
 BOXES_REASON = "box coordinates and scores keep their size (detector outputs, like logits)"
+# post-processing of detections whose Python code branches on box values (``max(box[0], 0)``): a leaf
+# of the concrete trace, run for its value; like the box ops, no channels in or out
+POSTPROCESSING = ("torchvision.models.detection.roi_heads:paste_masks_in_image",)
+
+
+def postprocessing_functions() -> list[Any]:
+    """The functions of ``POSTPROCESSING`` that are installed (traced as leaves, ``rules/notrace.py``)."""
+    import importlib
+    found = []
+    for key in POSTPROCESSING:
+        module_name, _, name = key.partition(":")
+        try:
+            found.append(getattr(importlib.import_module(module_name), name))
+        except (ImportError, AttributeError):
+            continue
+    return found
 
 
 def _fix_boxes(ctx: RuleContext, values: Any) -> None:
@@ -58,7 +74,7 @@ def multiscale_roi_align(ctx: RuleContext, args: list, kwargs: dict) -> TensorVa
     return _pooled(ctx, levels)
 
 
-@rule(*[f"{OPS}.boxes:{n}" for n in BOX_OPS])
+@rule(*[f"{OPS}.boxes:{n}" for n in BOX_OPS], *POSTPROCESSING)
 def box_op(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     """``nms``, ``batched_nms``, ``box_iou``, ``clip_boxes_to_image``…: no channels in or out."""
     _fix_boxes(ctx, [args, kwargs])

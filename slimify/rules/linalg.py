@@ -88,6 +88,9 @@ def _outer_product(ctx: RuleContext, taking: list) -> list:
 
 @rule("matmul", "bmm")
 def matmul(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
+    by_parameter = _parameter_matmul(ctx, args[0], args[1])
+    if by_parameter is not None:
+        return by_parameter
     a, b = ctx.tensor(args[0]), ctx.tensor(args[1])
     if a.ndim < 2 or b.ndim < 2:
         ctx.fix_all([a, b], f"matmul with a vector at {ctx.space.context}")
@@ -96,6 +99,28 @@ def matmul(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     batch = string.ascii_lowercase[:nb]
     la, lb = batch[nb - (a.ndim - 2):] + "xy", batch[nb - (b.ndim - 2):] + "yz"
     return contract(ctx, [(a, la), (b, lb)], batch + "xz", tuple(ctx.out_shape))
+
+
+def _name(p: ParamVal) -> str:
+    return f"{p.module}.{p.name}" if p.module else p.name
+
+
+def _parameter_matmul(ctx: RuleContext, a: object, b: object) -> TensorVal | None:
+    """``x @ self.proj`` (open_clip's towers) or ``self.proj @ x`` with a 2-D parameter is a linear
+    layer: its input channels are the tensor's contracted dim, its output channels new ones, and
+    the parameter is served narrow along both (as ``F.linear``). Contracting them like two
+    activations would make every input channel one unit and keep the stream at full width."""
+    if isinstance(b, ParamVal) and isinstance(a, TensorVal) and b.tensor.ndim == 2 and a.ndim >= 1:
+        in_ids = ctx.channel_ids(a, a.ndim - 1)
+        out_ids = ctx.space.new_var(b.tensor.shape[1], f"{_name(b)} (x @ parameter output)")
+        ctx.space.param(b.module, b.name, {0: in_ids, 1: out_ids})
+        return TensorVal(out_ids.reshape([1] * (a.ndim - 1) + [-1]), tuple(ctx.out_shape))
+    if isinstance(a, ParamVal) and isinstance(b, TensorVal) and a.tensor.ndim == 2 and b.ndim >= 2:
+        in_ids = ctx.channel_ids(b, b.ndim - 2)
+        out_ids = ctx.space.new_var(a.tensor.shape[0], f"{_name(a)} (parameter @ x output)")
+        ctx.space.param(a.module, a.name, {0: out_ids, 1: in_ids})
+        return ctx.with_dim(b, b.ndim - 2, out_ids, tuple(ctx.out_shape))
+    return None
 
 
 @rule("einsum")

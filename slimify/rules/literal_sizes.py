@@ -2,7 +2,9 @@
 follow the width, or fix the channels with a reason naming the line of code."""
 from __future__ import annotations
 
+import functools
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch.fx as fx
 
 from slimify.analysis.shape_pass import VALUE_KEY
-from slimify.analysis.space import Count
+from slimify.analysis.space import Count, SizeCondition
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 
 __all__ = ["keep_compared_size", "expand_sizes", "is_dynamic", "follow_literal", "counts_units", "attribute_candidates",
@@ -154,6 +156,11 @@ def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool 
     candidates = attribute_candidates(ctx, value)
     if not candidates and nested and type(value) is int:
         candidates = nested_candidates(ctx, value)
+    shapes = _shape_holders(ctx, value) if type(value) is int and isinstance(counts, Count) else []
+    for path, name, attr, at in shapes:  # also where a stored shape holds it (``[B] + self.proj_view_shape``)
+        register_attr(ctx, path, name, type(attr)(counts if i == at else v for i, v in enumerate(attr)))
+    if not candidates and shapes:
+        return True
     if not candidates:
         if isinstance(value, (list, tuple)) and not isinstance(counts, Count) and len(value) == len(counts):
             return _follow_entries(ctx, list(value), list(counts), prefer_hint)
@@ -176,6 +183,23 @@ def follow_literal(ctx: RuleContext, value: Any, counts: Any, prefer_hint: bool 
                 for child, cname in _children_with(ctx, path, name, value):
                     register_attr(ctx, child, cname, counts)
     return True
+
+
+_SHAPE_NAMES = ("shape", "view")  # a list attribute so named is a tensor shape forward code reshapes to
+
+
+def _shape_holders(ctx: RuleContext, value: int) -> list[tuple[str, str, Any, int]]:
+    """(module path, attribute, its value, index) for a list or tuple of ints named like a shape
+    (MONAI UNETR's ``proj_view_shape = [*feat_size, hidden_size]``, viewed to as ``[B] + shape``)
+    holding the literal once, in the module whose forward code made this node."""
+    owner = ctx.owner_paths()[0]
+    try:
+        module = ctx.root.get_submodule(owner) if owner else ctx.root
+    except AttributeError:
+        return []
+    return [(owner, name, attr, list(attr).index(value)) for name, attr in vars(module).items()
+            if type(attr) in (list, tuple) and not name.startswith("_") and any(h in name.lower() for h in _SHAPE_NAMES)
+            and all(type(v) is int for v in attr) and list(attr).count(value) == 1]
 
 
 def _follow_entries(ctx: RuleContext, value: list, counts: list, prefer_hint: bool) -> bool:
@@ -304,7 +328,9 @@ def keep_compared_size(ctx: RuleContext, node: fx.Node) -> None:
     """``if num_channels != self.num_channels: raise`` (transformers' patch embeddings, checked
     again on every stage's input): a size read from slimming channels compared with a literal. The
     attribute holding the literal follows those channels, so the branch goes the same way at every
-    width; a literal that is no attribute keeps the channels at their size."""
+    width. A literal that is no attribute (``if skip.shape[1] != 0:``, smp's Linknet) becomes a
+    condition the plan evaluates per switch (``SizeCondition``): the channels keep their size only
+    where some switch's planned count would flip the answer."""
     if node.op != "call_function" or node.target not in _COMPARISONS or len(node.args) != 2:
         return
     for size, other in (node.args, node.args[::-1]):
@@ -313,8 +339,17 @@ def keep_compared_size(ctx: RuleContext, node: fx.Node) -> None:
         expr = size_expr(ctx, size)
         if expr is None or expr.ids is None:
             continue
-        if expr.num != 1 or expr.den != 1 or not follow_literal(ctx, other, Count(np.asarray(expr.ids))):
-            ctx.space.fix(np.asarray(expr.ids), f"a size compared with {other} decides a branch at {ctx.space.context}")
+        if expr.num == 1 and expr.den == 1 and follow_literal(ctx, other, Count(np.asarray(expr.ids))):
+            continue
+        compare, first = node.target, size is node.args[0]
+        decide = functools.partial(_compare, compare, other, first)
+        ctx.space.size_conditions.append(SizeCondition(  # fixed by the plan only where a switch flips it
+            np.asarray(expr.ids), expr.num, expr.den, decide, decide(expr.value),
+            f"a size compared with {other} decides a branch at {ctx.space.context}"))
+
+
+def _compare(op: Callable[[Any, Any], Any], literal: int, size_first: bool, size: int) -> bool:
+    return bool(op(size, literal) if size_first else op(literal, size))
 
 
 def _arith(op: Any, a: SizeExpr | None, b: SizeExpr | None) -> SizeExpr | None:

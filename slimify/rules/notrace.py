@@ -25,13 +25,16 @@ from slimify.analysis.shape_pass import VALUE_KEY, holds_tensor, note_value
 from slimify.analysis.tracer import SlimifyTracer, attr_of, graph_module
 from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.caches import empty_caches
+from slimify.rules.detection import postprocessing_functions
 from slimify.rules.dispatch import run_rule
 from slimify.rules.registry import find_module_rule, rule
 
 __all__ = ["ConcreteTracer", "trace_through", "untraced_rule", "notrace_classes", "assign_items"]
 
 
-_CONCRETE_ATTRS = frozenset({"device", "dtype", "is_cuda", "layout", "requires_grad", "is_floating_point"})
+# answered with the value: sizes that never change with the width (einops indexes a dict by ``x.ndim``)
+_CONCRETE_ATTRS = frozenset({"device", "dtype", "is_cuda", "layout", "requires_grad", "is_floating_point",
+                             "ndim", "dim", "ndimension"})
 
 
 class _ConcreteProxy(fx.Proxy):
@@ -133,6 +136,7 @@ class ConcreteTracer(SlimifyTracer):
     def __init__(self, has_rule: Any, inputs: list[Any]) -> None:
         super().__init__(has_rule)
         self.proxy_buffer_attributes = True  # ``self.rel_indices.expand(B, …)`` needs a proxy to dispatch
+        self._autowrap_function_ids.update(id(f) for f in postprocessing_functions())  # leaves, run for value
         self.values: dict[fx.Node, Any] = {}
         self._inputs = list(inputs)
         self.evaluating = False  # inside ``_evaluate``: module calls and attributes run as they are
@@ -184,7 +188,16 @@ class ConcreteTracer(SlimifyTracer):
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         if self.evaluating:  # a module run for its value inside ``_evaluate``: nothing to record
             return forward(*args, **kwargs)
+        if not self._installed(m):  # made inside forward code (``nn.ZeroPad2d((1, 0, 1, 0))(x)``): its code is
+            return forward(*args, **kwargs)  # the model's, traced through (no path to name it by)
         return super().call_module(m, forward, args, kwargs)
+
+    def _installed(self, m: nn.Module) -> bool:
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return False
+        return True
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         return attr_val if self.evaluating else super().getattr(attr, attr_val, parameter_proxy_cache)
