@@ -14,7 +14,7 @@ Rows (each at every width, test top-1, mean ± std over seeds):
 Each cell (net, row, variant, seed) is cached in a JSONL file as soon as it ends, so a stopped run
 resumes where it was; ``--jobs n`` shares the cells among n processes (each claims one at a time).
 
-    python -m benchmarks.fashion --jobs 2             # the full table: ~3 h on 2 cores
+    python -m benchmarks.fashion --jobs 2             # the full table: an estimated 3 h on 2 idle cores
     python -m benchmarks.fashion --write              # tables + plot from the cache, into RESULTS.md
     python -m benchmarks.fashion --quick              # one seed, ResNet, small: under 15 minutes
 """
@@ -39,7 +39,7 @@ __all__ = ["SETTINGS", "cells", "load_cache", "main"]
 HERE = Path(__file__).resolve().parent
 HEADING = "Accuracy (Fashion-MNIST)"
 SETTINGS: dict[str, Setting] = {
-    # 9,600 training + 2,400 validation images, the whole test set; 20 epochs: ~3 h on 2 cores (two workers)
+    # 9,600 training + 2,400 validation images, the whole test set; 20 epochs: an estimated 3 h on 2 idle cores (--jobs 2)
     "full": Setting("full", 12000, None, 20, 20, ("resnet", "mobilenet"), 2),
     "quick": Setting("quick", 3000, 2000, 4, 5, ("resnet",), 1),
     "smoke": Setting("smoke", 400, 200, 1, 2, ("resnet",), 1),  # the test suite's run of the plumbing
