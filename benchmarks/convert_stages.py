@@ -17,10 +17,11 @@ import argparse
 import contextlib
 import copy
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from benchmarks.bad_input import refuse
 
 STAGES = ["trace", "shape pass", "rules", "groups", "plan", "check: copy", "check: rewrite", "check: runs",
           "check: other", "rewrite", "other"]
@@ -112,8 +113,7 @@ def main() -> None:
     models = MODELS if not args.models else [tuple(m.split(":", 1)) if ":" in m else ("timm", m) for m in args.models]
     unknown = [f"{lib}:{name}" for lib, name in models if (lib, name) not in known or "input" not in known[(lib, name)]]
     if unknown:
-        print(f"error: unknown model {unknown[0]} (not in benchmarks/coverage.jsonl with an input size)", file=sys.stderr)
-        raise SystemExit(2)
+        refuse("benchmarks.convert_stages", f"unknown model {unknown[0]} (not in benchmarks/coverage.jsonl with an input size)")
     import torch
     torch.set_num_threads(1)
     rows, shares = [], {s: [] for s in STAGES}

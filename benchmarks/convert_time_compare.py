@@ -22,7 +22,6 @@ a baseline that has no automatic divisor. The summary is the median over models 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -31,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.bad_input import check_package, refuse
 
 HERE = Path(__file__).resolve().parents[1]
 JSONL = HERE / "benchmarks" / "coverage.jsonl"
@@ -188,9 +189,8 @@ def _parse_models(names: list[str]) -> list[tuple[str, str]]:
         lib, _, name = text.rpartition(":")
         lib = {"tv": "torchvision", "": "timm"}.get(lib, lib)
         if "convert_s" not in records.get((lib, name), {}):
-            print(f"error: unknown model {text!r}: not one the coverage run converted (benchmarks/coverage.jsonl)",
-                  file=sys.stderr)
-            raise SystemExit(2)
+            refuse("benchmarks.convert_time_compare",
+                   f"unknown model {text!r}: not one the coverage run converted (benchmarks/coverage.jsonl)")
         models.append((lib, name))
     return models
 
@@ -227,9 +227,7 @@ def main() -> None:
     if args.peer_worker:
         return tp_worker(cpu)
     if args.peer is not None:
-        if importlib.util.find_spec(PEERS[args.peer]) is None:
-            print(f"error: {args.peer} is not installed (pip install -e '.[bench]')", file=sys.stderr)
-            raise SystemExit(2)
+        check_package("benchmarks.convert_time_compare", PEERS[args.peer], args.peer)
     elif args.baseline is None or not (args.baseline / "slimify").is_dir():
         parser.error("--baseline must be a checkout with a slimify/ folder (git worktree add DIR COMMIT), or give --peer")
     models = (_parse_models(args.models) if args.models else TP_MODELS if args.peer else _models(args.step))

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 import slimify
+from benchmarks.bad_input import check_models
 from benchmarks.results import machine, write_section
 from slimify.deploy.extract import export
 from slimify.store.sources import create
@@ -179,6 +180,7 @@ def main() -> None:
                         help="cpu: process CPU time (robust on a shared machine); wall: elapsed time")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    check_models("benchmarks.speed", args.models)
     torch.set_num_threads(args.threads)
     if args.cached_slices:
         cache_slices()
