@@ -29,7 +29,7 @@ STAGES = ["trace", "shape pass", "rules", "groups", "plan", "check: copy", "chec
 MODELS = [("torchvision", "mobilenet_v2"), ("torchvision", "mobilenet_v3_large"), ("torchvision", "regnet_y_1_6gf"),
           ("torchvision", "efficientnet_v2_s"), ("torchvision", "resnet50"), ("torchvision", "densenet121"),
           ("timm", "regnety_002"), ("timm", "convnextv2_atto"), ("timm", "ghostnet_050"),
-          ("timm", "hrnet_w18_small"), ("timm", "repvit_m1"), ("timm", "efficientnet_b0")]
+          ("timm", "hrnet_w18_small"), ("timm", "repvit_m1"), ("timm", "efficientnet_lite0")]
 
 
 def _targets() -> list[tuple[Any, str, str]]:
