@@ -156,3 +156,19 @@ def test_state_dict_keeps_the_original_keys() -> None:
     keys = [k for k in model.state_dict() if ".slim_bn." not in k]
     assert keys == list(original.state_dict())
     assert all(model.state_dict()[k].shape == v.shape for k, v in original.state_dict().items())
+
+
+@pytest.mark.parametrize("index", [[0, 1, 2], [0, 2, 5], [1, 2, 3], [3, 0, 1]])
+def test_private_batchnorm_holds_copies_of_the_chosen_channels(index) -> None:
+    import numpy as np
+
+    from slimify.rewrite.batchnorm import SwitchBatchNorm
+    bn = nn.BatchNorm2d(6)
+    _randomize_bn(bn)
+    nn.init.uniform_(bn.weight)
+    holder = SwitchBatchNorm(bn, np.array(index))
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        got, full = getattr(holder, name), getattr(bn, name)
+        assert torch.equal(got, full.detach()[index]) and got.data_ptr() != full.data_ptr()
+        got.data.add_(1)  # its own storage: the original's values stay
+        assert not torch.equal(got, full.detach()[index])
