@@ -1,4 +1,4 @@
-"""Serving narrow tensors from routes resolved once per width change (issue 25, item 2): the
+"""Serving narrow tensors from routes resolved once per width (issue 25, item 2): the
 served tensors stay in sync with the stored ones after optimizer steps, ``load_state_dict``,
 ``.to()`` and train-mode BatchNorm updates; gradients reach the shared full weights; width
 contexts nest; the state dict keeps the original keys."""
@@ -49,7 +49,7 @@ def _train_step(model: nn.Module, lr: float = 0.5) -> None:
     model.eval()
 
 
-def test_routes_are_resolved_once_per_width_change(monkeypatch) -> None:
+def test_routes_are_resolved_once_per_width(monkeypatch) -> None:
     model = _model()
     calls: list[str] = []
     original = serve._route
@@ -63,6 +63,10 @@ def test_routes_are_resolved_once_per_width_change(monkeypatch) -> None:
     with torch.inference_mode(), slimify.width(model, 0.25):
         model(X)
     assert len(calls) == 2 * first  # a new width: every route once more
+    for w in (0.5, 0.25, 0.5):  # widths seen before: nothing to resolve
+        with torch.inference_mode(), slimify.width(model, w):
+            model(X)
+    assert len(calls) == 2 * first
 
 
 def test_served_tensors_follow_optimizer_steps_at_every_switch() -> None:

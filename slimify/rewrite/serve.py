@@ -35,7 +35,7 @@ class SlimData:
     attrs: dict[str, list[Any]] = field(default_factory=dict)
     bn_slots: list[Any] | None = None  # switch → private BatchNorm slot (None: original); configurations: see config_slots.py
     cache: dict[tuple[str, int], tuple] = field(default_factory=dict, repr=False)  # inference copies
-    routes: dict[str, tuple] = field(default_factory=dict, repr=False)  # name → where it comes from at a slot (_route)
+    routes: dict[str, list] = field(default_factory=dict, repr=False)  # name → per slot, where it comes from (_route)
     forward_caches: dict[str, tuple[int, Any]] = field(default_factory=dict, repr=False)  # forward code's: (switch, value)
 
 
@@ -47,7 +47,7 @@ def slim_data(module: nn.Module) -> SlimData | None:
 
 
 def _route(module: nn.Module, data: SlimData, name: str, s: int) -> tuple:
-    """Where ``name`` comes from at slot ``s``, resolved once per width change: ``(s, dict)`` for
+    """Where ``name`` comes from at slot ``s``, resolved on its first read there: ``(s, dict)`` for
     a tensor served whole (the original, or a switch's private BatchNorm: read from its holder's
     dict on every access, so in-place updates, ``.to()`` and ``load_state_dict`` reach it),
     ``(s, None, slot)`` for a configuration's BatchNorm, ``(s, None, None, dims, is_param)`` for a cut."""
@@ -69,11 +69,14 @@ def _param_property(name: str) -> property:
         data: SlimData = self.__dict__[SLIM_KEY]
         s = data.state.index
         try:
-            route = data.routes[name]
-            if route[0] != s:
-                raise KeyError(name)
-        except KeyError:
-            route = data.routes[name] = _route(self, data, name, s)
+            route = data.routes[name][s]
+        except (KeyError, IndexError):
+            route = None
+        if route is None:
+            route = _route(self, data, name, s)
+            slots = data.routes.setdefault(name, [])
+            slots.extend([None] * (s + 1 - len(slots)))
+            slots[s] = route
         source = route[1]
         if source is not None:  # the fast path: one dict read
             return source.get(name)
