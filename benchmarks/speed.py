@@ -46,10 +46,12 @@ STAT = ["median"]  # --stat: what interleaved() keeps of each variant's rounds
 
 def interleaved(calls: dict[str, Callable[[], Any]], runs: int, clock: Callable[[], float],
                 warmup: int = 1) -> dict[str, float]:
-    """Median (``--stat min``: minimum) seconds of each call, timing one call of every variant per round."""
+    """Median (``--stat min``: minimum) seconds of each call, timing one call of every variant per round,
+    the order reversed every other round: a call right after one of another size pays for cold caches and
+    fresh pages (the first variant of a fixed order, the narrowest slimmable width after the original, did)."""
     times: dict[str, list[float]] = {k: [] for k in calls}
     for r in range(warmup + runs):
-        for key, call in calls.items():
+        for key, call in (list(calls.items()) if r % 2 == 0 else list(calls.items())[::-1]):
             start = clock()
             call()
             if r >= warmup:
@@ -125,6 +127,8 @@ def bench_model(name: str, batches: list[int], runs: int, train_runs: int, size:
         rows.append(f"| {name} | {batch} | {cells} | {t['slim 1'] / t['original']:.2f} | "
                     f"{t['original'] * 1e3:.1f} |")
         print(rows[-1], flush=True)
+    if train_runs == 0:  # forward only
+        return rows, ""
     model.train()
     for net in plains.values():
         net.train()
@@ -175,7 +179,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 1])
     parser.add_argument("--runs", type=int, default=7, help="timed rounds per forward measurement")
-    parser.add_argument("--train-runs", type=int, default=3, help="timed rounds of training steps")
+    parser.add_argument("--train-runs", type=int, default=3, help="timed rounds of training steps (0: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--cached-slices", action="store_true",
@@ -222,7 +226,7 @@ def main() -> None:
         "",
         "| model | batch | all-switch step ms | sum of single-width steps ms | ratio |",
         "|---|---|---|---|---|",
-        *[train for _, train in results],
+        *[train for _, train in results if train],
     ])
     write_section("Speed" + (" (cached weight slices)" if args.cached_slices else ""), body)
 
