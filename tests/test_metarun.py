@@ -62,6 +62,9 @@ OPS = {
         1, 8, 1, 1), t["cl"], value=0.5),
     "addcmul of a permuted tensor": lambda t: t["perm"].addcmul(t["perm"], t["x"][:1, :1]),
     "addcdiv in place": lambda t: t["x"].clone().addcdiv_(t["x"][:, :1], t["x"][:1] + 3),
+    "norm over dims of channels-last (GRN)": lambda t: t["cl"].permute(0, 2, 3, 1).norm(p=2, dim=(1, 2), keepdim=True),
+    "norm of a permuted tensor": lambda t: torch.norm(t["perm"], 2, 1),
+    "vector_norm": lambda t: torch.linalg.vector_norm(t["x"], ord=2, dim=(-1, -2)),
     "new_empty": lambda t: t["perm"].new_empty((3, 2)), "new_empty of sizes": lambda t: t["x"].new_empty(4, 1, 2),
 }
 
