@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import slimify
+from benchmarks.bad_input import check_models
 from benchmarks.results import machine, write_section
 from slimify.deploy.export_all_widths import to_onnx_all_widths
 from slimify.deploy.extract import to_onnx
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--pt2", nargs="*", default=[], help="also measure the torch.export variant of these models")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
     args = parser.parse_args()
+    check_models("benchmarks.all_widths", [*args.models, *args.pt2])
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
     rows = []

@@ -2,7 +2,7 @@
 one all-switch training step vs the sum of the exported plain models' steps (bf16 autocast +
 channels-last, eager and torch.compile'd), forward latency of the slimmable model at each switch
 vs its exported plain model at batch 1 and 64, and peak memory. Writes ``## GPU`` of
-benchmarks/RESULTS.md with the GPU's name. On a machine without CUDA it says so and exits cleanly.
+benchmarks/RESULTS.md with the GPU's name. On a machine without CUDA it says so in one line and exits with status 2.
 
     python -m benchmarks.gpu                                   # resnet50, mobilenetv2_100, vit_small
     python -m benchmarks.gpu --models resnet50 --batch 128 --no-compile --no-write
@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 import slimify
+from benchmarks.bad_input import check_models, refuse
 from benchmarks.results import machine, write_section
 from slimify.deploy.extract import export
 from slimify.store.sources import create
@@ -139,15 +140,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every code path on the CPU (tiny settings, wall clock, nothing written): a check "
                              "of this script, not a measurement")
     args = parser.parse_args(argv)
+    check_models("benchmarks.gpu", args.models.split(","))
     if args.cpu_smoke:
         for name in args.models.split(","):
             print("\n".join(bench_model(name.strip(), args.batch, args.runs, args.warmup, [False], "cpu",
                                          args.image_size)))
         return 0
     if not torch.cuda.is_available():
-        print(f"benchmarks.gpu: no CUDA device on this machine (torch {torch.__version__}); nothing measured, "
-              "RESULTS.md unchanged. Run it on a machine with an NVIDIA GPU.")
-        return 0
+        refuse("benchmarks.gpu", f"no CUDA device on this machine (torch {torch.__version__}); nothing measured, "
+               "RESULTS.md unchanged (run it where there is a GPU, or --cpu-smoke to check the script)")
     modes = [False] if args.no_compile else [False, True]
     rows = ["| model | what | slimmable | plain | ratio | peak memory |", "|---|---|---:|---:|---:|---:|"]
     for name in args.models.split(","):

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.gpu``: on a machine without CUDA it says so and exits cleanly; its code
+"""``python -m benchmarks.gpu``: on a machine without CUDA it says so in one line and exits with status 2; its code
 paths run on the CPU (``--cpu-smoke``, a check of the script, not a measurement)."""
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from benchmarks.results import RESULTS
 def test_without_cuda_it_says_so_and_writes_nothing(capsys, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     before = RESULTS.read_text()
-    assert gpu.main([]) == 0
-    assert "no CUDA device on this machine" in capsys.readouterr().out and RESULTS.read_text() == before
+    with pytest.raises(SystemExit) as e:
+        gpu.main([])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no CUDA device on this machine" in err and len(err.strip().splitlines()) == 1
+    assert RESULTS.read_text() == before
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -58,6 +58,13 @@ OPS = {
     "roll of a slice": lambda t: t["cl_slice"].roll(1, 1),
     "masked_fill": lambda t: t["perm"].masked_fill(t["x"][0, 0] > 0, -100.0),
     "masked_fill in place": lambda t: t["x"].clone().masked_fill_(t["x"][:, :1] > 0, 0.0),
+    "addcmul of channels-last (GRN)": lambda t: torch.addcmul(t["lw"][:, 0].view(1, 8, 1, 1), t["lw"][:, 1].view(
+        1, 8, 1, 1), t["cl"], value=0.5),
+    "addcmul of a permuted tensor": lambda t: t["perm"].addcmul(t["perm"], t["x"][:1, :1]),
+    "addcdiv in place": lambda t: t["x"].clone().addcdiv_(t["x"][:, :1], t["x"][:1] + 3),
+    "norm over dims of channels-last (GRN)": lambda t: t["cl"].permute(0, 2, 3, 1).norm(p=2, dim=(1, 2), keepdim=True),
+    "norm of a permuted tensor": lambda t: torch.norm(t["perm"], 2, 1),
+    "vector_norm": lambda t: torch.linalg.vector_norm(t["x"], ord=2, dim=(-1, -2)),
     "new_empty": lambda t: t["perm"].new_empty((3, 2)), "new_empty of sizes": lambda t: t["x"].new_empty(4, 1, 2),
 }
 
@@ -75,7 +82,8 @@ def test_layout_as_the_real_op(name: str) -> None:
 
 @pytest.mark.parametrize("op", [
     lambda t: F.rms_norm(t["x"], (6,)), lambda t: F.rms_norm(t["x"], (5,), t["lw"][:4, 0]),
-    lambda t: torch.roll(t["x"], (1, 2), (2,)), lambda t: t["x"].masked_fill(t["x"][0, :, :, :4] > 0, 0.0),
+    lambda t: torch.roll(t["x"], (1, 2), (2,)), lambda t: torch.addcmul(t["x"], t["x"][:, :4], t["x"]),
+    lambda t: t["x"][:, :1].clone().addcmul_(t["x"], t["x"]), lambda t: t["x"].masked_fill(t["x"][0, :, :, :4] > 0, 0.0),
     lambda t: F.multi_head_attention_forward(t["seq"].permute(2, 0, 1), t["seq"].permute(2, 0, 1), t["seq"].permute(
         2, 0, 1), 8, 2, t["mha_in"][:20], None, None, None, False, 0.0, t["mha_out"], None, training=False),
 ])

@@ -5,7 +5,8 @@ each, because torch computes their meta result with Python decompositions (``bat
 ``interpolate`` 10 ms, ``add`` 1 ms), while only the output's shape, dtype and layout and the
 checks that a real kernel would make matter. :class:`FastMeta` answers the common ones
 (element-wise arithmetic, activations, norms, convolutions, linear layers, reductions, adaptive
-pooling, cat, matrix products, attention, multi-head attention, normalize, interpolate, ``roll``, ``masked_fill``, ``new_empty``) directly: the same
+pooling, cat, matrix products, attention, multi-head attention, normalize, interpolate, ``roll``, ``masked_fill``, ``new_empty``,
+``addcmul``, ``norm``) directly: the same
 broadcasting rules and the same size checks as the real op (a wrong size still raises), an empty
 meta tensor laid out as the real kernel lays out its output as the result. Everything else runs
 its ordinary meta kernel.
@@ -221,6 +222,15 @@ def _reduce(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | Non
     return empty(shape, x)
 
 
+def _norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``x.norm(p, dim, keepdim)``/``linalg.vector_norm`` over dims (ConvNeXt-V2's GRN): a reduction."""
+    x, p, dims, keep = bound(("input", "p", "dim", "keepdim"), args, {("p" if k == "ord" else k): v for k, v in kwargs.items()})
+    if len(args) > 4 or type(p) not in (int, float, type(None)) or any(  # torch.norm passes dtype=None
+            v is not None for k, v in kwargs.items() if k not in ("p", "ord", "dim", "keepdim")):
+        return None
+    return _reduce((x, dims, bool(keep)), {})
+
+
 def _cat(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
     """``cat(tensors, dim)`` (DenseNet's concatenations: 1 ms each as a meta decomposition)."""
     tensors = args[0] if args else kwargs.get("tensors")
@@ -341,6 +351,20 @@ def _masked_fill(args: tuple[Any, ...], kwargs: dict[str, Any], *, inplace: bool
     return x if inplace else empty_contiguous(x.shape, x)
 
 
+def _addcmul(args: tuple[Any, ...], kwargs: dict[str, Any], *, inplace: bool) -> torch.Tensor | None:
+    """``addcmul``/``addcdiv`` (ConvNeXt-V2's GRN): ``input + value * t1 (*|/) t2``, as a binary op."""
+    if len(args) != 3 or set(kwargs) - {"value"} or type(kwargs.get("value", 1)) not in (int, float):
+        return None
+    if not all(is_meta_float(t) for t in args) or len({t.dtype for t in args}) != 1:
+        return None
+    shape = broadcast_shapes(broadcast(list(args[:2])), args[2].shape)  # raises as the real op would
+    if inplace:
+        if shape != args[0].shape:
+            raise RuntimeError(f"output with shape {list(args[0].shape)} doesn't match the broadcast shape {list(shape)}")
+        return args[0]
+    return empty(shape, next((t for t in args if t.shape == shape), args[0]))
+
+
 Handler = Callable[[tuple[Any, ...], dict[str, Any]], "torch.Tensor | None"]
 _FAST: dict[Any, Handler] = {
     **{f: functools.partial(_binary, inplace=inplace) for f, inplace in _BINARY.items()},
@@ -360,6 +384,8 @@ _FAST: dict[Any, Handler] = {
     torch.roll: _roll, torch.Tensor.roll: _roll, torch.masked_fill: functools.partial(_masked_fill, inplace=False),
     torch.Tensor.masked_fill: functools.partial(_masked_fill, inplace=False),
     torch.Tensor.masked_fill_: functools.partial(_masked_fill, inplace=True),
+    **{f: functools.partial(_addcmul, inplace=inplace) for f, inplace in _targets(("addcmul", "addcdiv")).items()},
+    torch.norm: _norm, torch.Tensor.norm: _norm, torch.linalg.vector_norm: _norm,
 }
 
 

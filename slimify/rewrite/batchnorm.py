@@ -23,13 +23,17 @@ class SwitchBatchNorm(nn.Module):
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, index: np.ndarray) -> None:
         super().__init__()
         take: list[torch.Tensor] = []
+        n = len(index)
+        prefix = n > 0 and int(index[0]) == 0 and int(index[-1]) == n - 1 and bool((np.diff(index) == 1).all())
 
         def pick(full: torch.Tensor) -> torch.Tensor:  # meta (the self-check's copy): the size is all
             if full.is_meta:
-                return torch.empty(len(index), dtype=full.dtype, device="meta")
+                return torch.empty(n, dtype=full.dtype, device="meta")
+            if prefix:  # the first channels (no reordering): a slice's copy, no gather
+                return full.detach()[:n].clone()
             if not take:
                 take.append(torch.as_tensor(index, dtype=torch.long))
-            return full.detach()[take[0].to(full.device)].clone()
+            return full.detach()[take[0].to(full.device)]  # a gather is a copy already
 
         # straight into the dicts: fixed names, and register_* costs a failed attribute lookup each
         for name in ("weight", "bias"):

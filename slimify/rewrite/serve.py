@@ -35,39 +35,68 @@ class SlimData:
     attrs: dict[str, list[Any]] = field(default_factory=dict)
     bn_slots: list[Any] | None = None  # switch → private BatchNorm slot (None: original); configurations: see config_slots.py
     cache: dict[tuple[str, int], tuple] = field(default_factory=dict, repr=False)  # inference copies
+    routes: dict[str, list] = field(default_factory=dict, repr=False)  # name → per slot, where it comes from (_route)
     forward_caches: dict[str, tuple[int, Any]] = field(default_factory=dict, repr=False)  # forward code's: (switch, value)
+
+
+_compiling = torch.compiler.is_compiling
 
 
 def slim_data(module: nn.Module) -> SlimData | None:
     return module.__dict__.get(SLIM_KEY)
 
 
+def _route(module: nn.Module, data: SlimData, name: str, s: int) -> tuple:
+    """Where ``name`` comes from at slot ``s``, resolved on its first read there: ``(s, dict)`` for
+    a tensor served whole (the original, or a switch's private BatchNorm: read from its holder's
+    dict on every access, so in-place updates, ``.to()`` and ``load_state_dict`` reach it),
+    ``(s, None, slot)`` for a configuration's BatchNorm, ``(s, None, None, dims, is_param)`` for a cut."""
+    if data.bn_slots is not None and name in BN_TENSORS and data.bn_slots[s] is not None:
+        slot = data.bn_slots[s]
+        if not isinstance(slot, int):  # a width configuration's BatchNorm (rewrite/config_slots.py)
+            return (s, None, slot)
+        holder = module._modules["slim_bn"]._modules[str(slot)]
+        return (s, holder._parameters if name in holder._parameters else holder._buffers)
+    is_param = name in module._parameters
+    dims = data.params.get(name, [{}] * (s + 1))[s]
+    if not dims:
+        return (s, module._parameters if is_param else module._buffers)
+    return (s, None, None, dims, is_param)
+
+
 def _param_property(name: str) -> property:
     def get(self: nn.Module) -> torch.Tensor | None:
         data: SlimData = self.__dict__[SLIM_KEY]
         s = data.state.index
-        if data.bn_slots is not None and name in BN_TENSORS and data.bn_slots[s] is not None:
-            slot = data.bn_slots[s]
-            if not isinstance(slot, int):  # a width configuration's BatchNorm (rewrite/config_slots.py)
-                return slot.tensor(self, name)
-            holder = self._modules["slim_bn"]._modules[str(slot)]  # no ModuleList indexing cost
-            return holder._parameters.get(name, holder._buffers.get(name))
-        full = self._parameters[name] if name in self._parameters else self._buffers.get(name)
-        dims = data.params.get(name, [{}] * (s + 1))[s]
-        if full is None or not dims:
-            return full
-        if torch.is_grad_enabled() or name not in self._parameters or torch.compiler.is_compiling():
-            return cut(full, dims)  # a view: gradients and in-place buffer updates reach the full tensor;
+        try:
+            route = data.routes[name][s]
+        except (KeyError, IndexError):
+            route = None
+        if route is None:
+            route = _route(self, data, name, s)
+            slots = data.routes.setdefault(name, [])
+            slots.extend([None] * (s + 1 - len(slots)))
+            slots[s] = route
+        source = route[1]
+        if source is not None:  # the fast path: one dict read
+            return source.get(name)
+        if route[2] is not None:
+            return route[2].tensor(self, name)
+        full = self._parameters[name] if route[4] else self._buffers.get(name)
+        if full is None:
+            return None
+        if not route[4] or torch.is_grad_enabled() or _compiling():
+            return cut(full, route[3])  # a view: gradients and in-place buffer updates reach the full tensor;
             # compiled, the cut is fused into the graph (a cached copy's data-pointer stamp breaks it)
         hit = data.cache.get((name, s))  # inference: a contiguous copy, kept until the tensor changes
-        stamp = (full._version, full.data_ptr())  # ``.to()``/``.double()`` swap ``.data``: a new storage
-        if hit is None or hit[0] is not full or hit[1] != stamp:
-            hit = (full, stamp, cut(full, dims).contiguous())
+        if hit is None or hit[0] is not full or hit[1] != full._version or hit[2] != full.data_ptr():
+            # ``.to()``/``.double()`` swap ``.data``: a new storage, maybe the same version
+            hit = (full, full._version, full.data_ptr(), cut(full, route[3]).contiguous())
             if s >= len(data.state.switches):  # configurations (a search visits hundreds): keep the latest only
                 for key in [k for k in data.cache if k[0] == name and k[1] >= len(data.state.switches)]:
                     del data.cache[key]
             data.cache[(name, s)] = hit
-        return hit[2]
+        return hit[3]
 
     def set_(self: nn.Module, value: Any) -> None:
         if value is None or isinstance(value, torch.Tensor):
@@ -75,6 +104,7 @@ def _param_property(name: str) -> property:
                 self._parameters[name] = value
             else:
                 self._buffers[name] = value
+            self.__dict__[SLIM_KEY].routes.pop(name, None)
             return
         raise AttributeError(f"{name} of a slimmable module cannot be set to {type(value).__name__}")
 
