@@ -26,8 +26,9 @@ RANKS: dict[str, int] = {
     "pipeline": 5,
     "store": 6,
     "deploy": 7,
-    "train": 8,
-    "cli": 9,
+    "selection": 8,  # pick, search, proven named configurations: exports and measures widths
+    "train": 9,
+    "cli": 10,
 }
 
 

@@ -39,7 +39,7 @@ def _short(value: float) -> str:
 
 def parse_budget(kind: str, text: str | float) -> Budget:
     """``("flops", "300M")``, ``("flops", "0.3x")``, ``("params", "2M")``, ``("latency", 5)``."""
-    from slimify.deploy.budget import parse_amount
+    from slimify.selection.budget import parse_amount
 
     if kind not in KINDS:
         raise SlimifyError(f"budget kind must be one of {', '.join(KINDS)}, got {kind!r}")
