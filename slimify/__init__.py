@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any
 
-from slimify.errors import SlimifyError
+from slimify.errors import SlimifyError, SlimifyWarning
 
 __version__ = "0.1.0"
 
@@ -42,7 +42,7 @@ _LAZY: dict[str, str] = {
     "search": "slimify.selection.config_search",
 }
 
-__all__ = ["SlimifyError", *_LAZY]
+__all__ = ["SlimifyError", "SlimifyWarning", *_LAZY]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
     from slimify.analysis.report import ConversionReport

@@ -174,10 +174,8 @@ def _commands(block: Block) -> list[tuple[str, list[str], bool]]:
                 continue
             line = line[2:]
         words = shlex.split(line, comments=True)
-        if "slimify" in words[:1]:
-            args = words[1:]
-        elif "slimify.train" in words:  # torchrun … -m slimify.train finetune …
-            args = words[words.index("slimify.train") + 1:]
+        if words[:1] == ["slimify"] or words[:1] == ["torchrun"] and "slimify" in words:  # torchrun … -m slimify …
+            args = words[words.index("slimify") + 1:]
         else:
             assert not words or block.not_run, f"{block.where}: {line!r} is no slimify command: mark the block not run"
             continue

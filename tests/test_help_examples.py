@@ -35,10 +35,8 @@ def _examples() -> list[tuple[str, list[str]]]:
     for text in [cli.epilog or ""] + [c.epilog or "" for _, c in sorted(COMMANDS.items())]:
         for line in text.replace("\\\n", " ").splitlines():
             words = shlex.split(line.split(" # ")[0].split("   (")[0], comments=True)
-            if "slimify" in words:
+            if "slimify" in words:  # also torchrun … -m slimify finetune …
                 out.append((line.strip(), words[words.index("slimify") + 1:]))
-            elif "slimify.train" in words:  # torchrun … -m slimify.train finetune …
-                out.append((line.strip(), words[words.index("slimify.train") + 1:]))
     return out
 
 

@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "selection": 8,  # pick, search, proven named configurations: exports and measures widths
     "train": 9,
     "cli": 10,
+    "__main__": 11,  # ``python -m slimify`` (also under torchrun): runs the CLI
 }
 
 
@@ -121,7 +122,7 @@ def import_graph() -> nx.DiGraph:
 
 
 def test_every_module_belongs_to_a_stage() -> None:
-    stray = [m for m in MODULES if m not in ("slimify", "slimify.__main__") and _stage(m) not in RANKS]
+    stray = [m for m in MODULES if m != "slimify" and _stage(m) not in RANKS]
     assert not stray, f"modules outside every stage of docs/design.md: {stray}"
 
 
@@ -133,7 +134,7 @@ def test_no_import_cycles() -> None:
 def test_imports_go_one_way() -> None:
     wrong = []
     for source, target, data in import_graph().edges(data=True):
-        if source == "slimify" or source.endswith(".__main__") or target == "slimify":  # entry points
+        if source == "slimify" or target == "slimify":  # the public API: lazy names of every stage
             continue
         if RANKS[_stage(target)] > RANKS[_stage(source)]:
             wrong.append(f"{source} → {target} ({', '.join(data['names'])})")

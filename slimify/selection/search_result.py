@@ -117,7 +117,7 @@ class SearchResult:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from slimify.store.slimfile import atomic_path
+        from slimify.store.atomic import atomic_path
 
         scale = 1e6 if self.budget.kind == "flops" else 1.0
         fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
