@@ -278,7 +278,7 @@ def _search(s: Setting, data_dir: Path, cell: Cell, work: Path) -> dict[str, flo
     """Row f: search at a FLOPs budget (variant "0.3x") on the sandwich-trained network vs the
     widest uniform width of no more FLOPs; both exported, BN-calibrated and fine-tuned the same
     way (a quarter of the epochs). Top-1 and MAC share of each, and the uniform width."""
-    from slimify.deploy.config_search import parse_budget, search
+    from slimify.selection.config_search import parse_budget, search
     from slimify.train.loader import as_batches
 
     budget = float(cell.variant.rstrip("x"))

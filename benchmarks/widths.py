@@ -25,8 +25,8 @@ from torch.utils.data import Subset
 
 import slimify
 from benchmarks.results import machine, write_section
-from slimify.deploy.config_search import parse_budget, search
 from slimify.deploy.extract import export
+from slimify.selection.config_search import parse_budget, search
 from slimify.store.digits_net import DigitsNet
 from slimify.train import calibrate_bn, digits, evaluate, finetune
 from slimify.train.loader import as_batches

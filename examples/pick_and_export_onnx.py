@@ -13,7 +13,6 @@ import onnxruntime as ort
 import torch
 
 import slimify
-from slimify.deploy.budget import pick
 from slimify.deploy.extract import to_onnx
 from slimify.store.slimfile import example_shape
 
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     print(result.table())
 
     # 2. the widest switch within the budget (a SlimifyError says so if none fits)
-    best = pick(result, latency_ms=args.latency_ms)
+    best = slimify.pick(result, latency_ms=args.latency_ms)
     print(f"\npicked width {best.width:g} ({best.latency_ms:.2f} ms median in PyTorch)")
 
     # 3. ONNX export (checked against PyTorch inside to_onnx) and a run with onnxruntime

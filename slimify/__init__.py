@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any
 
-from slimify.errors import SlimifyError
+from slimify.errors import SlimifyError, SlimifyWarning
 
 __version__ = "0.1.0"
 
@@ -37,19 +37,23 @@ _LAZY: dict[str, str] = {
     "save": "slimify.store.slimfile",
     "load": "slimify.store.slimfile",
     "configs": "slimify.rewrite.config_names",
-    "add_config": "slimify.deploy.config_proof",  # proves the configuration, then names it
+    "add_config": "slimify.selection.config_proof",  # proves the configuration, then names it
+    "pick": "slimify.selection.budget",
+    "search": "slimify.selection.config_search",
 }
 
-__all__ = ["SlimifyError", *_LAZY]
+__all__ = ["SlimifyError", "SlimifyWarning", *_LAZY]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
     from slimify.analysis.report import ConversionReport
-    from slimify.deploy.config_proof import add_config
     from slimify.deploy.extract import export
     from slimify.deploy.measure import profile
     from slimify.ordering.permute import reorder
     from slimify.pipeline import convert, report
     from slimify.rewrite.config_names import configs
+    from slimify.selection.budget import pick
+    from slimify.selection.config_proof import add_config
+    from slimify.selection.config_search import search
     from slimify.state import get_width, is_slimmable, set_width, switches, width
     from slimify.store.slimfile import load, save
     from slimify.train import calibrate_bn, evaluate, finetune

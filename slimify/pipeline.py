@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slimify.analysis.example_inputs import describe, first_shape
+from slimify.analysis.example_inputs import describe_call, first_shape
 from slimify.analysis.report import ConversionReport
 from slimify.analysis.stages import analyze_model, default_input
 from slimify.check.selfcheck import self_check, unexpected, with_line
@@ -52,7 +52,7 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
     example = (default_input(model) if example_input is None else example_input,)
     args = example[0] if isinstance(example[0], tuple) else example
     several = len(args) != 1 or not isinstance(args[0], torch.Tensor) or bool(example_kwargs)
-    recorded = describe(args, example_kwargs) if several else None  # kept by save/load
+    recorded = describe_call(args, example_kwargs) if several else None  # kept by save/load
     state = SlimState(analysis.plan.switches)
     try:  # the self-check already rewrote a copy of the model with this plan
         rewrite(model, analysis.plan, state)

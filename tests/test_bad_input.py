@@ -23,9 +23,9 @@ from torch.utils.data import Subset
 
 import slimify
 from slimify.cli.app import main
-from slimify.deploy.budget import parse_amount
 from slimify.errors import SlimifyError
 from slimify.preprocess import DataConfig
+from slimify.selection.budget import parse_amount
 from slimify.store.digits_net import DigitsNet
 from slimify.store.input_size import check_input_size
 from slimify.store.sources import TinyNet, create, read_state_dict

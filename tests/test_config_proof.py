@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 
 import slimify
-from slimify.deploy import config_proof
-from slimify.deploy.config_search import parse_budget, search
 from slimify.errors import SlimifyError
 from slimify.rewrite.config_slots import config_slot
 from slimify.rewrite.output_pad import find_output_pad
 from slimify.rewrite.serve import slim_data
+from slimify.selection import config_proof
+from slimify.selection.config_search import parse_budget, search
 from slimify.state import get_state
 from slimify.store.digits_net import DigitsNet
 from slimify.train import digits

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import slimify
 from slimify.errors import SlimifyError
-from slimify.rewrite.config_names import add_config
+from slimify.rewrite.config_names import store_config
 from slimify.rewrite.config_slots import channels_of, config_counts, group_grid
 from slimify.store.digits_net import DigitsNet
 from slimify.store.slimfile import plan_digest
@@ -60,7 +60,7 @@ def test_switches_state_dict_and_plan_are_unchanged_by_configurations() -> None:
     for w in (0.3, 0.6, 0.9):
         with slimify.width(model, w):
             _quiet(model, X)
-    add_config(model, "mixed", {0: 8, 2: 24})
+    store_config(model, "mixed", {0: 8, 2: 24})
     assert list(model.state_dict()) == keys and plan_digest(model) == digest
     for w in slimify.switches(model):
         with slimify.width(model, w), slimify.width(fresh, w):
@@ -80,7 +80,7 @@ def test_per_group_configuration_serves_exports_and_counts() -> None:
     model = digitsnet()
     config = {0: 8, 1: 4, 2: 32, 3: 8, 4: 20}
     assert channels_of(model, config) == config
-    add_config(model, "lean", config)
+    store_config(model, "lean", config)
     assert slimify.configs(model)["lean"] == config and slimify.configs(model)["0.5"] == 0.5
     with slimify.width(model, "lean"):
         got = _quiet(model, X)
@@ -124,7 +124,7 @@ def test_calibration_gives_a_configuration_its_own_statistics_and_saves_it(tmp_p
         warnings.simplefilter("error")  # calibrated: no fallback warning
         calibrated = model(X)
     assert not torch.allclose(borrowed, calibrated)
-    add_config(model, "lean", {0: 8, 2: 16})
+    store_config(model, "lean", {0: 8, 2: 16})
     path = slimify.save(model, tmp_path / "m.slim", source="slimify:digitsnet")
     loaded = slimify.load(path)
     assert slimify.configs(loaded) == slimify.configs(model)
@@ -158,7 +158,7 @@ def test_bad_configurations_are_one_clear_error(value, message: str) -> None:
 @pytest.mark.parametrize("name", ["", "0.5", "has space", "-lead"])
 def test_bad_configuration_names(name: str) -> None:
     with pytest.raises(SlimifyError):
-        add_config(digitsnet(), name, 0.6)
+        store_config(digitsnet(), name, 0.6)
 
 
 def test_grid_follows_units_and_divisor() -> None:
@@ -219,7 +219,7 @@ def test_calibrate_command_bad_configurations(tmp_path, capsys, args: list, mess
 
 def test_inspect_lists_named_configurations(tmp_path, capsys) -> None:
     model = digitsnet()
-    add_config(model, "lean", {0: 8})
+    store_config(model, "lean", {0: 8})
     src = slimify.save(model, tmp_path / "m.slim", source="slimify:digitsnet")
     code, text, _ = _cli(["inspect", src], capsys)
     assert code == 0 and "lean: {0: 8, 1: 16, 2: 32, 3: 32, 4: 64}" in text

@@ -14,7 +14,7 @@ import torch
 
 import slimify
 from slimify.cli.app import COMMANDS, cli, load_command_files
-from slimify.rewrite.config_names import add_config
+from slimify.rewrite.config_names import store_config
 from slimify.store.digits_net import DigitsNet
 from tests.test_cli import run  # main(args) → (exit code, stdout, stderr)
 from tests.test_configs import digitsnet
@@ -35,10 +35,8 @@ def _examples() -> list[tuple[str, list[str]]]:
     for text in [cli.epilog or ""] + [c.epilog or "" for _, c in sorted(COMMANDS.items())]:
         for line in text.replace("\\\n", " ").splitlines():
             words = shlex.split(line.split(" # ")[0].split("   (")[0], comments=True)
-            if "slimify" in words:
+            if "slimify" in words:  # also torchrun … -m slimify finetune …
                 out.append((line.strip(), words[words.index("slimify") + 1:]))
-            elif "slimify.train" in words:  # torchrun … -m slimify.train finetune …
-                out.append((line.strip(), words[words.index("slimify.train") + 1:]))
     return out
 
 
@@ -56,7 +54,7 @@ def _inputs(args: list[str]) -> list[str]:
 def folder(tmp_path: Path, monkeypatch) -> Path:
     """A folder with tiny real files to stand for the examples' inputs (see :func:`_provide`)."""
     model = digitsnet()
-    add_config(model, "search-flops-0.30x", 0.3)
+    store_config(model, "search-flops-0.30x", 0.3)
     (tmp_path / "_tiny").mkdir()
     slimify.save(model, tmp_path / "_tiny" / "m.slim")
     torch.manual_seed(0)
@@ -87,21 +85,32 @@ def test_every_command_has_examples() -> None:
     assert set(COMMANDS) <= named, set(COMMANDS) - named
 
 
-@pytest.mark.parametrize("line, args", EXAMPLES, ids=[line for line, _ in EXAMPLES])
-def test_help_example(line: str, args: list[str], folder: Path, capsys) -> None:
+def check_command(line: str, args: list[str], folder: Path, capsys, fails: bool = False, heavy: bool = False) -> bool:
+    """Parse one command line (after ``slimify``) on tiny stand-ins of its inputs in ``folder``; run
+    it unless ``heavy`` or it takes more than seconds (``fails``: it must exit with an error). True
+    when it ran."""
     _provide(folder, args)
     with cli.make_context("slimify", list(args), resilient_parsing=False) as group:
         name, command, rest = cli.resolve_command(group, _rest(group))
         command.make_context(name, rest, parent=group)  # options, types, callbacks: raises on any error
     models = [a for a in args[args.index(name) + 1:] if not a.startswith("-")][:1]
-    if any(h in a for a in args for h in HEAVY) or name == "finetune" or \
+    if heavy or any(h in a for a in args for h in HEAVY) or name == "finetune" or \
             (models and not models[0].endswith(".slim") and not models[0].startswith("slimify:")):
-        return  # parsed: running it needs ImageNet, a GPU, minutes or a model download
+        return False  # parsed: running it needs ImageNet, a GPU, minutes or a model download
     code, out, err = run([*args, *SHORTER.get(name, ())], capsys)
+    if fails:
+        assert code != 0, f"{line}: meant to fail, but succeeded"
+        return True
     assert code == 0, f"{line}\n{err}"
     for i, a in enumerate(args[:-1]):
         if a in OUTPUTS and a != "--out":
             assert (folder / args[i + 1]).is_file(), f"{line}: no {args[i + 1]}"
+    return True
+
+
+@pytest.mark.parametrize("line, args", EXAMPLES, ids=[line for line, _ in EXAMPLES])
+def test_help_example(line: str, args: list[str], folder: Path, capsys) -> None:
+    check_command(line, args, folder, capsys)
 
 
 def test_a_wrong_example_would_fail(folder: Path) -> None:

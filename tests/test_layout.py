@@ -6,6 +6,7 @@ the lazy public API), so a cycle closed by an import inside a function fails her
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,10 @@ RANKS: dict[str, int] = {
     "pipeline": 5,
     "store": 6,
     "deploy": 7,
-    "train": 8,
-    "cli": 9,
+    "selection": 8,  # pick, search, proven named configurations: exports and measures widths
+    "train": 9,
+    "cli": 10,
+    "__main__": 11,  # ``python -m slimify`` (also under torchrun): runs the CLI
 }
 
 
@@ -120,7 +123,7 @@ def import_graph() -> nx.DiGraph:
 
 
 def test_every_module_belongs_to_a_stage() -> None:
-    stray = [m for m in MODULES if m not in ("slimify", "slimify.__main__") and _stage(m) not in RANKS]
+    stray = [m for m in MODULES if m != "slimify" and _stage(m) not in RANKS]
     assert not stray, f"modules outside every stage of docs/design.md: {stray}"
 
 
@@ -132,11 +135,45 @@ def test_no_import_cycles() -> None:
 def test_imports_go_one_way() -> None:
     wrong = []
     for source, target, data in import_graph().edges(data=True):
-        if source == "slimify" or source.endswith(".__main__") or target == "slimify":  # entry points
+        if source == "slimify" or target == "slimify":  # the public API: lazy names of every stage
             continue
         if RANKS[_stage(target)] > RANKS[_stage(source)]:
             wrong.append(f"{source} → {target} ({', '.join(data['names'])})")
     assert not wrong, "imports against the pipeline's direction:\n" + "\n".join(wrong)
+
+
+def design_table() -> dict[str, set[str]]:
+    """stage → the stages it may import: docs/design.md's *Layout* table (first and last columns)."""
+    section = (ROOT / "docs" / "design.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| `")]
+    names = [[name.removesuffix(".py").removesuffix("/") for name in re.findall(r"`([^`]+)`", row[0])] for row in rows]
+    base = set(names[0])
+    table: dict[str, set[str]] = {}
+    for stages, row in zip(names, rows):
+        allowed = set(re.findall(r"`([^`]+)`", row[-1])) | (base if re.match(r"base\b", row[-1]) else set())
+        table.update({stage: allowed for stage in stages})
+    return table
+
+
+DESIGN = design_table()
+
+
+def test_the_design_table_has_every_stage_once_in_pipeline_order() -> None:
+    assert set(DESIGN) == set(RANKS), set(DESIGN) ^ set(RANKS)
+    backwards = [(s, t) for s, allowed in DESIGN.items() for t in allowed
+                 if RANKS[t] > RANKS[s] or t not in RANKS]
+    assert not backwards, f"docs/design.md lets a stage import a later one (or an unknown one): {backwards}"
+
+
+def test_imports_follow_the_design_table() -> None:
+    wrong = []
+    for source, target, data in import_graph().edges(data=True):
+        if source == "slimify" or target == "slimify" or _stage(source) == _stage(target):
+            continue  # the public API's lazy names; a stage's own modules
+        if _stage(target) not in DESIGN[_stage(source)]:
+            wrong.append(f"{source} → {target} ({', '.join(data['names'])})")
+    assert not wrong, "imports docs/design.md's Layout table does not allow:\n" + "\n".join(wrong)
 
 
 def test_only_the_cli_knows_click() -> None:
@@ -172,3 +209,11 @@ def test_help_imports_no_torch(args: list[str]) -> None:
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert "Usage:" in out.stdout, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]
+
+
+def test_the_design_table_is_read_as_written() -> None:
+    """The check itself: rows, the *base* shorthand and a stage that may not import a later one."""
+    assert DESIGN["deploy"] == {"analysis", "rewrite", "store", "errors", "state", "registry", "gcpause", "device",
+                                "preprocess"}
+    assert "deploy" in DESIGN["selection"] and "selection" not in DESIGN["deploy"]
+    assert DESIGN["__main__"] == {"cli"} and DESIGN["state"] == {"errors"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import slimify
-from slimify.rewrite.config_names import add_config
+from slimify.rewrite.config_names import store_config
 from tests.test_cli import run  # main(args) → (exit code, stdout, stderr)
 from tests.test_configs import digitsnet
 
@@ -23,7 +23,7 @@ NAME = "lean-for-the-phone-0.60"  # longer than any column a width needs
 @pytest.fixture(scope="module")
 def slim(tmp_path_factory) -> Path:
     model = digitsnet()
-    add_config(model, NAME, 0.6)
+    store_config(model, NAME, 0.6)
     path = tmp_path_factory.mktemp("named") / "m.slim"
     slimify.save(model, path)
     return path

@@ -12,10 +12,10 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import slimify
-from slimify.deploy.budget import parse_amount, pick
 from slimify.deploy.extract import active_params, export
 from slimify.deploy.measure import MEMORY_METHOD, ProfileResult, SwitchProfile, input_shape, measure_memory
 from slimify.errors import SlimifyError
+from slimify.selection.budget import parse_amount, pick
 from slimify.store.sources import TinyNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,11 +16,11 @@ import torch.nn as nn
 import slimify
 from slimify.cli.app import main
 from slimify.deploy.accuracy import attach_accuracy, read_accuracy, record_evaluation, stored_accuracy
-from slimify.deploy.budget import pick
 from slimify.deploy.latency import latency_warnings, measure_latency
 from slimify.deploy.measure import SwitchProfile
 from slimify.deploy.profile_plot import plot_profile
 from slimify.errors import SlimifyError
+from slimify.selection.budget import pick
 from slimify.store.sources import TinyNet
 
 profile_module = importlib.import_module("slimify.deploy.measure")  # the package attribute is the function

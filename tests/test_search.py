@@ -9,10 +9,10 @@ import torch
 
 import slimify
 from slimify.cli.app import main
-from slimify.deploy.config_search import Budget, parse_budget, search
 from slimify.deploy.extract import active_params, export
 from slimify.errors import SlimifyError
 from slimify.rewrite.config_slots import group_grid
+from slimify.selection.config_search import Budget, parse_budget, search
 from slimify.store.digits_net import DigitsNet
 from slimify.train import digits
 from slimify.train.loader import as_batches
@@ -128,7 +128,7 @@ def test_search_command_bad_input_writes_nothing(tmp_path: Path, capsys, args: l
 
 
 def test_fraction_takes_at_least_that_share_of_a_group_per_move() -> None:
-    from slimify.deploy.search_moves import candidate_counts as _moves
+    from slimify.selection.search_moves import candidate_counts as _moves
 
     group = type("G", (), {"fixed": False, "unit": 1, "size": 64, "index": 0})()
     assert _moves([group], 4, {0: 64}, 1) == {0: 60}

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 import slimify
-from slimify.deploy.config_search import parse_budget, search
 from slimify.deploy.extract import export
-from slimify.deploy.search_moves import ranking, widened
+from slimify.selection.config_search import parse_budget, search
+from slimify.selection.search_moves import ranking, widened
 from slimify.store.digits_net import DigitsNet
 from slimify.train import digits
 from slimify.train.loader import as_batches
@@ -100,9 +100,9 @@ def test_search_command_data_that_does_not_fit_writes_nothing(tmp_path: Path, ca
 
 
 def test_a_budget_the_walk_cannot_meet_is_one_error_when_the_floor_is_unknown(monkeypatch) -> None:
-    from slimify.deploy.search_result import Budget
-    from slimify.deploy.search_walk import Walk
     from slimify.errors import SlimifyError
+    from slimify.selection.search_result import Budget
+    from slimify.selection.search_walk import Walk
 
     monkeypatch.setattr(Walk, "_floor", lambda self: None)  # as for a chunk's pieces that cannot all be smallest
     model = slim()

@@ -14,8 +14,8 @@ import torch.nn as nn
 import slimify
 from slimify.analysis.example_inputs import ExampleCall
 from slimify.deploy.extract import to_onnx, to_torch_export
+from slimify.errors import SlimifyWarning
 from slimify.store.trust import trusted
-from slimify.store.user_models import SlimifyWarning
 from tests.test_cli import run  # main(args) → (exit code, stdout, stderr)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -82,7 +82,7 @@ def test_two_processes_end_with_identical_weights(tmp_path) -> None:
 @pytest.mark.slow
 def test_torchrun_cli(tmp_path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "-m", "slimify.train", "finetune", "slimify:digitsnet", "--data", "digits",
+           str(free_port()), "-m", "slimify", "finetune", "slimify:digitsnet", "--data", "digits",
            "--recipe", "demo", "--epochs", "1", "--batch-size", "64", "--divisor", "4", "--switches",
            "0.5,1.0", "-o", str(tmp_path / "run"), "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

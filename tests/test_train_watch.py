@@ -9,8 +9,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from slimify.errors import SlimifyError
+from slimify.store.atomic import file_mode
 from slimify.train import digits, finetune
-from slimify.train.checkpoint import _umask, load_checkpoint
+from slimify.train.checkpoint import load_checkpoint
 from slimify.train.progress import read_log
 from slimify.train.testing import slim_digitsnet
 
@@ -34,7 +35,7 @@ def test_lines_csv_and_best_checkpoint(tmp_path) -> None:
     best = [r for r in read_log(tmp_path / "log.jsonl") if r["event"] == "best"]
     means = [sum(float(r["top1"]) for r in evals[i:i + 2]) / 2 for i in range(0, 6, 2)]
     assert best and best[-1]["mean_top1"] == pytest.approx(max(means))
-    mode = 0o666 & ~_umask()  # the user's normal permissions, not mkstemp's 0600
+    mode = file_mode()  # the user's normal permissions, not mkstemp's 0600
     assert all((tmp_path / n).stat().st_mode & 0o777 == mode for n in ("checkpoint.pt", "best.pt", "log.csv"))
     saved = load_checkpoint(tmp_path / "best.pt")
     assert saved["best"] == pytest.approx(max(means)) and saved["step"] == best[-1]["step"]

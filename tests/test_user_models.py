@@ -12,10 +12,9 @@ import torch
 import torch.nn as nn
 
 import slimify
-from slimify.errors import SlimifyError
+from slimify.errors import SlimifyError, SlimifyWarning
 from slimify.store.sources import TinyNet, set_source
 from slimify.store.trust import TRUST_ENV, trusted
-from slimify.store.user_models import SlimifyWarning
 from tests.test_cli import run  # main(args) → (exit code, stdout, stderr)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

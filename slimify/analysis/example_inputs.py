@@ -12,12 +12,12 @@ from torch.utils import _pytree as pytree
 
 from slimify.errors import SlimifyError
 
-__all__ = ["describe", "rebuild", "first_shape", "ExampleCall"]
+__all__ = ["describe_call", "rebuild", "first_shape", "ExampleCall"]
 
 _PLAIN = (type(None), bool, int, float, str)
 
 
-def describe(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> dict[str, Any]:
+def describe_call(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """JSON for ``model(*args, **kwargs)``: a tensor is ``{"shape": …, "dtype": …}``."""
     return {"args": [_describe(a) for a in args], "kwargs": {k: _describe(v) for k, v in (kwargs or {}).items()}}
 
@@ -36,7 +36,7 @@ def _describe(value: Any) -> Any:
 
 
 def rebuild(spec: dict[str, Any], generator: torch.Generator) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Random inputs of the recorded form (``describe``'s inverse, values aside)."""
+    """Random inputs of the recorded form (``describe_call``'s inverse, values aside)."""
     try:
         return (tuple(_rebuild(a, generator) for a in spec["args"]),
                 {k: _rebuild(v, generator) for k, v in spec["kwargs"].items()})

@@ -1,6 +1,6 @@
 """The deployment commands of the ``slimify`` CLI: ``export`` one width, ``profile`` every switch,
 ``pick`` the widest switch within a budget; thin over :mod:`slimify.deploy.extract`,
-:mod:`slimify.deploy.measure` and :mod:`slimify.deploy.budget`."""
+:mod:`slimify.deploy.measure` and :mod:`slimify.selection.budget`."""
 from __future__ import annotations
 
 import functools
@@ -171,8 +171,9 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
                  config_name: tuple[str, ...], output: str | None, force: bool) -> None:
     """Measure every switch of a .slim FILE on this machine and print the widest one within all
     the budgets given (and export it with -o)."""
-    from slimify.deploy.budget import parse_amount, pick
+    import slimify
     from slimify.errors import SlimifyError
+    from slimify.selection.budget import parse_amount
 
     if latency_ms is None and flops is None and params is None and memory_mb is None:
         raise click.UsageError("give at least one budget: --latency-ms, --flops, --params or --memory-mb")
@@ -187,7 +188,7 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
                            latency=latency_ms is not None,  # FLOPs/params/memory budgets time nothing
                            widths=chosen_widths(widths, config_name))
     click.echo(result.table())
-    best = pick(result, **budgets)
+    best = slimify.pick(result, **budgets)
     timed = f"{best.latency_ms:.2f} ms median, " if best.latency_ms is not None else ""
     click.echo(f"\npicked {best.config or f'width {best.width:g}'}: {timed}{best.flops / 1e9:.3f} GFLOPs, "
                f"{best.params:,} params, {best.memory_mb:.1f} MB")

@@ -47,7 +47,7 @@ def _write_weights(net: Any, out: Path, force: bool) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from slimify.store.slimfile import atomic_path
+    from slimify.store.atomic import atomic_path
 
     state, seen = {}, set()
     for name, value in net.state_dict().items():

@@ -1,5 +1,5 @@
 """``slimify search``: per-group widths under a FLOPs, parameter or latency budget (thin over
-:mod:`slimify.deploy.config_search`); the found configuration is saved, named, in a new ``.slim`` file."""
+:mod:`slimify.selection.config_search`); the found configuration is saved, named, in a new ``.slim`` file."""
 from __future__ import annotations
 
 import click
@@ -55,8 +55,8 @@ def search_command(file: str, data: str, flops: str | None, params: str | None, 
     import torch
 
     import slimify
-    from slimify.deploy.config_search import parse_budget, search
     from slimify.errors import SlimifyError
+    from slimify.selection.search_result import parse_budget
     from slimify.store.slimfile import example_shape
     from slimify.train.loader import as_batches
     from slimify.train.resolve import resolve_data
@@ -80,7 +80,7 @@ def search_command(file: str, data: str, flops: str | None, params: str | None, 
                                             batch_size), batches))
     cost_input = None if cost_size is None else \
         torch.randn(1, shape[1], cost_size, cost_size, generator=torch.Generator().manual_seed(0))
-    result = search(net, held, budget, steps=steps, fraction=fraction, device=device, name=name, cost_input=cost_input,
+    result = slimify.search(net, held, budget, steps=steps, fraction=fraction, device=device, name=name, cost_input=cost_input,
                     progress=lambda line: click.echo(line, err=True))
     click.echo(result.table())
     if cfg is not None:  # scored with it: the saved model keeps it

@@ -151,7 +151,7 @@ Examples:
   slimify finetune torchvision:resnet18 --data digits --recipe demo -o runs/rn18
   slimify finetune resnet50 --checkpoint rn50.pth --reorder l1 --data ~/imagenet --recipe retrofit
   slimify finetune resnet50 --pretrained --pretrained-tag a1_in1k --data ~/imagenet -o runs/rn50
-  torchrun --nproc_per_node 4 -m slimify.train finetune rn50.slim --data ~/imagenet --sync-bn --resume""")
+  torchrun --nproc_per_node 4 -m slimify finetune rn50.slim --data ~/imagenet --sync-bn --resume""")
 @model_options
 @pretrained_options
 @click.option("--data", required=True, help=f"Training data: {DATA_HELP}.")
@@ -355,7 +355,7 @@ def eval_command(model: str, data: str, widths: tuple[Any, ...] | None, config_n
                       widths=chosen, batch_size=batch_size, device=dev, workers=_workers(workers, data))
     click.echo(result.table(markdown=markdown))
     if json_path:
-        from slimify.store.slimfile import atomic_path
+        from slimify.store.atomic import atomic_path
 
         with atomic_path(json_path, overwrite=force) as tmp:
             tmp.write_text(json.dumps(result.to_dict(), indent=2))

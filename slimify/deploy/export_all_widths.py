@@ -33,7 +33,8 @@ from slimify.rewrite.serve import slim_data
 from slimify.rewrite.slicing import cut
 from slimify.state import get_state, switches
 from slimify.state import width as at_width
-from slimify.store.slimfile import atomic_path, example_call
+from slimify.store.atomic import atomic_path
+from slimify.store.slimfile import example_call
 
 __all__ = ["to_onnx_all_widths", "check_onnx_all_widths", "AllWidthsInfo", "WIDTH_TOLERANCE", "unknown_width_node"]
 

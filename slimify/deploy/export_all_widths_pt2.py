@@ -29,7 +29,8 @@ from slimify.errors import SlimifyError
 from slimify.rewrite.slicing import cut
 from slimify.state import switches
 from slimify.state import width as at_width
-from slimify.store.slimfile import atomic_path, example_call
+from slimify.store.atomic import atomic_path
+from slimify.store.slimfile import example_call
 
 __all__ = ["AllWidths", "to_torch_export_all_widths"]
 

@@ -23,7 +23,7 @@ from slimify.rewrite.output_pad import find_output_pad, remove_output_pad
 from slimify.rewrite.serve import SLIM_KEY, SlimData, restore_class, slim_data
 from slimify.state import STATE_ATTR, get_state
 from slimify.state import width as at_width
-from slimify.store.slimfile import atomic_path
+from slimify.store.atomic import atomic_path
 from slimify.store.sources import SOURCE_ATTR
 
 __all__ = ["export", "active_params", "to_torch_export", "to_onnx", "check_onnx", "export_pt2", "export_onnx"]

@@ -33,7 +33,7 @@ def torch_save(model: nn.Module, width: Any, path: Path, example: ExampleCall, o
     import torch
 
     from slimify.deploy.extract import export
-    from slimify.store.slimfile import atomic_path
+    from slimify.store.atomic import atomic_path
 
     with atomic_path(path, overwrite) as tmp:
         torch.save(export(model, width).eval(), tmp)

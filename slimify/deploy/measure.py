@@ -28,7 +28,8 @@ from slimify.deploy.latency import latency_warnings, measure_latency
 from slimify.errors import SlimifyError
 from slimify.state import get_state
 from slimify.state import width as at_width
-from slimify.store.slimfile import atomic_path, example_call
+from slimify.store.atomic import atomic_path
+from slimify.store.slimfile import example_call
 
 __all__ = ["profile", "ProfileResult", "SwitchProfile", "measure_memory", "input_shape", "MEMORY_METHOD"]
 

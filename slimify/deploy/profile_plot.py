@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from slimify.store.slimfile import atomic_path
+from slimify.store.atomic import atomic_path
 
 __all__ = ["plot_profile", "profile_figure", "pareto_front"]
 

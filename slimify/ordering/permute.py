@@ -32,7 +32,7 @@ from slimify.analysis.unique import unique
 from slimify.check.selfcheck import self_check
 from slimify.errors import SlimifyError
 from slimify.ordering.registry import SCORES, class_scores
-from slimify.ordering.scores import as_batches, tensor_of
+from slimify.ordering.scores import as_loader, tensor_of
 from slimify.state import is_slimmable
 
 __all__ = ["reorder", "Reordering"]
@@ -293,7 +293,7 @@ def reorder(model: nn.Module, method: str = "l1", data: Any = None, analysis: An
 
 
 def _first_input(data: Any) -> torch.Tensor | None:
-    for batch in as_batches(data):
+    for batch in as_loader(data):
         x = batch if isinstance(batch, torch.Tensor) else batch[0]
         return x[:1]
     return None

@@ -32,7 +32,7 @@ from slimify.analysis.space import ChannelSpace
 from slimify.analysis.unique import unique
 from slimify.errors import SlimifyError
 
-__all__ = ["norm_scores", "bn_scores", "taylor_scores", "tensor_of", "as_batches"]
+__all__ = ["norm_scores", "bn_scores", "taylor_scores", "tensor_of", "as_loader"]
 
 
 def tensor_of(model: nn.Module, path: str, name: str) -> torch.Tensor | None:
@@ -83,7 +83,7 @@ def bn_scores(model: nn.Module, space: ChannelSpace, table: GroupTable) -> np.nd
     return scores
 
 
-def as_batches(data: Any, batch_size: int = 32) -> Iterable[Any]:
+def as_loader(data: Any, batch_size: int = 32) -> Iterable[Any]:
     """A Dataset becomes a loader; anything else is taken as an iterable of batches."""
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
@@ -171,7 +171,7 @@ def taylor_scores(model: nn.Module, space: ChannelSpace, table: GroupTable, data
     was_training, used = model.training, 0
     model.eval()  # running statistics must not change, and dropout stays off
     try:
-        for batch in as_batches(data):
+        for batch in as_loader(data):
             if used >= batches:
                 break
             x, y = _split_batch(batch)

@@ -1,4 +1,4 @@
-"""Named width configurations: the names a model knows (``slimify.configs``, ``add_config``),
+"""Named width configurations: the names a model knows (``slimify.configs``, ``store_config``),
 how they are listed, and how they are saved in and read back from a ``.slim`` file. What a
 configuration keeps and how it is served is :mod:`slimify.rewrite.config_slots`.
 """
@@ -21,14 +21,14 @@ from slimify.rewrite.config_slots import (
 )
 from slimify.state import get_state
 
-__all__ = ["configs", "add_config", "check_name", "remove_config", "configs_to_json", "configs_from_json", "configs_table"]
+__all__ = ["configs", "store_config", "check_name", "remove_config", "configs_to_json", "configs_from_json", "configs_table"]
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 def configs(model: nn.Module) -> dict[str, float | dict[int, int]]:
     """The named configurations: every switch (as a float, named like ``"0.5"``) and the ones
-    added with :func:`add_config`, calibration or search (floats or {group: channels})."""
+    added with ``slimify.add_config``, calibration or search (floats or {group: channels})."""
     state = get_state(model)
     out: dict[str, float | dict[int, int]] = {f"{w:g}": w for w in state.switches}
     out.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in _names(state).items()})
@@ -48,10 +48,10 @@ def check_name(model: nn.Module, name: str, replace: bool = False) -> None:
         raise SlimifyError(f"a configuration named {name!r} exists: remove it first or pass replace=True")
 
 
-def add_config(model: nn.Module, name: str, value: Any, replace: bool = False) -> str:
+def store_config(model: nn.Module, name: str, value: Any, replace: bool = False) -> str:
     """Name a configuration (a uniform width or {group: channels}); its cuts are computed now (it
     must be servable), it is saved with the model and known to ``width``, ``export``, ``profile``
-    and ``pick``. ``slimify.add_config`` (:mod:`slimify.deploy.config_proof`) also runs it first;
+    and ``pick``. ``slimify.add_config`` (:mod:`slimify.selection.config_proof`) also runs it first;
     this one stores without running (``load`` restores configurations proven when added)."""
     state = get_state(model)
     check_name(model, name, replace)
@@ -106,7 +106,7 @@ def configs_from_json(model: nn.Module, data: Any, where: str) -> None:
             order = entry.get("calibrated")
         except (TypeError, KeyError, ValueError, AttributeError):
             raise SlimifyError(f"{where}: configuration {name!r} is malformed") from None
-        add_config(model, name, value)
+        store_config(model, name, value)
         if order is not None:
             calibrated.append((int(order), name))
     for _, name in sorted(calibrated):

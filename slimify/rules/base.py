@@ -101,7 +101,7 @@ class RuleContext:
     # -- node facts ---------------------------------------------------------------------
     def begin(self, node: fx.Node) -> None:
         self.node = node
-        self.space.context = describe(node)
+        self.space.context = describe_node(node)
 
     @property
     def out_shape(self) -> Any:
@@ -191,7 +191,7 @@ class RuleContext:
 FunctionRule = Callable[[RuleContext, list[Any], dict[str, Any]], Any]  # every rule's signature
 
 
-def describe(node: fx.Node) -> str:
+def describe_node(node: fx.Node) -> str:
     """``node 'add_3' (operator.add) in layer1.0 [file, line N, in fn: code]``: where the model's
     code made it (see ``trace.WHERE_KEY``)."""
     target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from slimify.rules.base import ParamVal, RuleContext, TensorVal, describe
+from slimify.rules.base import ParamVal, RuleContext, TensorVal, describe_node
 from slimify.rules.elementwise import fixed_output
 from slimify.rules.modules import unknown_module
 from slimify.rules.registry import Rule, find_function_rule, find_module_rule
@@ -32,7 +32,7 @@ def run_rule(ctx: RuleContext, node: fx.Node, modules: dict, args: list, kwargs:
     if node.target is getattr_builtin and args and isinstance(args[0], (TensorVal, ParamVal)):
         rule = None
     if rule is None:
-        ctx.fix_all([args, kwargs], f"no channel rule for {describe(node)}")
+        ctx.fix_all([args, kwargs], f"no channel rule for {describe_node(node)}")
         return fixed_output(ctx)
     return rule(ctx, args, kwargs)
 

@@ -13,12 +13,8 @@ Config (``__metadata__["slimify"]``)::
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,47 +25,16 @@ import torch.nn as nn
 from slimify.analysis.example_inputs import ExampleCall
 from slimify.errors import SlimifyError
 from slimify.state import get_state
+from slimify.store.atomic import atomic_path
 from slimify.store.sources import ModelSource, build, check_state_dict
 
-__all__ = ["save", "load", "read_config", "atomic_path", "example_input", "example_call", "example_shape",
+__all__ = ["save", "load", "read_config", "example_input", "example_call", "example_shape",
            "plan_digest", "tensors_digest", "FORMAT", "VERSION"]
 
 FORMAT = "slimify"
 VERSION = 1  # bump when the config changes incompatibly; load refuses newer versions
 META_KEY = "slimify"  # safetensors metadata key holding the JSON config
 MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not one of ours
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on
-    failure it is removed. An existing ``path`` is an error unless ``overwrite``."""
-    path = Path(path)
-    if path.is_dir():
-        raise SlimifyError(f"{path} is a directory: give a file name")
-    if path.exists() and not overwrite:
-        raise SlimifyError(f"{path} already exists: pass overwrite=True (--force on the command line) to replace it")
-    if not path.parent.is_dir():
-        raise SlimifyError(f"directory {str(path.parent)!r} does not exist: create it first")
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    except OSError as e:
-        raise SlimifyError(f"cannot write to directory {str(path.parent)!r} ({e.strerror}): choose an output "
-                           "path in a writable directory") from None
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def example_shape(model: nn.Module) -> tuple[int, ...]:

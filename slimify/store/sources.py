@@ -24,7 +24,7 @@ import torch.nn as nn
 from slimify.errors import SlimifyError
 from slimify.store.trust import import_trusted, is_trusted, trust_hint
 
-__all__ = ["ModelSource", "TinyNet", "create", "build", "source_of", "set_source", "load_checkpoint",
+__all__ = ["ModelSource", "TinyNet", "create", "build", "source_of", "set_source", "load_weights",
            "read_state_dict", "check_state_dict", "ALLOWED_MODULES", "EXAMPLES", "SOURCE_ATTR"]
 
 SOURCE_ATTR = "_slimify_source"  # attribute on a model: the ModelSource it was built from
@@ -181,7 +181,7 @@ def create(spec: str, checkpoint: str | Path | None = None, **kwargs: Any) -> nn
         raise SlimifyError(f"model spec must be a string such as 'resnet18', got {type(spec).__name__}")
     model = build(ModelSource(spec, kwargs))
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        load_weights(model, checkpoint)
     return model
 
 
@@ -236,7 +236,7 @@ def check_state_dict(expected: dict[str, Any], got: dict[str, torch.Tensor], wha
         raise SlimifyError(f"{what} does not match the model: {'; '.join(problems)}")
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a plain state dict into ``model`` (a converted model accepts the original's keys)."""
     state = read_state_dict(path)
     expected = {k: v for k, v in model.state_dict().items() if ".slim_bn." not in k}

@@ -14,15 +14,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slimify.errors import SlimifyError
+from slimify.errors import SlimifyError, SlimifyWarning
 from slimify.state import is_slimmable
 from slimify.store.sources import SOURCE_ATTR, ModelSource, _signature, build, check_state_dict, source_of
 
-__all__ = ["SlimifyWarning", "source_for_save", "adopt"]
-
-
-class SlimifyWarning(UserWarning):
-    """Something the user should know that does not stop the work (a file ``load`` cannot rebuild)."""
+__all__ = ["source_for_save", "adopt"]
 
 
 def _class(model: nn.Module) -> type:

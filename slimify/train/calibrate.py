@@ -11,9 +11,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, Subset
 
 import slimify
-from slimify.deploy.config_proof import prove_config
 from slimify.errors import SlimifyError
 from slimify.rewrite.config_slots import calibration_slot, config_slot
+from slimify.selection.config_proof import prove_config
 from slimify.train.common import at_width, model_widths, resolve_device
 from slimify.train.distributed import all_reduce_sum, dist_info
 from slimify.train.loader import Batch, as_batches, usable_workers

@@ -1,4 +1,4 @@
-"""One greedy walk of the search (:func:`slimify.deploy.config_search.search`): the costs of
+"""One greedy walk of the search (:func:`slimify.selection.config_search.search`): the costs of
 configurations (cached), the candidate moves, scored on held-out batches, and the path."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimify.deploy.config_proof import eval_quiet
-from slimify.deploy.latency_table import LatencyTable, real_latency
-from slimify.deploy.search_moves import candidate_counts, ranking, widened
-from slimify.deploy.search_result import Budget, Point, SearchResult
 from slimify.errors import SlimifyError
 from slimify.rewrite.config_slots import _analysis, config_slot, group_divisor_of, group_grid
+from slimify.selection.config_proof import eval_quiet
+from slimify.selection.latency_table import LatencyTable, real_latency
+from slimify.selection.search_moves import candidate_counts, ranking, widened
+from slimify.selection.search_result import Budget, Point, SearchResult
 from slimify.state import get_state
 from slimify.state import width as at_width
 

@@ -42,7 +42,7 @@ def add_config(model: nn.Module, name: str, value: Any, replace: bool = False) -
     ``profile`` and ``pick``."""
     config_names.check_name(model, name, replace)
     prove_config(model, value)
-    return config_names.add_config(model, name, value, replace=replace)
+    return config_names.store_config(model, name, value, replace=replace)
 
 
 def example_call(model: nn.Module) -> tuple[tuple[Any, ...], dict[str, Any]]:

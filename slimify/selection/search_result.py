@@ -39,7 +39,7 @@ def _short(value: float) -> str:
 
 def parse_budget(kind: str, text: str | float) -> Budget:
     """``("flops", "300M")``, ``("flops", "0.3x")``, ``("params", "2M")``, ``("latency", 5)``."""
-    from slimify.deploy.budget import parse_amount
+    from slimify.selection.budget import parse_amount
 
     if kind not in KINDS:
         raise SlimifyError(f"budget kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -117,7 +117,7 @@ class SearchResult:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from slimify.store.slimfile import atomic_path
+        from slimify.store.atomic import atomic_path
 
         scale = 1e6 if self.budget.kind == "flops" else 1.0
         fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)

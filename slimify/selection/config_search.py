@@ -3,7 +3,7 @@ slimmable model.
 
 From full width, every move slims the one channel group whose slimming costs the least held-out
 accuracy per unit of cost saved (far from the budget by a share of its channels, near it by
-``steps`` grid steps: :mod:`slimify.deploy.search_moves`); the path it walks is recorded and its
+``steps`` grid steps: :mod:`slimify.selection.search_moves`); the path it walks is recorded and its
 Pareto set kept. Costs are FLOPs or parameters (exact, per configuration) or
 latency on this device, estimated from a per-layer table that times each layer shape once and
 checked at the end against the real latency of the exported configuration.
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slimify.deploy.config_proof import add_config, eval_quiet
-from slimify.deploy.search_result import Budget, Point, SearchResult, parse_budget
-from slimify.deploy.search_walk import Scorer, Walk
 from slimify.errors import SlimifyError
+from slimify.selection.config_proof import add_config, eval_quiet
+from slimify.selection.search_result import Budget, Point, SearchResult, parse_budget
+from slimify.selection.search_walk import Scorer, Walk
 from slimify.state import get_state
 from slimify.state import width as at_width
 from slimify.store.slimfile import example_input
