@@ -226,11 +226,11 @@ def main() -> None:
         return worker(args.worker, cpu)
     if args.peer_worker:
         return tp_worker(cpu)
-    if args.peer is not None:
-        check_package("benchmarks.convert_time_compare", PEERS[args.peer], args.peer)
-    elif args.baseline is None or not (args.baseline / "slimify").is_dir():
+    if args.peer is None and (args.baseline is None or not (args.baseline / "slimify").is_dir()):
         parser.error("--baseline must be a checkout with a slimify/ folder (git worktree add DIR COMMIT), or give --peer")
     models = (_parse_models(args.models) if args.models else TP_MODELS if args.peer else _models(args.step))
+    if args.peer is not None:  # after the models: an unknown model is named whether or not the peer is installed
+        check_package("benchmarks.convert_time_compare", PEERS[args.peer], args.peer)
     results = compare(args.peer or args.baseline.resolve(), models, args.repeats, args.rounds, cpu)
     if args.peer:
         lines = _peer_table(results)

@@ -68,15 +68,18 @@ def _param_property(name: str) -> property:
     def get(self: nn.Module) -> torch.Tensor | None:
         data: SlimData = self.__dict__[SLIM_KEY]
         s = data.state.index
-        try:
-            route = data.routes[name][s]
-        except (KeyError, IndexError):
-            route = None
-        if route is None:
+        if _compiling():  # resolved inside the graph: a kept route would be a guard that every new width trips
             route = _route(self, data, name, s)
-            slots = data.routes.setdefault(name, [])
-            slots.extend([None] * (s + 1 - len(slots)))
-            slots[s] = route
+        else:
+            try:
+                route = data.routes[name][s]
+            except (KeyError, IndexError):
+                route = None
+            if route is None:
+                route = _route(self, data, name, s)
+                slots = data.routes.setdefault(name, [])
+                slots.extend([None] * (s + 1 - len(slots)))
+                slots[s] = route
         source = route[1]
         if source is not None:  # the fast path: one dict read
             return source.get(name)
