@@ -11,6 +11,8 @@ import torch
 from benchmarks import all_widths, convert_stages, convert_time_compare, gpu, speed
 from benchmarks.results import RESULTS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # benchmarks set torch's thread count: put the suite's back after
+
 
 def _refused(capsys: pytest.CaptureFixture[str], run, *words: str) -> None:
     before = RESULTS.read_text()

@@ -14,7 +14,9 @@ from benchmarks.fashion_cells import Cell
 from slimify.train.idx_data import is_idx_directory
 from tests.test_idx_data import FASHION_INSTALLED
 
-pytestmark = pytest.mark.skipif(not FASHION_INSTALLED, reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+# the benchmark sets torch's thread count (its --threads): the fixture puts the suite's back afterwards
+pytestmark = [pytest.mark.skipif(not FASHION_INSTALLED, reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)"),
+              pytest.mark.usefixtures("one_thread")]
 
 SMOKE_CELLS = [Cell("individual", "1", "resnet", 0), Cell("individual", "0.25", "resnet", 0),
                Cell("slimmable", "distill", "resnet", 0), Cell("slimmable", "shared-bn", "resnet", 0),
