@@ -363,7 +363,7 @@ def eval_command(model: str, data: str, widths: tuple[Any, ...] | None, config_n
 
 @command("demo", epilog="""\b
 Examples:
-  slimify demo                      # under a minute on a laptop CPU (20-40 s on 2 idle cores)
+  slimify demo                      # under a minute on a laptop CPU (36 s measured on 2 cores)
   slimify demo --epochs 2 --out /tmp/slimify-demo""")
 @click.option("-o", "--out", default="slimify-demo", show_default=True, type=click.Path(file_okay=False),
               help="Where the pretrained cache, the run (checkpoint, log) and results.json go.")
