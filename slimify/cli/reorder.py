@@ -8,15 +8,13 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
+from slimify.cli.data_options import DATA_HELP, data_config_of, data_config_options
 from slimify.cli.model import (
-    DATA_HELP,
     LiveHelpOption,
     RegistryChoice,
     check_one_image,
     check_output,
     conversion_options,
-    data_config_of,
-    data_config_options,
 )
 from slimify.ordering.registry import SCORES
 

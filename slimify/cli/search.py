@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from slimify.cli.app import command
-from slimify.cli.model import DATA_HELP, check_input_size, check_output, data_config_of, data_config_options
+from slimify.cli.data_options import DATA_HELP, data_config_of, data_config_options
+from slimify.cli.model import check_input_size, check_output
 from slimify.cli.train import check_one_input
 
 __all__ = ["search_command"]

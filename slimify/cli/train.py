@@ -11,14 +11,12 @@ from typing import Any
 import click
 
 from slimify.cli.app import command
+from slimify.cli.data_options import DATA_HELP, data_config_of, data_config_options
 from slimify.cli.model import (
-    DATA_HELP,
     check_input_size,
     check_weights_options,
     chosen_width,
     chosen_widths,
-    data_config_of,
-    data_config_options,
     parse_input_size,
     parse_switches,
     pretrained_options,
