@@ -192,8 +192,11 @@ def report(s: Setting, all_cells: list[Cell], done: dict[str, dict[str, Any]], c
              f"{s.test_images or 10000:,} test images; 28x28 px; {s.epochs} epochs from scratch (SGD Nesterov, lr 0.1, "
              f"batch 128, cosine, 1 warm-up epoch, weight decay 5e-4); retrofit: lr 0.02, in-place distillation, "
              f"{s.calibrate_batches} BN-calibration batches. Top-1 % on the test images, mean ± std over {s.seeds} "
-             "seeds (a value without ± has one seed so far). Sized for an estimated 3 hours on 2 idle cores (two "
-             "processes): one thread trains the full-width ResNet at ~1,260 and the MobileNet at ~520 images/s.", ""]
+             "seeds (a value without ± has one seed so far). " + (
+                 "Sized for an estimated 3 hours on 2 idle cores (two processes): one thread trains the full-width "
+                 "ResNet at ~1,260 and the MobileNet at ~520 images/s." if s.name == "full" else
+                 "A small setting: it checks the plumbing and each row's direction; the table is the full setting's."),
+             ""]
     for net in s.nets:
         mac = costs[net]
         lines += [f"### {net}", "", "MMACs per width: " + ", ".join(f"{w:g}: {mac[w] / 1e6:.2f}" for w in SWITCHES), ""]
