@@ -30,7 +30,17 @@ from typing import Any
 
 import torch
 
-from benchmarks.fashion_cells import ANY_WIDTHS, SWITCHES, SWITCHES8, Cell, Setting, macs, run_cell
+from benchmarks.fashion_cells import (
+    ANY_WIDTHS,
+    SWITCHES,
+    SWITCHES8,
+    Cell,
+    Setting,
+    budgets,
+    holder_alive,
+    macs,
+    run_cell,
+)
 from benchmarks.fashion_data import subset_directory
 from benchmarks.results import machine, write_section
 
@@ -46,11 +56,6 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
-def _budgets(epochs: int) -> list[int]:
-    """Retrofit fine-tuning epochs: 10, 25 and 50 % of the from-scratch epochs (at least 1)."""
-    return sorted({max(1, round(epochs * f)) for f in (0.1, 0.25, 0.5)})
-
-
 def cells(s: Setting) -> list[Cell]:
     """Every cell of a setting, the most telling first (rows a, b, c for every seed, then the rest)."""
     out: list[Cell] = []
@@ -58,7 +63,7 @@ def cells(s: Setting) -> list[Cell]:
         for seed in range(s.seeds):
             out += [Cell("individual", f"{w:g}", net, seed) for w in reversed(SWITCHES)]
             out.append(Cell("slimmable", "distill", net, seed))
-            out += [Cell("retrofit", f"{r}-{e}", net, seed) for e in _budgets(s.epochs) for r in ("none", "bn")]
+            out += [Cell("retrofit", f"{r}-{e}", net, seed) for e in budgets(s.epochs) for r in ("none", "bn")]
             out += [Cell("retrofit", f"{r}-0", net, seed) for r in ("none", "bn", "l1")]
         for seed in range(s.seeds):
             out += [Cell("slimmable", v, net, seed) for v in ("labels", "shared-bn", "8-switches", "sandwich")]
@@ -103,17 +108,6 @@ def _claim(claims: Path, cell: Cell) -> bool:
     os.write(fd, str(os.getpid()).encode())
     os.close(fd)
     return True
-
-
-def holder_alive(path: Path) -> bool:
-    """Whether the process whose pid ``path`` holds is still running."""
-    try:
-        os.kill(int(path.read_text() or 0), 0)
-        return True
-    except (ValueError, ProcessLookupError, FileNotFoundError):
-        return False
-    except PermissionError:
-        return True
 
 
 def run(s: Setting, cache: Path, work: Path) -> None:

@@ -33,7 +33,7 @@ from slimify.train.idx_data import idx_images
 from slimify.train.loader import train_loader
 from slimify.train.recipe import load_recipe
 
-__all__ = ["Setting", "Cell", "run_cell", "SWITCHES", "SWITCHES8", "ANY_WIDTHS", "macs"]
+__all__ = ["Setting", "Cell", "run_cell", "budgets", "holder_alive", "SWITCHES", "SWITCHES8", "ANY_WIDTHS", "macs"]
 
 REPO = Path(__file__).resolve().parent.parent
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
@@ -73,6 +73,22 @@ class Cell:
     @property
     def key(self) -> str:
         return f"{self.net}/{self.row}/{self.variant}/seed{self.seed}"
+
+
+def budgets(epochs: int) -> list[int]:
+    """Retrofit fine-tuning epochs: 10, 25 and 50 % of the from-scratch epochs (at least 1)."""
+    return sorted({max(1, round(epochs * f)) for f in (0.1, 0.25, 0.5)})
+
+
+def holder_alive(path: Path) -> bool:
+    """Whether the process whose pid ``path`` holds is still running."""
+    try:
+        os.kill(int(path.read_text() or 0), 0)
+        return True
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return True
 
 
 def _data(data_dir: Path, split: str, net: str, augment: bool | None = None) -> Any:
@@ -140,8 +156,6 @@ def _individual(s: Setting, data_dir: Path, cell: Cell, work: Path) -> dict[floa
 def _wait_for(work: Path, cell: Cell, path: Path) -> None:
     """Wait while another process of the benchmark is computing the cell that writes ``path``."""
     import time
-
-    from benchmarks.fashion import holder_alive
 
     claims = [p for p in work.glob(f"claims-*/{cell.key.replace('/', '_')}") if p.exists()]
     while not path.exists() and any(holder_alive(p) for p in claims):

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.fashion_cells import ANY_WIDTHS, SWITCHES, SWITCHES8, Cell, Setting
+from benchmarks.fashion_cells import ANY_WIDTHS, SWITCHES, SWITCHES8, Cell, Setting, budgets
 
 __all__ = ["report", "values", "mean_std"]
 
@@ -173,9 +173,7 @@ def _plot(s: Setting, done: dict, costs: dict[str, dict[float, float]], path: Pa
 
 
 def _budget_list(s: Setting) -> list[int]:
-    from benchmarks.fashion import _budgets
-
-    return _budgets(s.epochs)
+    return budgets(s.epochs)
 
 
 def report(s: Setting, all_cells: list[Cell], done: dict[str, dict[str, Any]], costs: dict[str, dict[float, float]],
