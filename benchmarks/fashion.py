@@ -57,20 +57,23 @@ SETTINGS: dict[str, Setting] = {
 
 
 def cells(s: Setting) -> list[Cell]:
-    """Every cell of a setting, the most telling first (rows a, b, c for every seed, then the rest)."""
-    out: list[Cell] = []
-    for net in s.nets:
-        for seed in range(s.seeds):
-            out += [Cell("individual", f"{w:g}", net, seed) for w in reversed(SWITCHES)]
-            out.append(Cell("slimmable", "distill", net, seed))
-            out += [Cell("retrofit", f"{r}-{e}", net, seed) for e in budgets(s.epochs) for r in ("none", "bn")]
-            out += [Cell("retrofit", f"{r}-0", net, seed) for r in ("none", "bn", "l1")]
-        for seed in range(s.seeds):
-            out += [Cell("slimmable", v, net, seed) for v in ("labels", "shared-bn", "8-switches", "sandwich")]
-            out.append(Cell("incremental", "joint-epochs", net, seed))
-            out += [Cell("individual", f"{w:g}", net, seed) for w in ANY_WIDTHS]
-            out += [Cell("search", b, net, seed) for b in ("0.3x", "0.5x")]
-    return out
+    """Every cell of a setting, the most telling first: rows a-c of every net and seed (the headline
+    table), then the first net's other rows (one family complete), then the other nets' other rows."""
+    def headline(net: str, seed: int) -> list[Cell]:
+        out = [Cell("individual", f"{w:g}", net, seed) for w in reversed(SWITCHES)]
+        out.append(Cell("slimmable", "distill", net, seed))
+        out += [Cell("retrofit", f"{r}-{e}", net, seed) for e in budgets(s.epochs) for r in ("none", "bn")]
+        return out + [Cell("retrofit", f"{r}-0", net, seed) for r in ("none", "bn", "l1")]
+
+    def rest(net: str, seed: int) -> list[Cell]:
+        out = [Cell("slimmable", v, net, seed) for v in ("labels", "shared-bn", "8-switches", "sandwich")]
+        out.append(Cell("incremental", "joint-epochs", net, seed))
+        out += [Cell("individual", f"{w:g}", net, seed) for w in ANY_WIDTHS]
+        return out + [Cell("search", b, net, seed) for b in ("0.3x", "0.5x")]
+
+    seeds = range(s.seeds)
+    return ([c for net in s.nets for seed in seeds for c in headline(net, seed)]
+            + [c for net in s.nets for seed in seeds for c in rest(net, seed)])
 
 
 def load_cache(path: Path) -> dict[str, dict[str, Any]]:
