@@ -124,7 +124,7 @@ def macs_of(model: nn.Module, net: str, value: Any) -> float:
     return counter.get_total_flops() / 2
 
 
-def _test(model: nn.Module, s: Setting, data_dir: Path, net: str, widths: Any = None) -> dict[float, float]:
+def _test(model: nn.Module, data_dir: Path, net: str, widths: Any = None) -> dict[float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an uncalibrated width says what it borrows: known here
         return evaluate(model.eval(), _data(data_dir, "test", net), widths=widths).top1()
@@ -150,7 +150,7 @@ def _individual(s: Setting, data_dir: Path, cell: Cell, work: Path) -> dict[floa
         path = _checkpoint_path(cell, work)
         save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(path.with_suffix(".tmp")))
         path.with_suffix(".tmp").replace(path)
-    return {width: _test(plain, s, data_dir, cell.net)[1.0]}
+    return {width: _test(plain, data_dir, cell.net)[1.0]}
 
 
 def _wait_for(work: Path, cell: Cell, path: Path) -> None:
@@ -193,9 +193,9 @@ def _slimmable(s: Setting, data_dir: Path, cell: Cell, work: Path) -> dict[float
         with trusted("benchmarks"):
             slimify.save(model, _sandwich_path(cell, work), overwrite=True)
         widths = sorted({*ANY_WIDTHS, *SWITCHES})
-        return _test(_calibrated(model, data_dir, cell.net, s.calibrate_batches, widths), s, data_dir, cell.net,
+        return _test(_calibrated(model, data_dir, cell.net, s.calibrate_batches, widths), data_dir, cell.net,
                      widths)
-    return _test(model, s, data_dir, cell.net)
+    return _test(model, data_dir, cell.net)
 
 
 def _frozen_slices(model: nn.Module, width: float) -> dict[str, tuple[slice, ...]]:
@@ -240,7 +240,7 @@ def _incremental(s: Setting, data_dir: Path, cell: Cell) -> dict[float, float]:
                     for n, value in keep.items():
                         params[n][frozen[n]] = value
         frozen = _frozen_slices(model, width)
-    return _test(model, s, data_dir, cell.net)
+    return _test(model, data_dir, cell.net)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -308,7 +308,7 @@ def _search(s: Setting, data_dir: Path, cell: Cell, work: Path) -> dict[str, flo
         torch.manual_seed(cell.seed)
         finetune(plain, _data(data_dir, "train", cell.net), {**RETROFIT, "calibrate_batches": 0},
                  epochs=max(1, s.epochs // 4), seed=cell.seed, progress=False, baseline=False)
-        out[key] = _test(plain, s, data_dir, cell.net)[1.0]
+        out[key] = _test(plain, data_dir, cell.net)[1.0]
         out[f"{key}_macs"] = macs_of(model, cell.net, value) / full
     out["uniform_width"] = uniform
     return out
