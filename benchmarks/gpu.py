@@ -1,8 +1,10 @@
-"""GPU speed of slimmable training and inference (issue 15, item 7), for a CUDA machine: images/s of
+"""GPU speed of slimmable training and inference (issues 15 and 25), for a CUDA machine: images/s of
 one all-switch training step vs the sum of the exported plain models' steps (bf16 autocast +
 channels-last, eager and torch.compile'd), forward latency of the slimmable model at each switch
-vs its exported plain model at batch 1 and 64, and peak memory. Writes ``## GPU`` of
-benchmarks/RESULTS.md with the GPU's name. On a machine without CUDA it says so in one line and exits with status 2.
+vs its exported plain model at batch 1, 64 and 256 (eager and compiled), the peak memory of each
+(per switch), and the time ``slimify.export`` takes per switch. Writes ``## GPU`` of
+benchmarks/RESULTS.md with the GPU's name and the run's length. On a machine without CUDA it says
+so in one line and exits with status 2; ``--cpu-smoke`` runs every code path on the CPU.
 
     python -m benchmarks.gpu                                   # resnet50, mobilenetv2_100, vit_small
     python -m benchmarks.gpu --models resnet50 --batch 128 --no-compile --no-write
@@ -29,6 +31,7 @@ from slimify.train.compile import compile_model
 
 MODELS = ["resnet50", "mobilenetv2_100", "vit_small_patch16_224"]
 SWITCHES = (0.25, 0.5, 0.75, 1.0)
+BATCHES = (1, 64, 256)  # forward batch sizes (issue 25: 1/64/256)
 HEADING = "GPU"
 BACKEND: bool | str = True  # torch.compile backend (True: inductor); tests check the compiled paths with aot_eager
 
@@ -79,51 +82,97 @@ def prepare(model: nn.Module, compiled: bool, device: str) -> nn.Module:
     return compile_model(model, BACKEND, len(SWITCHES))
 
 
+def peak_gib(fn: Callable[[], None], device: str) -> float | None:
+    """Peak memory of one call of ``fn`` above what was allocated before it (GiB; None off CUDA)."""
+    if device != "cuda":
+        fn()
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def _gib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} GiB"
+
+
+def export_rows(name: str, slim: nn.Module, runs: int) -> tuple[list[str], dict[float, nn.Module]]:
+    """Each switch exported as a plain model (``slimify.export``): the seconds it takes, min of a few."""
+    rows, plains = [], {}
+    for w in SWITCHES:
+        times = []
+        for _ in range(max(1, min(runs, 3))):
+            t = time.perf_counter()
+            plains[w] = export(slim, w)
+            times.append(time.perf_counter() - t)
+        rows.append(f"| {name} | export w={w:g} (slimify.export, CPU) | {min(times) * 1000:.0f} ms | | | |")
+    return rows, plains
+
+
+def train_rows(name: str, slim: nn.Module, plains: dict[float, nn.Module], batch: int, size: tuple[int, ...],
+               runs: int, warmup: int, compiled: bool, device: str) -> list[str]:
+    """One all-switch training step (bf16) against the sum of one step of each exported width."""
+    mode = "compiled" if compiled else "eager"
+    x = torch.randn(batch, *size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+    net = prepare(copy.deepcopy(slim).train(), compiled, device)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    step = train_step(net, opt, x, y, SWITCHES)
+    ms_slim = median_ms(step, runs, warmup, device)
+    peak = peak_gib(step, device)
+    ms_plain = 0.0
+    for plain in plains.values():
+        p = prepare(copy.deepcopy(plain).train(), compiled, device)
+        ms_plain += median_ms(train_step(p, torch.optim.SGD(p.parameters(), lr=1e-3), x, y, None), runs, warmup,
+                              device)
+    return [f"| {name} | train step, {mode}, batch {batch} | {batch * 1000 / ms_slim:.0f} img/s | "
+            f"{batch * 1000 / ms_plain:.0f} img/s (sum of {len(plains)} plain) | {ms_slim / ms_plain:.2f} | "
+            f"{_gib(peak)} |"]
+
+
+def forward_rows(name: str, slim: nn.Module, plains: dict[float, nn.Module], batches: tuple[int, ...],
+                 size: tuple[int, ...], runs: int, warmup: int, compiled: bool, device: str) -> list[str]:
+    """Every switch against its exported plain model at each batch size, with the peak memory of
+    one forward of each (slimmable / plain). Each model is compiled once per mode: the batch sizes
+    only add dynamo's recompiles for new shapes."""
+    mode = "compiled" if compiled else "eager"
+    s = prepare(copy.deepcopy(slim).eval(), compiled, device)
+    ps = {w: prepare(copy.deepcopy(plain).eval(), compiled, device) for w, plain in plains.items()}
+    rows = []
+    for bs in batches:
+        xi = torch.randn(bs, *size, device=device).contiguous(memory_format=torch.channels_last)
+        for w, p in ps.items():
+
+            def fwd_slim(s: nn.Module = s, w: float = w, xi: torch.Tensor = xi) -> None:
+                with torch.no_grad(), slimify.width(s, w), torch.autocast(device, dtype=torch.bfloat16):
+                    s(xi)
+
+            def fwd_plain(p: nn.Module = p, xi: torch.Tensor = xi) -> None:
+                with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+                    p(xi)
+
+            a, b = median_ms(fwd_slim, runs, warmup, device), median_ms(fwd_plain, runs, warmup, device)
+            memory = f"{_gib(peak_gib(fwd_slim, device))} / {_gib(peak_gib(fwd_plain, device))}"
+            rows.append(f"| {name} | forward w={w:g} batch {bs}, {mode} | {a:.2f} ms | {b:.2f} ms | {a / b:.2f} | "
+                        f"{memory} |")
+    return rows
+
+
 def bench_model(name: str, batch: int, runs: int, warmup: int, compile_modes: list[bool],
-                device: str = "cuda", image: int | None = None) -> list[str]:
+                device: str = "cuda", image: int | None = None, batches: tuple[int, ...] = BATCHES) -> list[str]:
+    """Every row of one model: export times, then per mode the training step and the forwards."""
     from slimify.analysis.stages import default_input
 
     base = create(name).eval()
     size = (3, image, image) if image else tuple(default_input(base).shape[1:])
     slim = slimify.convert(copy.deepcopy(base), switches=SWITCHES, example_input=torch.randn(1, *size))
-    plains = {w: export(slim, w) for w in SWITCHES}
-    x = torch.randn(batch, *size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), device=device)
-    cuda = device == "cuda"
-    rows = []
+    rows, plains = export_rows(name, slim, runs)
     for compiled in compile_modes:
-        mode = "compiled" if compiled else "eager"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        net = prepare(copy.deepcopy(slim).train(), compiled, device)
-        opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-        ms_slim = median_ms(train_step(net, opt, x, y, SWITCHES), runs, warmup, device)
-        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "n/a"
-        ms_plain = 0.0
-        for plain in plains.values():
-            p = prepare(copy.deepcopy(plain).train(), compiled, device)
-            step = train_step(p, torch.optim.SGD(p.parameters(), lr=1e-3), x, y, None)
-            ms_plain += median_ms(step, runs, warmup, device)
-        rows.append(f"| {name} | train step, {mode} | {batch * 1000 / ms_slim:.0f} img/s | "
-                    f"{batch * 1000 / ms_plain:.0f} img/s (sum of {len(plains)} plain) | {ms_slim / ms_plain:.2f} | "
-                    f"{peak} |")
-        for bs in (1, 64):
-            xi = torch.randn(bs, *size, device=device).contiguous(memory_format=torch.channels_last)
-            s = prepare(copy.deepcopy(slim).eval(), compiled, device)
-            for w, plain in plains.items():
-                p = prepare(copy.deepcopy(plain).eval(), compiled, device)
-
-                def fwd_slim(s: nn.Module = s, w: float = w, xi: torch.Tensor = xi) -> None:
-                    with torch.no_grad(), slimify.width(s, w), torch.autocast(device, dtype=torch.bfloat16):
-                        s(xi)
-
-                def fwd_plain(p: nn.Module = p, xi: torch.Tensor = xi) -> None:
-                    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
-                        p(xi)
-
-                a, b = median_ms(fwd_slim, runs, warmup, device), median_ms(fwd_plain, runs, warmup, device)
-                rows.append(f"| {name} | forward w={w:g} batch {bs}, {mode} | {a:.2f} ms | {b:.2f} ms | "
-                            f"{a / b:.2f} | |")
+        rows += train_rows(name, slim, plains, batch, size, runs, warmup, compiled, device)
+        rows += forward_rows(name, slim, plains, batches, size, runs, warmup, compiled, device)
     return rows
 
 
@@ -131,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--batch", type=int, default=64, help="training batch size")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="forward batch sizes, comma-separated")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="eager only")
@@ -141,23 +191,34 @@ def main(argv: list[str] | None = None) -> int:
                              "of this script, not a measurement")
     args = parser.parse_args(argv)
     check_models("benchmarks.gpu", args.models.split(","))
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        refuse("benchmarks.gpu", f"--batches takes comma-separated integers, got {args.batches!r}")
+    if not batches or min(batches) < 1:
+        refuse("benchmarks.gpu", f"--batches takes batch sizes of at least 1, got {args.batches!r}")
     if args.cpu_smoke:
         for name in args.models.split(","):
             print("\n".join(bench_model(name.strip(), args.batch, args.runs, args.warmup, [False], "cpu",
-                                         args.image_size)))
+                                         args.image_size, batches)))
         return 0
     if not torch.cuda.is_available():
         refuse("benchmarks.gpu", f"no CUDA device on this machine (torch {torch.__version__}); nothing measured, "
                "RESULTS.md unchanged (run it where there is a GPU, or --cpu-smoke to check the script)")
     modes = [False] if args.no_compile else [False, True]
-    rows = ["| model | what | slimmable | plain | ratio | peak memory |", "|---|---|---:|---:|---:|---:|"]
+    rows = ["| model | what | slimmable | plain | ratio | peak memory (slimmable / plain) |",
+            "|---|---|---:|---:|---:|---:|"]
+    started = time.perf_counter()
     for name in args.models.split(","):
-        rows += bench_model(name.strip(), args.batch, args.runs, args.warmup, modes, "cuda", args.image_size)
+        rows += bench_model(name.strip(), args.batch, args.runs, args.warmup, modes, "cuda", args.image_size,
+                            batches)
         print("\n".join(rows), flush=True)
     gpu = torch.cuda.get_device_name()
     body = (f"`python -m benchmarks.gpu {' '.join(argv if argv is not None else sys.argv[1:])}` on {gpu} "
             f"({machine()}); bf16 autocast, channels-last, medians of {args.runs} runs. A training step runs "
-            f"all {len(SWITCHES)} switches; 'plain' is the sum of one step of each exported width.\n\n"
+            f"all {len(SWITCHES)} switches; 'plain' is the sum of one step of each exported width. Peak memory: "
+            f"above what was allocated before the call. The whole run took {time.perf_counter() - started:.0f} s."
+            "\n\n"
             + "\n".join(rows))
     if not args.no_write:
         write_section(HEADING, body)

@@ -22,6 +22,15 @@ def test_without_cuda_it_says_so_and_writes_nothing(capsys, monkeypatch) -> None
 @pytest.mark.usefixtures("one_thread")
 def test_cpu_smoke_runs_every_code_path(capsys) -> None:
     assert gpu.main(["--cpu-smoke", "--models", "slimify:tinynet", "--batch", "2", "--runs", "1", "--warmup", "0",
-                     "--image-size", "32"]) == 0
+                     "--image-size", "32", "--batches", "1,3"]) == 0
     out = capsys.readouterr().out
     assert "train step, eager" in out and out.count("forward w=") == 2 * len(gpu.SWITCHES)
+    assert out.count("batch 3, eager") == len(gpu.SWITCHES) and out.count("slimify.export") == len(gpu.SWITCHES)
+
+
+@pytest.mark.parametrize("batches", ["1,x", "0", ""])
+def test_bad_batch_sizes_are_one_line(batches: str, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        gpu.main(["--cpu-smoke", "--models", "slimify:tinynet", "--batches", batches])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--batches" in err and len(err.strip().splitlines()) == 1

@@ -94,5 +94,5 @@ def test_gpu_benchmark_compiled_paths_stay_compiled(monkeypatch) -> None:
 
     monkeypatch.setattr(gpu, "BACKEND", "aot_eager")  # CPU: no compiler needed; the same dynamo front end
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    rows = gpu.bench_model("slimify:tinynet", 2, 1, 1, [True], "cpu", 32)
-    assert sum("compiled" in r for r in rows) == 1 + 2 * len(gpu.SWITCHES) and _breaks() == {}
+    rows = gpu.bench_model("slimify:tinynet", 2, 1, 1, [True], "cpu", 32, (1, 2))
+    assert sum("compiled" in r for r in rows) == 1 + 2 * len(gpu.SWITCHES) and _breaks() == {}  # 2 batch sizes
