@@ -103,6 +103,14 @@ def _goals(s: Setting, done: dict, net: str, budgets: list[int]) -> list[str]:
     if gap is not None:
         out.append(f"- any width within 1 point of individual at {', '.join(map(str, ANY_WIDTHS))}: worst gap "
                    f"{gap:.1f} → {'met' if gap <= 1.0 else f'missed by {gap - 1.0:.1f} points'}")
+    for budget in ("0.3x", "0.5x"):
+        searched = values(done, "search", budget, net, s.seeds, "searched")
+        uniform = values(done, "search", budget, net, s.seeds, "uniform")
+        diffs = [a - b for a, b in zip(searched, uniform)]
+        if diffs:
+            mean = statistics.mean(diffs)
+            out.append(f"- search at {budget} FLOPs ≥ uniform + 0.5 point: searched − uniform {mean_std(diffs)} → "
+                       + ("met" if mean >= 0.5 else f"missed by {0.5 - mean:.1f} points"))
     return out
 
 
