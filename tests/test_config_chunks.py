@@ -51,14 +51,14 @@ def test_balanced_groups_only_move_up_and_the_rest_keep_their_rounding(edgenext)
 def test_rebalancing_falls_back_to_the_plans_own_counts_of_the_wider_switch(edgenext) -> None:
     """When no width between ``w`` and the next switch balances the pieces, the switch's counts as
     the plan balanced them (here by common counts), not a fresh rounding of its width."""
+    from slimify.analysis import plan as plan_module
     from slimify.analysis.plan import kept_classes
-    from slimify.rewrite.config_slots import _balanced, _unbalanced
     from slimify.state import get_state
 
-    state = get_state(edgenext)
-    analysis = state.record.analysis
+    analysis = get_state(edgenext).record.analysis
     divisors = analysis.plan.group_divisors or analysis.plan.divisor
-    assert _unbalanced(analysis, kept_classes(analysis.table, 0.5, divisors))  # rounding 0.5 alone breaks a chunk
-    counts = _balanced(analysis, state, 0.5, kept_classes(analysis.table, 0.5, divisors))
-    assert not _unbalanced(analysis, counts)
+    rounded = kept_classes(analysis.table, 0.5, divisors)
+    assert plan_module._unbalanced_groups(analysis, rounded)  # rounding 0.5 alone breaks a chunk
+    counts = plan_module._balanced_above(analysis, 0.5, rounded)
+    assert not plan_module._unbalanced_groups(analysis, counts)
     assert counts == [analysis.plan.kept[g.index][1] for g in analysis.table.groups]  # switch 0.5 as planned

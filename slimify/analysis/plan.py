@@ -1,21 +1,30 @@
 """Step 3 of the pipeline: how many channels each group keeps at each switch, and what that
-means for every parameter, attribute and BatchNorm the rewrite will touch."""
+means for every parameter, attribute and BatchNorm the rewrite will touch.
+
+It owns the channel counts of every width, not only the switches': :func:`counts_for` gives those
+of any uniform width or per-group configuration by the same rounding (``unit_step``,
+``uniform_counts``) and :func:`cuts_for` their cuts, so ``rewrite/config_slots.py`` only applies
+what it is given."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from slimify.analysis.common_counts import common_counts
-from slimify.analysis.groups import GroupTable
+from slimify.analysis.groups import ChannelGroup, GroupTable
 from slimify.analysis.space import FIXED, ChannelSpace, Count
 from slimify.analysis.unique import unique
 from slimify.errors import SlimifyError
 
-__all__ = ["make_divisible", "check_switches", "check_minimum", "Plan", "make_plan", "Index", "group_divisor", "DEFAULT_DIVISOR",
-           "EmptyPiece", "kept_classes", "active_ids", "unbalanced_pieces", "fill_cuts", "NotABox"]
+if TYPE_CHECKING:
+    from slimify.analysis.stages import Analysis
+
+__all__ = ["make_divisible", "Plan", "make_plan", "Index", "group_divisor", "DEFAULT_DIVISOR",
+           "EmptyPiece", "kept_classes", "active_ids", "unbalanced_pieces", "fill_cuts", "NotABox", "unit_step",
+           "group_grid", "group_divisor_of", "uniform_counts", "counts_for", "kept_fraction", "cuts_for"]
 
 DEFAULT_DIVISOR = 8  # ``divisor=None``: 8, or the largest smaller power of two a narrow group needs
 AUTO_TOLERANCE = 0.08  # an automatic divisor keeps every switch within 8% of C·w where one can (see group_divisor)
@@ -30,23 +39,6 @@ def make_divisible(value: float, divisor: int, min_value: int | None = None) -> 
     if new < 0.9 * value:
         new += divisor
     return new
-
-
-def check_switches(switches: Any, divisor: Any) -> tuple[tuple[float, ...], int | None]:
-    try:
-        values = tuple(float(s) for s in switches)
-    except (TypeError, ValueError) as e:
-        raise SlimifyError(f"switches must be numbers in (0, 1], got {switches!r}") from e
-    if not values:
-        raise SlimifyError("switches is empty: give at least one width in (0, 1], e.g. (0.25, 0.5, 1.0)")
-    bad = [s for s in values if not (0.0 < s <= 1.0) or math.isnan(s)]
-    if bad:
-        raise SlimifyError(f"switches must lie in (0, 1]; got {bad}")
-    if len(set(values)) != len(values):
-        raise SlimifyError(f"switches contain duplicates: {list(values)}")
-    if divisor is not None and (isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1):
-        raise SlimifyError(f"divisor must be an integer >= 1 (or None: automatic), got {divisor!r}")
-    return tuple(sorted(values)), divisor
 
 
 @dataclass
@@ -67,11 +59,17 @@ class Plan:
     group_divisors: dict[int, int] = field(default_factory=dict)  # group index → divisor it used
 
 
+def unit_step(unit: int, divisor: int) -> int:
+    """The step a group of ``unit``-channel classes keeps channels in: ``lcm(unit, divisor)``
+    (whole heads or conv groups, on the divisor's grid). Every count of every width uses it."""
+    return unit * divisor // math.gcd(unit, divisor)
+
+
 def _kept_classes(n: int, unit: int, w: float, divisor: int) -> int:
     """Classes kept at width ``w``: ``make_divisible(C·w)`` channels in whole units, never
     below one divisor, never above C, and all of them at width 1.0."""
     total = n * unit
-    step = unit * divisor // math.gcd(unit, divisor)
+    step = unit_step(unit, divisor)
     if w >= 1.0 or step >= total:
         return n
     if step > divisor:  # whole heads or conv groups: the nearest count (ties to fewer), never none
@@ -194,33 +192,15 @@ def unbalanced_pieces(space: ChannelSpace, table: GroupTable, actives: list[np.n
     return unbalanced
 
 
-def check_minimum(table: GroupTable, switches: tuple[float, ...], name: str) -> None:
-    """Refuse a switch at which even the widest slimmable group would keep no channel (C·w < 1):
-    every group would be rounded up to its minimum, so the switch would not be the width it says.
-    The message names the smallest usable width (1/C of that group). A narrow group alone keeping
-    less than one channel is not refused: the plan keeps one unit of it (an SE layer of 2 channels
-    at the default 0.25)."""
-    sizes = [g.size for g in table.groups if not g.fixed]
-    if not sizes or switches[0] * max(sizes) >= 1:
-        return
-    smallest = math.ceil(1000 / max(sizes)) / 1000
-    raise SlimifyError(f"switch {switches[0]:g} is too narrow for {name}: its widest slimmable group of {max(sizes)} "
-                       f"channels would keep {switches[0] * max(sizes):.2g} of them; the smallest usable width is "
-                       f"{smallest:g}")
-
-
 def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...], divisor: int | None) -> Plan:
     """Raises :class:`NotABox` naming the ids to fix when a tensor could not be served narrow.
     ``divisor=None`` picks one per group (``group_divisor``)."""
     auto, base = divisor is None, DEFAULT_DIVISOR if divisor is None else divisor
     divisors = {g.index: base if g.fixed else group_divisor(len(g.classes), g.unit, switches, base, auto)
                 for g in table.groups}
-    per_switch = [kept_classes(table, w, divisors) for w in switches]
+    per_switch = uniform_counts(space, table, switches, divisors)
     actives = [active_ids(table, k) for k in per_switch]
     unbalanced = unbalanced_pieces(space, table, actives)
-    if unbalanced and space.common_counts and common_counts(space, table, switches, per_switch, active_ids):
-        actives = [active_ids(table, k) for k in per_switch]
-        unbalanced = unbalanced_pieces(space, table, actives)
     kept = {g.index: [k[g.index] for k in per_switch] for g in table.groups}
     plan = Plan(switches, base, kept, auto_divisor=auto, group_divisors=divisors)
     if unbalanced:  # as one pair of concatenated pieces: one planning round for all of them
@@ -228,6 +208,18 @@ def make_plan(space: ChannelSpace, table: GroupTable, switches: tuple[float, ...
         raise Unbalanced([np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])])
     fill_cuts(plan, space, actives)
     return plan
+
+
+def uniform_counts(space: ChannelSpace, table: GroupTable, widths: tuple[float, ...],
+                   divisors: dict[int, int] | int) -> list[list[int]]:
+    """Classes each group keeps at each uniform width: its own rounding (``kept_classes``), then,
+    on a space planned with ``common_counts``, equal counts by a common multiple where that
+    rounding gives the equal pieces of a ``chunk`` different widths. The switches (``make_plan``)
+    and every other uniform width (``counts_for``) are counted by it."""
+    per_width = [kept_classes(table, w, divisors) for w in widths]
+    if space.common_counts and unbalanced_pieces(space, table, [active_ids(table, k) for k in per_width]):
+        common_counts(space, table, widths, per_width, active_ids)
+    return per_width
 
 
 def fill_cuts(plan: Plan, space: ChannelSpace, actives: list[np.ndarray]) -> None:
@@ -271,3 +263,124 @@ def _output_widths(space: ChannelSpace, actives: list[np.ndarray]) -> list[tuple
     widths = [output_counts(space, active) for active in actives]
     full = tuple(size for _, _, size in space.output_layout)
     return widths if any(w != full for w in widths) else None
+
+
+# -- widths that are no switch: counted here, served by ``rewrite/config_slots.py`` ----------------
+
+def group_divisor_of(plan: Plan, group: ChannelGroup) -> int:
+    """The divisor ``group`` was planned with (its own one when the divisor is automatic)."""
+    return plan.group_divisors.get(group.index, plan.divisor)
+
+
+def group_grid(group: ChannelGroup, divisor: int) -> list[int]:
+    """Channel counts a group may keep: multiples of ``unit_step`` up to its size, and its size
+    (fixed groups: only their size). ``divisor``: the group's own (``group_divisor_of``)."""
+    if group.fixed:
+        return [group.size]
+    step = unit_step(group.unit, divisor)
+    return sorted({k * step for k in range(1, group.size // step + 1)} | {group.size})
+
+
+def counts_for(analysis: Analysis, value: Any) -> tuple[int, ...]:
+    """Classes each group keeps at ``value``: a uniform width between the narrowest switch and 1
+    (rounded like the switches, ``chunk`` pieces kept balanced) or a per-group configuration
+    ``{group: channels}`` on each group's grid (groups not named keep all of theirs)."""
+    if isinstance(value, dict):
+        return _configured_counts(analysis, value)
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        raise SlimifyError(f"a width must be a number, a configuration dict or a name, got {value!r}") from None
+    plan = analysis.plan
+    low = min(plan.switches)
+    if not (low - 1e-9 <= w <= 1.0 + 1e-9) or math.isnan(w):
+        raise SlimifyError(f"width {w:g} is outside this model's range [{low:g}, 1] (its narrowest switch to full "
+                           "width); convert with a narrower switch to go lower")
+    counts = uniform_counts(analysis.space, analysis.table, (w,), plan.group_divisors or plan.divisor)[0]
+    if not _unbalanced_groups(analysis, counts):
+        return tuple(counts)
+    return tuple(_balanced_above(analysis, w, counts))
+
+
+def _unbalanced_groups(analysis: Analysis, counts: list[int]) -> set[int]:
+    """Slimmable groups whose ``chunk`` pieces ``counts`` would give different widths."""
+    table = analysis.table
+    bad = unbalanced_pieces(analysis.space, table, [active_ids(table, counts)])
+    return {int(g) for pieces in bad for p in pieces for g in unique(table.group_of_id[p])
+            if g >= 0 and not table.groups[g].fixed}
+
+
+def _balanced_above(analysis: Analysis, w: float, counts: list[int]) -> list[int]:
+    """A uniform width whose rounding gives the equal pieces of a ``chunk`` different widths
+    (groups of different units round differently; the plan only tied the pieces where a switch
+    did): those groups take the counts of the nearest width above ``w`` that balances them, at
+    worst the next wider switch's (balanced by the plan); every other group keeps ``w``'s."""
+    plan, table = analysis.plan, analysis.table
+    divisors = plan.group_divisors or plan.divisor
+    wider = min((s for s in plan.switches if s >= w), default=1.0)
+    steps = 256
+    for k in range(1, steps + 1):
+        above = kept_classes(table, w + (wider - w) * k / steps, divisors)
+        trial, moved = list(counts), set()
+        while (groups := _unbalanced_groups(analysis, trial)) and not groups <= moved:
+            moved |= groups
+            trial = [above[i] if i in moved else c for i, c in enumerate(counts)]
+        if not groups:
+            return trial
+    if wider not in plan.switches:  # above every switch: every class
+        return [len(g.classes) for g in table.groups]
+    i = plan.switches.index(wider)  # as the plan balanced it (ties or common counts)
+    return [plan.kept[g.index][i] for g in table.groups]
+
+
+def _configured_counts(analysis: Analysis, value: dict) -> tuple[int, ...]:
+    groups = analysis.table.groups
+    counts = [len(g.classes) for g in groups]
+    for key, channels in value.items():
+        try:
+            gi = int(key)
+        except (TypeError, ValueError):
+            raise SlimifyError(f"configuration key {key!r} is not a group index (see slimify.report(model))") from None
+        if not 0 <= gi < len(groups) or str(key).strip() != str(gi):
+            raise SlimifyError(f"configuration names group {key!r}, which does not exist: this model has groups "
+                               f"0..{len(groups) - 1} (slimify.report(model) lists them)")
+        g = groups[gi]
+        divisor = group_divisor_of(analysis.plan, g)
+        grid = group_grid(g, divisor)
+        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or int(channels) not in grid:
+            shown = ", ".join(map(str, grid[:8])) + (", …" if len(grid) > 8 else "")
+            why = f"it is fixed ({g.reason})" if g.fixed else f"divisor {divisor}, unit {g.unit}"
+            raise SlimifyError(f"group {gi} cannot keep {channels!r} channels: it keeps one of {shown} ({why})")
+        counts[gi] = int(channels) // g.unit
+    return tuple(counts)
+
+
+def kept_fraction(table: GroupTable, counts: tuple[int, ...]) -> float:
+    """The share of the slimmable channels that ``counts`` keeps (a configuration's width)."""
+    slim = [g for g in table.groups if not g.fixed]
+    total = sum(g.size for g in slim)
+    return sum(counts[g.index] * g.unit for g in slim) / total if total else 1.0
+
+
+def cuts_for(analysis: Analysis, counts: tuple[int, ...], label: str) -> Plan:
+    """How every tensor, attribute, BatchNorm and padded output is cut when each group keeps its
+    first ``counts`` classes: a plan of one column (its ``output_widths``: the active features of
+    each padded output, whether or not a switch pads). ``label`` names the configuration in the
+    error raised when it cannot be served."""
+    space, table = analysis.space, analysis.table
+    active = active_ids(table, list(counts))
+    bad = unbalanced_pieces(space, table, [active])
+    if bad:
+        groups = sorted({int(g) for p in bad[0] for g in unique(table.group_of_id[p]) if g >= 0})
+        raise SlimifyError(f"configuration {label} gives the equal pieces of a chunk different widths: groups "
+                           f"{', '.join(map(str, groups))} must keep equal counts")
+    plan = Plan((1.0,), analysis.plan.divisor, {})
+    try:
+        fill_cuts(plan, space, [active])
+        if space.output_ids is not None:
+            plan.output_widths = [output_counts(space, active)]  # also checks the padded output stays a prefix
+    except NotABox as e:
+        raise SlimifyError(f"configuration {label} cannot be served: {e.reason}") from None
+    except EmptyPiece as e:
+        raise SlimifyError(f"configuration {label} cannot be served: {e.origin} would count no channels") from None
+    return plan

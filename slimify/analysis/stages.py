@@ -15,9 +15,10 @@ import torch.nn as nn
 from slimify.analysis.design_floor import design_floor
 from slimify.analysis.full_width import full_width_reasons
 from slimify.analysis.groups import GroupTable, cut_around, find_groups
-from slimify.analysis.plan import EmptyPiece, NotABox, Plan, Unbalanced, check_minimum, check_switches, make_plan
+from slimify.analysis.plan import EmptyPiece, NotABox, Plan, Unbalanced, make_plan
 from slimify.analysis.report import ConversionReport, build_report
 from slimify.analysis.space import ChannelSpace
+from slimify.analysis.switch_checks import check_minimum, check_switches
 from slimify.analysis.trace import trace
 from slimify.analysis.trace_concrete import ModelInputs
 from slimify.analysis.walk import analyze

@@ -11,13 +11,13 @@ import torch.nn as nn
 
 from slimify.errors import SlimifyError
 from slimify.rewrite.config_slots import (
-    _names,
     calibrated_order,
     calibration_slot,
     channels_of,
     config_counts,
     config_slot,
     describe,
+    names_of,
 )
 from slimify.state import get_state
 
@@ -31,7 +31,7 @@ def configs(model: nn.Module) -> dict[str, float | dict[int, int]]:
     added with ``slimify.add_config``, calibration or search (floats or {group: channels})."""
     state = get_state(model)
     out: dict[str, float | dict[int, int]] = {f"{w:g}": w for w in state.switches}
-    out.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in _names(state).items()})
+    out.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in names_of(state).items()})
     return out
 
 
@@ -44,7 +44,7 @@ def check_name(model: nn.Module, name: str, replace: bool = False) -> None:
     switch_names = {f"{w:g}" for w in state.switches}
     if name in switch_names:
         raise SlimifyError(f"{name!r} is a switch of this model: choose another name")
-    if name in _names(state) and not replace:
+    if name in names_of(state) and not replace:
         raise SlimifyError(f"a configuration named {name!r} exists: remove it first or pass replace=True")
 
 
@@ -62,22 +62,22 @@ def store_config(model: nn.Module, name: str, value: Any, replace: bool = False)
     else:
         config_counts(model, value)
         value = float(value)
-    previous = _names(state).get(name)
-    _names(state)[name] = value
+    previous = names_of(state).get(name)
+    names_of(state)[name] = value
     try:
         index = config_slot(model, name)  # fails here, not later, when it cannot be served
         if index >= len(state.switches):
             state.slots[index - len(state.switches)].label = repr(name)
     except SlimifyError:
-        _names(state).pop(name)
+        names_of(state).pop(name)
         if previous is not None:
-            _names(state)[name] = previous
+            names_of(state)[name] = previous
         raise
     return name
 
 
 def remove_config(model: nn.Module, name: str) -> None:
-    names = _names(get_state(model))
+    names = names_of(get_state(model))
     if name not in names:
         raise SlimifyError(f"no configuration named {name!r}")
     del names[name]
@@ -86,7 +86,7 @@ def remove_config(model: nn.Module, name: str) -> None:
 def configs_to_json(model: nn.Module) -> dict[str, Any]:
     """Named configurations for a ``.slim`` config: {name: {"width"| "channels", "calibrated"}}."""
     out = {}
-    for name, value in _names(get_state(model)).items():
+    for name, value in names_of(get_state(model)).items():
         calibrated = calibrated_order(model, value)
         entry: dict[str, Any] = {"width": value} if isinstance(value, float) else \
             {"channels": {str(g): c for g, c in sorted(value.items())}}
@@ -115,7 +115,7 @@ def configs_from_json(model: nn.Module, data: Any, where: str) -> None:
 
 def configs_table(model: nn.Module) -> str:
     """Named configurations beyond the switches, one line each ("" when there are none)."""
-    names = _names(get_state(model))
+    names = names_of(get_state(model))
     lines = [f"  {name}: {describe(value)}" + (" (calibrated BN)" if calibrated_order(model, value) is not None else "")
              for name, value in names.items()]
     return "\n".join(["named width configurations (group: channels):", *lines]) if lines else ""

@@ -18,27 +18,15 @@ is calibrated it borrows that switch's statistics and says so once.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from slimify.analysis.common_counts import common_counts
-from slimify.analysis.plan import (
-    EmptyPiece,
-    NotABox,
-    Plan,
-    active_ids,
-    fill_cuts,
-    kept_classes,
-    output_counts,
-    unbalanced_pieces,
-)
-from slimify.analysis.unique import unique
+from slimify.analysis.plan import Plan, counts_for, cuts_for, group_divisor_of, group_grid, kept_fraction
 from slimify.errors import SlimifyError
 from slimify.rewrite.batchnorm import SwitchBatchNorm
 from slimify.rewrite.output_pad import find_output_pad
@@ -46,8 +34,13 @@ from slimify.rewrite.serve import SlimData, make_slimmable, restore_class, slim_
 from slimify.rewrite.slicing import cut
 from slimify.state import SlimState, get_state
 
+if TYPE_CHECKING:
+    from slimify.analysis.stages import Analysis
+
+# ``group_grid`` and ``group_divisor_of`` (analysis's) are offered here to the stages above that
+# may not import analysis (``selection``'s search walks each group's grid)
 __all__ = ["config_slot", "config_counts", "group_grid", "group_divisor_of", "channels_of", "calibration_slot", "calibrated_order",
-           "Slot", "describe"]
+           "Slot", "describe", "analysis_of", "names_of"]
 
 STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -109,29 +102,17 @@ class ConfigBatchNorm:
         return value.clone()  # borrowed statistics: a train-mode update must not reach the switch's
 
 
-def _analysis(state: SlimState) -> Any:
+def analysis_of(state: SlimState) -> Analysis:
+    """The conversion's analysis (``analysis/stages.Analysis``): what counts and cuts every width."""
     analysis = state.record.analysis
     if analysis is None:
         raise SlimifyError("this model has no conversion analysis: convert it with slimify.convert")
     return analysis
 
 
-def _names(state: SlimState) -> dict[str, Any]:
+def names_of(state: SlimState) -> dict[str, Any]:
+    """The named configurations added to the model (name → uniform width or {group: channels})."""
     return state.record.configs
-
-
-def group_divisor_of(plan: Plan, group: Any) -> int:
-    """The divisor ``group`` was planned with (its own one when the divisor is automatic)."""
-    return plan.group_divisors.get(group.index, plan.divisor)
-
-
-def group_grid(group: Any, divisor: int) -> list[int]:
-    """Channel counts a group may keep: multiples of ``lcm(unit, divisor)`` up to its size, and
-    its size (fixed groups: only their size). ``divisor``: the group's own (``group_divisor_of``)."""
-    if group.fixed:
-        return [group.size]
-    step = group.unit * divisor // math.gcd(group.unit, divisor)
-    return sorted({k * step for k in range(1, group.size // step + 1)} | {group.size})
 
 
 def describe(value: Any) -> str:
@@ -140,94 +121,11 @@ def describe(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _uniform_counts(state: SlimState, w: Any) -> tuple[int, ...]:
-    try:
-        w = float(w)
-    except (TypeError, ValueError):
-        raise SlimifyError(f"a width must be a number, a configuration dict or a name, got {w!r}") from None
-    low = min(state.switches)
-    if not (low - 1e-9 <= w <= 1.0 + 1e-9) or math.isnan(w):
-        raise SlimifyError(f"width {w:g} is outside this model's range [{low:g}, 1] (its narrowest switch to full "
-                           "width); convert with a narrower switch to go lower")
-    analysis = _analysis(state)
-    plan = analysis.plan
-    counts = kept_classes(analysis.table, w, plan.group_divisors or plan.divisor)
-    if not _unbalanced(analysis, counts):
-        return tuple(counts)
-    if analysis.space.common_counts:  # the plan balanced groups of different units by common counts: so does ``w``
-        solved = [list(counts)]
-        common_counts(analysis.space, analysis.table, (w,), solved, active_ids)
-        counts = solved[0]
-        if not _unbalanced(analysis, counts):
-            return tuple(counts)
-    return tuple(_balanced(analysis, state, w, counts))
-
-
-def _unbalanced(analysis: Any, counts: list[int]) -> set[int]:
-    """Slimmable groups whose ``chunk`` pieces ``counts`` would give different widths."""
-    table = analysis.table
-    bad = unbalanced_pieces(analysis.space, table, [active_ids(table, counts)])
-    return {int(g) for pieces in bad for p in pieces for g in unique(table.group_of_id[p])
-            if g >= 0 and not table.groups[g].fixed}
-
-
-def _balanced(analysis: Any, state: SlimState, w: float, counts: list[int]) -> list[int]:
-    """A uniform width whose rounding gives the equal pieces of a ``chunk`` different widths
-    (groups of different units round differently; the plan only tied the pieces where a switch
-    did): those groups take the counts of the nearest width above ``w`` that balances them, at
-    worst the next wider switch's (balanced by the plan); every other group keeps ``w``'s."""
-    divisors = analysis.plan.group_divisors or analysis.plan.divisor
-    wider = min((s for s in state.switches if s >= w), default=1.0)
-    steps = 256
-    for k in range(1, steps + 1):
-        above = kept_classes(analysis.table, w + (wider - w) * k / steps, divisors)
-        trial, moved = list(counts), set()
-        while (groups := _unbalanced(analysis, trial)) and not groups <= moved:
-            moved |= groups
-            trial = [above[i] if i in moved else c for i, c in enumerate(counts)]
-        if not groups:
-            return trial
-    return _switch_counts(analysis, wider)
-
-
-def _switch_counts(analysis: Any, w: float) -> list[int]:
-    """The counts the plan gave switch ``w`` (balanced there, by ties or common counts, which
-    ``kept_classes`` alone does not redo); every class at a width above every switch."""
-    plan, groups = analysis.plan, analysis.table.groups
-    if w not in plan.switches:
-        return [len(g.classes) for g in groups]
-    i = plan.switches.index(w)
-    return [plan.kept[g.index][i] for g in groups]
-
-
-def _dict_counts(state: SlimState, value: dict) -> tuple[int, ...]:
-    analysis = _analysis(state)
-    groups = analysis.table.groups
-    counts = [len(g.classes) for g in groups]
-    for key, channels in value.items():
-        try:
-            gi = int(key)
-        except (TypeError, ValueError):
-            raise SlimifyError(f"configuration key {key!r} is not a group index (see slimify.report(model))") from None
-        if not 0 <= gi < len(groups) or str(key).strip() != str(gi):
-            raise SlimifyError(f"configuration names group {key!r}, which does not exist: this model has groups "
-                               f"0..{len(groups) - 1} (slimify.report(model) lists them)")
-        g = groups[gi]
-        divisor = group_divisor_of(analysis.plan, g)
-        grid = group_grid(g, divisor)
-        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or int(channels) not in grid:
-            shown = ", ".join(map(str, grid[:8])) + (", …" if len(grid) > 8 else "")
-            why = f"it is fixed ({g.reason})" if g.fixed else f"divisor {divisor}, unit {g.unit}"
-            raise SlimifyError(f"group {gi} cannot keep {channels!r} channels: it keeps one of {shown} ({why})")
-        counts[gi] = int(channels) // g.unit
-    return tuple(counts)
-
-
 def config_counts(model: nn.Module, value: Any) -> tuple[tuple[int, ...], str, Any]:
     """(classes kept per group, a label for messages, the value a name stands for)."""
     state = get_state(model)
     if isinstance(value, str):
-        names = _names(state)
+        names = names_of(state)
         if value in names:
             return config_counts(model, names[value])[0], repr(value), names[value]
         try:
@@ -235,26 +133,20 @@ def config_counts(model: nn.Module, value: Any) -> tuple[tuple[int, ...], str, A
         except ValueError:
             known = [f"{s:g}" for s in state.switches] + list(names)
             raise SlimifyError(f"no width configuration named {value!r}; this model has: {', '.join(known)}") from None
-        return _uniform_counts(state, w), f"{w:g}", w
+        return counts_for(analysis_of(state), w), f"{w:g}", w
     if isinstance(value, dict):
-        return _dict_counts(state, value), describe(value), value
+        return counts_for(analysis_of(state), value), describe(value), value
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise SlimifyError(f"a width must be a number, a {{group: channels}} dict or a configuration name, "
                            f"got {type(value).__name__}")
-    return _uniform_counts(state, value), f"{float(value):g}", float(value)
+    return counts_for(analysis_of(state), value), f"{float(value):g}", float(value)
 
 
 def channels_of(model: nn.Module, value: Any) -> dict[int, int]:
     """Channels each slimmable group keeps at ``value`` (a width, a dict or a name)."""
     counts = config_counts(model, value)[0]
-    groups = _analysis(get_state(model)).table.groups
+    groups = analysis_of(get_state(model)).table.groups
     return {g.index: counts[g.index] * g.unit for g in groups if not g.fixed}
-
-
-def _kept_fraction(groups: list, counts: tuple[int, ...]) -> float:
-    slim = [g for g in groups if not g.fixed]
-    total = sum(g.size for g in slim)
-    return sum(counts[g.index] * g.unit for g in slim) / total if total else 1.0
 
 
 def config_slot(model: nn.Module, value: Any) -> int:
@@ -262,40 +154,20 @@ def config_slot(model: nn.Module, value: Any) -> int:
     configuration slot, built on first use."""
     state = get_state(model)
     counts, label, resolved = config_counts(model, value)
-    analysis = _analysis(state)
+    analysis = analysis_of(state)
     for i in range(len(state.switches)):
         if all(analysis.plan.kept[g][i] == c for g, c in enumerate(counts)):
             return i
     slots = state.record.config_slots
     if counts not in slots:
-        width = float(resolved) if isinstance(resolved, float) else _kept_fraction(analysis.table.groups, counts)
+        width = float(resolved) if isinstance(resolved, float) else kept_fraction(analysis.table, counts)
         slots[counts] = _build_slot(model, state, Slot(counts, width, label))
     return slots[counts]
 
 
-def _cuts(analysis: Any, counts: tuple[int, ...], label: str) -> tuple[Plan, np.ndarray]:
-    space, table = analysis.space, analysis.table
-    active = active_ids(table, list(counts))
-    bad = unbalanced_pieces(space, table, [active])
-    if bad:
-        groups = sorted({int(g) for p in bad[0] for g in unique(table.group_of_id[p]) if g >= 0})
-        raise SlimifyError(f"configuration {label} gives the equal pieces of a chunk different widths: groups "
-                           f"{', '.join(map(str, groups))} must keep equal counts")
-    plan = Plan((1.0,), analysis.plan.divisor, {})
-    try:
-        fill_cuts(plan, space, [active])
-        if space.output_ids is not None:
-            output_counts(space, active)  # checks the padded output stays a prefix
-    except NotABox as e:
-        raise SlimifyError(f"configuration {label} cannot be served: {e.reason}") from None
-    except EmptyPiece as e:
-        raise SlimifyError(f"configuration {label} cannot be served: {e.origin} would count no channels") from None
-    return plan, active
-
-
 def _build_slot(model: nn.Module, state: SlimState, slot: Slot) -> int:
-    analysis = _analysis(state)
-    cuts, active = _cuts(analysis, slot.counts, slot.label)
+    analysis = analysis_of(state)
+    cuts = cuts_for(analysis, slot.counts, slot.label)
     n = len(state.switches) + len(state.slots)  # entries every per-slot list holds so far
     data = {path: d for path, m in model.named_modules() if (d := slim_data(m)) is not None}
     regenerate: set[str] = set()
@@ -327,9 +199,9 @@ def _build_slot(model: nn.Module, state: SlimState, slot: Slot) -> int:
         module = model.get_submodule(path)
         restore_class(module, slim_data(module))
         make_slimmable(module, data[path])
-    hook = find_output_pad(model)
+    hook = find_output_pad(model) if analysis.plan.output_widths is not None else None  # the switches pad
     if hook is not None:
-        hook.widths = [*hook.widths, output_counts(analysis.space, active)]
+        hook.widths = [*hook.widths, cuts.output_widths[0]]
     state.slots.append(slot)
     return n
 
@@ -367,7 +239,7 @@ def calibration_slot(model: nn.Module, value: Any) -> int | None:
     if slot_index < len(state.switches):
         return None
     slot = state.slots[slot_index - len(state.switches)]
-    names = _names(state)
+    names = names_of(state)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and f"{float(value):g}" not in names:
         names[f"{float(value):g}"] = float(value)
     if slot.calibrated is None:

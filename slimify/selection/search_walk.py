@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimify.errors import SlimifyError
-from slimify.rewrite.config_slots import _analysis, config_slot, group_divisor_of, group_grid
+from slimify.rewrite.config_slots import analysis_of, config_slot, group_divisor_of, group_grid
 from slimify.selection.config_proof import eval_quiet
 from slimify.selection.latency_table import LatencyTable, real_latency
 from slimify.selection.search_moves import candidate_counts, ranking, widened
@@ -44,7 +44,7 @@ class Walk:
 
     def __init__(self, model: nn.Module, scorer: Scorer, budget: Budget, x1: torch.Tensor, latency_runs: int,
                  steps: int, progress: Callable[[str], None] | None) -> None:
-        analysis = _analysis(get_state(model))
+        analysis = analysis_of(get_state(model))
         self.model, self.scorer, self.budget, self.x1, self.runs = model, scorer, budget, x1, latency_runs
         self.steps, self.progress = steps, progress
         self.groups = [g for g in analysis.table.groups if not g.fixed]
