@@ -17,17 +17,18 @@ from typing import Any
 import click
 
 from slimify.errors import SlimifyError
+from slimify.registry import Registry
 
 __all__ = ["main", "one_line", "notes", "command", "COMMANDS"]
 
-COMMANDS: dict[str, click.Command] = {}  # name → click command, filled by @command in this folder's modules
+COMMANDS = Registry("command")  # name → click command, filled by @command in this folder's modules
 
 
 def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
     """``@click.command(name, …)`` that also registers the command (the one way to add one)."""
     def register(fn: Callable[..., Any]) -> click.Command:
         cmd = click.command(name, **kwargs)(fn)
-        COMMANDS[name] = cmd
+        COMMANDS.add(name, cmd, help=(fn.__doc__ or "").strip().split("\n")[0])
         return cmd
     return register
 
@@ -44,11 +45,12 @@ class RegistryGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         load_command_files()
-        return sorted(COMMANDS)
+        return sorted(COMMANDS.names())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         load_command_files()
-        return COMMANDS.get(name)
+        found = COMMANDS.find(name)
+        return found if isinstance(found, click.Command) else None
 
 
 @click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
