@@ -70,7 +70,7 @@ _LAZY: dict[str, str] = {
     "resolve_data": "slimify.train.resolve",
     "has_validation": "slimify.train.resolve",
     "save_model": "slimify.train.resolve",
-    "load_model": "slimify.train.prepare",
+    "model_for_data": "slimify.train.prepare",
     "is_model_name": "slimify.train.prepare",
     "check_one_input": "slimify.train.prepare",
     "check_classes": "slimify.train.prepare",
@@ -138,7 +138,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         default_workers,
         given_data_config,
         is_model_name,
-        load_model,
+        model_for_data,
         record_trained_data_config,
     )
     from slimify.train.recipe import load_recipe

@@ -80,7 +80,7 @@ def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, 
           model_kwargs: dict[str, Any] | None = None, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
     import slimify
 
-    return slimify.load_model(model, data, checkpoint, switches, divisor, num_classes,
+    return slimify.model_for_data(model, data, checkpoint, switches, divisor, num_classes,
                               resolve_reorder(reorder, checkpoint or pretrained), input_size, pretrained,
                               pretrained_tag, model_kwargs, seed=seed)
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from slimify.analysis.example_inputs import ExampleCall
 from slimify.errors import SlimifyError
+from slimify.preprocess import own_input_size
 from slimify.state import get_state, is_slimmable
 from slimify.store.atomic import atomic_path
 from slimify.store.sources import ModelSource, build, check_state_dict
@@ -44,9 +45,7 @@ def example_shape(model: nn.Module) -> tuple[int, ...]:
     shape = get_state(model).record.example_shape if is_slimmable(model) else None
     if shape:
         return tuple(int(s) for s in shape)
-    from slimify.analysis.stages import default_input
-
-    return tuple(default_input(model).shape)
+    return (1, *own_input_size(model))
 
 
 def example_input(model: nn.Module, batch: int = 1, size: tuple[int, ...] | None = None) -> torch.Tensor:

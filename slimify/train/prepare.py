@@ -19,7 +19,7 @@ from slimify.train.data_config import record_resolved
 from slimify.train.loader import as_batches
 from slimify.train.resolve import count_classes, default_input_size, in_memory, load_slimmable, resolve_data
 
-__all__ = ["load_model", "is_model_name", "check_one_input", "check_classes", "given_data_config", "data_batches",
+__all__ = ["model_for_data", "is_model_name", "check_one_input", "check_classes", "given_data_config", "data_batches",
            "default_workers", "record_trained_data_config"]
 
 
@@ -28,7 +28,7 @@ def is_model_name(model: str) -> bool:
     return not (Path(model).suffix == ".slim" or Path(model).is_file())
 
 
-def load_model(model: str, data: str, checkpoint: str | None = None, switches: tuple[float, ...] | None = None,
+def model_for_data(model: str, data: str, checkpoint: str | None = None, switches: tuple[float, ...] | None = None,
                divisor: int | None = None, num_classes: int | None = None, reorder: str | None = None,
                input_size: tuple[int, int, int] | None = None, pretrained: bool = False,
                pretrained_tag: str | None = None, model_kwargs: dict[str, Any] | None = None,
