@@ -74,7 +74,7 @@ class Registry:
     def find(self, name: Any) -> Callable[..., Any] | None:
         """The function registered under ``name``, None if there is none (a lookup that may miss:
         an op without a channel rule, a command click reports itself)."""
-        entry = self._entries.get(self._norm(name))
+        entry = self._entries.get(name if self._key is None else self._key(name))  # inlined: a lookup per traced op
         return None if entry is None else entry.fn
 
     def names(self, where: Callable[[Entry], bool] | None = None) -> tuple[Any, ...]:
@@ -88,6 +88,3 @@ class Registry:
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(list(self._entries.values()))
-
-    def __len__(self) -> int:
-        return len(self._entries)
