@@ -13,11 +13,12 @@ from slimify.analysis.stages import analyze_model, default_input
 from slimify.check.selfcheck import self_check, unexpected, with_line
 from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused
+from slimify.ordering.permute import Reordering
 from slimify.ordering.permute import reorder as reorder_channels
 from slimify.rewrite.apply import rewrite
 from slimify.state import STATE_ATTR, ConversionRecord, SlimState, get_state, is_slimmable
 
-__all__ = ["convert", "report"]
+__all__ = ["convert", "report", "reordering"]
 
 
 @gc_paused
@@ -69,3 +70,9 @@ def convert(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divisor: i
 def report(model: nn.Module) -> ConversionReport:
     """The groups of a converted model, their widths per switch and the fixed ones' reasons."""
     return get_state(model).record.report
+
+
+def reordering(model: nn.Module) -> Reordering | None:
+    """What ``convert(..., reorder=METHOD)`` did to the channels (orders, groups moved, the largest
+    output change); None when it reordered nothing."""
+    return get_state(model).record.reorder

@@ -16,7 +16,8 @@ from typing import Any
 
 from slimify.errors import SlimifyError
 
-__all__ = ["DataConfig", "INTERPOLATIONS", "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "check_data_config"]
+__all__ = ["DataConfig", "INTERPOLATIONS", "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "check_data_config",
+           "own_input_size"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's and torchvision's names
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,3 +81,9 @@ def check_data_config(cfg: DataConfig, channels: int | None = None) -> None:
         raise SlimifyError(f"std must be positive (it divides), got {list(cfg.std)}")
     if cfg.interpolation is not None and cfg.interpolation not in INTERPOLATIONS:
         raise SlimifyError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {cfg.interpolation!r}")
+
+
+def own_input_size(model: Any) -> tuple[int, int, int]:
+    """The model's own input size without the batch (timm's pretrained_cfg), else 3×224²."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    return tuple(cfg.get("input_size", (3, 224, 224)))  # type: ignore[return-value]

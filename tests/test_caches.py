@@ -124,9 +124,10 @@ def test_cache_follows_the_switch() -> None:
     _check_switches(model, x)
 
 
-def test_notrace_module_cache_is_not_a_constant(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notrace_module_cache_is_not_a_constant(request: pytest.FixtureRequest) -> None:
     """Traced on its own from a filled cache (TinyViT's blocks): the heads still slim."""
-    monkeypatch.setitem(MODULE_RULES, CachedBiasAttention, trace_through)
+    MODULE_RULES.add(CachedBiasAttention, trace_through)
+    request.addfinalizer(lambda: MODULE_RULES.unregister(CachedBiasAttention))
     model, x = _converted()
     with slimify.width(model, 0.5):
         assert model.attn.num_heads == 2

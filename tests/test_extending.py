@@ -56,7 +56,7 @@ def test_rule_recipe() -> None:
         with slimify.width(model, 0.5):
             torch.testing.assert_close(slimify.export(model, 0.5).eval()(x), model(x), rtol=0, atol=1e-6)
     finally:
-        MODULE_RULES.pop(SpatialCumsum)
+        MODULE_RULES.unregister(SpatialCumsum)
 
 
 def test_every_rule_file_registers_by_being_imported_from_the_registry() -> None:
@@ -129,5 +129,5 @@ def test_command_recipe(slim: Path) -> None:
         result = CliRunner().invoke(cli, ["toy-switches", str(slim)], catch_exceptions=False)
         assert result.exit_code == 0 and result.output.strip() == "0.25 0.5 0.75 1"
     finally:
-        COMMANDS.pop("toy-switches")
+        COMMANDS.unregister("toy-switches")
     assert "toy-switches" not in CliRunner().invoke(cli, ["--help"]).output

@@ -32,7 +32,7 @@ def _examples() -> list[tuple[str, list[str]]]:
     """(the line as written, its arguments after ``slimify``) of every help text's examples."""
     load_command_files()
     out = []
-    for text in [cli.epilog or ""] + [c.epilog or "" for _, c in sorted(COMMANDS.items())]:
+    for text in [cli.epilog or ""] + [e.fn.epilog or "" for e in sorted(COMMANDS, key=lambda e: e.name)]:
         for line in text.replace("\\\n", " ").splitlines():
             words = shlex.split(line.split(" # ")[0].split("   (")[0], comments=True)
             if "slimify" in words:  # also torchrun … -m slimify finetune …
@@ -82,7 +82,7 @@ def _rest(group: click.Context) -> list[str]:
 
 def test_every_command_has_examples() -> None:
     named = {args[0] if not args[0].startswith("-") else args[2] for _, args in EXAMPLES}
-    assert set(COMMANDS) <= named, set(COMMANDS) - named
+    assert set(COMMANDS.names()) <= named, set(COMMANDS.names()) - named
 
 
 def check_command(line: str, args: list[str], folder: Path, capsys, fails: bool = False, heavy: bool = False) -> bool:

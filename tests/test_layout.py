@@ -56,6 +56,20 @@ def _lazy_names() -> dict[str, str]:
 LAZY = _lazy_names()
 
 
+def _public_names() -> set[str]:
+    """``slimify.__all__``: its literal names and, for ``*_LAZY``, every lazy name."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__":
+            names = {e.value for e in node.value.elts if isinstance(e, ast.Constant)}  # type: ignore[attr-defined]
+            starred = any(isinstance(e, ast.Starred) for e in node.value.elts)  # type: ignore[attr-defined]
+            return names | (set(LAZY) if starred else set())
+    raise AssertionError("slimify/__init__.py has no __all__")
+
+
+PUBLIC = _public_names()
+
+
 def _type_checking_nodes(tree: ast.AST) -> set[ast.AST]:
     """Imports under ``if TYPE_CHECKING:``: read by type checkers, never run."""
     skipped: set[ast.AST] = set()
@@ -176,30 +190,56 @@ def test_imports_follow_the_design_table() -> None:
     assert not wrong, "imports docs/design.md's Layout table does not allow:\n" + "\n".join(wrong)
 
 
-# private names one module still imports from another, left to their owners: this set only shrinks
-PRIVATE_IMPORTS_LEFT = {
-    ("slimify.deploy.export_all_widths", "slimify.deploy.extract._served_names"),
-    ("slimify.deploy.export_all_widths_pt2", "slimify.deploy.export_all_widths._key_prefix"),
-    ("slimify.deploy.export_all_widths_pt2", "slimify.deploy.export_all_widths._tensor_sources"),
-    ("slimify.rules.mvit", "slimify.rules.linalg._with_shape"),
-    ("slimify.rules.transformer", "slimify.rules.linalg._with_shape"),
-    ("slimify.store.user_models", "slimify.store.sources._signature"),
-}
-
-
 def test_no_module_imports_another_modules_private_names() -> None:
     """A ``_name`` is its module's own: what another module needs is public (issue 26: the width
     path once imported the plan's private helpers)."""
     found = {(module, name) for module in MODULES for target, names in imports_of(module).items()
              for name in names if target in MODULES and name != target
              and name.rpartition(".")[2].startswith("_") and not name.rpartition(".")[2].startswith("__")}
-    assert not found - PRIVATE_IMPORTS_LEFT, sorted(found - PRIVATE_IMPORTS_LEFT)
-    assert not PRIVATE_IMPORTS_LEFT - found, f"made public: drop from PRIVATE_IMPORTS_LEFT {sorted(PRIVATE_IMPORTS_LEFT - found)}"
+    assert not found, sorted(found)
 
 
 def test_only_the_cli_knows_click() -> None:
     users = [m for m in MODULES if "click" in imports_of(m) and _stage(m) != "cli"]
     assert not users, f"click imported below slimify/cli/: {users}"
+
+
+def cli_import_faults(source: str) -> list[str]:
+    """What a module of ``slimify/cli/`` imports beyond its allowance: ``slimify``'s public names
+    (``from slimify import X``, ``slimify.X``), its own folder's modules, click and the standard
+    library. Everything else the commands need is a public function of the package that owns it."""
+    faults = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            faults.append(f"line {node.lineno}: relative import")
+        elif isinstance(node, ast.ImportFrom) and node.module == "slimify":
+            faults += [f"line {node.lineno}: slimify.{a.name} is not public" for a in node.names if a.name not in PUBLIC]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for module in [a.name for a in node.names] if isinstance(node, ast.Import) else [str(node.module)]:
+                top = module.split(".")[0]
+                allowed = (module == "slimify" or module == "slimify.cli" or module.startswith("slimify.cli.")
+                           or top == "click" or (top != "slimify" and top in sys.stdlib_module_names))
+                if not allowed:
+                    faults.append(f"line {node.lineno}: imports {module}")
+        elif isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "slimify" and node.attr not in PUBLIC:
+            faults.append(f"line {node.lineno}: slimify.{node.attr} is not public")
+    return faults
+
+
+def test_the_cli_uses_only_the_public_api() -> None:
+    faults = [f"{m}: {fault}" for m in MODULES if _stage(m) == "cli" for fault in cli_import_faults(MODULES[m].read_text())]
+    assert not faults, "slimify/cli/ reaches past the public API (slimify/__init__.py's __all__):\n" + "\n".join(faults)
+
+
+def test_the_cli_check_reads_every_kind_of_import() -> None:
+    """The check itself: each way past the public API is caught, the allowed ones are not."""
+    allowed = ("import json\nimport click\nimport slimify\nfrom slimify import convert, SlimifyError\n"
+               "from slimify.cli.app import command\nslimify.load('m.slim')\n")
+    assert cli_import_faults(allowed) == []
+    for wrong in ("import torch", "from slimify.store.atomic import atomic_path", "import slimify.state",
+                  "from slimify import get_state", "slimify.state.get_state(net)", "from . import app",
+                  "from safetensors.torch import save_file"):
+        assert len(cli_import_faults(wrong)) == 1, wrong
 
 
 def test_rewrite_never_traces() -> None:
@@ -213,7 +253,7 @@ def test_rewrite_never_traces() -> None:
 def test_the_walker_sees_imports_inside_functions(tmp_path: Path) -> None:
     """The check itself: an import inside a function is an edge (a cycle hidden there would fail)."""
     assert "slimify.ordering.permute" in imports_of("slimify.pipeline")
-    assert "slimify.analysis.stages" in imports_of("slimify.cli.model")  # imported inside _convert
+    assert "slimify.state" in imports_of("slimify.deploy.formats")  # imported inside write_width
 
 
 HELP_COMMANDS = [[], ["convert"], ["inspect"], ["reorder"], ["export"], ["profile"], ["pick"], ["finetune"],

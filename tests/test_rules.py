@@ -196,15 +196,16 @@ class Branchy(nn.Module):
         return self.fc2(self.fc1(x).relu())
 
 
-def test_untraceable_module_is_traced_concretely(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(MODULE_RULES, Branchy, trace_through)
+def test_untraceable_module_is_traced_concretely(request: pytest.FixtureRequest) -> None:
+    MODULE_RULES.add(Branchy, trace_through)
+    request.addfinalizer(lambda: MODULE_RULES.unregister(Branchy))
     model = _check(nn.Sequential(nn.Conv2d(3, 16, 1), Branchy(), nn.Conv2d(16, 4, 1)), torch.randn(1, 3, 5, 5))
     with slimify.width(model, 0.5):
         assert model[1].fc1.out_channels == 16 and model[0].out_channels == 8
 
 
-def test_unknown_module_fixes_what_it_touches(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(MODULE_RULES, Branchy, raising=False)
+def test_unknown_module_fixes_what_it_touches() -> None:
+    MODULE_RULES.unregister(Branchy)
 
     class Opaque(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

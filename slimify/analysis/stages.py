@@ -24,6 +24,7 @@ from slimify.analysis.trace_concrete import ModelInputs
 from slimify.analysis.walk import analyze
 from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused
+from slimify.preprocess import own_input_size
 from slimify.rules import find_module_rule
 from slimify.rules.caches import caches_emptied
 
@@ -47,10 +48,8 @@ class Analysis:
 
 
 def default_input(model: nn.Module) -> torch.Tensor:
-    """A random batch of one at the model's own input size (timm's pretrained_cfg), else 224²."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = tuple(cfg.get("input_size", (3, 224, 224)))
-    return torch.randn(1, *size)
+    """A random batch of one at the model's own input size (:func:`own_input_size`)."""
+    return torch.randn(1, *own_input_size(model))
 
 
 @gc_paused

@@ -5,31 +5,42 @@ its commands with :func:`command`; a new module here is a new command, nothing e
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import pkgutil
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from slimify.errors import SlimifyError
+from slimify import Registry, SlimifyError
 
-__all__ = ["main", "one_line", "notes", "command", "COMMANDS"]
+__all__ = ["main", "one_line", "notes", "command", "usage_errors", "COMMANDS"]
 
-COMMANDS: dict[str, click.Command] = {}  # name → click command, filled by @command in this folder's modules
+COMMANDS = Registry("command")  # name → click command, filled by @command in this folder's modules
 
 
 def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
     """``@click.command(name, …)`` that also registers the command (the one way to add one)."""
     def register(fn: Callable[..., Any]) -> click.Command:
         cmd = click.command(name, **kwargs)(fn)
-        COMMANDS[name] = cmd
+        COMMANDS.add(name, cmd, help=(fn.__doc__ or "").strip().split("\n")[0])
         return cmd
     return register
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """A :class:`SlimifyError` raised in the block becomes a click usage error: the command cannot
+    work with what it was given (one line, exit 2, also when click runs the command directly)."""
+    try:
+        yield
+    except SlimifyError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def load_command_files() -> None:
@@ -44,11 +55,12 @@ class RegistryGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         load_command_files()
-        return sorted(COMMANDS)
+        return sorted(COMMANDS.names())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         load_command_files()
-        return COMMANDS.get(name)
+        found = COMMANDS.find(name)
+        return found if isinstance(found, click.Command) else None
 
 
 @click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
@@ -63,7 +75,7 @@ def cli(trust_source: tuple[str, ...], verbose: bool) -> None:
     if verbose:  # read below the CLI as the slimify logger's level (deploy/export_batch.quiet_native_stderr)
         logging.getLogger("slimify").setLevel(logging.DEBUG)
     if trust_source:
-        from slimify.store.trust import trust
+        from slimify import trust
 
         trust(*trust_source)
 
@@ -89,7 +101,7 @@ def notes(caught: list[warnings.WarningMessage], everything: bool = False) -> li
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback; the
     warnings of a command that succeeds follow its output as ``note:`` lines, each once."""
-    from slimify.store.trust import trusted
+    from slimify import trusted
 
     logger = logging.getLogger("slimify")
     level = logger.level

@@ -12,7 +12,7 @@ __all__ = ["DATA_HELP", "data_config_options", "data_config_of"]
 
 F = Callable[..., Any]
 
-# what every --data option accepts (slimify.train.resolve.resolve_data reads it)
+# what every --data option accepts (slimify.resolve_data reads it)
 DATA_HELP = ("'digits' (embedded), 'fashion-mnist' (Debian's dataset-fashion-mnist), a directory of the four IDX "
              "files (e.g. MNIST's), or an ImageFolder directory (or one with train/, val/, test/)")
 
@@ -37,8 +37,7 @@ def _parse_crop(ctx: click.Context | None, param: click.Parameter | None, value:
 
 def _check_field(name: str, value: Any) -> None:
     """Build a DataConfig with ``name`` set (which checks it): a bad value is a usage error."""
-    from slimify.errors import SlimifyError
-    from slimify.preprocess import DataConfig
+    from slimify import DataConfig, SlimifyError
 
     try:
         DataConfig(**{name: value})
@@ -48,7 +47,7 @@ def _check_field(name: str, value: Any) -> None:
 
 def data_config_options(f: F) -> F:
     """``--crop-pct``, ``--mean``, ``--std``, ``--interpolation`` (as in timm's validate.py/train.py)."""
-    from slimify.preprocess import INTERPOLATIONS  # no torch: --help stays fast
+    from slimify import INTERPOLATIONS  # no torch: --help stays fast
 
     default = "  [default: the model's recorded one (finetune records it), else its own (timm), else ImageNet's]"
     f = click.option("--interpolation", type=click.Choice(INTERPOLATIONS),
@@ -66,12 +65,6 @@ def data_config_of(net: Any, input_size: tuple[int, int, int] | None, crop_pct: 
                    mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
                    interpolation: str | None) -> Any:
     """The DataConfig the options give (None when none is), checked against the model's channels."""
-    from slimify.preprocess import DataConfig, check_data_config
-    from slimify.train.data import recorded_input_size
+    from slimify import given_data_config
 
-    if crop_pct is None and mean is None and std is None and interpolation is None:
-        return None
-    cfg = DataConfig(crop_pct=crop_pct, mean=mean, std=std, interpolation=interpolation)
-    size = input_size or recorded_input_size(net)
-    check_data_config(cfg, size[0] if size else None)
-    return cfg
+    return given_data_config(net, input_size, crop_pct, mean, std, interpolation)

@@ -1,6 +1,6 @@
 """The deployment commands of the ``slimify`` CLI: ``export`` one width, ``profile`` every switch,
-``pick`` the widest switch within a budget; thin over :mod:`slimify.deploy.extract`,
-:mod:`slimify.deploy.measure` and :mod:`slimify.selection.budget`."""
+``pick`` the widest switch within a budget; thin over ``slimify.write_width``,
+``slimify.profile`` and ``slimify.pick``."""
 from __future__ import annotations
 
 import functools
@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from slimify import ALL_WIDTHS, FORMATS
 from slimify.cli.app import command
 from slimify.cli.model import (
     LiveHelpOption,
@@ -20,7 +21,6 @@ from slimify.cli.model import (
     size_option,
     width_options,
 )
-from slimify.deploy.formats import ALL_WIDTHS, FORMATS
 
 __all__ = ["export_command", "profile_command", "pick_command", "write_export", "sized_call"]
 
@@ -31,16 +31,16 @@ def write_export(net: Any, width: Any, out: Path, force: bool, input_size: tuple
                  batch_size: int | None = None) -> str:
     """Export ``width`` (a width or a configuration's name) of ``net`` to ``out`` by its suffix
     (batch dynamic unless ``batch_size``); returns a one-line summary naming the dynamic dimensions."""
-    from slimify.deploy.formats import write_width
+    import slimify
 
-    return write_width(net, width, out, sized_call(net, input_size), overwrite=force, batch_size=batch_size)
+    return slimify.write_width(net, width, out, sized_call(net, input_size), overwrite=force, batch_size=batch_size)
 
 
 def sized_call(net: Any, input_size: tuple[int, int, int] | None) -> Any:
     """The call ``net`` was converted on (all its inputs), its first tensor at ``--input-size``."""
-    from slimify.store.slimfile import example_call
+    import slimify
 
-    return example_call(net, batch=1, shape=(1, *input_size) if input_size else None)
+    return slimify.example_call(net, batch=1, shape=(1, *input_size) if input_size else None)
 
 
 def measure_options(f: F) -> F:
@@ -61,15 +61,13 @@ def _profile(file: str, input_size: tuple[int, int, int] | None, batch_size: int
              threads: int | None, device: str, mode: str, latency: bool = True,
              accuracy: str | None = None, widths: tuple[Any, ...] | None = None) -> tuple[Any, Any]:
     import slimify
-    from slimify.deploy.accuracy import attach_accuracy
-    from slimify.store.slimfile import example_shape
 
     net = slimify.load(file)
     check_input_size(net, input_size)
-    shape = (batch_size, *(input_size or example_shape(net)[1:]))
+    shape = (batch_size, *(input_size or slimify.example_shape(net)[1:]))
     result = slimify.profile(net, input_size=shape, runs=runs, warmup=warmup, threads=threads, device=device,
                              mode=mode, latency=latency, widths=widths)
-    return net, attach_accuracy(result, net, accuracy)
+    return net, slimify.attach_accuracy(result, net, accuracy)
 
 
 @command("export", epilog="""\b
@@ -98,7 +96,6 @@ def export_command(file: str, width: float | str | None, config_name: str | None
     run it), or with --all-widths every width in one file; the example input for .pt2/.onnx is the
     conversion's input size unless --input-size."""
     import slimify
-    from slimify.state import slot_of
 
     if (width is not None) + (config_name is not None) + all_widths != 1:
         raise click.UsageError("give either --width W (a width in range or a configuration's name), --config NAME "
@@ -109,13 +106,9 @@ def export_command(file: str, width: float | str | None, config_name: str | None
     net = slimify.load(file)
     check_input_size(net, input_size)
     if all_widths:
-        from slimify.deploy.formats import write_all_widths
-
-        click.echo(write_all_widths(net, out, sized_call(net, input_size), overwrite=force))
+        click.echo(slimify.write_all_widths(net, out, sized_call(net, input_size), overwrite=force))
         return
-    chosen = chosen_width(width, config_name)
-    slot_of(net, chosen)  # a width out of range or an unknown name: one line, before writing anything
-    click.echo(write_export(net, chosen, out, force, input_size, batch_size))
+    click.echo(write_export(net, chosen_width(width, config_name), out, force, input_size, batch_size))
 
 
 @command("profile", epilog="""\b
@@ -172,16 +165,14 @@ def pick_command(file: str, latency_ms: float | None, flops: str | None, params:
     """Measure every switch of a .slim FILE on this machine and print the widest one within all
     the budgets given (and export it with -o)."""
     import slimify
-    from slimify.errors import SlimifyError
-    from slimify.selection.budget import parse_amount
 
     if latency_ms is None and flops is None and params is None and memory_mb is None:
         raise click.UsageError("give at least one budget: --latency-ms, --flops, --params or --memory-mb")
     try:
         budgets = dict(latency_ms=latency_ms, memory_mb=memory_mb,
-                       flops=parse_amount(flops) if flops is not None else None,
-                       params=parse_amount(params) if params is not None else None)
-    except SlimifyError as e:
+                       flops=slimify.parse_amount(flops) if flops is not None else None,
+                       params=slimify.parse_amount(params) if params is not None else None)
+    except slimify.SlimifyError as e:
         raise click.BadParameter(str(e), param_hint="--flops/--params") from None
     out = check_output(output, force, FORMATS.names()) if output else None
     net, result = _profile(file, input_size, batch_size, runs, warmup, threads, device, mode,

@@ -1,5 +1,5 @@
 """The model commands of the ``slimify`` CLI: ``convert`` a model to a ``.slim`` file and
-``inspect`` what a conversion finds; thin over :mod:`slimify.store.sources` and :mod:`slimify.store.slimfile`."""
+``inspect`` what a conversion finds; thin over ``slimify.create_model``, ``slimify.convert`` and ``slimify.save``."""
 from __future__ import annotations
 
 import json
@@ -58,7 +58,7 @@ class LiveHelpOption(click.Option):
 
 def _reorder_choices() -> tuple[str, ...]:
     """auto, none and every importance score that needs no data (convert has none to give)."""
-    from slimify.ordering.registry import SCORES
+    from slimify import SCORES
 
     return ("auto", "none", *SCORES.names(lambda e: not e.options.get("needs_data")))
 
@@ -190,12 +190,12 @@ def size_option(f: F) -> F:
 
 
 def check_input_size(net: Any, input_size: tuple[int, int, int] | None, warn: bool = True) -> None:
-    """The one check of --input-size against a loaded model (``slimify.store.input_size``): other
+    """The one check of --input-size against a loaded model (``slimify.check_input_size``): other
     channels, a size it cannot run at or below its downsampling is an error; under half the
     recorded size, a warning (on stdout: stderr holds only errors; ``warn=False`` where stdout is JSON)."""
     if input_size is None:
         return
-    from slimify.store.input_size import check_input_size as check
+    from slimify import check_input_size as check
 
     note = check(net, input_size)
     if note and warn:
@@ -246,28 +246,20 @@ def check_one_image(net: Any) -> None:
 def _convert(model: str, checkpoint: str | None, switches: tuple[float, ...], divisor: int,
              num_classes: int | None, input_size: tuple[int, int, int] | None, reorder: str | None = None,
              pretrained: bool = False, tag: str | None = None) -> Any:
-    import torch
-
     import slimify
-    from slimify.analysis.stages import default_input
-    from slimify.store.pretrained import create_pretrained
-    from slimify.store.sources import create
 
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
-    net = (create_pretrained(model, tag, **kwargs) if pretrained else create(model, checkpoint=checkpoint,
-                                                                             **kwargs)).eval()
+    net = slimify.create_model(model, checkpoint=checkpoint, pretrained=pretrained, tag=tag, **kwargs)
     check_one_image(net)
-    example = torch.randn(1, *input_size) if input_size else default_input(net)
-    slimify.convert(net, switches=switches, divisor=divisor, example_input=example, reorder=reorder)
-    slimify.state.get_state(net).record.example_shape = list(example.shape)
+    slimify.convert(net, switches=switches, divisor=divisor, example_input=slimify.example_input(net, size=input_size),
+                    reorder=reorder)  # the input's shape is recorded: later commands use it
     return net
 
 
 def _params_line(net: Any) -> str:
     import slimify
-    from slimify.deploy.extract import active_params
 
-    return "parameters per switch: " + ", ".join(f"{w:g}: {count_text(active_params(net, w))}"
+    return "parameters per switch: " + ", ".join(f"{w:g}: {count_text(slimify.active_params(net, w))}"
                                                  for w in slimify.switches(net))
 
 
@@ -305,7 +297,7 @@ def convert_command(model: str, switches: tuple[float, ...], divisor: int, num_c
     net = _convert(model, checkpoint, switches, divisor, num_classes, input_size, reorder=method,
                    pretrained=pretrained, tag=pretrained_tag)
     rep = slimify.report(net)
-    slimify.state.get_state(net).record.random_init = not (checkpoint or pretrained)  # kept in the .slim
+    slimify.record_random_init(net, not (checkpoint or pretrained))  # kept in the .slim
     slimify.save(net, out, overwrite=force)
     click.echo(f"{rep.model}: {len(rep.groups)} channel groups, {len(rep.slimmable)} slimmable, {len(rep.fixed)} fixed "
                f"({rep.seconds:.1f} s)")
@@ -336,8 +328,6 @@ def inspect_command(model_or_file: str, switches: tuple[float, ...], divisor: in
     per switch of each slimmable group, every fixed group with the reason it cannot slim, and the
     data config (crop, mean, std, interpolation) the model preprocesses with."""
     import slimify
-    from slimify.store.slimfile import example_shape
-    from slimify.train.data_config import describe_data_config, recorded_data_config
 
     path = Path(model_or_file)
     loaded = path.suffix == ".slim" or path.is_file()
@@ -345,18 +335,16 @@ def inspect_command(model_or_file: str, switches: tuple[float, ...], divisor: in
     if loaded:
         check_input_size(net, input_size, warn=not as_json)
     rep = slimify.report(net)
-    shape = example_shape(net)
+    shape = slimify.example_shape(net)
     if as_json:
-        recorded = recorded_data_config(net)
+        recorded = slimify.recorded_data_config(net)
         click.echo(json.dumps({**rep.to_dict(), "data_config": recorded.given() if recorded else None}, indent=2))
         return
     click.echo(rep.table(max_rows=max_rows))
-    from slimify.rewrite.config_names import configs_table
-
-    named = configs_table(net)
+    named = slimify.configs_table(net)
     if named:
         click.echo("\n" + named)
     click.echo("")
     click.echo(_params_line(net))
     if len(shape) == 4:
-        click.echo(describe_data_config(net, tuple(shape[1:])))
+        click.echo(slimify.describe_data_config(net, tuple(shape[1:])))

@@ -1,5 +1,5 @@
 """``slimify search``: per-group widths under a FLOPs, parameter or latency budget (thin over
-:mod:`slimify.selection.config_search`); the found configuration is saved, named, in a new ``.slim`` file."""
+``slimify.search``); the found configuration is saved, named, in a new ``.slim`` file."""
 from __future__ import annotations
 
 import click
@@ -51,42 +51,30 @@ def search_command(file: str, data: str, flops: str | None, params: str | None, 
     """Find per-group channel counts of a trained .slim FILE that meet one budget with the least
     held-out accuracy lost (AutoSlim-style greedy slimming), and save the model with the found
     configuration named (usable by export --config, profile, pick, calibrate --config, eval)."""
-    import itertools
-
-    import torch
-
     import slimify
-    from slimify.errors import SlimifyError
-    from slimify.selection.search_result import parse_budget
-    from slimify.store.slimfile import example_shape
-    from slimify.train.loader import as_batches
-    from slimify.train.resolve import resolve_data
 
     given = [(k, v) for k, v in (("flops", flops), ("params", params), ("latency", latency_ms)) if v is not None]
     if len(given) != 1:
         raise click.UsageError("give exactly one budget: --flops, --params or --latency-ms")
-    budget = parse_budget(*given[0])
+    budget = slimify.parse_budget(*given[0])
     out = check_output(output, force, (".slim",))
     plot = check_output(plot_path or str(out.with_name(out.stem + "-search.png")), force, (".png",))
     net = slimify.load(file)
     check_one_input(net, "search")
-    shape = example_shape(net)
+    shape = slimify.example_shape(net)
     if (eval_size or cost_size) and len(shape) != 4:
-        raise SlimifyError(f"--eval-size and --cost-size are for image models; this one takes inputs of shape {list(shape)}")
+        raise slimify.SlimifyError(f"--eval-size and --cost-size are for image models; this one takes inputs of "
+                                   f"shape {list(shape)}")
     size = None if eval_size is None else (shape[1], eval_size, eval_size)
     for n in (eval_size, cost_size):
         check_input_size(net, None if n is None else (shape[1], n, n))
     cfg = data_config_of(net, size, crop_pct, mean, std, interpolation)
-    held = list(itertools.islice(as_batches(resolve_data(data, net, train=False, input_size=size, data_config=cfg),
-                                            batch_size), batches))
-    cost_input = None if cost_size is None else \
-        torch.randn(1, shape[1], cost_size, cost_size, generator=torch.Generator().manual_seed(0))
-    result = slimify.search(net, held, budget, steps=steps, fraction=fraction, device=device, name=name, cost_input=cost_input,
-                    progress=lambda line: click.echo(line, err=True))
+    held = slimify.data_batches(data, net, batches, batch_size, size, cfg)
+    cost_input = None if cost_size is None else slimify.example_input(net, size=(shape[1], cost_size, cost_size))
+    result = slimify.search(net, held, budget, steps=steps, fraction=fraction, device=device, name=name,
+                            cost_input=cost_input, progress=lambda line: click.echo(line, err=True))
     click.echo(result.table())
     if cfg is not None:  # scored with it: the saved model keeps it
-        from slimify.train.data_config import record_data_config
-
-        record_data_config(net, cfg)
+        slimify.record_data_config(net, cfg)
     result.plot(plot)
     click.echo(f"wrote {slimify.save(net, out, overwrite=force)} (configuration {result.name!r}) and {plot}")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from slimify.cli.app import command
+from slimify.cli.app import command, usage_errors
 from slimify.cli.data_options import DATA_HELP, data_config_of, data_config_options
 from slimify.cli.model import (
     check_input_size,
@@ -51,13 +50,6 @@ def workers_option(f: F) -> F:
                         help="DataLoader workers (default: one per CPU, up to 8; 0 for digits).")(f)
 
 
-def _workers(workers: int | None, data: str) -> int | None:
-    """None lets the loader use the CPUs there are; in-memory sets (digits, IDX) need no workers."""
-    from slimify.train.resolve import in_memory
-
-    return 0 if workers is None and in_memory(data) else workers
-
-
 def _fresh_output(path: str, force: bool) -> None:
     """Fail before any work if ``path`` exists and ``--force`` was not given."""
     if Path(path).exists() and not force:
@@ -67,78 +59,56 @@ def _fresh_output(path: str, force: bool) -> None:
 def check_one_input(net: Any, command: str) -> None:
     """Fail before any work when ``net`` takes more than one image batch: a data command feeds it
     only the images of DATA."""
-    from slimify.store.slimfile import example_call
+    import slimify
 
-    call = example_call(net)
-    if not call.single:
-        name = getattr(type(net), "__slimify_base__", type(net)).__name__
-        raise click.UsageError(f"{name} takes several inputs ({call.shapes()}): {command} feeds it one image batch "
-                               f"from DATA; run slimify.train's functions in Python with your own data loader")
+    with usage_errors():
+        slimify.check_one_input(net, command)
 
 
 def _check_classes(net: Any, data: str, command: str) -> None:
     """Fail before any work when the model takes other inputs than DATA's images, or DATA has more
     classes than the model has outputs."""
-    import torch
+    import slimify
 
-    from slimify.store.slimfile import example_input
-    from slimify.train.resolve import count_classes
-
-    check_one_input(net, command)
-
-    classes, was_training = count_classes(data), net.training
-    with torch.no_grad():
-        outputs = net.eval()(example_input(net)).shape[-1]
-    net.train(was_training)
-    if classes is not None and classes > outputs:
-        raise click.UsageError(f"{data} has {classes} classes but the model has {outputs} outputs: use a model "
-                               f"with {classes} outputs (convert it with --num-classes {classes})")
+    with usage_errors():
+        slimify.check_classes(net, data, command)
 
 
 def _load(model: str, data: str, checkpoint: str | None, switches: tuple[float, ...] | None, divisor: int,
           num_classes: int | None, reorder: str | None, input_size: tuple[int, int, int] | None = None,
           pretrained: bool = False, pretrained_tag: str | None = None,
-          model_kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    from slimify.state import get_state
-    from slimify.train.resolve import count_classes, default_input_size, load_slimmable
+          model_kwargs: dict[str, Any] | None = None, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+    import slimify
 
-    classes = num_classes or count_classes(data)
-    net, spec = load_slimmable(model, checkpoint, switches, divisor, classes,
-                               input_size=input_size or default_input_size(data),
-                               reorder=resolve_reorder(reorder, checkpoint or pretrained), pretrained=pretrained,
-                               pretrained_tag=pretrained_tag, model_kwargs=model_kwargs)
-    if _is_name(model) and not (checkpoint or pretrained):
-        get_state(net).record.random_init = True  # a model name built with random weights
-    return net, spec
-
-
-def _is_name(model: str) -> bool:
-    """MODEL names a model to build (not a .slim file or a training checkpoint)."""
-    return not (Path(model).suffix == ".slim" or Path(model).is_file())
+    return slimify.model_for_data(model, data, checkpoint, switches, divisor, num_classes,
+                              resolve_reorder(reorder, checkpoint or pretrained), input_size, pretrained,
+                              pretrained_tag, model_kwargs, seed=seed)
 
 
 def _build_kwargs(model: str, drop_path: float | None) -> dict[str, Any]:
     """Factory arguments a recipe implies for a timm model name: stochastic depth must exist in the
     built model (timm builds Identity where the rate is 0) before the recipe can set its rate."""
+    import slimify
+
     source = model.rpartition(":")[0]
-    return {"drop_path_rate": drop_path} if drop_path and _is_name(model) and source in ("", "timm") else {}
+    return {"drop_path_rate": drop_path} if drop_path and slimify.is_model_name(model) and source in ("", "timm") else {}
 
 
 def _warn_random_init(model: str, net: Any, narrow_loss: str) -> None:
     """Random weights (a model name with neither --pretrained nor --checkpoint, or a .slim converted
     so and never trained): say so before training, and that distillation needs a trained widest
     switch. stdout: stderr holds only errors."""
-    from slimify.state import get_state, switches
+    import slimify
 
-    if not get_state(net).record.random_init:
+    if not slimify.holds_random_init(net):
         return
-    if _is_name(model):
+    if slimify.is_model_name(model):
         click.echo(f"warning: {model} starts from random weights (neither --pretrained nor --checkpoint): this "
                    "trains it from scratch, not a retrofit of trained weights")
     else:
         click.echo(f"warning: {model} holds random weights (converted without --checkpoint or --pretrained, never "
                    "trained): this trains it from scratch")
-    if narrow_loss == "distill" and len(switches(net)) > 1:
+    if narrow_loss == "distill" and len(slimify.switches(net)) > 1:
         click.echo("warning: narrow_loss: distill teaches the narrow switches the widest one's predictions, which "
                    "mean nothing until it is trained; from scratch use --narrow-loss labels (or a recipe with "
                    "narrow_loss: labels)")
@@ -185,61 +155,52 @@ def finetune_command(model: str, data: str, val_data: str | None, recipe: str, o
     name converted on the fly: 'resnet18' is timm, 'torchvision:resnet18' is torchvision). The
     data config it trains image folders with (crop, mean, std, interpolation) is recorded in the
     run's model; later commands use it."""
-    from slimify.state import get_state
-    from slimify.train.augment import augment_args
-    from slimify.train.distributed import dist_info, init_from_env, shutdown
-    from slimify.train.recipe import load_recipe
-    from slimify.train.resolve import has_validation, resolve_data, save_model
-    from slimify.train.run import finetune
+    import slimify
 
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, workers=workers,
                                         compile=compile_, sync_bn=sync_bn, narrow_loss=narrow_loss).items()
                  if v is not None}
-    r = load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
+    r = slimify.load_recipe(recipe, **overrides)  # fail on a bad recipe before building anything
     check_weights_options(checkpoint, pretrained, pretrained_tag)
     if not (resume or force) and any((Path(out) / n).exists() for n in ("checkpoint.pt", "model.slim", "model.pt")):
         raise click.UsageError(f"{out} already holds a run: pass --resume to continue it or --force to start over")
-    init_from_env()
-    import torch
+    with slimify.process_group() as dist:
+        net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size, pretrained,
+                          pretrained_tag, _build_kwargs(model, r.drop_path), seed=r.seed)
+        cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
+        check_input_size(net, input_size)
+        _check_classes(net, data, "finetune")
+        if dist.is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
+            _warn_random_init(model, net, r.narrow_loss)
+        train = slimify.resolve_data(data, net, train=True, input_size=input_size, augment=slimify.augment_args(r),
+                                     data_config=cfg)
+        has_val = val_data is not None or slimify.has_validation(data)
+        val = slimify.resolve_data(val_data or data, net, train=False, split="val", input_size=input_size,
+                                   data_config=cfg) if has_val else None
+        recorded = slimify.record_trained_data_config(net, train, input_size, cfg)
+        if recorded is not None:  # an image folder, preprocessed by the data config: the model's from now on
+            spec["data_config"] = recorded
+        result = slimify.finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
+                                  progress=progress, model_spec=spec, echo=click.echo)
+        for trained in (net, result.ema_model):
+            if trained is not None:
+                slimify.record_random_init(trained, False)  # trained now: its .slim says so
+        if dist.is_main:
+            _report_run(net, result, spec, Path(out), val_data or data, calibrated=bool(r.calibrate_batches))
 
-    torch.manual_seed(r.seed)  # the same seed builds the same initial weights
-    net, spec = _load(model, data, checkpoint, switches, divisor, num_classes, reorder, input_size, pretrained,
-                      pretrained_tag, _build_kwargs(model, r.drop_path))
-    cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
-    check_input_size(net, input_size)
-    _check_classes(net, data, "finetune")
-    if dist_info().is_main and not (resume and (Path(out) / "checkpoint.pt").is_file()):  # resumed: trained weights
-        _warn_random_init(model, net, r.narrow_loss)
-    train = resolve_data(data, net, train=True, input_size=input_size, augment=augment_args(r), data_config=cfg)
-    has_val = val_data is not None or has_validation(data)
-    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size,
-                       data_config=cfg) if has_val else None
-    from torchvision.datasets import ImageFolder
 
-    if isinstance(train, ImageFolder):  # preprocessed by the data config: the model's from now on
-        from slimify.train.data import recorded_input_size
-        from slimify.train.data_config import record_resolved
+def _report_run(net: Any, result: Any, spec: dict[str, Any], out: Path, val_data: str, calibrated: bool) -> None:
+    """Print the accuracy a run reached and save its models (the main process only)."""
+    import slimify
 
-        spec["data_config"] = record_resolved(net, input_size or recorded_input_size(net) or (3, 224, 224), cfg)
-    result = finetune(net, train, r, val_data=val, out_dir=out, resume=resume, device=device,
-                      progress=progress, model_spec=spec, echo=click.echo)
-    for trained in (net, result.ema_model):
-        if trained is not None:
-            get_state(trained).record.random_init = False  # trained now: its .slim says so
-    if dist_info().is_main:
-        if result.eval is not None:
-            click.echo(f"{'after BN calibration' if r.calibrate_batches else 'after fine-tuning'}:\n"
-                       f"{result.eval.table()}")
-            from slimify.deploy.accuracy import record_evaluation  # kept in the .slim: profile plots accuracy vs cost
-
-            record_evaluation(net, result.eval.top1(), val_data or data)
-        final = Path(out) / "model.slim"
-        click.echo(f"saved {save_model(net, spec, final)} (checkpoint: {result.checkpoint})")
-        if result.ema_model is not None:
-            if result.eval_ema is not None:
-                click.echo(f"EMA weights:\n{result.eval_ema.table()}")
-            click.echo(f"saved {save_model(result.ema_model, spec, Path(out) / 'model_ema.slim')} (EMA weights)")
-    shutdown()
+    if result.eval is not None:
+        click.echo(f"{'after BN calibration' if calibrated else 'after fine-tuning'}:\n{result.eval.table()}")
+        slimify.record_evaluation(net, result.eval.top1(), val_data)  # kept in the .slim: profile plots accuracy
+    click.echo(f"saved {slimify.save_model(net, spec, out / 'model.slim')} (checkpoint: {result.checkpoint})")
+    if result.ema_model is not None:
+        if result.eval_ema is not None:
+            click.echo(f"EMA weights:\n{result.eval_ema.table()}")
+        click.echo(f"saved {slimify.save_model(result.ema_model, spec, out / 'model_ema.slim')} (EMA weights)")
 
 
 @command("calibrate", epilog="""\b
@@ -270,10 +231,7 @@ def calibrate_command(model: str, data: str, width: float | str | None, config_n
     --width (a width or a configuration's name) or --config, only that one's, which it then owns
     (saved in the .slim file).
     With validation data, print the accuracy before and after."""
-    from slimify.train.calibrate import calibrate_bn
-    from slimify.train.common import resolve_device
-    from slimify.train.evaluate import evaluate
-    from slimify.train.resolve import has_validation, resolve_data, save_model
+    import slimify
 
     chosen = chosen_width(width, config_name)
     if chosen is not None and Path(output).suffix != ".slim":
@@ -283,29 +241,28 @@ def calibrate_command(model: str, data: str, width: float | str | None, config_n
     cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
     check_input_size(net, input_size)
     check_one_input(net, "calibrate")
-    dev = resolve_device(device)
+    dev = slimify.resolve_device(device)
     net.to(dev)
-    has_val = val_data is not None or has_validation(data)
-    val = resolve_data(val_data or data, net, train=False, split="val", input_size=input_size,
-                       data_config=cfg) if has_val else None
-    n = _workers(workers, data)
+    has_val = val_data is not None or slimify.has_validation(data)
+    val = slimify.resolve_data(val_data or data, net, train=False, split="val", input_size=input_size,
+                               data_config=cfg) if has_val else None
+    n = slimify.default_workers(workers, data)
     widths = None if chosen is None else [chosen]
 
     def accuracy(when: str) -> None:
         if val is not None:
             click.echo(f"{when} BN calibration:\n"
-                       f"{evaluate(net, val, widths=widths, batch_size=batch_size, device=dev, workers=n).table()}")
+                       f"{slimify.evaluate(net, val, widths=widths, batch_size=batch_size, device=dev, workers=n).table()}")
 
     accuracy("before")
-    calibrate_bn(net, resolve_data(data, net, train=True, input_size=input_size, data_config=cfg), batches=batches,
-                 batch_size=batch_size, workers=n, device=dev, widths=widths)
+    train_data = slimify.resolve_data(data, net, train=True, input_size=input_size, data_config=cfg)
+    slimify.calibrate_bn(net, train_data, batches=batches, batch_size=batch_size, workers=n, device=dev,
+                         widths=widths)
     accuracy("after")
     if cfg is not None:  # calibrated with it: the saved model keeps it
-        from slimify.train.data_config import record_data_config
-
-        record_data_config(net, cfg)
+        slimify.record_data_config(net, cfg)
     what = "per switch" if chosen is None else f"for {chosen!r}" if isinstance(chosen, str) else f"for width {chosen:g}"
-    click.echo(f"calibrated {batches} batches {what}; saved {save_model(net, spec, output, overwrite=force)}")
+    click.echo(f"calibrated {batches} batches {what}; saved {slimify.save_model(net, spec, output, overwrite=force)}")
 
 
 @command("eval", epilog="""\b
@@ -332,10 +289,7 @@ def eval_command(model: str, data: str, widths: tuple[Any, ...] | None, config_n
                  std: tuple[float, ...] | None, interpolation: str | None) -> None:
     """Top-1 / top-5 / loss of every switch and named configuration of MODEL on DATA (or of
     --widths / --config: widths in range and configuration names)."""
-    from slimify.state import switches as slimify_switches
-    from slimify.train.common import resolve_device
-    from slimify.train.evaluate import evaluate
-    from slimify.train.resolve import resolve_data
+    import slimify
 
     if json_path:
         _fresh_output(json_path, force)
@@ -343,20 +297,15 @@ def eval_command(model: str, data: str, widths: tuple[Any, ...] | None, config_n
     cfg = data_config_of(net, input_size, crop_pct, mean, std, interpolation)
     check_input_size(net, input_size)
     _check_classes(net, data, "eval")
-    dev = resolve_device(device)
-    from slimify.rewrite.config_names import configs
-
-    named = [n for n, v in configs(net).items() if not (isinstance(v, float) and v in slimify_switches(net))]
-    chosen = chosen_widths(widths, config_name) or (*slimify_switches(net), *named)
-    result = evaluate(net.to(dev), resolve_data(data, net, train=False, split="test", input_size=input_size,
-                                                data_config=cfg),
-                      widths=chosen, batch_size=batch_size, device=dev, workers=_workers(workers, data))
+    dev = slimify.resolve_device(device)
+    named = [n for n, v in slimify.configs(net).items() if not (isinstance(v, float) and v in slimify.switches(net))]
+    chosen = chosen_widths(widths, config_name) or (*slimify.switches(net), *named)
+    test = slimify.resolve_data(data, net, train=False, split="test", input_size=input_size, data_config=cfg)
+    result = slimify.evaluate(net.to(dev), test, widths=chosen, batch_size=batch_size, device=dev,
+                              workers=slimify.default_workers(workers, data))
     click.echo(result.table(markdown=markdown))
     if json_path:
-        from slimify.store.atomic import atomic_path
-
-        with atomic_path(json_path, overwrite=force) as tmp:
-            tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        result.to_json(json_path, overwrite=force)
 
 
 @command("demo", epilog="""\b
@@ -376,11 +325,11 @@ def demo_command(out: str, epochs: int, pretrain_epochs: int, switches: tuple[fl
                  progress: bool | None) -> None:
     """Retrofit a small CNN on the embedded digits data: pretrain (or load), convert, fine-tune all
     switches, calibrate BN and print the accuracy of every width."""
-    from slimify.train.demo import run_demo
+    import slimify
 
     if switches is not None and 1.0 not in switches:
         raise click.BadParameter("the switches must include 1.0 (the pretrained width)", param_hint="--switches")
-    result = run_demo(out, epochs=epochs, pretrain_epochs=pretrain_epochs, seed=seed, switches=switches,
+    result = slimify.run_demo(out, epochs=epochs, pretrain_epochs=pretrain_epochs, seed=seed, switches=switches,
                       progress=progress, echo=click.echo)
     click.echo(result.table())
     files = sorted(p.relative_to(result.out_dir).as_posix() for p in Path(result.out_dir).rglob("*") if p.is_file())

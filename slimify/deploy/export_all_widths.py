@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from slimify.analysis.example_inputs import ExampleCall
 from slimify.deploy.export_batch import input_names, onnx_file
-from slimify.deploy.extract import _served_names, export
+from slimify.deploy.extract import export, served_names
 from slimify.errors import SlimifyError
 from slimify.rewrite.batchnorm import BN_TENSORS
 from slimify.rewrite.output_pad import find_output_pad
@@ -36,7 +36,8 @@ from slimify.state import width as at_width
 from slimify.store.atomic import atomic_path
 from slimify.store.slimfile import example_call
 
-__all__ = ["to_onnx_all_widths", "check_onnx_all_widths", "AllWidthsInfo", "WIDTH_TOLERANCE", "unknown_width_node"]
+__all__ = ["to_onnx_all_widths", "check_onnx_all_widths", "AllWidthsInfo", "WIDTH_TOLERANCE", "unknown_width_node",
+           "key_prefix", "tensor_sources"]
 
 WIDTH_TOLERANCE = 1e-3  # |width - switch| below this selects the switch (float32 inputs)
 _ONNX_LIMIT = 2 ** 31 - 1  # protobuf's limit on one ModelProto
@@ -58,7 +59,7 @@ def unknown_width_node(widths: tuple[float, ...]) -> str:
     return f"slimify: width is not a switch of this model; use one of {', '.join(f'{w:g}' for w in widths)}"
 
 
-def _tensor_sources(model: nn.Module, index: int, prefix: str) -> dict[str, tuple[str, dict[int, Any]]]:
+def tensor_sources(model: nn.Module, index: int, prefix: str) -> dict[str, tuple[str, dict[int, Any]]]:
     """Plain state-dict key at switch ``index`` → (full state-dict key, how it is cut), following
     what :mod:`slimify.rewrite.serve` serves; tensors of plain modules map to themselves, uncut."""
     full_keys = dict(model.state_dict(keep_vars=True))
@@ -68,7 +69,7 @@ def _tensor_sources(model: nn.Module, index: int, prefix: str) -> dict[str, tupl
         if data is None:
             continue
         dot = f"{path}." if path else ""
-        for name in _served_names(module, data):
+        for name in served_names(module, data):
             slot = data.bn_slots[index] if data.bn_slots is not None and name in BN_TENSORS else None
             if slot is not None:
                 out[prefix + dot + name] = (f"{dot}slim_bn.{slot}.{name}", {})
@@ -79,7 +80,7 @@ def _tensor_sources(model: nn.Module, index: int, prefix: str) -> dict[str, tupl
     return out
 
 
-def _key_prefix(model: nn.Module, w: float) -> str:
+def key_prefix(model: nn.Module, w: float) -> str:
     """How :func:`slimify.deploy.extract.export` prefixes state-dict keys at ``w``: ``"0."`` where the
     plain model is wrapped as ``nn.Sequential(model, ZeroPad1d)`` (a padded feature output)."""
     with at_width(model, w):
@@ -93,7 +94,7 @@ def _plain_onnx(model: nn.Module, w: float, x: ExampleCall, opset: int) -> tuple
     onnxruntime fuses them again when the session is created). Returns (ModelProto, key prefix)."""
     import onnx
 
-    prefix = ("model." if x.kwargs else "") + _key_prefix(model, w)  # keywords: the Positional wrapper's name
+    prefix = ("model." if x.kwargs else "") + key_prefix(model, w)  # keywords: the Positional wrapper's name
     plain = export(model, w).eval()
     buffer = io.BytesIO()
     try:  # onnx_file hides the exporter's output
@@ -152,7 +153,7 @@ def _branch(model: nn.Module, w: float, index: int, x: ExampleCall, opset: int,
 
     proto, prefix = _plain_onnx(model, w, x, opset)
     graph, tag = proto.graph, f"w{index}"
-    sources = _tensor_sources(model, index, prefix)
+    sources = tensor_sources(model, index, prefix)
     full_state = model.state_dict()
     keep, cuts, private = [], [], 0
     for init in graph.initializer:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from slimify.analysis.example_inputs import ExampleCall
-from slimify.deploy.export_all_widths import WIDTH_TOLERANCE, _key_prefix, _tensor_sources, unknown_width_node
+from slimify.deploy.export_all_widths import WIDTH_TOLERANCE, key_prefix, tensor_sources, unknown_width_node
 from slimify.deploy.export_batch import Positional, quiet_native_stderr
 from slimify.deploy.extract import export
 from slimify.errors import SlimifyError
@@ -59,7 +59,7 @@ class AllWidths(nn.Module):
             plain = export(model, w).eval()
             self._plain.append(Positional(plain, call))  # its tensors are named model.*
             self._names.append(list(plain.state_dict()))
-            self._sources.append(_tensor_sources(model, i, _key_prefix(model, w)))
+            self._sources.append(tensor_sources(model, i, key_prefix(model, w)))
 
     def _branch(self, i: int) -> Any:
         def run(*xs: torch.Tensor) -> torch.Tensor:

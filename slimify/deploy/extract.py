@@ -26,13 +26,15 @@ from slimify.state import width as at_width
 from slimify.store.atomic import atomic_path
 from slimify.store.sources import SOURCE_ATTR
 
-__all__ = ["export", "active_params", "to_torch_export", "to_onnx", "check_onnx", "export_pt2", "export_onnx"]
+__all__ = ["export", "active_params", "to_torch_export", "to_onnx", "check_onnx", "export_pt2", "export_onnx",
+           "served_names"]
 
 _HOOK_DICTS = ("_load_state_dict_pre_hooks", "_state_dict_pre_hooks", "_state_dict_hooks",
                "_load_state_dict_post_hooks", "_forward_pre_hooks", "_forward_hooks")
 
 
-def _served_names(module: nn.Module, data: SlimData) -> list[str]:
+def served_names(module: nn.Module, data: SlimData) -> list[str]:
+    """The parameters and buffers of ``module`` that are served narrow (the exporters copy them cut)."""
     names = set(data.params)
     if data.bn_slots is not None:
         names |= {n for n in BN_TENSORS if n in module._parameters or n in module._buffers}
@@ -47,7 +49,7 @@ def _from_slimify(hook: Any) -> bool:
 def _narrow(module: nn.Module, data: SlimData) -> dict[str, torch.Tensor | None]:
     """The tensors ``module`` serves at the active switch, copied into their own storage."""
     out: dict[str, torch.Tensor | None] = {}
-    for name in _served_names(module, data):
+    for name in served_names(module, data):
         value = getattr(module, name)
         if value is None:
             out[name] = None
@@ -122,7 +124,7 @@ def active_params(model: nn.Module, width: Any = None) -> int:
             if isinstance(module, SwitchBatchNorm):  # storage, counted through the BN it serves
                 continue
             data = slim_data(module)
-            served = set(_served_names(module, data)) if data is not None else set()
+            served = set(served_names(module, data)) if data is not None else set()
             for name, p in module._parameters.items():
                 if p is None or id(p) in seen:
                     continue

@@ -87,9 +87,11 @@ def write_width(model: nn.Module, width: Any, path: str | Path, example: Any = N
     ``batch_size`` asks a format that has a batch dimension for a static one."""
     from slimify.analysis.example_inputs import ExampleCall
     from slimify.deploy.extract import active_params, width_label
+    from slimify.state import slot_of
     from slimify.store.slimfile import example_call
 
     path = Path(path)
+    slot_of(model, width)  # a width out of range or an unknown name: one line, before writing anything
     writer = FORMATS.get(path.suffix)
     extra: dict[str, int] = {}
     if batch_size is not None:

@@ -15,7 +15,7 @@ from slimify.rules.elementwise import elementwise, passthrough
 from slimify.rules.literal_sizes import follow_literal
 from slimify.rules.registry import rule
 
-__all__ = ["contract", "matmul", "einsum", "linear_fn", "conv_fn", "layer_norm_fn", "sdpa"]
+__all__ = ["contract", "matmul", "einsum", "linear_fn", "conv_fn", "layer_norm_fn", "sdpa", "with_shape"]
 
 
 def _joint(t: TensorVal, letters: str, order: str) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -226,11 +226,12 @@ def sdpa(ctx: RuleContext, args: list, kwargs: dict) -> TensorVal:
     scores = contract(ctx, [(q, batch + "xd"), (k, batch + "yd")], batch + "xy", scores_shape)
     mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
     if isinstance(mask, (TensorVal, ParamVal)):
-        scores = _with_shape(ctx, scores_shape, lambda: elementwise(ctx, [scores, mask], {}))
+        scores = with_shape(ctx, scores_shape, lambda: elementwise(ctx, [scores, mask], {}))
     return contract(ctx, [(scores, batch + "xy"), (v, batch + "ye")], batch + "xe", tuple(ctx.out_shape))
 
 
-def _with_shape(ctx: RuleContext, shape: tuple[int, ...], fn):
+def with_shape(ctx: RuleContext, shape: tuple[int, ...], fn):
+    """Run ``fn`` with the node's recorded shape set to ``shape`` (a rule reusing another op's rule)."""
     from slimify.analysis.shape_pass import SHAPE_KEY
     saved = ctx.node.meta.get(SHAPE_KEY)
     ctx.node.meta[SHAPE_KEY] = shape

@@ -8,7 +8,7 @@ from __future__ import annotations
 from slimify.rules.attention import decomposed_rel_pos
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.elementwise import elementwise
-from slimify.rules.linalg import _with_shape
+from slimify.rules.linalg import with_shape
 from slimify.rules.registry import rule
 from slimify.rules.reshape import reshape_to
 
@@ -22,7 +22,7 @@ def unsqueeze(ctx: RuleContext, args: list, kwargs: dict) -> tuple[TensorVal, in
     """``_unsqueeze(x, target_dim, expand_dim) -> (x, x.dim() before)``."""
     x = ctx.tensor(args[0])
     out_shape = ctx.out_shape[0]
-    moved = _with_shape(ctx, out_shape, lambda: reshape_to(ctx, x, tuple(out_shape), None))
+    moved = with_shape(ctx, out_shape, lambda: reshape_to(ctx, x, tuple(out_shape), None))
     return moved, x.ndim
 
 

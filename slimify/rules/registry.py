@@ -1,4 +1,4 @@
-"""The one table of channel rules (op → how channels flow through it), and the one way to add to it.
+"""The channel rules (op → how channels flow through it), and the one way to add to them.
 
 A rule is ``rule(ctx, args, kwargs) -> value``: the analysed arguments in, the analysed output
 out, constraints recorded on ``ctx.space``. A module rule reads the module it runs for and its
@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimify.registry import Registry
 from slimify.rules.base import FunctionRule
 
 __all__ = ["Rule", "rule", "method", "find_module_rule", "find_module_rule_by_class", "find_function_rule",
@@ -39,10 +40,10 @@ __all__ = ["Rule", "rule", "method", "find_module_rule", "find_module_rule_by_cl
 
 Rule = FunctionRule  # rule(ctx, args, kwargs) -> analysed output
 
-MODULE_RULES: dict[type, Rule] = {}  # module class → rule (MRO lookup)
-FALLBACK_MODULE_RULES: dict[type, Rule] = {}  # module class → rule, used when its MRO has no other rule
-FUNCTION_RULES: dict[Any, Rule] = {}  # function object (torch.cat, operator.add…) → rule
-METHOD_RULES: dict[str, Rule] = {}  # Tensor method name ("view", "add_"…) → rule
+MODULE_RULES = Registry("module rule")  # module class → rule (MRO lookup)
+FALLBACK_MODULE_RULES = Registry("fallback module rule")  # module class → rule, used when its MRO has no other rule
+FUNCTION_RULES = Registry("function rule")  # function object (torch.cat, operator.add…) → rule
+METHOD_RULES = Registry("Tensor method rule")  # Tensor method name ("view", "add_"…) → rule
 _EXPLICIT: set[Any] = set()  # function objects and method names given by an explicit key (names never replace them)
 _loaded = False
 
@@ -72,21 +73,21 @@ def _namespaces() -> tuple[Any, ...]:
 
 def _add(key: Any, fn: Rule, fallback: bool) -> None:
     if isinstance(key, type) and issubclass(key, nn.Module):
-        (FALLBACK_MODULE_RULES if fallback else MODULE_RULES)[key] = fn
+        (FALLBACK_MODULE_RULES if fallback else MODULE_RULES).add(key, fn)
     elif isinstance(key, _Method):
-        METHOD_RULES[key.name] = fn
+        METHOD_RULES.add(key.name, fn)
         _EXPLICIT.add(key.name)
     elif isinstance(key, str) and ":" in key:
         target = _import_function(key)
         if target is not None:
             _add_function(target, fn)
     elif isinstance(key, str):
-        if key not in _EXPLICIT:
-            METHOD_RULES.setdefault(key, fn)
+        if key not in _EXPLICIT and key not in METHOD_RULES:
+            METHOD_RULES.add(key, fn)
         for ns in _namespaces():
             target = getattr(ns, key, None)
-            if callable(target) and target not in _EXPLICIT:
-                FUNCTION_RULES.setdefault(target, fn)
+            if callable(target) and target not in _EXPLICIT and target not in FUNCTION_RULES:
+                FUNCTION_RULES.add(target, fn)
     elif callable(key):
         _add_function(key, fn)
     else:
@@ -94,7 +95,7 @@ def _add(key: Any, fn: Rule, fallback: bool) -> None:
 
 
 def _add_function(target: Any, fn: Rule) -> None:
-    FUNCTION_RULES[target] = fn
+    FUNCTION_RULES.add(target, fn)
     _EXPLICIT.add(target)
 
 
@@ -126,16 +127,16 @@ def find_module_rule(module: nn.Module) -> Rule | None:
 def find_module_rule_by_class(cls: type) -> Rule | None:
     load_rule_files()
     for base in cls.__mro__:
-        if base in MODULE_RULES:
-            return MODULE_RULES[base]
-        if base in FALLBACK_MODULE_RULES and not any(b in MODULE_RULES for b in base.__mro__):
-            return FALLBACK_MODULE_RULES[base]
+        found = MODULE_RULES.find(base)
+        if found is not None:
+            return found
+        fallback = FALLBACK_MODULE_RULES.find(base)
+        if fallback is not None and not any(b in MODULE_RULES for b in base.__mro__):
+            return fallback
     return None
 
 
 def find_function_rule(op: str, target: Any) -> Rule | None:
     """The rule of a ``call_function`` (by function object) or ``call_method`` (by name) node."""
     load_rule_files()
-    if op == "call_method":
-        return METHOD_RULES.get(target)
-    return FUNCTION_RULES.get(target)
+    return (METHOD_RULES if op == "call_method" else FUNCTION_RULES).find(target)

@@ -16,7 +16,7 @@ import torch.nn as nn
 from slimify.rules.attention import multihead_attention
 from slimify.rules.base import RuleContext, TensorVal
 from slimify.rules.elementwise import elementwise, fixed_output
-from slimify.rules.linalg import _with_shape
+from slimify.rules.linalg import with_shape
 from slimify.rules.modules import layernorm, linear
 from slimify.rules.registry import Rule, rule
 
@@ -39,21 +39,21 @@ def _layer(ctx: RuleContext, m: nn.TransformerEncoderLayer, path: str, x: Tensor
 
     def attention(t: TensorVal) -> TensorVal:  # a submodule's rule, as if it were the node
         call = lambda: _submodule(ctx, m.self_attn, f"{path}.self_attn", multihead_attention, [t, t, t])  # noqa: E731
-        return _with_shape(ctx, (shape, None), call)[0]
+        return with_shape(ctx, (shape, None), call)[0]
 
     def feed_forward(t: TensorVal) -> TensorVal:
         hidden_shape = torch.Size((*shape[:-1], m.linear1.out_features))
-        hidden = _with_shape(ctx, hidden_shape, lambda: _submodule(ctx, m.linear1, f"{path}.linear1", linear, [t]))
+        hidden = with_shape(ctx, hidden_shape, lambda: _submodule(ctx, m.linear1, f"{path}.linear1", linear, [t]))
         ctx.space.mark_seen(hidden.label)
         ctx.space.mark_read(t.label)
         ctx.space.mark_read(hidden.label)
-        return _with_shape(ctx, shape, lambda: _submodule(ctx, m.linear2, f"{path}.linear2", linear, [hidden]))
+        return with_shape(ctx, shape, lambda: _submodule(ctx, m.linear2, f"{path}.linear2", linear, [hidden]))
 
     def norm(name: str, t: TensorVal) -> TensorVal:
-        return _with_shape(ctx, shape, lambda: _submodule(ctx, getattr(m, name), f"{path}.{name}", layernorm, [t]))
+        return with_shape(ctx, shape, lambda: _submodule(ctx, getattr(m, name), f"{path}.{name}", layernorm, [t]))
 
     def add(a: TensorVal, b: TensorVal) -> TensorVal:
-        return _with_shape(ctx, shape, lambda: elementwise(ctx, [a, b], {}))
+        return with_shape(ctx, shape, lambda: elementwise(ctx, [a, b], {}))
 
     ctx.space.mark_read(x.label)
     if m.norm_first:
@@ -95,5 +95,5 @@ def encoder(ctx: RuleContext, args: list, kwargs: dict) -> Any:
         x = _layer(ctx, layer, f"{path}.layers.{i}", x)
     if m.norm is not None:
         norm = m.norm
-        x = _with_shape(ctx, torch.Size(x.shape), lambda: _submodule(ctx, norm, f"{path}.norm", layernorm, [x]))
+        x = with_shape(ctx, torch.Size(x.shape), lambda: _submodule(ctx, norm, f"{path}.norm", layernorm, [x]))
     return x

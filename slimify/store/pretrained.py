@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from slimify.errors import SlimifyError
-from slimify.store.sources import build, set_source
+from slimify.store.sources import build, create, set_source
 
-__all__ = ["create_pretrained", "split_spec"]
+__all__ = ["create_pretrained", "create_model", "split_spec"]
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -45,6 +45,15 @@ def create_pretrained(spec: str, tag: str | None = None, **kwargs: Any) -> nn.Mo
         return _torchvision(name, tag, kwargs)
     raise SlimifyError(f"{spec}: --pretrained loads published timm or torchvision weights; {spec!r} has none. "
                        "Pass your own weights with --checkpoint FILE")
+
+
+def create_model(spec: str, checkpoint: str | Path | None = None, pretrained: bool = False, tag: str | None = None,
+                 **kwargs: Any) -> nn.Module:
+    """The plain model a name gives (timm, ``torchvision:NAME``, ``slimify:NAME`` or a trusted
+    factory), in eval mode: with the published weights (``pretrained``, ``tag``), with plain
+    weights from ``checkpoint``, else randomly initialised."""
+    model = create_pretrained(spec, tag, **kwargs) if pretrained else create(spec, checkpoint=checkpoint, **kwargs)
+    return model.eval()
 
 
 def _first_line(e: BaseException) -> str:

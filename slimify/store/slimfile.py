@@ -24,11 +24,13 @@ import torch.nn as nn
 
 from slimify.analysis.example_inputs import ExampleCall
 from slimify.errors import SlimifyError
-from slimify.state import get_state
+from slimify.preprocess import own_input_size
+from slimify.state import get_state, is_slimmable
 from slimify.store.atomic import atomic_path
 from slimify.store.sources import ModelSource, build, check_state_dict
 
-__all__ = ["save", "load", "read_config", "example_input", "example_call", "example_shape",
+__all__ = ["save", "load", "read_config", "example_input", "example_call", "example_shape", "record_random_init",
+           "holds_random_init",
            "plan_digest", "tensors_digest", "FORMAT", "VERSION"]
 
 FORMAT = "slimify"
@@ -38,19 +40,30 @@ MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not one of 
 
 
 def example_shape(model: nn.Module) -> tuple[int, ...]:
-    """The input shape ``model`` was converted with (recorded in its state), else its default."""
-    shape = get_state(model).record.example_shape
+    """The input shape ``model`` was converted with (recorded in its state), else its default (a
+    plain model's own: timm's pretrained_cfg, else 224²)."""
+    shape = get_state(model).record.example_shape if is_slimmable(model) else None
     if shape:
         return tuple(int(s) for s in shape)
-    from slimify.analysis.stages import default_input
-
-    return tuple(default_input(model).shape)
+    return (1, *own_input_size(model))
 
 
-def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
-    """A fixed random batch at the shape ``model`` was converted with."""
-    shape = (batch, *example_shape(model)[1:])
+def example_input(model: nn.Module, batch: int = 1, size: tuple[int, ...] | None = None) -> torch.Tensor:
+    """A fixed random batch at the shape ``model`` was converted with (a plain model: its own
+    size), or at ``size`` (the shape without the batch) if given."""
+    shape = (batch, *(size or example_shape(model)[1:]))
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def record_random_init(model: nn.Module, random_init: bool) -> None:
+    """Say whether ``model`` holds random weights (built from a name without weights, never
+    trained); kept in its ``.slim``: ``finetune`` warns before distilling from them."""
+    get_state(model).record.random_init = random_init
+
+
+def holds_random_init(model: nn.Module) -> bool:
+    """Whether ``model`` was recorded as holding random weights (:func:`record_random_init`)."""
+    return get_state(model).record.random_init
 
 
 def example_call(model: nn.Module, batch: int | None = None, shape: tuple[int, ...] | None = None) -> ExampleCall:

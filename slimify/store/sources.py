@@ -25,7 +25,8 @@ from slimify.errors import SlimifyError
 from slimify.store.trust import import_trusted, is_trusted, trust_hint
 
 __all__ = ["ModelSource", "TinyNet", "create", "build", "source_of", "set_source", "load_weights",
-           "read_state_dict", "check_state_dict", "ALLOWED_MODULES", "EXAMPLES", "SOURCE_ATTR"]
+           "read_state_dict", "check_state_dict", "ALLOWED_MODULES", "EXAMPLES", "SOURCE_ATTR",
+           "state_signature"]
 
 SOURCE_ATTR = "_slimify_source"  # attribute on a model: the ModelSource it was built from
 
@@ -245,7 +246,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def _signature(model: nn.Module) -> dict[str, tuple[int, ...]]:
+def state_signature(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """State-dict key → shape, per-switch BatchNorm state left out: what identifies a model's build."""
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if ".slim_bn." not in k}
 
 
@@ -271,19 +273,19 @@ def source_of(model: nn.Module) -> ModelSource:
     recorded = model.__dict__.get(SOURCE_ATTR)
     if isinstance(recorded, ModelSource):
         return recorded
-    wanted = _signature(model)
+    wanted = state_signature(model)
     for spec in _candidates(model):
         tries: list[dict[str, Any]] = [{}]
         with torch.device("meta"):
             try:
-                default = _signature(build(spec))
+                default = state_signature(build(spec))
             except SlimifyError:
                 continue
             heads = {wanted[k][0] for k, s in default.items() if k in wanted and s and wanted[k] != s
                      and s[0] in (10, 1000)}
             tries += [{"num_classes": n} for n in sorted(heads)]
             for kwargs in tries:
-                if _signature(build(spec, **kwargs)) == wanted:
+                if state_signature(build(spec, **kwargs)) == wanted:
                     return ModelSource(spec, kwargs)
     raise SlimifyError(f"cannot tell how to rebuild {type(model).__name__}: build it with "
                        "slimify.store.sources.create(SPEC, ...) or record it with slimify.store.sources.set_source(model, SPEC)")

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from slimify.errors import SlimifyError, SlimifyWarning
 from slimify.state import is_slimmable
-from slimify.store.sources import SOURCE_ATTR, ModelSource, _signature, build, check_state_dict, source_of
+from slimify.store.sources import SOURCE_ATTR, ModelSource, build, check_state_dict, source_of, state_signature
 
 __all__ = ["source_for_save", "adopt"]
 
@@ -43,11 +43,11 @@ def source_for_save(model: nn.Module, source: ModelSource | None, path: str | Pa
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rebuilt = _signature(build(source))
+            rebuilt = state_signature(build(source))
     except Exception as e:  # a user's constructor may raise anything
         note = str(e).splitlines()[0] if str(e) else type(e).__name__
     else:
-        if rebuilt != _signature(model):
+        if rebuilt != state_signature(model):
             note = (f"{source.spec} with {source.kwargs or 'no arguments'} builds other tensors; record the "
                     f"arguments with slimify.store.sources.set_source(model, {source.spec!r}, **kwargs)")
     if note is not None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from slimify.errors import SlimifyError
-from slimify.preprocess import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from slimify.preprocess import IMAGENET_MEAN, IMAGENET_STD, DataConfig, own_input_size
 from slimify.train.data_config import recorded_data_config, resolved_data_config
 
 __all__ = ["DigitsDataset", "digits", "image_folder", "load_image", "model_transform", "recorded_input_size",
@@ -135,7 +135,7 @@ def model_transform(model: nn.Module, train: bool, weights: str | None = None,
     from torchvision import transforms as T
 
     size = _size3(input_size) if input_size is not None else recorded_input_size(model)
-    cfg = resolved_data_config(model, size or _own_size(model), data_config)
+    cfg = resolved_data_config(model, size or own_input_size(model), data_config)
     timm_tf = _timm_transform(model, train, cfg, augment or {})
     if timm_tf is not None:
         return timm_tf
@@ -151,11 +151,6 @@ def model_transform(model: nn.Module, train: bool, weights: str | None = None,
         return T.Compose([T.RandomResizedCrop((h, w), interpolation=mode), T.RandomHorizontalFlip(), *normalize])
     return T.Compose([T.Resize(int(round(min(h, w) / cfg["crop_pct"])), interpolation=mode), T.CenterCrop((h, w)),
                       *normalize])
-
-
-def _own_size(model: nn.Module) -> tuple[int, int, int]:
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    return tuple(cfg.get("input_size", (3, 224, 224)))  # type: ignore[return-value]
 
 
 def load_image(path: str) -> Any:

@@ -2,7 +2,9 @@
 DistributedDataParallel wrapping, and the helpers that let only rank 0 write files."""
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +12,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DistInfo", "dist_info", "init_from_env", "wrap_ddp", "all_reduce_sum", "barrier", "shutdown"]
+__all__ = ["DistInfo", "dist_info", "init_from_env", "wrap_ddp", "all_reduce_sum", "barrier", "shutdown",
+           "process_group"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,13 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[DistInfo]:
+    """Join the process group ``torchrun`` describes for the block (one process: no-op) and leave it
+    when the block ends; an error leaves without the closing barrier (the other processes fail
+    on their own)."""
+    info = init_from_env()
+    yield info
+    shutdown()

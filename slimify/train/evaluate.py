@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +55,14 @@ class EvalResult:
 
     def to_dict(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self.rows]
+
+    def to_json(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path`` (atomically; what ``profile --accuracy`` reads)."""
+        from slimify.store.atomic import atomic_path
+
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        return Path(path)
 
     def table(self, markdown: bool = False) -> str:
         head = ("width", "top-1", "top-5", "loss", "images")
