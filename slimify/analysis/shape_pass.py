@@ -234,17 +234,18 @@ def state_kept(model: nn.Module, leftover: Callable[[Any], bool] = holds_proxy) 
     list's contents, such a value entered. Only what changed is written, straight into the
     module's ``__dict__`` and through the built-in container methods, so an object the model owns
     is never asked to change (a frozen config stays as it was, ``containers.refill``)."""
-    before = {m: {k: (v, contents(v)) for k, v in vars(m).items()
-                  if k not in _MODULE_INTERNALS} for m in model.modules()}
+    before = {}
+    for m in model.modules():
+        own = vars(m)
+        before[m] = {k: (own[k], contents(own[k])) for k in own.keys() - _MODULE_INTERNALS}
     try:
         with layers_kept(model):  # its layers, weights and buffers too
             yield
     finally:
         for m, attrs in before.items():
             own = vars(m)
-            for name, value in list(own.items()):
-                if name in _MODULE_INTERNALS:
-                    continue
+            for name in own.keys() - _MODULE_INTERNALS:  # a set: deleting below cannot upset it
+                value = own[name]
                 kept = attrs.get(name)
                 if kept is None:
                     if leftover(value):
