@@ -198,9 +198,25 @@ def holds_tensor(value: Any) -> bool:
     return bool(found)
 
 
+_NUMBERS = frozenset((int, float, bool))  # exact types: leaves of a pytree, kept as values
+_SEQUENCES = frozenset((tuple, list, torch.Size))  # pytree nodes: tree_map gives a tuple (a list for a list)
+
+
 def note_value(node: fx.Node, value: Any) -> None:
     """Write ``value``'s shape (a pytree of them) and, for small python values, the value itself
-    into ``node.meta``: what every recorder leaves for the rules."""
+    into ``node.meta``: what every recorder leaves for the rules. A tensor or a number (nearly every
+    node) is a pytree leaf: answered without ``tree_map`` (~15 µs a call, on every node)."""
+    if isinstance(value, torch.Tensor):
+        node.meta[SHAPE_KEY] = value.shape
+        return
+    if type(value) in _NUMBERS:
+        node.meta[SHAPE_KEY] = None
+        node.meta[VALUE_KEY] = value
+        return
+    if type(value) in _SEQUENCES and all(type(v) in _NUMBERS for v in value):  # a size, a list of ints
+        node.meta[SHAPE_KEY] = [None] * len(value) if type(value) is list else (None,) * len(value)
+        node.meta[VALUE_KEY] = value
+        return
     node.meta[SHAPE_KEY] = tree_map(lambda v: v.shape if isinstance(v, torch.Tensor) else None, value)
     if isinstance(value, (int, float, bool, tuple, list, torch.Size)) and not holds_tensor(value):
         node.meta[VALUE_KEY] = value
