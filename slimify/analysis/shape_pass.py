@@ -13,6 +13,7 @@ import operator
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from operator import is_
 from typing import Any
 
 import torch
@@ -241,6 +242,7 @@ def _holds_meta(value: Any) -> bool:
 # nn.Module's own bookkeeping (parameter, buffer, submodule and hook dicts): forward code stores
 # no values there, and scanning them on every module was most of the cost
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_PLAIN = frozenset((int, float, bool, str, type(None), tuple))  # attribute types that hold no container
 
 
 @contextlib.contextmanager
@@ -250,29 +252,40 @@ def state_kept(model: nn.Module, leftover: Callable[[Any], bool] = holds_proxy) 
     list's contents, such a value entered. Only what changed is written, straight into the
     module's ``__dict__`` and through the built-in container methods, so an object the model owns
     is never asked to change (a frozen config stays as it was, ``containers.refill``)."""
-    before = {}
-    for m in model.modules():
+    before: list[tuple[dict[str, Any], dict[str, Any], dict[str, list[Any]]]] = []
+    for m in model.modules():  # per module: its dict, a copy of it, what its dicts and lists held
         own = vars(m)
-        before[m] = {k: (own[k], contents(own[k])) for k in own.keys() - _MODULE_INTERNALS}
+        held = {}
+        for k in own.keys() - _MODULE_INTERNALS:
+            v = own[k]
+            if type(v) not in _PLAIN:  # ints, strings, tuples hold nothing to put back
+                items = contents(v)
+                if items is not None:
+                    held[k] = items
+        before.append((own, own.copy(), held))
     try:
         with layers_kept(model):  # its layers, weights and buffers too
             yield
     finally:
-        for m, attrs in before.items():
-            own = vars(m)
+        for own, copied, held in before:
+            if len(own) == len(copied) and all(map(is_, own, copied)) and all(map(is_, own.values(), copied.values())):
+                for name, items in held.items():  # no attribute set or deleted (nearly every module)
+                    value = own[name]
+                    if not same_contents(value, items) and leftover(value):
+                        refill(value, items)
+                continue
             for name in own.keys() - _MODULE_INTERNALS:  # a set: deleting below cannot upset it
                 value = own[name]
-                kept = attrs.get(name)
-                if kept is None:
+                if name not in copied:
                     if leftover(value):
                         del own[name]
-                elif value is not kept[0]:
+                elif value is not copied[name]:
                     if leftover(value):
-                        own[name] = kept[0]
-                elif kept[1] is not None and not same_contents(value, kept[1]) and leftover(value):
-                    refill(value, kept[1])
-            for name in attrs.keys() - own.keys():  # deleted by forward code
-                own[name] = attrs[name][0]
+                        own[name] = copied[name]
+                elif name in held and not same_contents(value, held[name]) and leftover(value):
+                    refill(value, held[name])
+            for name in copied.keys() - _MODULE_INTERNALS - own.keys():  # deleted by forward code
+                own[name] = copied[name]
 
 
 @contextlib.contextmanager
