@@ -327,7 +327,8 @@ def record_on_meta(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None
     shapes by :class:`FastMeta`); raises where that cannot work."""
     with torch.no_grad(), _tensors_on_meta(gm), state_kept(gm, _holds_meta), warnings.catch_warnings(), FastMeta():
         warnings.simplefilter("ignore")
-        _MetaShapeRecorder(gm).run(*(x.to("meta") for x in inputs))
+        # meta values take no memory: no last-use table to free them early (a pass over the graph)
+        _MetaShapeRecorder(gm, garbage_collect_values=False).run(*(x.to("meta") for x in inputs))
 
 
 def record_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
