@@ -5,21 +5,31 @@ more than store (transformers' ``ModelOutput``). Analysis never asks an object o
 change; what forward code changed during a trace is put back exactly."""
 from __future__ import annotations
 
+from operator import is_
 from typing import Any
 
 __all__ = ["builtin_base", "contents", "same_contents", "refill", "copy_container"]
 
 
+_BASES: dict[type, type] = {}  # type → its built-in base, looked up once per type (analysis reads thousands)
+
+
 def builtin_base(cls: type) -> type:
     """The built-in container type ``cls`` extends (``OrderedDict`` for ``FrozenDict``)."""
-    return next(c for c in cls.__mro__ if c.__module__ in ("builtins", "collections"))
+    base = _BASES.get(cls)
+    if base is None:
+        base = _BASES[cls] = next(c for c in cls.__mro__ if c.__module__ in ("builtins", "collections"))
+    return base
 
 
 def contents(value: Any) -> list[Any] | None:
     """What a dict or list holds, to compare and put back by identity: a dict's keys then its
     values, a list's entries; ``None`` for anything else."""
+    cls = type(value)
+    if cls is dict:  # most of them (every module's parameter, buffer and submodule dicts): no lookup
+        return [*value, *value.values()]
     if isinstance(value, dict):
-        base = builtin_base(type(value))
+        base = builtin_base(cls)
         return [*base.keys(value), *base.values(value)]
     if isinstance(value, list):
         return list.copy(value)
@@ -29,7 +39,7 @@ def contents(value: Any) -> list[Any] | None:
 def same_contents(value: Any, kept: list[Any]) -> bool:
     """Whether ``value`` holds the very objects ``kept`` (from :func:`contents`) recorded, in order."""
     now = contents(value)
-    return now is not None and len(now) == len(kept) and all(a is b for a, b in zip(now, kept))
+    return now is not None and len(now) == len(kept) and all(map(is_, now, kept))
 
 
 def refill(value: Any, kept: list[Any]) -> None:

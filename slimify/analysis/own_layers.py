@@ -18,20 +18,22 @@ from slimify.errors import SlimifyError
 __all__ = ["layers_kept"]
 
 _STORES = (("_modules", "layer"), ("_parameters", "weight"), ("_buffers", ""))  # "": put back silently
+_NAMES = tuple(store for store, _ in _STORES)  # read from the module's __dict__: nn.Module keeps them there
 
 
 @contextlib.contextmanager
 def layers_kept(model: nn.Module) -> Iterator[None]:
     """Put back every module's submodules, parameters and buffers as they were (by identity); when
     the body finishes and forward code had replaced a layer or a weight, raise ``SlimifyError``."""
-    before = {m: [contents(getattr(m, store)) for store, _ in _STORES] for m in model.modules()}
+    before = {m: [contents(own[store]) for store in _NAMES] for m in model.modules() for own in (vars(m),)}
     replaced: list[tuple[nn.Module, str, str]] = []
     try:
         yield
     finally:
         for m, kept in before.items():
+            own = vars(m)
             for (store, kind), items in zip(_STORES, kept):
-                now = getattr(m, store)
+                now = own[store]
                 if same_contents(now, items):
                     continue
                 old = dict(zip(items[: len(items) // 2], items[len(items) // 2:]))

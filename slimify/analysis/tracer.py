@@ -16,6 +16,8 @@ from slimify.analysis.shape_pass import WHERE_KEY
 
 __all__ = ["SlimifyTracer", "graph_module", "attr_of"]
 
+_CREATE_PROXY = fx.proxy.TracerBase.create_proxy  # fx's own: the one whose first-read proxy getattr makes here
+
 
 def _notrace_modules() -> tuple[type, ...]:
     try:
@@ -43,6 +45,33 @@ class SlimifyTracer(fx.Tracer):
         super().__init__(autowrap_functions=_notrace_functions())
         self._has_rule = has_rule
         self._notrace = _notrace_modules()
+        self._param_names: tuple[nn.Module, dict[int, tuple[str, nn.Parameter]]] | None = None
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        """fx's lookup, less its cost: on every parameter read in traced code fx walks
+        ``root.named_parameters()`` until it meets the parameter (1,756 parameters visited per
+        ConvNeXt-V2-atto conversion) and asks ``inspect.signature`` of ``create_proxy`` before its
+        first proxy. Here the name comes from a map built once (identity-checked: the first name in
+        ``named_parameters()``, as fx finds it), and the proxy from fx's cache or, on a first read, is
+        made as fx makes it with this class's ``create_proxy`` (``proxy_factory_fn=None``: shapes not
+        constant). Anything else (a subclass's own ``create_proxy``, ``param_shapes_constant``, a
+        parameter not registered under the root) goes to fx's own lookup."""
+        if isinstance(attr_val, nn.Parameter):
+            names = self._param_names
+            if names is None or names[0] is not self.root:
+                found: dict[int, tuple[str, nn.Parameter]] = {}
+                for n, p in self.root.named_parameters():
+                    found.setdefault(id(p), (n, p))
+                names = self._param_names = (self.root, found)
+            hit = names[1].get(id(attr_val))
+            if hit is not None and hit[1] is attr_val:
+                proxy = parameter_proxy_cache.get(hit[0])
+                if proxy is None and not self.param_shapes_constant and type(self).create_proxy is _CREATE_PROXY:
+                    proxy = parameter_proxy_cache[hit[0]] = self.create_proxy("get_attr", hit[0], (), {},
+                                                                                proxy_factory_fn=None)
+                if proxy is not None:
+                    return proxy
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self._has_rule(m) or isinstance(m, self._notrace):

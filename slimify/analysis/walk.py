@@ -20,6 +20,8 @@ from slimify.rules.notrace import untraced_rule
 
 __all__ = ["analyze"]
 
+_PARAMETERS = torch.nn.Module.parameters  # a class that overrides it is asked through its own
+
 
 def _has_tensor(shape: Any) -> bool:
     if isinstance(shape, torch.Size):
@@ -65,9 +67,13 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
             args, kwargs = _lookup(node.args, env), _lookup(node.kwargs, env)
             env[node] = run_rule(ctx, node, modules, list(args), dict(kwargs), untraced_rule)
             _note_reads(space, node, modules, args, kwargs)
-        for t in tensors_in(env.get(node)):
-            if isinstance(t, TensorVal):
-                space.mark_seen(t.label)
+        value = env.get(node)
+        if isinstance(value, TensorVal):  # most nodes: no generator walk of a container
+            space.mark_seen(value.label)
+        elif value is not None:
+            for t in tensors_in(value):
+                if isinstance(t, TensorVal):
+                    space.mark_seen(t.label)
     follow_paired_sizes(space, traced.root)
     return space
 
@@ -98,7 +104,9 @@ def _note_reads(space: ChannelSpace, node: fx.Node, modules: dict, args: Any, kw
     using a parameter (``F.linear(x, self.weight)``)."""
     inputs = list(tensors_in([args, kwargs]))
     if node.op == "call_module":
-        reads = next(modules[node.target].parameters(), None) is not None
+        module = modules[node.target]  # its own parameters answer without a walk of its children
+        reads = (type(module).parameters is _PARAMETERS and any(p is not None for p in module._parameters.values())) \
+            or next(module.parameters(), None) is not None
     else:
         reads = any(isinstance(t, ParamVal) for t in inputs)
     if reads:

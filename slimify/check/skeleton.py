@@ -140,23 +140,31 @@ class _MetaSizes:
 
     def __init__(self, net: nn.Module, plan: Plan) -> None:
         modules = dict(net.named_modules(remove_duplicate=False))
-        self.entries: list[tuple[dict[str, Any], str, list[tuple[int, ...] | None]]] = []
+        # (store, name, original, (dtype, is a Parameter), per switch its shape or None where the original's)
+        self.entries: list[tuple[dict[str, Any], str, torch.Tensor, tuple[torch.dtype, bool],
+                                 list[tuple[int, ...] | None]]] = []
         self.taken: set[tuple[str, str]] = set()
-        self.empty: dict[tuple[tuple[int, ...], torch.dtype, bool], torch.Tensor] = {}
+        self.empty: dict[tuple[tuple[int, ...], tuple[torch.dtype, bool]], torch.Tensor] = {}
         for (path, name), per_switch in plan.params.items():
             store = _store(modules[path], name)
             if store is not None:
                 full = store[name].shape
-                self.entries.append((store, name, [tuple(_length(dims.get(d), n) for d, n in enumerate(full))
-                                                   for dims in per_switch]))
+                self._add(store, name, [tuple(_length(dims.get(d), n) for d, n in enumerate(full))
+                                        for dims in per_switch])
                 self.taken.add((path, name))
         for path, per_switch in plan.batchnorms.items():
             for name in BN_TENSORS[:4]:  # weight, bias, running_mean, running_var: the count has no channels
                 store = _store(modules[path], name)
                 if store is not None:
-                    self.entries.append((store, name, [None if w >= 1.0 else (len(index),)
-                                                       for w, index in zip(plan.switches, per_switch)]))
-        self.originals = [store[name] for store, name, _ in self.entries]
+                    self._add(store, name, [None if w >= 1.0 else (len(index),)
+                                            for w, index in zip(plan.switches, per_switch)])
+
+    def _add(self, store: dict[str, Any], name: str, shapes: list[tuple[int, ...] | None]) -> None:
+        """One tensor; what ``select`` needs per switch is worked out here once, not per switch."""
+        original = store[name]
+        full = tuple(original.shape)
+        self.entries.append((store, name, original, (original.dtype, isinstance(original, nn.Parameter)),
+                             [None if shape == full else shape for shape in shapes]))
 
     def plan_without(self, plan: Plan) -> Plan:
         """``plan`` less what these sizes serve: the rewrite serves the rest (attributes, caches)."""
@@ -164,16 +172,17 @@ class _MetaSizes:
                                    batchnorms={})
 
     def select(self, switch: int) -> None:
-        for (store, name, shapes), original in zip(self.entries, self.originals):
+        empty = self.empty
+        for store, name, original, kind, shapes in self.entries:
             shape = shapes[switch]
-            if shape is None or shape == tuple(original.shape):
+            if shape is None:
                 store[name] = original
                 continue
-            key = (shape, original.dtype, isinstance(original, nn.Parameter))
-            if key not in self.empty:
-                t = torch.empty(shape, dtype=original.dtype, device="meta")
-                self.empty[key] = nn.Parameter(t, requires_grad=False) if key[2] else t
-            store[name] = self.empty[key]
+            t = empty.get((shape, kind))
+            if t is None:
+                t = torch.empty(shape, dtype=kind[0], device="meta")
+                t = empty[(shape, kind)] = nn.Parameter(t, requires_grad=False) if kind[1] else t
+            store[name] = t
 
 
 def _store(module: nn.Module, name: str) -> dict[str, Any] | None:

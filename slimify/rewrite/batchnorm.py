@@ -30,23 +30,24 @@ class SwitchBatchNorm(nn.Module):
             if full.is_meta:
                 return torch.empty(n, dtype=full.dtype, device="meta")
             if prefix:  # the first channels (no reordering): a slice's copy, no gather
-                return full.detach()[:n].clone()
+                return full[:n].clone()  # under no_grad: no detach needed
             if not take:
                 take.append(torch.as_tensor(index, dtype=torch.long))
-            return full.detach()[take[0].to(full.device)]  # a gather is a copy already
+            return full[take[0].to(full.device)]  # a gather is a copy already
 
         # straight into the dicts: fixed names, and register_* costs a failed attribute lookup each
-        for name in ("weight", "bias"):
-            full = bn._parameters.get(name)
-            if full is not None:
-                self._parameters[name] = nn.Parameter(pick(full))
-        for name in ("running_mean", "running_var"):
-            full = bn._buffers.get(name)
-            if full is not None:
-                self._buffers[name] = pick(full)
-        count = bn._buffers.get("num_batches_tracked")
-        if count is not None:
-            self._buffers["num_batches_tracked"] = count.detach().clone()
+        with torch.no_grad():  # copies, never part of a graph (one context, not a detach per tensor)
+            for name in ("weight", "bias"):
+                full = bn._parameters.get(name)
+                if full is not None:
+                    self._parameters[name] = nn.Parameter(pick(full))
+            for name in ("running_mean", "running_var"):
+                full = bn._buffers.get(name)
+                if full is not None:
+                    self._buffers[name] = pick(full)
+            count = bn._buffers.get("num_batches_tracked")
+            if count is not None:
+                self._buffers["num_batches_tracked"] = count.clone()
 
     def extra_repr(self) -> str:
         t = self._buffers.get("running_mean")
@@ -61,8 +62,8 @@ def attach_private_batchnorm(bn: nn.Module, per_switch: list[np.ndarray], switch
         if w >= 1.0:
             slots.append(None)
         else:
-            slots.append(len(holders))
-            holders.append(SwitchBatchNorm(bn, index))
+            slots.append(len(holders))  # into the list's dict: ``append`` checks the name by a failed lookup
+            holders._modules[str(len(holders))] = SwitchBatchNorm(bn, index)
     bn.slim_bn = holders
     bn.register_load_state_dict_pre_hook(_fill_missing_private(
         {i: per_switch[s] for s, i in enumerate(slots) if i is not None}))

@@ -47,8 +47,14 @@ def cache_attrs(module: nn.Module) -> tuple[str, ...]:
     """The cache attributes ``module`` holds: declared for its class, else annotated by name, else
     a dict of the conventional name (transformers' LeViT sets ``self.attention_bias_cache = {}``)."""
     declared = _declared(type(module))
-    return tuple(n for n in declared if hasattr(module, n)) or tuple(
-        n for n in CONVENTIONAL if isinstance(vars(module).get(n), dict))
+    if declared:
+        found = tuple(n for n in declared if hasattr(module, n))
+        if found:
+            return found
+    own = vars(module)
+    if own.keys().isdisjoint(CONVENTIONAL):  # nearly every module: asked on each walk of the tree
+        return ()
+    return tuple(n for n in CONVENTIONAL if isinstance(own.get(n), dict))
 
 
 def empty_caches(model: nn.Module) -> None:
