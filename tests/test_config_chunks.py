@@ -62,3 +62,17 @@ def test_rebalancing_falls_back_to_the_plans_own_counts_of_the_wider_switch(edge
     counts = plan_module._balanced_above(analysis, 0.5, rounded)
     assert not plan_module._unbalanced_groups(analysis, counts)
     assert counts == [analysis.plan.kept[g.index][1] for g in analysis.table.groups]  # switch 0.5 as planned
+
+
+def test_a_widths_counts_are_worked_out_once(edgenext, monkeypatch) -> None:
+    """Balancing a chunked model's width costs tens of ms; ``slimify.width`` looks it up on every
+    entry, so the second lookup reads what the first worked out (the same counts, no re-balancing)."""
+    from slimify.analysis import plan as plan_module
+    from slimify.state import get_state
+
+    analysis = get_state(edgenext).record.analysis
+    first = plan_module.counts_for(analysis, 0.37)
+    assert analysis.width_counts[0.37] == first
+    monkeypatch.setattr(plan_module, "_balanced_above", lambda *a: pytest.fail("balanced again"))
+    monkeypatch.setattr(plan_module, "uniform_counts", lambda *a: pytest.fail("rounded again"))
+    assert plan_module.counts_for(analysis, 0.37) == first

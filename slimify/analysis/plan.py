@@ -296,10 +296,12 @@ def counts_for(analysis: Analysis, value: Any) -> tuple[int, ...]:
     if not (low - 1e-9 <= w <= 1.0 + 1e-9) or math.isnan(w):
         raise SlimifyError(f"width {w:g} is outside this model's range [{low:g}, 1] (its narrowest switch to full "
                            "width); convert with a narrower switch to go lower")
-    counts = uniform_counts(analysis.space, analysis.table, (w,), plan.group_divisors or plan.divisor)[0]
-    if not _unbalanced_groups(analysis, counts):
-        return tuple(counts)
-    return tuple(_balanced_above(analysis, w, counts))
+    known = analysis.width_counts.get(w)
+    if known is None:
+        counts = uniform_counts(analysis.space, analysis.table, (w,), plan.group_divisors or plan.divisor)[0]
+        known = tuple(_balanced_above(analysis, w, counts) if _unbalanced_groups(analysis, counts) else counts)
+        analysis.width_counts[w] = known
+    return known
 
 
 def _unbalanced_groups(analysis: Analysis, counts: list[int]) -> set[int]:

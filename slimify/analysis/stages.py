@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,6 +45,9 @@ class Analysis:
     table: GroupTable
     plan: Plan
     report: ConversionReport
+    # uniform width → classes kept per group (``plan.counts_for`` fills it): a width is looked up on
+    # every ``slimify.width``, and balancing chunk pieces costs ~30 ms a lookup on EdgeNeXt
+    width_counts: dict[float, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
 
 
 def default_input(model: nn.Module) -> torch.Tensor:
