@@ -19,7 +19,7 @@ from slimify.rewrite.slicing import cut
 from slimify.rules.caches import empty_cache
 from slimify.state import SlimState
 
-__all__ = ["SlimData", "make_slimmable", "slim_data", "restore_class", "SLIM_KEY"]
+__all__ = ["SlimData", "make_slimmable", "slim_data", "restore_class", "inference_copies", "SLIM_KEY"]
 
 SLIM_KEY = "_slimify"  # instance attribute holding a module's SlimData
 
@@ -91,6 +91,14 @@ def _inference_copy(data: SlimData, name: str, full: torch.Tensor, route: tuple)
                 other[5][:] = [None, -1, -1, None]
     copy[:] = [full, full._version, full.data_ptr(), cut(full, route[3]).contiguous()]
     return copy[3]
+
+
+def inference_copies(data: SlimData) -> dict[tuple[str, int], torch.Tensor]:
+    """(name, slot) → the inference copy a cut route holds now: what serving keeps in memory
+    beyond the registered tensors (one per switch served in inference, and the latest
+    configuration's)."""
+    return {(name, route[0]): route[5][3] for name, slots in data.routes.items() for route in slots
+            if route is not None and len(route) > 5 and route[5][3] is not None}
 
 
 def _compiled_read(module: nn.Module, data: SlimData, name: str) -> torch.Tensor | None:
