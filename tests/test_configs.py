@@ -231,5 +231,5 @@ def test_inference_copies_are_kept_for_switches_and_the_latest_configuration_onl
     for w in (0.25, 0.5, 0.3, 0.6, 0.9):
         with slimify.width(model, w):
             _quiet(model, X)
-    slots = sorted(s for name, s in data.cache if name == "weight")
+    slots = sorted(s for name, s in slimify.rewrite.serve.inference_copies(data) if name == "weight")
     assert slots[:2] == [0, 1] and len(slots) == 3 and slots[-1] >= 4

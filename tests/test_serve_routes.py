@@ -176,3 +176,18 @@ def test_private_batchnorm_holds_copies_of_the_chosen_channels(index) -> None:
         assert torch.equal(got, full.detach()[index]) and got.data_ptr() != full.data_ptr()
         got.data.add_(1)  # its own storage: the original's values stay
         assert not torch.equal(got, full.detach()[index])
+
+
+def test_inference_copy_is_reused_until_the_full_weight_changes_in_place() -> None:
+    model = _model()
+    data = serve.slim_data(model[0])
+    with torch.inference_mode(), slimify.width(model, 0.5):
+        model(X)
+        first = serve.inference_copies(data)[("weight", 1)]
+        model(X)
+        assert serve.inference_copies(data)[("weight", 1)] is first  # kept: no copy per read
+    with torch.no_grad():
+        model[0].weight.add_(0.25)  # an optimizer step's kind of update: same tensor, new version
+    _same_as_export(model, 0.5)
+    again = serve.inference_copies(data)[("weight", 1)]
+    assert again is not first and torch.equal(again, model[0].weight.detach()[: again.shape[0], : again.shape[1]])

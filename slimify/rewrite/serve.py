@@ -19,7 +19,7 @@ from slimify.rewrite.slicing import cut
 from slimify.rules.caches import empty_cache
 from slimify.state import SlimState
 
-__all__ = ["SlimData", "make_slimmable", "slim_data", "restore_class", "SLIM_KEY"]
+__all__ = ["SlimData", "make_slimmable", "slim_data", "restore_class", "inference_copies", "SLIM_KEY"]
 
 SLIM_KEY = "_slimify"  # instance attribute holding a module's SlimData
 
@@ -34,12 +34,16 @@ class SlimData:
     params: dict[str, list[dict[int, Any]]] = field(default_factory=dict)
     attrs: dict[str, list[Any]] = field(default_factory=dict)
     bn_slots: list[Any] | None = None  # switch → private BatchNorm slot (None: original); configurations: see config_slots.py
-    cache: dict[tuple[str, int], tuple] = field(default_factory=dict, repr=False)  # inference copies
     routes: dict[str, list] = field(default_factory=dict, repr=False)  # name → per slot, where it comes from (_route)
     forward_caches: dict[str, tuple[int, Any]] = field(default_factory=dict, repr=False)  # forward code's: (switch, value)
 
 
-_compiling = torch.compiler.is_compiling
+# ``torch.compiler.is_compiling()``, spelled out in the getter in one Python frame instead of two
+# (it calls ``torch.jit.is_scripting()``): every served read asks, and at batch 1 the frames were a
+# measurable share of a narrow forward. Dynamo folds ``is_dynamo_compiling()`` to True while it
+# traces (so the flag after it is never read into a graph); torch.export and AOTAutograd set the flag.
+_dynamo_compiling = torch.compiler.is_dynamo_compiling
+_compiler = torch.compiler
 
 
 def slim_data(module: nn.Module) -> SlimData | None:
@@ -50,7 +54,8 @@ def _route(module: nn.Module, data: SlimData, name: str, s: int) -> tuple:
     """Where ``name`` comes from at slot ``s``, resolved on its first read there: ``(s, dict)`` for
     a tensor served whole (the original, or a switch's private BatchNorm: read from its holder's
     dict on every access, so in-place updates, ``.to()`` and ``load_state_dict`` reach it),
-    ``(s, None, slot)`` for a configuration's BatchNorm, ``(s, None, None, dims, is_param)`` for a cut."""
+    ``(s, None, slot)`` for a configuration's BatchNorm, ``(s, None, None, dims, is_param, copy)``
+    for a cut, ``copy`` being the slot's inference copy (see :func:`_inference_copy`)."""
     if data.bn_slots is not None and name in BN_TENSORS and data.bn_slots[s] is not None:
         slot = data.bn_slots[s]
         if not isinstance(slot, int):  # a width configuration's BatchNorm (rewrite/config_slots.py)
@@ -61,25 +66,69 @@ def _route(module: nn.Module, data: SlimData, name: str, s: int) -> tuple:
     dims = data.params.get(name, [{}] * (s + 1))[s]
     if not dims:
         return (s, module._parameters if is_param else module._buffers)
-    return (s, None, None, dims, is_param)
+    return (s, None, None, dims, is_param, [None, -1, -1, None])
+
+
+def _kept_route(module: nn.Module, data: SlimData, name: str, s: int) -> tuple:
+    """:func:`_route`, kept in ``data.routes`` so that later reads at slot ``s`` find it."""
+    route = _route(module, data, name, s)
+    slots = data.routes.setdefault(name, [])
+    slots.extend([None] * (s + 1 - len(slots)))
+    slots[s] = route
+    return route
+
+
+def _inference_copy(data: SlimData, name: str, full: torch.Tensor, route: tuple) -> torch.Tensor:
+    """Refill a cut route's inference copy: a contiguous copy of the cut, stamped with the full
+    tensor's identity, version and data pointer (``.to()``/``.double()`` swap ``.data``: a new
+    storage, maybe the same version), so an optimizer step, ``load_state_dict`` or ``.to()`` makes
+    the next read copy again. Memory: one copy of each cut parameter per switch served in
+    inference, at most the switch's own size (a width-0.5 model's weights, for width 0.5)."""
+    s, copy = route[0], route[5]
+    if s >= len(data.state.switches):  # configurations (a search visits hundreds): keep the latest only
+        for other in data.routes.get(name, [])[len(data.state.switches):]:
+            if other is not None and other is not route and len(other) > 5:
+                other[5][:] = [None, -1, -1, None]
+    copy[:] = [full, full._version, full.data_ptr(), cut(full, route[3]).contiguous()]
+    return copy[3]
+
+
+def inference_copies(data: SlimData) -> dict[tuple[str, int], torch.Tensor]:
+    """(name, slot) → the inference copy a cut route holds now: what serving keeps in memory
+    beyond the registered tensors (one per switch served in inference, and the latest
+    configuration's)."""
+    return {(name, route[0]): route[5][3] for name, slots in data.routes.items() for route in slots
+            if route is not None and len(route) > 5 and route[5][3] is not None}
+
+
+def _compiled_read(module: nn.Module, data: SlimData, name: str) -> torch.Tensor | None:
+    """A read inside torch.compile: the route is resolved in the graph (a kept route would be a
+    guard that every new width trips) and a cut is a view, fused into the graph (a cached copy's
+    data-pointer stamp breaks it)."""
+    route = _route(module, data, name, data.state.index)
+    if route[1] is not None:
+        return route[1].get(name)
+    if route[2] is not None:
+        return route[2].tensor(module, name)
+    full = module._parameters[name] if route[4] else module._buffers.get(name)
+    return None if full is None else cut(full, route[3])
 
 
 def _param_property(name: str) -> property:
     def get(self: nn.Module) -> torch.Tensor | None:
+        """Runs on every read forward code makes, so the common cases return after a few
+        lookups: one compile check, the kept route, one dict read (a whole tensor) or the stamp
+        comparison of the inference copy (a cut, autograd off)."""
         data: SlimData = self.__dict__[SLIM_KEY]
+        if _dynamo_compiling() or _compiler._is_compiling_flag:
+            return _compiled_read(self, data, name)
         s = data.state.index
-        if _compiling():  # resolved inside the graph: a kept route would be a guard that every new width trips
-            route = _route(self, data, name, s)
-        else:
-            try:
-                route = data.routes[name][s]
-            except (KeyError, IndexError):
-                route = None
-            if route is None:
-                route = _route(self, data, name, s)
-                slots = data.routes.setdefault(name, [])
-                slots.extend([None] * (s + 1 - len(slots)))
-                slots[s] = route
+        try:
+            route = data.routes[name][s]
+        except (KeyError, IndexError):
+            route = None
+        if route is None:
+            route = _kept_route(self, data, name, s)
         source = route[1]
         if source is not None:  # the fast path: one dict read
             return source.get(name)
@@ -88,18 +137,12 @@ def _param_property(name: str) -> property:
         full = self._parameters[name] if route[4] else self._buffers.get(name)
         if full is None:
             return None
-        if not route[4] or torch.is_grad_enabled() or _compiling():
-            return cut(full, route[3])  # a view: gradients and in-place buffer updates reach the full tensor;
-            # compiled, the cut is fused into the graph (a cached copy's data-pointer stamp breaks it)
-        hit = data.cache.get((name, s))  # inference: a contiguous copy, kept until the tensor changes
-        if hit is None or hit[0] is not full or hit[1] != full._version or hit[2] != full.data_ptr():
-            # ``.to()``/``.double()`` swap ``.data``: a new storage, maybe the same version
-            hit = (full, full._version, full.data_ptr(), cut(full, route[3]).contiguous())
-            if s >= len(data.state.switches):  # configurations (a search visits hundreds): keep the latest only
-                for key in [k for k in data.cache if k[0] == name and k[1] >= len(data.state.switches)]:
-                    del data.cache[key]
-            data.cache[(name, s)] = hit
-        return hit[3]
+        if not route[4] or torch.is_grad_enabled():
+            return cut(full, route[3])  # a view: gradients and in-place buffer updates reach the full tensor
+        copy = route[5]
+        if copy[0] is full and copy[1] == full._version and copy[2] == full.data_ptr():
+            return copy[3]
+        return _inference_copy(data, name, full, route)
 
     def set_(self: nn.Module, value: Any) -> None:
         if value is None or isinstance(value, torch.Tensor):
