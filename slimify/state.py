@@ -50,15 +50,10 @@ class ConversionRecord:
 
 @dataclass
 class SlimState:
-    """Switches of a converted model and the index of the active one.
-
-    ``on_switch`` callbacks run after the index changes (they update plain attributes such as
-    ``num_heads`` that forward code reads, so forward itself never reassigns anything).
-    """
+    """Switches of a converted model and the index of the active one."""
 
     switches: tuple[float, ...]
     index: int = -1  # index into ``switches``, or beyond them into ``slots``; -1 is the widest
-    on_switch: list[Callable[[int], None]] = field(default_factory=list, repr=False)
     record: ConversionRecord = field(default_factory=ConversionRecord, repr=False)
     # width configurations served after the switches (``rewrite/config_slots.py``), each with a ``width``
     slots: list[Any] = field(default_factory=list, repr=False)
@@ -83,10 +78,7 @@ class SlimState:
         self.select_index(self.index_of(w))
 
     def select_index(self, idx: int) -> None:
-        if idx != self.index:
-            self.index = idx
-            for callback in self.on_switch:
-                callback(idx)
+        self.index = idx
 
     def index_of(self, w: float) -> int:
         for i, s in enumerate(self.switches):
