@@ -14,7 +14,7 @@ from slimify.analysis.space import OUTPUT_REASON, ChannelSpace
 from slimify.analysis.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 from slimify.rules import ParamVal, RuleContext, TensorVal
 from slimify.rules.base import tensors_in
-from slimify.rules.graph_walk import GraphSteps, walk_nodes
+from slimify.rules.graph_walk import GraphSteps, attr_value, walk_nodes
 from slimify.rules.literal_sizes import keep_compared_size
 from slimify.rules.notrace import untraced_rule
 
@@ -134,11 +134,9 @@ def _get_attr(ctx: RuleContext, traced: TracedModel, node: fx.Node) -> Any:
     owner, _, name = node.target.rpartition(".")
     value = attr_of(traced.graph_module, owner) if owner else traced.graph_module
     tensor = getattr(value, name)
-    if isinstance(tensor, torch.Tensor):
-        if traced.concrete and not _is_state(traced, owner, name):  # a value forward code computed
-            return ctx.fixed(tuple(tensor.shape))  # (anchors, a cached table): no channels
-        return ParamVal(owner, name, tensor)
-    return tensor
+    # in a concrete trace, a tensor that is no parameter or buffer is a value forward code computed
+    computed = isinstance(tensor, torch.Tensor) and traced.concrete and not _is_state(traced, owner, name)
+    return attr_value(ctx, node.target, tensor, computed)
 
 
 def _is_state(traced: TracedModel, owner: str, name: str) -> bool:

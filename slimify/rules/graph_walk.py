@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from slimify.rules.base import RuleContext, TensorVal, tensors_in
+from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
 from slimify.rules.dispatch import run_rule
 
-__all__ = ["GraphSteps", "walk_nodes"]
+__all__ = ["GraphSteps", "walk_nodes", "attr_value"]
 
 
 class GraphSteps:
@@ -84,3 +85,16 @@ def walk_nodes(ctx: RuleContext, graph: fx.Graph, modules: dict[str, nn.Module],
                 if isinstance(t, TensorVal):
                     seen(t.label)
     return None
+
+
+def attr_value(ctx: RuleContext, target: str, value: Any, computed: bool) -> Any:
+    """A ``get_attr`` node's analysed value: anything but a tensor as it is; a tensor forward code
+    computed (``computed``: anchors, a cached table, fx's ``_tensor_constant`` copies) as fixed
+    channels; a parameter or buffer as a :class:`ParamVal`. Which tensors count as computed is the
+    steps' to say: each use knows it from a different record."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if computed:
+        return ctx.fixed(tuple(value.shape))
+    owner, _, name = target.rpartition(".")
+    return ParamVal(owner, name, value)

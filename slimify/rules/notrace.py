@@ -26,7 +26,7 @@ from slimify.analysis.tracer import SlimifyTracer, attr_of, graph_module
 from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.caches import empty_caches
 from slimify.rules.detection import postprocessing_functions
-from slimify.rules.graph_walk import GraphSteps, walk_nodes
+from slimify.rules.graph_walk import GraphSteps, attr_value, walk_nodes
 from slimify.rules.registry import find_module_rule, rule
 
 __all__ = ["ConcreteTracer", "trace_through", "untraced_rule", "notrace_classes", "assign_items"]
@@ -318,11 +318,7 @@ class ModuleSteps(GraphSteps):
         return next(self.inputs, None)
 
     def get_attr(self, ctx: RuleContext, node: fx.Node) -> Any:
-        owner, _, name = node.target.rpartition(".")
-        tensor = self.tracer.values[node]
-        if not isinstance(tensor, torch.Tensor):
-            return tensor
-        return ctx.fixed(tuple(tensor.shape)) if node in self.constants else ParamVal(owner, name, tensor)
+        return attr_value(ctx, node.target, self.tracer.values[node], node in self.constants)
 
     def holds_tensor(self, node: fx.Node) -> bool:
         return holds_tensor(self.tracer.values[node])
