@@ -164,7 +164,7 @@ def forward_rows(name: str, slim: nn.Module, plains: dict[float, nn.Module], bat
 def bench_model(name: str, batch: int, runs: int, warmup: int, compile_modes: list[bool],
                 device: str = "cuda", image: int | None = None, batches: tuple[int, ...] = BATCHES) -> list[str]:
     """Every row of one model: export times, then per mode the training step and the forwards."""
-    from slimify.analysis.stages import default_input
+    from slimify.analysis.example_inputs import default_input
 
     base = create(name).eval()
     size = (3, image, image) if image else tuple(default_input(base).shape[1:])

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slimify.analysis.example_inputs import describe_call, first_shape
+from slimify.analysis.example_inputs import default_input, describe_call, first_shape
 from slimify.analysis.report import ConversionReport
-from slimify.analysis.stages import analyze_model, default_input
+from slimify.analysis.stages import analyze_model
 from slimify.check.selfcheck import self_check, unexpected, with_line
 from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused

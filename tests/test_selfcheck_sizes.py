@@ -9,8 +9,8 @@ import timm
 import torch
 import torchvision
 
+from slimify.analysis.example_inputs import ExampleCall
 from slimify.analysis.stages import analyze_model
-from slimify.analysis.trace_concrete import ModelInputs
 from slimify.check.skeleton import Runner, skeleton
 from slimify.rewrite.apply import rewrite
 from slimify.rewrite.batchnorm import BN_TENSORS
@@ -32,7 +32,7 @@ def test_meta_sizes_are_the_sizes_the_rewrite_serves(name: str) -> None:
     served = skeleton(model, meta=True)
     state = SlimState(plan.switches)
     rewrite(served, plan, state)
-    runner = Runner(model, ModelInputs.of(x, None), plan, recorded=None)
+    runner = Runner(model, ExampleCall.of(x, None), plan, recorded=None)
     assert runner.meta
     net, _, sizes = runner._rewritten(plan)
     assert sizes is not None

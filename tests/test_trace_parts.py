@@ -12,7 +12,8 @@ import torch.nn as nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 import slimify
-from slimify.analysis.trace_concrete import ModelInputs, trace_concretely
+from slimify.analysis.example_inputs import ExampleCall
+from slimify.analysis.trace_concrete import trace_concretely
 from slimify.rules.registry import find_module_rule
 
 
@@ -93,7 +94,7 @@ def _stem_slims(model: nn.Module, origin: str) -> None:
 def test_any_number_of_parts_that_fail_to_trace(n: int) -> None:
     x = torch.randn(1, 3, 16, 16)
     model = ManyLookups(n)
-    _, tracer = trace_concretely(model, ModelInputs.of(x), lambda m: find_module_rule(m) is not None)
+    _, tracer = trace_concretely(model, ExampleCall.of(x), lambda m: find_module_rule(m) is not None)
     assert tracer.leaves == {f"blocks.{i}" for i in range(n)}  # each once, in one trace
     _converted(model, x)
     fixed = [g for g in slimify.report(model).groups if g.fixed and "cannot trace Lookup" in g.reason]

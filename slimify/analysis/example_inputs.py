@@ -1,7 +1,26 @@
-"""The example a model was converted on, kept as data: a ``.slim`` file records its form (shapes,
-dtypes, lists, keyword names, plain values) so ``load`` converts on an input of the same form —
-several inputs (a Siamese pair, RAFT's two frames), a list of images, keyword inputs (a timestep).
-:class:`ExampleCall` is such a call as a value: what export, profile and the checks call a model with."""
+"""Example inputs, in one place: what a model is called with while it is converted, checked,
+exported and measured. One notion, :class:`ExampleCall` (``model(*args, **kwargs)`` as a value),
+and the few functions that make one:
+
+* :func:`default_input`: convert's input when the caller gives none: a random batch of one at the
+  model's own size (``preprocess.own_input_size``), drawn from torch's global generator, as convert
+  always drew it;
+* :class:`ExampleCall`: the call itself. The trace, the concrete tracer and the self-check take it
+  (``ExampleCall.of(example_input, example_kwargs)``: a tuple is several positional inputs, anything
+  else one; ``flat``: the inputs holding tensors, the traced graph's inputs); export, profile and
+  the proofs batch, resize and move it;
+* :func:`describe_call` / :func:`rebuild`: a call's form as JSON (shapes, dtypes, lists, keyword names,
+  plain values) so a ``.slim`` file records it and ``load`` converts on an input of the same form:
+  several inputs (a Siamese pair, RAFT's two frames), a list of images, keyword inputs (a timestep);
+* ``store/slimfile.py``'s ``example_shape``, ``example_input`` and ``example_call``: a converted
+  model's recorded call rebuilt (a fixed seed, so every export and profile sees the same values);
+  a plain model's falls back to its own size. They live there because they read the conversion
+  record a ``.slim`` file carries.
+
+``default_input`` and ``example_input`` differ on purpose: convert's default has always drawn from
+the global generator (a seeded one would change the values, and what the caller's later draws see),
+while a converted model's example must be the same on every call.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,10 +30,16 @@ import torch
 from torch.utils import _pytree as pytree
 
 from slimify.errors import SlimifyError
+from slimify.preprocess import own_input_size
 
-__all__ = ["describe_call", "rebuild", "first_shape", "ExampleCall"]
+__all__ = ["describe_call", "rebuild", "first_shape", "ExampleCall", "default_input"]
 
 _PLAIN = (type(None), bool, int, float, str)
+
+
+def default_input(model: Any) -> torch.Tensor:
+    """A random batch of one at the model's own input size (:func:`own_input_size`)."""
+    return torch.randn(1, *own_input_size(model))
 
 
 def describe_call(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -102,6 +127,12 @@ class ExampleCall:
         """One tensor, no keywords: the form of an image model."""
         return len(self.args) == 1 and isinstance(self.args[0], torch.Tensor) and not self.kwargs
 
+    @property
+    def flat(self) -> tuple[Any, ...]:
+        """The inputs holding a tensor (positional, then keyword), in order: a concrete trace's
+        graph inputs. The others are constants of the trace."""
+        return tuple(v for v in (*self.args, *self.kwargs.values()) if _holds_tensor(v))
+
     def tensors(self) -> list[torch.Tensor]:
         """The tensors of the call in order (positional, then keyword; lists and dicts flattened)."""
         return [t for t in pytree.tree_leaves((self.args, self.kwargs)) if isinstance(t, torch.Tensor)]
@@ -158,6 +189,10 @@ class ExampleCall:
             return str(list(self.first.shape))
         parts = [_shape_text(a) for a in self.args] + [f"{k}={_shape_text(v)}" for k, v in self.kwargs.items()]
         return ", ".join(parts)
+
+
+def _holds_tensor(value: Any) -> bool:
+    return any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(value))
 
 
 def _shape_text(value: Any) -> str:

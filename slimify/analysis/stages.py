@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch.fx as fx
 import torch.nn as nn
 
 from slimify.analysis.design_floor import design_floor
+from slimify.analysis.example_inputs import ExampleCall, default_input
 from slimify.analysis.full_width import full_width_reasons
 from slimify.analysis.groups import GroupTable, cut_around, find_groups
 from slimify.analysis.plan import EmptyPiece, NotABox, Plan, Unbalanced, make_plan
@@ -20,21 +20,19 @@ from slimify.analysis.report import ConversionReport, build_report
 from slimify.analysis.space import ChannelSpace
 from slimify.analysis.switch_checks import check_minimum, check_switches
 from slimify.analysis.trace import trace
-from slimify.analysis.trace_concrete import ModelInputs
 from slimify.analysis.walk import analyze
 from slimify.errors import SlimifyError
 from slimify.gcpause import gc_paused
-from slimify.preprocess import own_input_size
 from slimify.rules import find_module_rule
 from slimify.rules.caches import caches_emptied
 
-__all__ = ["analyze_model", "Analysis", "default_input", "Check"]
+__all__ = ["analyze_model", "Analysis", "Check"]
 
 Replan = Callable[[ChannelSpace], tuple[GroupTable, Plan]]
 # (model, example inputs, space, table, plan, replan, traced output node) -> the table and plan that ran:
 # the self-check (``slimify.check.selfcheck.self_check``). It rewrites a copy of the model, a later
 # stage than analysis, so the callers above (``convert``, ``reorder``) hand it in.
-Check = Callable[[nn.Module, ModelInputs, ChannelSpace, GroupTable, Plan, Replan, "fx.Node | None"], tuple[GroupTable, Plan]]
+Check = Callable[[nn.Module, ExampleCall, ChannelSpace, GroupTable, Plan, Replan, "fx.Node | None"], tuple[GroupTable, Plan]]
 
 
 @dataclass
@@ -48,11 +46,6 @@ class Analysis:
     # uniform width → classes kept per group (``plan.counts_for`` fills it): a width is looked up on
     # every ``slimify.width``, and balancing chunk pieces costs ~30 ms a lookup on EdgeNeXt
     width_counts: dict[float, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
-
-
-def default_input(model: nn.Module) -> torch.Tensor:
-    """A random batch of one at the model's own input size (:func:`own_input_size`)."""
-    return torch.randn(1, *own_input_size(model))
 
 
 @gc_paused
@@ -90,7 +83,7 @@ def analyze_model(model: nn.Module, switches: Any = (0.25, 0.5, 0.75, 1.0), divi
             space, table, plan, stuck = other, other_table, other_plan, other_stuck
     if check is not None:
         output = next((n for n in reversed(traced.graph.nodes) if n.op == "output"), None)
-        table, plan = check(model, ModelInputs.of(example, example_kwargs), space, table, plan,
+        table, plan = check(model, ExampleCall.of(example, example_kwargs), space, table, plan,
                             lambda trial: _plan(trial, switches, divisor, type(model).__name__), output)
     seconds = time.perf_counter() - start
     report = build_report(type(model).__name__, table, plan, seconds, full_width_reasons(space, table, plan))

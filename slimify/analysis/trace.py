@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import ExampleCall
 from slimify.analysis.frames import is_library
 from slimify.analysis.shape_pass import SHAPE_KEY, VALUE_KEY, WHERE_KEY, record_shapes, state_kept
 from slimify.analysis.tracer import SlimifyTracer, graph_module
@@ -69,8 +70,7 @@ def trace(model: nn.Module, example_input: Any, has_rule: Callable[[nn.Module], 
     keyword or non-tensor inputs, it is traced with concrete values instead (``analysis/trace_concrete.py``).
     Every module's training flag is restored; its parameters, buffers and attributes are not changed.
     """
-    from slimify.analysis.trace_concrete import ModelInputs
-    inputs = ModelInputs.of(example_input, example_kwargs)
+    inputs = ExampleCall.of(example_input, example_kwargs)
     training = [m for m in model.modules() if m.training]  # put back exactly these: not every module
     for m in training:  # ``model.eval()`` walks the tree twice more (eval, then train(was_training))
         m.training = False

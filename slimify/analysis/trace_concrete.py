@@ -29,32 +29,14 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import ExampleCall
 from slimify.analysis.shape_pass import holds_tensor, state_kept
 from slimify.analysis.tracer import graph_module
 from slimify.rules.notrace import ConcreteTracer
 
-__all__ = ["ModelInputs", "trace_concretely", "plain_output"]
+__all__ = ["trace_concretely", "plain_output"]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class ModelInputs:
-    """How the model is called: ``model(*args, **kwargs)``. Arguments holding tensors become
-    graph inputs (``flat``, in order); the others are constants of the trace."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-    @classmethod
-    def of(cls, example_input: Any, example_kwargs: dict[str, Any] | None = None) -> ModelInputs:
-        """A tuple is several positional inputs; anything else (a tensor, a list of images) one."""
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
-        return cls(tuple(args), dict(example_kwargs or {}))
-
-    @property
-    def flat(self) -> tuple[Any, ...]:
-        return tuple(v for v in (*self.args, *self.kwargs.values()) if holds_tensor(v))
 
 
 def plain_output(value: Any) -> Any:
@@ -80,7 +62,7 @@ class EntryTracer(ConcreteTracer):
     them) become placeholders, everything else is passed as the constant it is. ``leaves`` are
     module paths kept as leaves because tracing failed inside them."""
 
-    def __init__(self, has_rule: Callable[[nn.Module], bool], inputs: ModelInputs, leaves: set[str]) -> None:
+    def __init__(self, has_rule: Callable[[nn.Module], bool], inputs: ExampleCall, leaves: set[str]) -> None:
         super().__init__(has_rule, list(inputs.flat))
         self.inputs, self.leaves = inputs, leaves
         self._live: dict[fx.Node, int] = {}
@@ -170,7 +152,7 @@ class EntryTracer(ConcreteTracer):
             self.module_stack.popitem()
 
 
-def _arg_names(root_fn: Any, inputs: ModelInputs) -> list[str]:
+def _arg_names(root_fn: Any, inputs: ExampleCall) -> list[str]:
     """Placeholder names: forward's own parameter names where they can be told, else ``input_i``."""
     import inspect
     try:
@@ -181,7 +163,7 @@ def _arg_names(root_fn: Any, inputs: ModelInputs) -> list[str]:
     return names + [k for k, v in inputs.kwargs.items() if holds_tensor(v)]
 
 
-def trace_concretely(model: nn.Module, inputs: ModelInputs, has_rule: Callable[[nn.Module], bool]
+def trace_concretely(model: nn.Module, inputs: ExampleCall, has_rule: Callable[[nn.Module], bool]
                      ) -> tuple[fx.GraphModule, EntryTracer]:
     """The example's path through ``model`` as a graph module whose nodes already hold their
     shapes (``shapes.note_value``). The model's state is put back, forward code may store what it

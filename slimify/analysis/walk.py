@@ -14,7 +14,7 @@ from slimify.analysis.space import OUTPUT_REASON, ChannelSpace
 from slimify.analysis.trace import SHAPE_KEY, VALUE_KEY, TracedModel
 from slimify.rules import ParamVal, RuleContext, TensorVal
 from slimify.rules.base import tensors_in
-from slimify.rules.dispatch import run_rule
+from slimify.rules.graph_walk import GraphSteps, attr_value, walk_nodes
 from slimify.rules.literal_sizes import keep_compared_size
 from slimify.rules.notrace import untraced_rule
 
@@ -33,14 +33,6 @@ def _has_tensor(shape: Any) -> bool:
     return False
 
 
-def _lookup(value: Any, env: dict[fx.Node, Any]) -> Any:
-    return fx.node.map_arg(value, lambda n: env[n])
-
-
-def _python_value(node: fx.Node) -> Any:
-    return node.meta.get(VALUE_KEY)
-
-
 def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpace:
     """Annotate nothing, mutate nothing: returns the constraints of every channel.
     ``positional_chunks``: ``chunk`` splits whatever is active (rules/segments.py)."""
@@ -48,34 +40,41 @@ def analyze(traced: TracedModel, positional_chunks: bool = False) -> ChannelSpac
     space.positional_chunks = positional_chunks
     ctx = RuleContext(space, traced.root)
     ctx.leaves = traced.leaves  # modules whose tracing failed: traced on their own (``untraced_rule``)
-    env: dict[fx.Node, Any] = ctx.values  # rules read earlier values (where a size came from)
     modules = dict(traced.root.named_modules())
-    for node in traced.graph.nodes:
-        ctx.begin(node)
-        shape = node.meta.get(SHAPE_KEY)
-        if node.op == "placeholder":
-            env[node] = _placeholder(ctx, shape)
-        elif node.op == "get_attr":
-            env[node] = _get_attr(ctx, traced, node)
-        elif node.op == "output":
-            _output(ctx, _lookup(node.args[0], env))
-        elif not _has_tensor(shape):
-            env[node] = _python_value(node)
-            if traced.concrete:  # the branch this comparison decided must go the same way at every width
-                keep_compared_size(ctx, node)
-        else:
-            args, kwargs = _lookup(node.args, env), _lookup(node.kwargs, env)
-            env[node] = run_rule(ctx, node, modules, list(args), dict(kwargs), untraced_rule)
-            _note_reads(space, node, modules, args, kwargs)
-        value = env.get(node)
-        if isinstance(value, TensorVal):  # most nodes: no generator walk of a container
-            space.mark_seen(value.label)
-        elif value is not None:
-            for t in tensors_in(value):
-                if isinstance(t, TensorVal):
-                    space.mark_seen(t.label)
+    walk_nodes(ctx, traced.graph, modules, ModelSteps(traced, modules), untraced_rule)
     follow_paired_sizes(space, traced.root)
     return space
+
+
+class ModelSteps(GraphSteps):
+    """The model's graph (:func:`walk_nodes`' first use): shapes and plain values come from the
+    shape pass's record on each node; inputs and outputs are the model's, so their channels are
+    fixed (features may be padded back); layers with parameters note the channels they read; in a
+    concrete trace, a size compared in a branch keeps its width (the branch must go the same way
+    at every width). A no-trace module's graph is walked with ``rules/notrace.py``'s steps."""
+
+    def __init__(self, traced: TracedModel, modules: dict[str, torch.nn.Module]) -> None:
+        self.traced, self.modules = traced, modules
+
+    def placeholder(self, ctx: RuleContext, node: fx.Node) -> Any:
+        return _placeholder(ctx, node.meta.get(SHAPE_KEY))
+
+    def get_attr(self, ctx: RuleContext, node: fx.Node) -> Any:
+        return _get_attr(ctx, self.traced, node)
+
+    def holds_tensor(self, node: fx.Node) -> bool:
+        return _has_tensor(node.meta.get(SHAPE_KEY))
+
+    def plain_value(self, ctx: RuleContext, node: fx.Node) -> Any:
+        if self.traced.concrete:  # the branch this comparison decided must go the same way at every width
+            keep_compared_size(ctx, node)
+        return node.meta.get(VALUE_KEY)
+
+    def called(self, ctx: RuleContext, node: fx.Node, args: Any, kwargs: Any) -> None:
+        _note_reads(ctx.space, node, self.modules, args, kwargs)
+
+    def output(self, ctx: RuleContext, outputs: Any) -> None:
+        _output(ctx, outputs)
 
 
 def _output(ctx: RuleContext, outputs: Any) -> None:
@@ -135,11 +134,9 @@ def _get_attr(ctx: RuleContext, traced: TracedModel, node: fx.Node) -> Any:
     owner, _, name = node.target.rpartition(".")
     value = attr_of(traced.graph_module, owner) if owner else traced.graph_module
     tensor = getattr(value, name)
-    if isinstance(tensor, torch.Tensor):
-        if traced.concrete and not _is_state(traced, owner, name):  # a value forward code computed
-            return ctx.fixed(tuple(tensor.shape))  # (anchors, a cached table): no channels
-        return ParamVal(owner, name, tensor)
-    return tensor
+    # in a concrete trace, a tensor that is no parameter or buffer is a value forward code computed
+    computed = isinstance(tensor, torch.Tensor) and traced.concrete and not _is_state(traced, owner, name)
+    return attr_value(ctx, node.target, tensor, computed)
 
 
 def _is_state(traced: TracedModel, owner: str, name: str) -> bool:

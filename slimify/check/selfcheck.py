@@ -24,12 +24,12 @@ import numpy as np
 import torch.fx as fx
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import ExampleCall
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.plan import Plan
 from slimify.analysis.space import ChannelSpace, Count
 from slimify.analysis.stages import Replan
 from slimify.analysis.trace import SHAPE_KEY, WHERE_KEY
-from slimify.analysis.trace_concrete import ModelInputs
 from slimify.analysis.unique import unique
 from slimify.check.output_structure import recorded_structure
 from slimify.check.skeleton import Failure, Runner, first_line, source_line
@@ -87,7 +87,7 @@ def _group_ids(table: GroupTable, groups: list[int]) -> list[np.ndarray]:
     return [np.nonzero(table.group_of_id == g)[0] for g in groups]
 
 
-def self_check(model: nn.Module, inputs: ModelInputs, space: ChannelSpace, table: GroupTable, plan: Plan,
+def self_check(model: nn.Module, inputs: ExampleCall, space: ChannelSpace, table: GroupTable, plan: Plan,
                replan: Replan, output: fx.Node | None = None) -> tuple[GroupTable, Plan]:
     """Run every switch on ``model(*inputs.args, **inputs.kwargs)`` (the call the trace recorded);
     fix the groups a failing one needs and plan again until all run.

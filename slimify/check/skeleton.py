@@ -18,11 +18,11 @@ import torch.nn as nn
 from torch.utils._pytree import tree_map
 
 from slimify.analysis.containers import copy_container
+from slimify.analysis.example_inputs import ExampleCall
 from slimify.analysis.frames import is_library
 from slimify.analysis.meta_layers import shape_forward
 from slimify.analysis.metarun import FastMeta
 from slimify.analysis.plan import Plan
-from slimify.analysis.trace_concrete import ModelInputs
 from slimify.check.output_structure import difference, structure
 from slimify.errors import SlimifyError
 from slimify.rewrite.apply import rewrite  # the pipeline's rewrite, run on the skeleton
@@ -245,7 +245,7 @@ class Runner:
     model meta cannot run (then everything runs for real) from a failing switch. Models with
     recurrent layers run for real: their meta kernels are slower than real ones."""
 
-    def __init__(self, model: nn.Module, inputs: ModelInputs, plan: Plan, recorded: Any = None,
+    def __init__(self, model: nn.Module, inputs: ExampleCall, plan: Plan, recorded: Any = None,
                  output_line: str = "") -> None:
         self.model, self.inputs, self.reference, self.output_line = model, inputs, recorded, output_line
         self.tensors: dict[int, torch.Tensor] = {}  # the model's tensors → their meta copies

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from slimify.analysis.example_inputs import default_input
 from slimify.analysis.groups import GroupTable
 from slimify.analysis.space import ChannelSpace
-from slimify.analysis.stages import Analysis, analyze_model, default_input
+from slimify.analysis.stages import Analysis, analyze_model
 from slimify.analysis.unique import unique
 from slimify.check.selfcheck import self_check
 from slimify.errors import SlimifyError

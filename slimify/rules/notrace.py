@@ -23,10 +23,10 @@ import torch.nn as nn
 
 from slimify.analysis.shape_pass import VALUE_KEY, holds_tensor, note_value
 from slimify.analysis.tracer import SlimifyTracer, attr_of, graph_module
-from slimify.rules.base import ParamVal, RuleContext, TensorVal, tensors_in
+from slimify.rules.base import ParamVal, RuleContext, TensorVal
 from slimify.rules.caches import empty_caches
 from slimify.rules.detection import postprocessing_functions
-from slimify.rules.dispatch import run_rule
+from slimify.rules.graph_walk import GraphSteps, attr_value, walk_nodes
 from slimify.rules.registry import find_module_rule, rule
 
 __all__ = ["ConcreteTracer", "trace_through", "untraced_rule", "notrace_classes", "assign_items"]
@@ -270,7 +270,8 @@ def trace_through(ctx: RuleContext, args: list, kwargs: dict) -> Any:
     _absolute(gm, path, m)
     outer = ctx.node
     try:
-        return _walk(ctx, gm, tracer, constants, list(bound.arguments.values()))
+        steps = ModuleSteps(tracer, constants, list(bound.arguments.values()))
+        return walk_nodes(ctx, gm.graph, dict(ctx.root.named_modules()), steps, untraced_rule)
     finally:
         ctx.begin(outer)
 
@@ -301,35 +302,32 @@ def _concrete_graph(ctx: RuleContext, m: nn.Module, bound: inspect.BoundArgument
     return gm, tracer, constants
 
 
-def _walk(ctx: RuleContext, gm: fx.GraphModule, tracer: ConcreteTracer, constants: set[fx.Node],
-          inputs: list[Any]) -> Any:
-    """Run the rule table over the module's graph, as analyze does over the model's."""
-    modules = dict(ctx.root.named_modules())
-    placeholders = iter(inputs)
-    for node in gm.graph.nodes:
-        ctx.begin(node)
-        if node.op == "placeholder":
-            value = next(placeholders, None)
-        elif node.op == "get_attr":
-            owner, _, name = node.target.rpartition(".")
-            tensor = tracer.values[node]
-            if not isinstance(tensor, torch.Tensor):
-                value = tensor
-            else:
-                value = ctx.fixed(tuple(tensor.shape)) if node in constants else ParamVal(owner, name, tensor)
-        elif node.op == "output":
-            return fx.node.map_arg(node.args[0], lambda n: ctx.values[n])
-        elif not holds_tensor(tracer.values[node]):
-            value = node.meta.get(VALUE_KEY, tracer.values[node])
-        else:
-            call_args = fx.node.map_arg(node.args, lambda n: ctx.values[n])
-            call_kwargs = fx.node.map_arg(node.kwargs, lambda n: ctx.values[n])
-            value = run_rule(ctx, node, modules, list(call_args), dict(call_kwargs), untraced_rule)
-        ctx.values[node] = value
-        for t in tensors_in(value):
-            if isinstance(t, TensorVal):
-                ctx.space.mark_seen(t.label)
-    return None
+class ModuleSteps(GraphSteps):
+    """A no-trace module's own graph (:func:`walk_nodes`' second use), walked inside the model's
+    walk as the module's rule: its inputs are the values that walk already analysed (not fixed
+    model inputs), its output is handed back as the module's value (not fixed), and values come
+    from the concrete tracer's record (``tracer.values``), as this graph had no shape pass of its
+    own. Its tensor attributes fx made from constants (``_tensor_constant0``) carry no channels.
+    The model's steps (``analysis/walk.py``) also note parameter reads and keep compared sizes;
+    these do neither, as the walk of such a module always has."""
+
+    def __init__(self, tracer: ConcreteTracer, constants: set[fx.Node], inputs: list[Any]) -> None:
+        self.tracer, self.constants, self.inputs = tracer, constants, iter(inputs)
+
+    def placeholder(self, ctx: RuleContext, node: fx.Node) -> Any:
+        return next(self.inputs, None)
+
+    def get_attr(self, ctx: RuleContext, node: fx.Node) -> Any:
+        return attr_value(ctx, node.target, self.tracer.values[node], node in self.constants)
+
+    def holds_tensor(self, node: fx.Node) -> bool:
+        return holds_tensor(self.tracer.values[node])
+
+    def plain_value(self, ctx: RuleContext, node: fx.Node) -> Any:
+        return node.meta.get(VALUE_KEY, self.tracer.values[node])
+
+    def output(self, ctx: RuleContext, outputs: Any) -> Any:
+        return outputs
 
 
 def untraced_rule(ctx: RuleContext) -> Any:
