@@ -36,6 +36,23 @@ class SlimData:
     bn_slots: list[Any] | None = None  # switch → private BatchNorm slot (None: original); configurations: see config_slots.py
     routes: dict[str, list] = field(default_factory=dict, repr=False)  # name → per slot, where it comes from (_route)
     forward_caches: dict[str, tuple[int, Any]] = field(default_factory=dict, repr=False)  # forward code's: (switch, value)
+    snapshot: Snapshot = field(default_factory=lambda: Snapshot(), repr=False)  # name → the latest read (see Snapshot)
+
+
+class Snapshot(dict):
+    """name → what the last read at a slot returned, kept so that the next read at that slot
+    returns it after one stamp check instead of walking the route: ``(slot, holder)`` for a
+    tensor served whole (read from its holder's dict on every access), ``(slot, None, full,
+    alias, version, copy)`` for a cut parameter's inference copy. ``alias`` is ``full.detach()``:
+    it shares the full tensor's version counter (in-place updates bump it) and is a plain tensor,
+    whose ``_version`` reads faster than a Parameter's. ``.to()``/``.half()`` swap the full
+    tensor's ``.data`` without a new version: the served class's ``_apply`` empties the snapshot
+    (a bare ``param.data = t`` outside ``_apply`` is not seen until the slot changes).
+    Never copied (deepcopy, pickle): a copy's alias would be a tensor of its own, no alias of
+    the copied parameter, so the copy starts empty and fills on its first reads."""
+
+    def __reduce__(self) -> tuple:  # deepcopy, copy and pickle all rebuild it from this: empty
+        return (Snapshot, ())
 
 
 # ``torch.compiler.is_compiling()``, spelled out in the getter in one Python frame instead of two
@@ -116,33 +133,20 @@ def _compiled_read(module: nn.Module, data: SlimData, name: str) -> torch.Tensor
 
 def _param_property(name: str) -> property:
     def get(self: nn.Module) -> torch.Tensor | None:
-        """Runs on every read forward code makes, so the common cases return after a few
-        lookups: one compile check, the kept route, one dict read (a whole tensor) or the stamp
-        comparison of the inference copy (a cut, autograd off)."""
+        """Runs on every read forward code makes, so the common cases return from the
+        snapshot (:class:`Snapshot`) after one compile check and the slot comparison: one dict
+        read (a whole tensor), or (an inference copy) the parameter's identity, its version and
+        the autograd switch; anything else takes the route (:func:`_routed_read`)."""
         data: SlimData = self.__dict__[SLIM_KEY]
         if _dynamo_compiling() or _compiler._is_compiling_flag:
             return _compiled_read(self, data, name)
-        s = data.state.index
-        try:
-            route = data.routes[name][s]
-        except (KeyError, IndexError):
-            route = None
-        if route is None:
-            route = _kept_route(self, data, name, s)
-        source = route[1]
-        if source is not None:  # the fast path: one dict read
-            return source.get(name)
-        if route[2] is not None:
-            return route[2].tensor(self, name)
-        full = self._parameters[name] if route[4] else self._buffers.get(name)
-        if full is None:
-            return None
-        if not route[4] or torch.is_grad_enabled():
-            return cut(full, route[3])  # a view: gradients and in-place buffer updates reach the full tensor
-        copy = route[5]
-        if copy[0] is full and copy[1] == full._version and copy[2] == full.data_ptr():
-            return copy[3]
-        return _inference_copy(data, name, full, route)
+        seen = data.snapshot.get(name)
+        if seen is not None and seen[0] == data.state.index:
+            if seen[1] is not None:
+                return seen[1].get(name)
+            if seen[3]._version == seen[4] and self._parameters.get(name) is seen[2] and not torch.is_grad_enabled():
+                return seen[5]
+        return _routed_read(self, data, name)
 
     def set_(self: nn.Module, value: Any) -> None:
         if value is None or isinstance(value, torch.Tensor):
@@ -150,11 +154,43 @@ def _param_property(name: str) -> property:
                 self._parameters[name] = value
             else:
                 self._buffers[name] = value
-            self.__dict__[SLIM_KEY].routes.pop(name, None)
+            data = self.__dict__[SLIM_KEY]
+            data.routes.pop(name, None)
+            data.snapshot.pop(name, None)
             return
         raise AttributeError(f"{name} of a slimmable module cannot be set to {type(value).__name__}")
 
     return property(get, set_, doc=f"``{name}`` cut to the active switch")
+
+
+def _routed_read(self: nn.Module, data: SlimData, name: str) -> torch.Tensor | None:
+    """A read the snapshot could not serve: the kept route (resolved on the slot's first read),
+    one dict read (a whole tensor) or the stamp comparison of the inference copy (a cut,
+    autograd off), refilling the copy when the full tensor changed. The snapshot then keeps
+    what was read where a later read can check it cheaply (a whole tensor, an inference copy)."""
+    s = data.state.index
+    try:
+        route = data.routes[name][s]
+    except (KeyError, IndexError):
+        route = None
+    if route is None:
+        route = _kept_route(self, data, name, s)
+    source = route[1]
+    if source is not None:  # one dict read
+        data.snapshot[name] = (s, source)
+        return source.get(name)
+    if route[2] is not None:
+        return route[2].tensor(self, name)
+    full = self._parameters[name] if route[4] else self._buffers.get(name)
+    if full is None:
+        return None
+    if not route[4] or torch.is_grad_enabled():
+        return cut(full, route[3])  # a view: gradients and in-place buffer updates reach the full tensor
+    copy = route[5]
+    if not (copy[0] is full and copy[1] == full._version and copy[2] == full.data_ptr()):
+        _inference_copy(data, name, full, route)
+    data.snapshot[name] = (s, None, full, full.detach(), copy[1], copy[3])
+    return copy[3]
 
 
 def _attr_property(name: str) -> property:
@@ -210,6 +246,14 @@ def _derived_property(name: str, derive: Any) -> property:
     return property(derive, set_, doc=f"``{name}`` derived from the served tensors")
 
 
+def _apply(self: nn.Module, fn: Any, *args: Any, **kwargs: Any) -> nn.Module:
+    """``nn.Module._apply`` (``.to()``, ``.half()``, ``.cuda()``…), then an empty snapshot:
+    it swaps each tensor's ``.data`` without a new version, which the snapshot's check would miss."""
+    result = super(type(self), self)._apply(fn, *args, **kwargs)
+    self.__dict__[SLIM_KEY].snapshot.clear()
+    return result
+
+
 def make_slimmable(module: nn.Module, data: SlimData) -> None:
     """Swap ``module``'s class for a subclass that serves ``data``'s tensors and attributes."""
     base = type(module)
@@ -223,6 +267,7 @@ def make_slimmable(module: nn.Module, data: SlimData) -> None:
         namespace.update({name: _attr_property(name) for name in data.attrs})
         namespace.update({name: _cache_property(name) for name in data.forward_caches})
         namespace.update({name: _derived_property(name, fn) for name, fn in _derived(base).items()})
+        namespace["_apply"] = _apply
         namespace["__slimify_base__"] = base
         namespace["__module__"] = base.__module__
         namespace["__qualname__"] = base.__qualname__
