@@ -164,3 +164,16 @@ def test_parameter_assigned_as_an_attribute() -> None:
         conv.weight = nn.Parameter(conv._parameters["weight"].detach() + 0.5)
     for w in CHECK:
         _same_as_export(model, w)
+
+
+def test_data_assigned_outside_apply() -> None:
+    """``param.data = t`` (``torch.nn.utils.vector_to_parameters`` does it) bumps no version the
+    snapshot's alias shares and bypasses ``_apply``: the full tensor's data pointer tells."""
+    model = _model()
+    _fill(model)
+    with torch.no_grad():
+        params = list(model.parameters())
+        vector = torch.nn.utils.parameters_to_vector(params) * 0.5
+        torch.nn.utils.vector_to_parameters(vector, params)
+    for w in CHECK:
+        _same_as_export(model, w)

@@ -43,11 +43,13 @@ class Snapshot(dict):
     """name → what the last read at a slot returned, kept so that the next read at that slot
     returns it after one stamp check instead of walking the route: ``(slot, holder)`` for a
     tensor served whole (read from its holder's dict on every access), ``(slot, None, full,
-    alias, version, copy)`` for a cut parameter's inference copy. ``alias`` is ``full.detach()``:
-    it shares the full tensor's version counter (in-place updates bump it) and is a plain tensor,
-    whose ``_version`` reads faster than a Parameter's. ``.to()``/``.half()`` swap the full
-    tensor's ``.data`` without a new version: the served class's ``_apply`` empties the snapshot
-    (a bare ``param.data = t`` outside ``_apply`` is not seen until the slot changes).
+    alias, version, copy, data_ptr)`` for a cut parameter's inference copy. ``alias`` is
+    ``full.detach()``: it shares the full tensor's version counter (in-place updates bump it) and
+    is a plain tensor, whose ``_version`` reads faster than a Parameter's. ``.to()``/``.half()``
+    swap the full tensor's ``.data`` without a new version: the served class's ``_apply`` empties
+    the snapshot, and a bare ``param.data = t`` (``vector_to_parameters`` does it) changes the
+    full tensor's ``data_ptr``, which every snapshot read compares (~0.17 us; a stale copy would
+    be a wrong model).
     Never copied (deepcopy, pickle): a copy's alias would be a tensor of its own, no alias of
     the copied parameter, so the copy starts empty and fills on its first reads."""
 
@@ -144,7 +146,9 @@ def _param_property(name: str) -> property:
         if seen is not None and seen[0] == data.state.index:
             if seen[1] is not None:
                 return seen[1].get(name)
-            if seen[3]._version == seen[4] and self._parameters.get(name) is seen[2] and not torch.is_grad_enabled():
+            full = seen[2]
+            if (seen[3]._version == seen[4] and self._parameters.get(name) is full
+                    and full.data_ptr() == seen[6] and not torch.is_grad_enabled()):
                 return seen[5]
         return _routed_read(self, data, name)
 
@@ -189,7 +193,7 @@ def _routed_read(self: nn.Module, data: SlimData, name: str) -> torch.Tensor | N
     copy = route[5]
     if not (copy[0] is full and copy[1] == full._version and copy[2] == full.data_ptr()):
         _inference_copy(data, name, full, route)
-    data.snapshot[name] = (s, None, full, full.detach(), copy[1], copy[3])
+    data.snapshot[name] = (s, None, full, full.detach(), copy[1], copy[3], copy[2])
     return copy[3]
 
 
