@@ -137,8 +137,8 @@ def _param_property(name: str) -> property:
     def get(self: nn.Module) -> torch.Tensor | None:
         """Runs on every read forward code makes, so the common cases return from the
         snapshot (:class:`Snapshot`) after one compile check and the slot comparison: one dict
-        read (a whole tensor), or (an inference copy) the parameter's identity, its version and
-        the autograd switch; anything else takes the route (:func:`_routed_read`)."""
+        read (a whole tensor), or (an inference copy) the parameter's identity, version and data
+        pointer and the autograd switch; anything else takes the route (:func:`_routed_read`)."""
         data: SlimData = self.__dict__[SLIM_KEY]
         if _dynamo_compiling() or _compiler._is_compiling_flag:
             return _compiled_read(self, data, name)
