@@ -124,13 +124,7 @@ def _compiled_read(module: nn.Module, data: SlimData, name: str) -> torch.Tensor
     """A read inside torch.compile: the route is resolved in the graph (a kept route would be a
     guard that every new width trips) and a cut is a view, fused into the graph (a cached copy's
     data-pointer stamp breaks it)."""
-    route = _route(module, data, name, data.state.index)
-    if route[1] is not None:
-        return route[1].get(name)
-    if route[2] is not None:
-        return route[2].tensor(module, name)
-    full = module._parameters[name] if route[4] else module._buffers.get(name)
-    return None if full is None else cut(full, route[3])
+    return _read(module, data, name, _route(module, data, name, data.state.index), eager=False)
 
 
 def _param_property(name: str) -> property:
@@ -168,10 +162,7 @@ def _param_property(name: str) -> property:
 
 
 def _routed_read(self: nn.Module, data: SlimData, name: str) -> torch.Tensor | None:
-    """A read the snapshot could not serve: the kept route (resolved on the slot's first read),
-    one dict read (a whole tensor) or the stamp comparison of the inference copy (a cut,
-    autograd off), refilling the copy when the full tensor changed. The snapshot then keeps
-    what was read where a later read can check it cheaply (a whole tensor, an inference copy)."""
+    """A read the snapshot could not serve: the kept route (resolved on the slot's first read)."""
     s = data.state.index
     try:
         route = data.routes[name][s]
@@ -179,21 +170,31 @@ def _routed_read(self: nn.Module, data: SlimData, name: str) -> torch.Tensor | N
         route = None
     if route is None:
         route = _kept_route(self, data, name, s)
+    return _read(self, data, name, route, eager=True)
+
+
+def _read(module: nn.Module, data: SlimData, name: str, route: tuple, eager: bool) -> torch.Tensor | None:
+    """What a route serves: one dict read (a whole tensor), a configuration's BatchNorm, or a cut
+    of the full tensor: a view while autograd is on (gradients and in-place buffer updates reach
+    the full tensor) or inside torch.compile (``eager`` false), else the inference copy, compared
+    by its stamp and refilled when the full tensor changed. Eager reads leave in the snapshot
+    what a later read can check cheaply (a whole tensor, an inference copy)."""
     source = route[1]
     if source is not None:  # one dict read
-        data.snapshot[name] = (s, source)
+        if eager:
+            data.snapshot[name] = (route[0], source)
         return source.get(name)
     if route[2] is not None:
-        return route[2].tensor(self, name)
-    full = self._parameters[name] if route[4] else self._buffers.get(name)
+        return route[2].tensor(module, name)
+    full = module._parameters[name] if route[4] else module._buffers.get(name)
     if full is None:
         return None
-    if not route[4] or torch.is_grad_enabled():
-        return cut(full, route[3])  # a view: gradients and in-place buffer updates reach the full tensor
+    if not eager or not route[4] or torch.is_grad_enabled():
+        return cut(full, route[3])
     copy = route[5]
     if not (copy[0] is full and copy[1] == full._version and copy[2] == full.data_ptr()):
         _inference_copy(data, name, full, route)
-    data.snapshot[name] = (s, None, full, full.detach(), copy[1], copy[3], copy[2])
+    data.snapshot[name] = (route[0], None, full, full.detach(), copy[1], copy[3], copy[2])
     return copy[3]
 
 
