@@ -83,3 +83,34 @@ def test_a_failing_cell_does_not_stop_the_others(tmp_path: Path, monkeypatch: py
     assert f"{first.key}: failed: RuntimeError: boom" in err and f"1 cell(s) failed: {first.key}" in err
     assert [json.loads(line)["key"] for line in cache.read_text().splitlines()] == [second.key]
     assert not list((tmp_path / "work" / "claims-smoke").iterdir())  # no claim left behind
+
+
+def test_budget_trial_trains_with_its_epochs_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import benchmarks.fashion_trials as trials
+
+    ran: list[tuple[str, int]] = []
+
+    def fake_cell(s: fashion.Setting, data_dir: Path, cell: Cell, work: Path) -> dict:
+        ran.append((cell.key, s.epochs))
+        return {float(cell.variant): 70.0 + cell.seed}
+
+    monkeypatch.setattr(trials, "run_cell", fake_cell)
+    monkeypatch.setattr(trials, "subset_directory", lambda path, *a: path)
+    argv = ["budget", "--widths", "0.25", "--epochs", "3", "--seeds", "0", "1",
+            "--cache", str(tmp_path / "t.jsonl"), "--work", str(tmp_path)]
+    assert trials.main(argv) == 0
+    assert ran == [("mobilenet/individual/0.25/seed0", 3), ("mobilenet/individual/0.25/seed1", 3)]
+    keys = [json.loads(line)["key"] for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert keys == ["budget/3ep/mobilenet/individual/0.25/seed0", "budget/3ep/mobilenet/individual/0.25/seed1"]
+    assert trials.main(argv) == 0 and len(ran) == 2  # cached: nothing runs again
+
+
+@pytest.mark.parametrize("args, says", [(["--net", "vgg"], "unknown --net 'vgg'"), (["--widths", "1"], "(0, 1)"),
+                                        (["--epochs", "0"], "at least 1")])
+def test_budget_trial_bad_input_is_one_line(args: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import benchmarks.fashion_trials as trials
+
+    assert trials.main(["budget", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and says in err and "\n" not in err
