@@ -34,6 +34,7 @@ from slimify.deploy.extract import export
 from slimify.store.sources import create
 
 MODELS = ["resnet50", "torchvision:mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224"]
+SERVING = {"held": "each its own copy, set once", "switched": "one model, the width entered on every call"}
 TARGETS = {"slim/export": 1.05, "w1/original": 1.05, "train": 1.05}
 
 
@@ -60,8 +61,21 @@ def interleaved(calls: dict[str, Callable[[], Any]], runs: int, clock: Callable[
 
 
 def forward_calls(original: nn.Module, model: nn.Module, plains: dict[float, nn.Module],
-                  x: torch.Tensor) -> dict[str, Callable[[], Any]]:
-    def slim(w: float) -> Callable[[], Any]:
+                  x: torch.Tensor, serving: str = "held") -> dict[str, Callable[[], Any]]:
+    """One call per variant. ``held``: each switch served by its own copy of the converted model, set
+    to that width once (``slimify.set_width``), as a device runs the width it deploys; ``switched``:
+    one model, the width entered on every call (each call follows one at another width, so it also
+    pays for the switch: what ``set_width`` costs, and every served read's first-read path)."""
+    def held(w: float) -> Callable[[], Any]:
+        net = copy.deepcopy(model)
+        slimify.set_width(net, w)
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return net(x)
+        return call
+
+    def switched(w: float) -> Callable[[], Any]:
         def call() -> Any:
             with torch.inference_mode(), slimify.width(model, w):
                 return model(x)
@@ -73,6 +87,7 @@ def forward_calls(original: nn.Module, model: nn.Module, plains: dict[float, nn.
                 return net(x)
         return call
 
+    slim = held if serving == "held" else switched
     calls: dict[str, Callable[[], Any]] = {"original": plain(original)}
     for w, net in plains.items():
         calls[f"slim {w:g}"] = slim(w)
@@ -111,7 +126,7 @@ def train_calls(model: nn.Module, plains: dict[float, nn.Module], x: torch.Tenso
 
 
 def bench_model(name: str, batches: list[int], runs: int, train_runs: int, size: int,
-                clock: Callable[[], float]) -> tuple[list[str], str]:
+                clock: Callable[[], float], serving: str = "held") -> tuple[list[str], str]:
     torch.manual_seed(0)
     original = create(name).eval()
     model = copy.deepcopy(original)
@@ -120,7 +135,7 @@ def bench_model(name: str, batches: list[int], runs: int, train_runs: int, size:
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, size, size)
-        t = interleaved(forward_calls(original, model, plains, x), runs, clock)
+        t = interleaved(forward_calls(original, model, plains, x, serving), runs, clock)
         ratios = [t[f"slim {w:g}"] / t[f"export {w:g}"] for w in plains]
         cells = " | ".join(f"{t[f'slim {w:g}'] * 1e3:.1f} / {t[f'export {w:g}'] * 1e3:.1f} = **{r:.2f}**"
                            for w, r in zip(plains, ratios))
@@ -189,6 +204,9 @@ def main() -> None:
                         help="cpu: process CPU time (robust on a shared machine); wall: elapsed time")
     parser.add_argument("--stat", choices=sorted(STATS), default="median",
                         help="min: the minimum of the rounds (a shared machine's load only ever adds time)")
+    parser.add_argument("--serving", choices=["held", "switched"], default="held",
+                        help="held: each switch its own copy set to that width once (a deployed width); "
+                             "switched: one model, the width entered on every call")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     STAT[0] = args.stat
@@ -196,16 +214,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.cached_slices:
         cache_slices()
-    results = [bench_model(name, args.batches, args.runs, args.train_runs, args.size, CLOCKS[args.clock])
+    results = [bench_model(name, args.batches, args.runs, args.train_runs, args.size, CLOCKS[args.clock], args.serving)
                for name in args.models]
     if args.no_write:
         return
     command = "python -m benchmarks.speed" + (" --cached-slices" if args.cached_slices else "") + \
-        f" --runs {args.runs} --train-runs {args.train_runs} --clock {args.clock} --threads {args.threads} --stat {args.stat}"
+        f" --serving {args.serving} --runs {args.runs} --train-runs {args.train_runs} --clock {args.clock} --threads {args.threads} --stat {args.stat}"
     body = "\n".join([
         f"Command: `{command}`  ",
         f"Machine: {machine()}; input {args.size}×{args.size}, switches (0.25, 0.5, 0.75, 1.0), divisor 8, "
-        f"random weights, inference_mode; {args.stat}s of {args.runs} interleaved rounds (training: {args.train_runs}) "
+        f"random weights, inference_mode, slimmable widths {args.serving} ({SERVING[args.serving]}); "
+        f"{args.stat}s of {args.runs} interleaved rounds (training: {args.train_runs}) "
         f"of {'process CPU time (OMP_WAIT_POLICY=' + os.environ['OMP_WAIT_POLICY'] + ')' if args.clock == 'cpu' else 'wall time'}; "
         f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
