@@ -52,7 +52,7 @@ def interleaved(calls: dict[str, Callable[[], Any]], runs: int, clock: Callable[
     in an order shuffled every round (seeded): a call right after one of another size pays for cold
     caches and fresh pages, so no variant may always follow the same one. (A fixed order reversed every
     other round still let the narrowest slimmable width follow the original, the largest model, in
-    every other round, while its exported twin never did: ~5 % against the slimmable 0.25 columns.)"""
+    every other round, while its exported twin never did.)"""
     order = random.Random(seed)
     times: dict[str, list[float]] = {k: [] for k in calls}
     for r in range(warmup + runs):
