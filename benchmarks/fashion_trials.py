@@ -4,7 +4,12 @@
 instead of the table's. It answers whether a retrofitted switch kept anything of the checkpoint:
 a retrofit no better than this control relearned the width from nothing.
 
+``retrofit``: the table's retrofit row (``slimify convert`` + ``finetune`` through the CLI) with an
+importance score the table does not fine-tune from (``--reorder l1``): L1 is the better zero-shot order
+on the ResNet, BN |gamma| the one the table fine-tunes.
+
     python -m benchmarks.fashion_trials budget --net mobilenet --widths 0.25 0.5 --epochs 5 --seeds 0 1
+    python -m benchmarks.fashion_trials retrofit --net resnet --reorder l1 --epochs 5 --seeds 0 1
 
 Results are cached per trial in ``benchmarks/fashion-trials.jsonl`` (a stopped run resumes); the
 data subset and setting are the full table's (``benchmarks.fashion``), so the numbers compare.
@@ -30,16 +35,23 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("trial", choices=["budget"])
+    parser.add_argument("trial", choices=["budget", "retrofit"])
     parser.add_argument("--net", default="mobilenet", help=f"one of {', '.join(sorted(NETS))}")
     parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 0.5])
-    parser.add_argument("--epochs", type=int, default=5, help="from-scratch epochs (the table's retrofit budget: 5)")
+    parser.add_argument("--epochs", type=int, default=5, help="budget: from-scratch epochs; retrofit: fine-tuning epochs (the table's 25 %% budget: 5)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--reorder", default="l1", help="retrofit: the importance score convert reorders by")
     parser.add_argument("--cache", type=Path, default=HERE / "fashion-trials.jsonl")
     parser.add_argument("--work", type=Path, default=HERE / "out" / "fashion")
     args = parser.parse_args(argv)
     if args.net not in NETS:
         print(f"error: unknown --net {args.net!r}; known: {', '.join(sorted(NETS))}", file=sys.stderr)
+        return 2
+    import slimify
+
+    reorders = ["none", *(n for n in slimify.SCORES.names() if not slimify.SCORES.get(n).options.get("needs_data"))]
+    if args.reorder not in reorders:
+        print(f"error: unknown --reorder {args.reorder!r}; known: {', '.join(reorders)}", file=sys.stderr)
         return 2
     if args.epochs < 1 or not all(0 < w < 1 for w in args.widths):  # width 1 would overwrite the table's checkpoint
         print("error: --epochs must be at least 1 and every width in (0, 1)", file=sys.stderr)
@@ -50,19 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = subset_directory(args.work / f"fashion-{full.train_images}-{full.test_images or 'all'}",
                                 full.train_images, full.test_images)
     for seed in args.seeds:
-        for width in args.widths:
-            cell = Cell("individual", f"{width:g}", args.net, seed)
-            key = f"budget/{args.epochs}ep/{cell.key}"
+        if args.trial == "budget":
+            todo = [(Cell("individual", f"{w:g}", args.net, seed), f"budget/{args.epochs}ep/") for w in args.widths]
+        else:  # the retrofit row's own cell, at a reorder/epochs pair the table does not run
+            todo = [(Cell("retrofit", f"{args.reorder}-{args.epochs}", args.net, seed), "trial/")]
+        for cell, prefix in todo:
+            key = prefix + cell.key
             if key in load_cache(args.cache):
                 continue
             start = time.perf_counter()
-            result = run_cell(s, data_dir, cell, args.work)
+            result = run_cell(s if args.trial == "budget" else full, data_dir, cell, args.work)
             seconds = time.perf_counter() - start
             entry = {"key": key, "result": {str(k): v for k, v in result.items()}, "seconds": round(seconds, 1),
                      "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             with args.cache.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
-            print(f"{key}: {seconds:.0f} s top-1 {result[width]:.4f}", flush=True)
+            print(f"{key}: {seconds:.0f} s " + " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
     for key, entry in sorted(load_cache(args.cache).items()):
         print(key, entry["result"], f"{entry['seconds']} s")
     return 0

@@ -107,10 +107,29 @@ def test_budget_trial_trains_with_its_epochs_and_resumes(tmp_path: Path, monkeyp
 
 
 @pytest.mark.parametrize("args, says", [(["--net", "vgg"], "unknown --net 'vgg'"), (["--widths", "1"], "(0, 1)"),
-                                        (["--epochs", "0"], "at least 1")])
+                                        (["--epochs", "0"], "at least 1"),
+                                        (["--reorder", "taylor"], "unknown --reorder 'taylor'; known: none, l1")])
 def test_budget_trial_bad_input_is_one_line(args: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
     import benchmarks.fashion_trials as trials
 
     assert trials.main(["budget", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and says in err and "\n" not in err
+
+
+def test_retrofit_trial_runs_the_table_cell_at_its_reorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.fashion_trials as trials
+
+    ran: list[tuple[Cell, int]] = []
+
+    def fake_cell(s: fashion.Setting, data_dir: Path, cell: Cell, work: Path) -> dict:
+        ran.append((cell, s.epochs))
+        return {1.0: 80.0, 0.25: 70.0}
+
+    monkeypatch.setattr(trials, "run_cell", fake_cell)
+    monkeypatch.setattr(trials, "subset_directory", lambda path, *a: path)
+    argv = ["retrofit", "--net", "resnet", "--reorder", "l2", "--epochs", "3", "--seeds", "1",
+            "--cache", str(tmp_path / "t.jsonl"), "--work", str(tmp_path)]
+    assert trials.main(argv) == 0
+    assert ran == [(Cell("retrofit", "l2-3", "resnet", 1), fashion.SETTINGS["full"].epochs)]  # the table's setting
+    assert json.loads((tmp_path / "t.jsonl").read_text())["key"] == "trial/resnet/retrofit/l2-3/seed1"
