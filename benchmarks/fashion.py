@@ -44,7 +44,7 @@ from benchmarks.fashion_cells import (
 from benchmarks.fashion_data import subset_directory
 from benchmarks.results import machine, write_section
 
-__all__ = ["SETTINGS", "cells", "load_cache", "main"]
+__all__ = ["SETTINGS", "append_entry", "cells", "load_cache", "main"]
 
 HERE = Path(__file__).resolve().parent
 HEADING = "Accuracy (Fashion-MNIST)"
@@ -89,7 +89,7 @@ def load_cache(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def _append(path: Path, entry: dict[str, Any]) -> None:
+def append_entry(path: Path, entry: dict[str, Any]) -> None:
     """One line per cell, written with one O_APPEND write: workers never interleave lines."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -135,7 +135,7 @@ def run(s: Setting, cache: Path, work: Path) -> None:
             failed.append(cell.key)
             continue
         seconds = time.perf_counter() - start
-        _append(cache, {"key": cell.key, "result": {str(k): v for k, v in result.items()}, "seconds": round(seconds, 1),
+        append_entry(cache, {"key": cell.key, "result": {str(k): v for k, v in result.items()}, "seconds": round(seconds, 1),
                         "setting": s.name, "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         (claims / cell.key.replace("/", "_")).unlink(missing_ok=True)
         print(f"{cell.key}: {seconds:.0f} s " + " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.fashion import HERE, SETTINGS, load_cache
+from benchmarks.fashion import HERE, SETTINGS, append_entry, load_cache
 from benchmarks.fashion_cells import NETS, Cell, run_cell
 from benchmarks.fashion_data import subset_directory
 from benchmarks.results import machine
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import slimify
 
-    reorders = ["none", *(n for n in slimify.SCORES.names() if not slimify.SCORES.get(n).options.get("needs_data"))]
+    reorders = ["none", *slimify.SCORES.names(lambda e: not e.options.get("needs_data"))]
     if args.reorder not in reorders:
         print(f"error: unknown --reorder {args.reorder!r}; known: {', '.join(reorders)}", file=sys.stderr)
         return 2
@@ -73,10 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             result = run_cell(s if args.trial == "budget" else full, data_dir, cell, args.work)
             seconds = time.perf_counter() - start
-            entry = {"key": key, "result": {str(k): v for k, v in result.items()}, "seconds": round(seconds, 1),
-                     "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-            with args.cache.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
+            append_entry(args.cache, {"key": key, "result": {str(k): v for k, v in result.items()},
+                                      "seconds": round(seconds, 1), "machine": machine(),
+                                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
             print(f"{key}: {seconds:.0f} s " + " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
     for key, entry in sorted(load_cache(args.cache).items()):
         print(key, entry["result"], f"{entry['seconds']} s")

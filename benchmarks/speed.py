@@ -208,7 +208,7 @@ def main() -> None:
                         help="cpu: process CPU time (robust on a shared machine); wall: elapsed time")
     parser.add_argument("--stat", choices=sorted(STATS), default="median",
                         help="min: the minimum of the rounds (a shared machine's load only ever adds time)")
-    parser.add_argument("--serving", choices=["held", "switched"], default="held",
+    parser.add_argument("--serving", choices=sorted(SERVING), default="held",
                         help="held: each switch its own copy set to that width once (a deployed width); "
                              "switched: one model, the width entered on every call")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
