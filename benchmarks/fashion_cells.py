@@ -179,19 +179,21 @@ def _slimmable(s: Setting, data_dir: Path, cell: Cell, work: Path) -> dict[float
     switches = SWITCHES8 if cell.variant == "8-switches" else SWITCHES
     model = _convert(_plain(cell.net), cell.net, switches)
     changes: dict[str, Any] = {}
-    if cell.variant == "labels":
+    any_width = cell.variant in ("sandwich", "sandwich-labels")  # the second: a trial's, not the table's
+    if cell.variant in ("labels", "sandwich-labels"):
         changes["narrow_loss"] = "labels"
     elif cell.variant == "shared-bn":
         from benchmarks.accuracy import share_batchnorm
 
         model = share_batchnorm(model)
-    elif cell.variant == "sandwich":
+    if any_width:
         changes.update(width_range=[SWITCHES[0], 1.0], sandwich=2)
     torch.manual_seed(cell.seed)
     _train(model, s, data_dir, cell.net, cell.seed, **changes)
-    if cell.variant == "sandwich":  # any width: BN statistics calibrated per width after training (US-Nets)
-        with trusted("benchmarks"):
-            slimify.save(model, _sandwich_path(cell, work), overwrite=True)
+    if any_width:  # any width: BN statistics calibrated per width after training (US-Nets)
+        if cell.variant == "sandwich":  # row f searches this network
+            with trusted("benchmarks"):
+                slimify.save(model, _sandwich_path(cell, work), overwrite=True)
         widths = sorted({*ANY_WIDTHS, *SWITCHES})
         return _test(_calibrated(model, data_dir, cell.net, s.calibrate_batches, widths), data_dir, cell.net,
                      widths)

@@ -8,8 +8,13 @@ a retrofit no better than this control relearned the width from nothing.
 importance score the table does not fine-tune from (``--reorder l1``): L1 is the better zero-shot order
 on the ResNet, BN |gamma| the one the table fine-tunes.
 
+``anywidth``: row e's sandwich training (widths drawn from [0.25, 1], BN calibrated per width) with
+every narrow width learning from the labels instead of the full width's predictions (row d found
+labels better than in-place distillation at fixed switches); compare with row e and row a.
+
     python -m benchmarks.fashion_trials budget --net mobilenet --widths 0.25 0.5 --epochs 5 --seeds 0 1
     python -m benchmarks.fashion_trials retrofit --net resnet --reorder l1 --epochs 5 --seeds 0 1
+    python -m benchmarks.fashion_trials anywidth --net resnet --seeds 0 1
 
 Results are cached per trial in ``benchmarks/fashion-trials.jsonl`` (a stopped run resumes); the
 data subset and setting are the full table's (``benchmarks.fashion``), so the numbers compare.
@@ -34,10 +39,11 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("trial", choices=["budget", "retrofit"])
+    parser.add_argument("trial", choices=["budget", "retrofit", "anywidth"])
     parser.add_argument("--net", default="mobilenet", help=f"one of {', '.join(sorted(NETS))}")
     parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 0.5])
-    parser.add_argument("--epochs", type=int, default=5, help="budget: from-scratch epochs; retrofit: fine-tuning epochs (the table's 25 %% budget: 5)")
+    parser.add_argument("--epochs", type=int, default=5, help="budget: from-scratch epochs; retrofit: fine-tuning "
+                        "epochs (the table's 25 %% budget: 5); anywidth: ignored (the table's epochs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--reorder", default="l1", help="retrofit: the importance score convert reorders by")
     parser.add_argument("--cache", type=Path, default=HERE / "fashion-trials.jsonl")
@@ -63,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         if args.trial == "budget":
             todo = [(Cell("individual", f"{w:g}", args.net, seed), f"budget/{args.epochs}ep/") for w in args.widths]
+        elif args.trial == "anywidth":  # row e's cell with labels for the narrow widths
+            todo = [(Cell("slimmable", "sandwich-labels", args.net, seed), "trial/")]
         else:  # the retrofit row's own cell, at a reorder/epochs pair the table does not run
             todo = [(Cell("retrofit", f"{args.reorder}-{args.epochs}", args.net, seed), "trial/")]
         for cell, prefix in todo:

@@ -133,3 +133,23 @@ def test_retrofit_trial_runs_the_table_cell_at_its_reorder(tmp_path: Path, monke
     assert trials.main(argv) == 0
     assert ran == [(Cell("retrofit", "l2-3", "resnet", 1), fashion.SETTINGS["full"].epochs)]  # the table's setting
     assert json.loads((tmp_path / "t.jsonl").read_text())["key"] == "trial/resnet/retrofit/l2-3/seed1"
+
+
+def test_anywidth_trial_trains_the_sandwich_cell_with_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial's cell is row e's recipe with labels for the narrow widths, and it leaves row e's
+    saved network (the one row f searches) alone."""
+    import benchmarks.fashion_cells as cells
+    import benchmarks.fashion_trials as trials
+
+    trained: list[dict] = []
+    monkeypatch.setattr(cells, "_train", lambda model, s, data_dir, net, seed, **changes: trained.append(changes))
+    monkeypatch.setattr(cells, "_calibrated", lambda model, *a, **k: model)
+    monkeypatch.setattr(cells, "_test", lambda model, data_dir, net, widths=None: {w: 50.0 for w in widths})
+    monkeypatch.setattr(trials, "subset_directory", lambda path, *a: path)
+    argv = ["anywidth", "--net", "resnet", "--seeds", "0", "--cache", str(tmp_path / "t.jsonl"), "--work", str(tmp_path)]
+    assert trials.main(argv) == 0
+    assert trained == [{"narrow_loss": "labels", "width_range": [0.25, 1.0], "sandwich": 2}]
+    entry = json.loads((tmp_path / "t.jsonl").read_text())
+    assert entry["key"] == "trial/resnet/slimmable/sandwich-labels/seed0"
+    assert {float(w) for w in entry["result"]} >= {0.3, 0.4, 0.6, 0.7, 0.9, 1.0}
+    assert not list(tmp_path.glob("*sandwich.slim"))  # row e's network is not overwritten
