@@ -269,6 +269,36 @@ def test_value_dependent_output_sizes_run_for_real() -> None:
         assert got_logits.shape == logits.shape and got_kept.ndim == 1
 
 
+class KeywordDetections(Detections):
+    """:class:`Detections` called with a keyword input: traced concretely."""
+
+    def forward(self, x: torch.Tensor, *, gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().forward(x * gain)
+
+
+@pytest.mark.parametrize("kwargs", [None, {"gain": 2.0}], ids=["symbolic", "concrete"])
+def test_a_model_meta_cannot_run_is_run_for_real_once_per_switch(kwargs, monkeypatch) -> None:
+    """The trace ran the original already, so its recorded output is the reference: after meta
+    fails, only the three narrower switches run for real (not the original's full width again)."""
+    from slimify.check.skeleton import Runner
+
+    runs: list[bool] = []
+    real_run = Runner._run
+
+    def counted(self: Runner, net: nn.Module):
+        runs.append(self.meta)
+        return real_run(self, net)
+
+    monkeypatch.setattr(Runner, "_run", counted)
+    model = (KeywordDetections() if kwargs else Detections()).eval()
+    x = torch.randn(1, 3, 12, 12)
+    slimify.convert(model, SWITCHES, example_input=x, example_kwargs=kwargs)
+    assert runs.count(False) == 3 and runs[0] is True
+    logits, kept = model(x, **(kwargs or {}))
+    with slimify.width(model, 0.25):
+        assert model(x, **(kwargs or {}))[0].shape == logits.shape
+
+
 class _ChosenForward(nn.Module):
     """FasterNet's Partial_conv3: forward is a bound method chosen in __init__ and stored on the
     instance; the split sizes are attributes that follow the width."""

@@ -30,7 +30,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from slimify.analysis.example_inputs import ExampleCall
-from slimify.analysis.shape_pass import holds_tensor, state_kept
+from slimify.analysis.shape_pass import SHAPE_KEY, holds_tensor, state_kept
 from slimify.analysis.tracer import graph_module
 from slimify.rules.notrace import ConcreteTracer
 
@@ -171,4 +171,16 @@ def trace_concretely(model: nn.Module, inputs: ExampleCall, has_rule: Callable[[
     tracer = EntryTracer(has_rule, inputs, set())
     with state_kept(model, lambda value: True), torch.no_grad():  # real tensors too, not only proxies
         graph = tracer.trace(model)
+        _note_output(graph)
         return graph_module(model, graph, type(model).__name__), tracer
+
+
+def _note_output(graph: fx.Graph) -> None:
+    """The output node's shapes, from the nodes it returns (fx makes it without a proxy, so nothing
+    noted it): the self-check's reference, which spares it a run of the original at full width —
+    for real, on the models traced here, where meta kernels often cannot run. Left unnoted where a
+    returned node has no shapes of its own."""
+    output = next((n for n in reversed(graph.nodes) if n.op == "output"), None)
+    if output is None or not all(SHAPE_KEY in n.meta for n in output.all_input_nodes):
+        return
+    output.meta[SHAPE_KEY] = fx.node.map_arg(output.args[0], lambda n: n.meta[SHAPE_KEY])

@@ -1,0 +1,39 @@
+"""``ChannelSpace.union`` keeps a huge union's pairs once each: the classes are the same as with
+every copy kept, and the stored pairs are the distinct ones (RetinaNet's head: 10.9 M → 4,095)."""
+from __future__ import annotations
+
+import numpy as np
+
+from slimify.analysis import space as space_module
+from slimify.analysis.groups import connected_labels
+from slimify.analysis.space import FIXED, ChannelSpace
+
+
+def _spread_union(space: ChannelSpace, channels: np.ndarray, positions: int) -> None:
+    """A label of ``channels`` tiled over ``positions`` (anchors x classes reshaped with the
+    spatial dims), each row tied to its first element, as ``RuleContext.channel_ids`` does."""
+    rows = np.tile(channels.reshape(4, -1), (1, positions))
+    space.union(rows[:, :1], rows)
+
+
+def test_a_huge_union_keeps_each_pair_once_and_the_same_classes(monkeypatch) -> None:
+    space = ChannelSpace()
+    channels = space.new_var(64, "conv")
+    _spread_union(space, channels, 20_000)  # 1.28 M pairs, 60 distinct (a != b)
+    a, b = space.pairs()
+    assert a.size == 60 and len(set(zip(a.tolist(), b.tolist()))) == 60
+    kept = ChannelSpace()
+    kept.new_var(64, "conv")
+    monkeypatch.setattr(space_module, "_DISTINCT_PAIRS_ABOVE", 1 << 40)  # every copy kept
+    _spread_union(kept, channels, 20_000)
+    assert kept.pairs()[0].size == 1_280_000 - 4 * 20_000  # the copies it did keep: a != b only
+    assert np.array_equal(connected_labels(space.size, *space.pairs()), connected_labels(kept.size, *kept.pairs()))
+
+
+def test_a_huge_union_with_the_fixed_channel_fixes_its_partners() -> None:
+    space = ChannelSpace()
+    ids = space.new_var(8, "conv")
+    label = np.tile(np.concatenate([[FIXED], ids[:3]]), 100_000)
+    space.union(label[:1], label)
+    fixed = np.concatenate([f for f, _ in space.fixes])
+    assert set(fixed.tolist()) == set(ids[:3].tolist())
