@@ -37,3 +37,16 @@ def test_a_huge_union_with_the_fixed_channel_fixes_its_partners() -> None:
     space.union(label[:1], label)
     fixed = np.concatenate([f for f, _ in space.fixes])
     assert set(fixed.tolist()) == set(ids[:3].tolist())
+
+
+def test_a_large_seen_label_is_kept_as_its_distinct_ids() -> None:
+    """Large labels are deduplicated (by a mask when they are as large as the space): the ids that
+    ``find_groups`` marks seen are the label's, each once."""
+    space = ChannelSpace()
+    ids = space.new_var(1000, "conv")
+    space.mark_seen(np.tile(ids[::3], 50))  # 16,700 ids, larger than the space
+    space.mark_seen(np.tile(ids[1:5], 2000))  # 8,000 ids, larger than the space
+    space.new_var(100_000, "big")
+    space.mark_seen(np.tile(ids[:7], 1000))  # 7,000 ids, small against the space: sorted
+    got = [s.tolist() for s in space.seen]
+    assert got == [ids[::3].tolist(), ids[1:5].tolist(), ids[:7].tolist()]

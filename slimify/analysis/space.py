@@ -206,7 +206,14 @@ class ChannelSpace:
         """These ids appear in an activation. Small labels are kept as they are (a ``np.unique``
         per node cost ~2 ms a conversion); only large ones are deduplicated."""
         label = np.asarray(label)
-        self.seen.append(unique(label) if label.size > 4096 else label.ravel())
+        if label.size <= 4096:
+            self.seen.append(label.ravel())
+        elif label.size * 4 < self.size:
+            self.seen.append(unique(label))
+        else:  # a label as large as the space (a detector head's, millions of ids): a mask, not a sort
+            mask = np.zeros(self.size, bool)
+            mask[label.ravel()] = True
+            self.seen.append(np.flatnonzero(mask))
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._pairs:
