@@ -50,3 +50,18 @@ def test_a_large_seen_label_is_kept_as_its_distinct_ids() -> None:
     space.mark_seen(np.tile(ids[:7], 1000))  # 7,000 ids, small against the space: sorted
     got = [s.tolist() for s in space.seen]
     assert got == [ids[::3].tolist(), ids[1:5].tolist(), ids[:7].tolist()]
+
+
+def test_the_kept_pairs_are_exactly_the_distinct_ones() -> None:
+    """Whether each ``b`` has one partner (found without a sort) or several (sorted), the stored
+    pairs are the set of distinct (a, b) pairs with a != b: nothing joined or dropped."""
+    rng = np.random.default_rng(0)
+    for partners in (1, 3):
+        space = ChannelSpace()
+        ids = space.new_var(5000, "conv")
+        b = rng.choice(ids, 400_000)
+        a = ids[(b * 7 + rng.integers(0, partners, b.size)) % ids.size]
+        space.union(a, b)
+        got = set(zip(*(p.tolist() for p in space.pairs())))
+        want = {(x, y) for x, y in zip(a.tolist(), b.tolist()) if x != y}
+        assert got == want and len(space.pairs()[0]) == len(want)
