@@ -37,9 +37,11 @@ from benchmarks.fashion_cells import (
     Cell,
     Setting,
     budgets,
+    done_with,
     holder_alive,
     macs,
     run_cell,
+    run_dir,
 )
 from benchmarks.fashion_data import subset_directory
 from benchmarks.results import machine, write_section
@@ -126,7 +128,7 @@ def run(s: Setting, cache: Path, work: Path) -> None:
     for cell in cells(s):
         if cell.key in load_cache(cache) or not _claim(claims, cell):
             continue
-        start = time.perf_counter()
+        start, resumed = time.perf_counter(), run_dir(s, cell, work).exists()  # a stopped run's checkpoint
         try:
             result = run_cell(s, data_dir, cell, work)
         except Exception as e:  # one broken cell must not stop the others: say which and go on
@@ -136,7 +138,9 @@ def run(s: Setting, cache: Path, work: Path) -> None:
             continue
         seconds = time.perf_counter() - start
         append_entry(cache, {"key": cell.key, "result": {str(k): v for k, v in result.items()}, "seconds": round(seconds, 1),
-                        "setting": s.name, "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+                        "setting": s.name, "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                        **({"resumed": True} if resumed else {})})  # then ``seconds`` counts the resumed part only
+        done_with(s, cell, work)
         (claims / cell.key.replace("/", "_")).unlink(missing_ok=True)
         print(f"{cell.key}: {seconds:.0f} s " + " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
     if failed:

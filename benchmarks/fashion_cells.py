@@ -9,8 +9,10 @@ runs the ``slimify`` CLI as a separate process, as a user would.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -130,10 +132,31 @@ def _test(model: nn.Module, data_dir: Path, net: str, widths: Any = None) -> dic
         return evaluate(model.eval(), _data(data_dir, "test", net), widths=widths).top1()
 
 
-def _train(model: nn.Module, s: Setting, data_dir: Path, net: str, seed: int, **changes: Any) -> nn.Module:
-    finetune(model, _data(data_dir, "train", net), {**SCRATCH, "epochs": s.epochs, **s.recipe, **changes}, seed=seed,
-             progress=False, baseline=False)
+def _train(model: nn.Module, s: Setting, data_dir: Path, net: str, seed: int, runs: Path | None = None,
+           stop_after: int | None = None, **changes: Any) -> nn.Module:
+    """Train from scratch with the table's recipe. With ``runs`` a checkpoint is kept at every epoch's
+    end in a folder of it named after the setting and recipe, and a killed run resumes from it
+    (exactly: the data is a map-style dataset), so a stopped session loses at most an epoch of a
+    cell, not the cell; a changed recipe starts afresh. ``stop_after`` (steps): the tests' kill."""
+    recipe = {**SCRATCH, "epochs": s.epochs, **s.recipe, **changes}
+    out = None
+    if runs is not None:
+        digest = hashlib.sha256(json.dumps([s.name, net, seed, recipe], sort_keys=True, default=str).encode())
+        out = runs / digest.hexdigest()[:12]
+    finetune(model, _data(data_dir, "train", net), recipe, seed=seed, progress=False, baseline=False, out_dir=out,
+             resume=out is not None, stop_after=stop_after)
     return model
+
+
+def run_dir(s: Setting, cell: Cell, work: Path) -> Path:
+    """Where a cell's training keeps its checkpoints until the cell's result is cached (per setting:
+    a trial may train a table cell's network with other epochs)."""
+    return work / "runs" / s.name / cell.key.replace("/", "_")
+
+
+def done_with(s: Setting, cell: Cell, work: Path) -> None:
+    """The cell's result is cached: its checkpoints are no longer needed."""
+    shutil.rmtree(run_dir(s, cell, work), ignore_errors=True)
 
 
 def _individual(s: Setting, data_dir: Path, cell: Cell, work: Path) -> dict[float, float]:
@@ -145,7 +168,7 @@ def _individual(s: Setting, data_dir: Path, cell: Cell, work: Path) -> dict[floa
     torch.manual_seed(cell.seed)
     plain = reinit(export(_convert(_plain(cell.net), cell.net), width))
     torch.manual_seed(cell.seed)
-    _train(plain, s, data_dir, cell.net, cell.seed)
+    _train(plain, s, data_dir, cell.net, cell.seed, run_dir(s, cell, work))
     if width == 1.0:
         path = _checkpoint_path(cell, work)
         save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(path.with_suffix(".tmp")))
@@ -189,7 +212,7 @@ def _slimmable(s: Setting, data_dir: Path, cell: Cell, work: Path) -> dict[float
     if any_width:
         changes.update(width_range=[SWITCHES[0], 1.0], sandwich=2)
     torch.manual_seed(cell.seed)
-    _train(model, s, data_dir, cell.net, cell.seed, **changes)
+    _train(model, s, data_dir, cell.net, cell.seed, run_dir(s, cell, work), **changes)
     if any_width:  # any width: BN statistics calibrated per width after training (US-Nets)
         if cell.variant == "sandwich":  # row f searches this network
             with trusted("benchmarks"):

@@ -40,6 +40,7 @@ def test_smoke_run_resumes_and_reports(tmp_path: Path, monkeypatch: pytest.Monke
     assert search["searched_macs"] <= 0.5 + 1e-6 and search["uniform_macs"] <= search["searched_macs"] + 1e-6
     assert all(0.0 <= v <= 100.0 for r in by_key.values() for k, v in r.items() if not k.endswith(("macs", "width")))
     assert is_idx_directory(work / "fashion-400-200")  # the subset every row reads, CLI included
+    assert not list(work.glob("runs/**/checkpoint.pt"))  # each cell's checkpoints go once it is cached
     report = capsys.readouterr().out
     assert "| a. individual (each width trained alone) | 1 |" in report and "8 of 8 cells finished" in report
     assert cache.with_suffix(".png").stat().st_size > 10_000 and "![accuracy vs MACs](cells.png)" in report
@@ -142,7 +143,7 @@ def test_anywidth_trial_trains_the_sandwich_cell_with_labels(tmp_path: Path, mon
     import benchmarks.fashion_trials as trials
 
     trained: list[dict] = []
-    monkeypatch.setattr(cells, "_train", lambda model, s, data_dir, net, seed, **changes: trained.append(changes))
+    monkeypatch.setattr(cells, "_train", lambda model, s, data_dir, net, seed, runs=None, **changes: trained.append(changes))
     monkeypatch.setattr(cells, "_calibrated", lambda model, *a, **k: model)
     monkeypatch.setattr(cells, "_test", lambda model, data_dir, net, widths=None: {w: 50.0 for w in widths})
     monkeypatch.setattr(trials, "subset_directory", lambda path, *a: path)
@@ -153,3 +154,36 @@ def test_anywidth_trial_trains_the_sandwich_cell_with_labels(tmp_path: Path, mon
     assert entry["key"] == "trial/resnet/slimmable/sandwich-labels/seed0"
     assert {float(w) for w in entry["result"]} >= {0.3, 0.4, 0.6, 0.7, 0.9, 1.0}
     assert not list(tmp_path.glob("*sandwich.slim"))  # row e's network is not overwritten
+
+
+def test_a_stopped_cell_resumes_its_training_exactly(tmp_path: Path) -> None:
+    """A cell's training keeps a checkpoint in its run folder: a run stopped after some steps and run
+    again (a fresh model, as the cell builds it) ends with the weights of a run never stopped."""
+    import dataclasses
+
+    import torch
+
+    import benchmarks.fashion_cells as cells
+    from benchmarks.fashion_data import subset_directory
+
+    s = dataclasses.replace(fashion.SETTINGS["smoke"], epochs=2)
+    data_dir = subset_directory(tmp_path / "data", s.train_images, s.test_images)
+    cell = Cell("slimmable", "distill", "resnet", 0)
+
+    def trained(runs: Path | None, stop_after: int | None = None) -> dict:
+        torch.manual_seed(0)
+        model = cells._convert(cells._plain("resnet"), "resnet")
+        torch.manual_seed(0)
+        cells._train(model, s, data_dir, "resnet", 0, runs, stop_after)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    never_stopped = trained(None)
+    runs = cells.run_dir(s, cell, tmp_path)
+    trained(runs, stop_after=3)  # 2 epochs of 3 steps: stopped in the second
+    assert list(runs.glob("*/checkpoint.pt"))
+    resumed = trained(runs)
+    log = [json.loads(line) for path in runs.glob("*/log.jsonl") for line in path.read_text().splitlines()]
+    assert [e.get("step") for e in log if e.get("event", e.get("kind")) == "resume"] == [3]  # it did resume
+    assert all(torch.equal(never_stopped[k], resumed[k]) for k in never_stopped)
+    cells.done_with(s, cell, tmp_path)
+    assert not runs.exists()
