@@ -10,7 +10,7 @@ from typing import Any
 
 from benchmarks.fashion_cells import ANY_WIDTHS, SWITCHES, SWITCHES8, Cell, Setting, budgets
 
-__all__ = ["report", "values", "mean_std"]
+__all__ = ["report", "values", "mean_std", "cell_time"]
 
 ROWS: list[tuple[str, str, str]] = [  # (row, variant, label) of the per-switch table, in print order
     ("individual", "*", "a. individual (each width trained alone)"),
@@ -48,6 +48,16 @@ def mean_std(xs: list[float], digits: int = 1) -> str:
 def _seconds(done: dict[str, dict[str, Any]], keys: Iterable[str]) -> str:
     times = [done[k]["seconds"] for k in keys if k in done]
     return f"{statistics.mean(times):.0f}" if times else "–"
+
+
+def cell_time(finished: list[Cell], done: dict[str, dict[str, Any]]) -> str:
+    """The cells' summed time, and what it is: wall time beside other work; a cell resumed from a
+    checkpoint after a stop counts only the part after the stop."""
+    hours = sum(done[c.key]["seconds"] for c in finished) / 3600
+    resumed = sum(1 for c in finished if done[c.key].get("resumed"))
+    return (f"{hours:.1f} h of cell time (the seconds per cell are wall time of processes run niced beside other "
+            "work: upper bounds" + (f", except {resumed} cell(s) resumed from a checkpoint after a stop, whose "
+                                    "seconds count only the part after it" if resumed else "") + ").")
 
 
 def _wkey(w: float) -> str:
@@ -188,11 +198,9 @@ def report(s: Setting, all_cells: list[Cell], done: dict[str, dict[str, Any]], c
            command: str, machine: str, plot: Path) -> str:
     """The RESULTS.md section: settings, per-network tables, goals, the plot."""
     finished = [c for c in all_cells if c.key in done]
-    hours = sum(done[c.key]["seconds"] for c in finished) / 3600
     lines = [f"Command: `{command}` (cells cached in `benchmarks/fashion-{s.name}.jsonl`; "
              f"`--write` redraws this from the cache)  ",
-             f"Machine: {machine}; {len(finished)} of {len(all_cells)} cells finished, {hours:.1f} h of cell time "
-             "(the seconds per cell are wall time of processes run niced beside other work: upper bounds).", "",
+             f"Machine: {machine}; {len(finished)} of {len(all_cells)} cells finished, {cell_time(finished, done)}", "",
              f"Setting `{s.name}`: Fashion-MNIST (Debian's dataset-fashion-mnist), {s.train_images:,} training images "
              f"(same number per class; a fifth held out as validation for search), tested on "
              f"{s.test_images or 10000:,} test images; 28x28 px; {s.epochs} epochs from scratch (SGD Nesterov, lr 0.1, "

@@ -187,3 +187,12 @@ def test_a_stopped_cell_resumes_its_training_exactly(tmp_path: Path) -> None:
     assert all(torch.equal(never_stopped[k], resumed[k]) for k in never_stopped)
     cells.done_with(s, cell, tmp_path)
     assert not runs.exists()
+
+
+def test_the_report_says_when_cell_times_count_a_resumed_part_only() -> None:
+    from benchmarks.fashion_report import cell_time
+
+    a, b = Cell("individual", "1", "resnet", 0), Cell("individual", "0.5", "resnet", 0)
+    done = {a.key: {"seconds": 1800.0}, b.key: {"seconds": 1800.0, "resumed": True}}
+    assert cell_time([a], done).startswith("0.5 h of cell time") and "resumed" not in cell_time([a], done)
+    assert cell_time([a, b], done).startswith("1.0 h") and "1 cell(s) resumed from a checkpoint" in cell_time([a, b], done)
