@@ -11,8 +11,11 @@ Rows (each at every width, test top-1, mean ± std over seeds):
   e any width     sandwich training over [0.25, 1] + BN calibration at 0.3 … 0.9 vs a at those widths
   f search        ``search`` at 0.3x / 0.5x FLOPs vs the uniform width of equal FLOPs, both fine-tuned
 
-Each cell (net, row, variant, seed) is cached in a JSONL file as soon as it ends, so a stopped run
-resumes where it was; ``--jobs n`` shares the cells among n processes (each claims one at a time).
+Each cell (net, row, variant, seed) is cached in a JSONL file as soon as it ends, and a cell's training
+keeps a checkpoint at every epoch's end (``<work>/runs/``, removed once the cell is cached), so a
+stopped run resumes where it was, inside a cell too (rows a, b, d's variants and e; not incremental
+training or search's short fine-tunes); ``--jobs n`` shares the cells among n processes (each claims one
+at a time).
 
     python -m benchmarks.fashion --jobs 2             # the full table: an estimated 3 h on 2 idle cores
     python -m benchmarks.fashion --write              # tables + plot from the cache, into RESULTS.md
