@@ -49,7 +49,7 @@ from benchmarks.fashion_cells import (
 from benchmarks.fashion_data import subset_directory
 from benchmarks.results import machine, write_section
 
-__all__ = ["SETTINGS", "append_entry", "cells", "load_cache", "main"]
+__all__ = ["SETTINGS", "append_entry", "cells", "load_cache", "main", "run_and_cache"]
 
 HERE = Path(__file__).resolve().parent
 HEADING = "Accuracy (Fashion-MNIST)"
@@ -118,6 +118,21 @@ def _claim(claims: Path, cell: Cell) -> bool:
     return True
 
 
+def run_and_cache(s: Setting, data_dir: Path, cell: Cell, work: Path, cache: Path, key: str, **fields: Any) -> None:
+    """Run one cell and append its entry (under ``key``, with ``fields``) to ``cache``; its training
+    checkpoints go once the entry is written. An entry marked ``resumed`` continued a stopped run's
+    checkpoint: its ``seconds`` count only the part after the stop. The table and the trials both run
+    their cells through here."""
+    start, resumed = time.perf_counter(), run_dir(s, cell, work).exists()
+    result = run_cell(s, data_dir, cell, work)
+    seconds = time.perf_counter() - start
+    append_entry(cache, {"key": key, "result": {str(k): v for k, v in result.items()}, "seconds": round(seconds, 1),
+                         **fields, "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                         **({"resumed": True} if resumed else {})})
+    done_with(s, cell, work)
+    print(f"{key}: {seconds:.0f} s " + " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
+
+
 def run(s: Setting, cache: Path, work: Path) -> None:
     """Run every cell not yet in ``cache`` nor taken by another process (``--jobs`` runs several);
     a cell that fails is reported and left for the next run, the others go on."""
@@ -131,21 +146,12 @@ def run(s: Setting, cache: Path, work: Path) -> None:
     for cell in cells(s):
         if cell.key in load_cache(cache) or not _claim(claims, cell):
             continue
-        start, resumed = time.perf_counter(), run_dir(s, cell, work).exists()  # a stopped run's checkpoint
         try:
-            result = run_cell(s, data_dir, cell, work)
+            run_and_cache(s, data_dir, cell, work, cache, cell.key, setting=s.name)
         except Exception as e:  # one broken cell must not stop the others: say which and go on
             print(f"{cell.key}: failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            (claims / cell.key.replace("/", "_")).unlink(missing_ok=True)
             failed.append(cell.key)
-            continue
-        seconds = time.perf_counter() - start
-        append_entry(cache, {"key": cell.key, "result": {str(k): v for k, v in result.items()}, "seconds": round(seconds, 1),
-                        "setting": s.name, "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                        **({"resumed": True} if resumed else {})})  # then ``seconds`` counts the resumed part only
-        done_with(s, cell, work)
         (claims / cell.key.replace("/", "_")).unlink(missing_ok=True)
-        print(f"{cell.key}: {seconds:.0f} s " + " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
     if failed:
         raise SlimifyError(f"{len(failed)} cell(s) failed: {', '.join(failed)} (their errors are above; rerun to retry)")
 

@@ -24,15 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.fashion import HERE, SETTINGS, append_entry, load_cache
-from benchmarks.fashion_cells import NETS, Cell, done_with, run_cell, run_dir
+from benchmarks.fashion import HERE, SETTINGS, load_cache, run_and_cache
+from benchmarks.fashion_cells import NETS, Cell
 from benchmarks.fashion_data import subset_directory
-from benchmarks.results import machine
 
 __all__ = ["main"]
 
@@ -77,16 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             key = prefix + cell.key
             if key in load_cache(args.cache):
                 continue
-            setting = s if args.trial == "budget" else full
-            start, resumed = time.perf_counter(), run_dir(setting, cell, args.work).exists()
-            result = run_cell(setting, data_dir, cell, args.work)
-            seconds = time.perf_counter() - start
-            append_entry(args.cache, {"key": key, "result": {str(k): v for k, v in result.items()},
-                                      "seconds": round(seconds, 1), "machine": machine(),
-                                      "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                      **({"resumed": True} if resumed else {})})
-            done_with(setting, cell, args.work)
-            print(f"{key}: {seconds:.0f} s " + " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
+            run_and_cache(s if args.trial == "budget" else full, data_dir, cell, args.work, args.cache, key)
     for key, entry in sorted(load_cache(args.cache).items()):
         print(key, entry["result"], f"{entry['seconds']} s")
     return 0

@@ -96,7 +96,7 @@ def test_budget_trial_trains_with_its_epochs_and_resumes(tmp_path: Path, monkeyp
         ran.append((cell.key, s.epochs))
         return {float(cell.variant): 70.0 + cell.seed}
 
-    monkeypatch.setattr(trials, "run_cell", fake_cell)
+    monkeypatch.setattr(fashion, "run_cell", fake_cell)  # the trials run cells through fashion.run_and_cache
     monkeypatch.setattr(trials, "subset_directory", lambda path, *a: path)
     argv = ["budget", "--widths", "0.25", "--epochs", "3", "--seeds", "0", "1",
             "--cache", str(tmp_path / "t.jsonl"), "--work", str(tmp_path)]
@@ -127,7 +127,7 @@ def test_retrofit_trial_runs_the_table_cell_at_its_reorder(tmp_path: Path, monke
         ran.append((cell, s.epochs))
         return {1.0: 80.0, 0.25: 70.0}
 
-    monkeypatch.setattr(trials, "run_cell", fake_cell)
+    monkeypatch.setattr(fashion, "run_cell", fake_cell)  # the trials run cells through fashion.run_and_cache
     monkeypatch.setattr(trials, "subset_directory", lambda path, *a: path)
     argv = ["retrofit", "--net", "resnet", "--reorder", "l2", "--epochs", "3", "--seeds", "1",
             "--cache", str(tmp_path / "t.jsonl"), "--work", str(tmp_path)]
